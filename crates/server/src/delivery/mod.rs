@@ -1,0 +1,6 @@
+//! The delivery engine: workers claim due deliveries, sign them, POST them, record
+//! the attempt and schedule the next try.
+
+pub mod dispatch;
+pub mod guard;
+pub mod retry;

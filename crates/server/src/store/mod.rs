@@ -1,0 +1,344 @@
+//! Storage: one trait, [`WebhookStore`], with a SQLite implementation (the embedded
+//! default) and a PostgreSQL one (scale-out). Both run the same test suite.
+//!
+//! Tenancy is not decided here: callers pass the project id that the auth layer has
+//! already resolved for the request.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub mod postgres;
+pub mod sqlite;
+
+#[cfg(test)]
+mod tests;
+
+/// Errors a store reports. Everything unexpected is `Database`; callers turn it into an
+/// opaque 500 and log it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A webhook signing secret (`whsec_` + base64 of 32 random bytes). Its `Debug` never
+/// shows the value, so it cannot end up in a log by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningSecret(String);
+
+impl SigningSecret {
+    /// A fresh random secret.
+    pub fn generate() -> Self {
+        use base64::Engine;
+        let bytes: [u8; 32] = rand::random();
+        Self(format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ))
+    }
+
+    pub fn from_stored(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The full secret, `whsec_` prefix included. Only for the API answer that hands
+    /// it to its owner, for storage, and for signing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SigningSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("whsec_***")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An API key as stored: never the key itself, only its lookup id and a hash of its
+/// secret part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    /// Public part of the key, unique, used to find the row (`sk_<lookup_id>_<secret>`).
+    pub lookup_id: String,
+    /// SHA-256 of the secret part, hex.
+    pub secret_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// What an API key resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOwner {
+    pub key_id: Uuid,
+    pub tenant_id: Uuid,
+    pub project_id: Uuid,
+    pub secret_hash: String,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub event_type: String,
+    pub webhook_url: String,
+    pub auth_header: Option<String>,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpsertWebhook<'a> {
+    pub project_id: Uuid,
+    pub event_type: &'a str,
+    pub webhook_url: &'a str,
+    pub auth_header: Option<&'a str>,
+    /// Used only when the webhook is created; an update keeps the stored secret.
+    pub new_secret: &'a SigningSecret,
+}
+
+#[derive(Debug, Clone)]
+pub enum UpsertOutcome {
+    /// The webhook did not exist; `secret` is the one to hand back once.
+    Created { webhook: Webhook, secret: SigningSecret },
+    /// The webhook existed: url and auth header replaced, re-activated, secret kept.
+    Updated { webhook: Webhook },
+}
+
+/// One recorded delivery attempt, as the attempts API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub id: Uuid,
+    pub delivery_id: Uuid,
+    pub event_id: Uuid,
+    pub project_id: Uuid,
+    pub event_type: String,
+    pub webhook_url: String,
+    /// 0 when no HTTP response came back.
+    pub response_code: i64,
+    pub duration_ms: i64,
+    /// Counts from 1 per event (per delivery).
+    pub attempt_number: i64,
+    pub status: AttemptStatus,
+    /// The exact bytes sent.
+    pub request_body: Vec<u8>,
+    /// Capped by the caller before it reaches the store.
+    pub response_body: Option<String>,
+    pub error_message: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptStatus {
+    Success,
+    Failed,
+}
+
+impl AttemptStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptStatus::Success => "success",
+            AttemptStatus::Failed => "failed",
+        }
+    }
+}
+
+/// Where a page of attempts starts. Attempts are listed newest first, ordered by
+/// (`created_at` desc, `id` desc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptPage {
+    Offset { limit: i64, offset: i64 },
+    /// Keyset paging: the attempts strictly older than `(created_at, id)`.
+    After { limit: i64, created_at: DateTime<Utc>, id: Uuid },
+}
+
+#[derive(Debug, Clone)]
+pub struct PublishEvent<'a> {
+    pub project_id: Uuid,
+    pub event_type: &'a str,
+    /// Serialized JSON of the event's `data`, stored as given.
+    pub data: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    /// An earlier event of this project with the same idempotency key and created after
+    /// this instant is answered instead of creating a new one.
+    pub idempotency_since: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub event_id: Uuid,
+    pub deliveries: i64,
+    pub created_at: DateTime<Utc>,
+    /// True when an earlier event with the same idempotency key was found and nothing
+    /// was created.
+    pub duplicate: bool,
+}
+
+/// A delivery a worker has claimed under a lease, with everything needed to send it.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub delivery_id: Uuid,
+    pub event_id: Uuid,
+    pub webhook_id: Uuid,
+    pub project_id: Uuid,
+    pub event_type: String,
+    pub event_created_at: DateTime<Utc>,
+    /// The event's `data`, serialized JSON.
+    pub data: String,
+    pub webhook_url: String,
+    pub auth_header: Option<String>,
+    pub secret: SigningSecret,
+    /// The previous secret while a rotation grace period runs.
+    pub previous_secret: Option<SigningSecret>,
+    /// Attempts already made (0 on the first try).
+    pub attempts_made: i64,
+    /// The lease this claim holds; recording an outcome checks it still holds.
+    pub lease_token: Uuid,
+}
+
+/// What a worker reports about one claimed delivery.
+#[derive(Debug, Clone)]
+pub struct DeliveryOutcome {
+    pub delivery_id: Uuid,
+    pub lease_token: Uuid,
+    pub attempt: Attempt,
+    /// `None`: the delivery is finished (succeeded, or failed for good).
+    /// `Some(t)`: try again at `t`.
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+/// When a webhook is switched off for failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DisablePolicy {
+    /// Consecutive failed attempts (across events) needed...
+    pub failures: i64,
+    /// ...spanning at least this long since the first of them.
+    pub min_age: Duration,
+}
+
+/// The store behind the API and the delivery workers.
+#[async_trait]
+pub trait WebhookStore: Send + Sync + 'static {
+    // --- tenants, projects, keys -------------------------------------------------
+    async fn create_tenant(&self, name: &str) -> StoreResult<Tenant>;
+    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>>;
+    /// `NotFound` when the tenant does not exist.
+    async fn create_project(&self, tenant_id: Uuid, name: &str) -> StoreResult<Project>;
+    async fn list_projects(&self, tenant_id: Option<Uuid>) -> StoreResult<Vec<Project>>;
+    async fn get_project(&self, project_id: Uuid) -> StoreResult<Option<Project>>;
+    /// `NotFound` when the project does not exist.
+    async fn insert_api_key(&self, record: &ApiKeyRecord) -> StoreResult<()>;
+    async fn list_api_keys(&self, project_id: Option<Uuid>) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Sets `revoked_at`; `NotFound` when no such key.
+    async fn revoke_api_key(&self, key_id: Uuid) -> StoreResult<()>;
+    /// The key with this lookup id, revoked or not.
+    async fn find_api_key(&self, lookup_id: &str) -> StoreResult<Option<KeyOwner>>;
+    /// True when nothing at all has been created yet (first start).
+    async fn is_empty(&self) -> StoreResult<bool>;
+
+    // --- webhooks ----------------------------------------------------------------
+    /// Atomic create-or-update of the webhook of (project, event type). Concurrent
+    /// upserts never make two webhooks nor lose the secret of the one that exists.
+    async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome>;
+    /// Ordered by event type.
+    async fn list_webhooks(&self, project_id: Uuid) -> StoreResult<Vec<Webhook>>;
+    async fn get_webhook(&self, project_id: Uuid, event_type: &str) -> StoreResult<Option<Webhook>>;
+    /// Deletes the webhook and cancels its pending deliveries; attempts stay.
+    /// Returns false when there was none.
+    async fn delete_webhook(&self, project_id: Uuid, event_type: &str) -> StoreResult<bool>;
+    /// Replaces the secret. With `grace`, the old secret keeps signing (as the second
+    /// signature) until now + grace. Returns false when there is no such webhook.
+    async fn rotate_secret(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        new_secret: &SigningSecret,
+        grace: Duration,
+    ) -> StoreResult<bool>;
+
+    // --- attempts ------------------------------------------------------------------
+    /// Attempts of (project, event type), newest first. Includes attempts of webhooks
+    /// since deleted.
+    async fn list_attempts(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        page: AttemptPage,
+    ) -> StoreResult<Vec<Attempt>>;
+
+    // --- delivery ------------------------------------------------------------------
+    /// One transaction: the event and one pending delivery (due now) per active webhook
+    /// of (project, event type). With an idempotency key seen since
+    /// `idempotency_since`, returns the first answer with `duplicate: true`.
+    async fn publish_event(&self, event: PublishEvent<'_>) -> StoreResult<Published>;
+    /// Claims up to `max` pending deliveries that are due and not leased by a live
+    /// claim (or whose lease has expired), oldest due first, leasing them for `lease`.
+    async fn claim_due(&self, max: usize, lease: Duration) -> StoreResult<Vec<ClaimedDelivery>>;
+    /// Records a batch of outcomes in one transaction: inserts each attempt, finishes or
+    /// reschedules the delivery and releases its lease, and updates the webhook's
+    /// failure streak, disabling it (and cancelling its pending deliveries) when the
+    /// streak passes `policy`. An outcome whose lease no longer holds (taken over after
+    /// expiry) still records its attempt but leaves the delivery alone.
+    /// Returns the ids of webhooks disabled by this call.
+    async fn record_outcomes(
+        &self,
+        outcomes: &[DeliveryOutcome],
+        policy: DisablePolicy,
+    ) -> StoreResult<Vec<Uuid>>;
+    /// Hands claimed deliveries back (graceful shutdown): clears their leases so any
+    /// worker can claim them at once.
+    async fn release(&self, claims: &[(Uuid, Uuid)]) -> StoreResult<()>;
+    /// The earliest `next_attempt_at` among pending deliveries, if any, so a worker
+    /// knows how long it may sleep.
+    async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>>;
+    /// Pending deliveries and the age of the oldest due one (for metrics).
+    async fn queue_stats(&self) -> StoreResult<QueueStats>;
+    /// Cheap round trip for readiness checks.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    pub pending: i64,
+    pub oldest_due_age: Option<Duration>,
+}
+
+/// Opens the store a URL names: `sqlite://path` (created if missing) or
+/// `postgres://...`, and runs the embedded migrations.
+pub async fn connect(url: &str) -> StoreResult<std::sync::Arc<dyn WebhookStore>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(postgres::PgStore::connect(url).await?))
+    } else {
+        Ok(std::sync::Arc::new(sqlite::SqliteStore::connect(url).await?))
+    }
+}
