@@ -1,1 +1,133 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>` (a cargo alias):
+//!
+//! - `codegen` regenerates the client and api crates from `openapi.json`;
+//! - `codegen --check` regenerates in memory and fails, naming each stale file, when the
+//!   committed code differs (CI runs it; so does a unit test below).
+
+mod api_gen;
+mod client_gen;
+mod convert;
+mod model;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Every generated file, relative to the workspace root, with its content.
+pub fn generate_all(root: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let text = std::fs::read_to_string(root.join("openapi.json")).context("reading openapi.json")?;
+    let doc: serde_json::Value = serde_json::from_str(&text).context("parsing openapi.json")?;
+    let spec = model::Spec::from_json(&doc)?;
+    let files = vec![
+        ("crates/client/src/generated.rs", client_gen::client(&doc)?),
+        ("crates/api/src/generated/models.rs", api_gen::models(&spec)),
+        ("crates/api/src/generated/server.rs", api_gen::server(&spec)),
+    ];
+    files
+        .into_iter()
+        .map(|(path, code)| Ok((PathBuf::from(path), rustfmt(&code).with_context(|| format!("formatting {path}"))?)))
+        .collect()
+}
+
+/// Formats with rustfmt (the same formatter `cargo fmt` runs), so generated files pass
+/// `cargo fmt --check` and are byte-for-byte reproducible.
+fn rustfmt(code: &str) -> Result<String> {
+    use std::io::Write;
+    let file: syn::File = syn::parse_str(code).context("generated code does not parse")?;
+    let pretty = prettyplease::unparse(&file);
+    // prettyplease drops the leading line comment; put the header back.
+    let pretty = format!("{}{}", api_gen::HEADER, pretty);
+    let mut child = Command::new(std::env::var("RUSTFMT").unwrap_or_else(|_| "rustfmt".into()))
+        .args(["--edition", "2021", "--emit", "stdout", "--quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running rustfmt")?;
+    child
+        .stdin
+        .take()
+        .context("rustfmt stdin")?
+        .write_all(pretty.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("rustfmt failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The generated files that differ from what is on disk.
+pub fn stale_files(root: &Path) -> Result<Vec<PathBuf>> {
+    Ok(generate_all(root)?
+        .into_iter()
+        .filter(|(path, code)| std::fs::read_to_string(root.join(path)).ok().as_deref() != Some(code.as_str()))
+        .map(|(path, _)| path)
+        .collect())
+}
+
+fn codegen(check: bool) -> Result<bool> {
+    let root = workspace_root();
+    if check {
+        let stale = stale_files(&root)?;
+        for path in &stale {
+            eprintln!("stale: {} (run `cargo xtask codegen`)", path.display());
+        }
+        if stale.is_empty() {
+            eprintln!("generated code is up to date");
+        }
+        return Ok(stale.is_empty());
+    }
+    for (path, code) in generate_all(&root)? {
+        let full = root.join(&path);
+        if std::fs::read_to_string(&full).ok().as_deref() == Some(code.as_str()) {
+            continue;
+        }
+        if let Some(dir) = full.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&full, code)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(true)
+}
+
+const USAGE: &str = "usage: cargo xtask codegen [--check]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["codegen"] => codegen(false),
+        ["codegen", "--check"] => codegen(true),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Plain `cargo test` catches generated code that is stale or was edited by hand.
+    #[test]
+    fn generated_code_is_up_to_date() {
+        let stale = super::stale_files(&super::workspace_root()).unwrap();
+        assert!(stale.is_empty(), "stale generated files {stale:?}: run `cargo xtask codegen`");
+    }
+}

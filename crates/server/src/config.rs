@@ -1,1 +1,807 @@
-//! TODO
+//! Configuration of the reference server.
+//!
+//! Every setting is a command-line flag and an environment variable, so the same binary
+//! runs from a shell, a systemd unit or a container without a config file. Defaults are
+//! chosen so that `sonzai-webhooks serve` with no arguments starts a working server on
+//! an embedded SQLite database in `./data`.
+//!
+//! Durations use a humane syntax (`500ms`, `10s`, `2m`, `1h30m`, `7d`); see
+//! [`parse_duration`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::delivery::retry::RetrySchedule;
+use crate::store::{DisablePolicy, StoreResult, WebhookStore};
+
+/// Default listen address: loopback only, so a first start never exposes an
+/// unauthenticated-looking port to the network by accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default directory of the embedded database.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// File name of the embedded SQLite database inside the data directory.
+pub const SQLITE_FILE_NAME: &str = "sonzai-webhooks.db";
+/// Default retry schedule: the delay before each retry after a failed attempt. Seven
+/// retries spread over about 28 hours ride out a receiver's deploy, an outage of an
+/// afternoon, or a long weekend-night incident.
+pub const DEFAULT_RETRY_SCHEDULE: &str = "5s,5m,30m,2h,5h,10h,10h";
+/// Default cap on request bodies: large enough for any reasonable event payload,
+/// small enough that a misbehaving client cannot make the server buffer megabytes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Where the store lives. Shared by `serve` and the admin subcommands so that both
+/// open the same database with the same flags.
+#[derive(Clone, PartialEq, Eq, clap::Args)]
+#[command(next_help_heading = "Database")]
+pub struct DatabaseArgs {
+    /// Database URL. `postgres://user:pass@host/db` runs on PostgreSQL (several servers
+    /// may share one database); `sqlite://path/to/file.db` picks an explicit SQLite
+    /// file. Unset: the embedded SQLite database in --data-dir.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Directory of the embedded SQLite database (created if missing). Ignored when
+    /// --database-url is set.
+    #[arg(
+        long,
+        env = "SONZAI_DATA_DIR",
+        value_name = "DIR",
+        default_value = DEFAULT_DATA_DIR
+    )]
+    pub data_dir: PathBuf,
+}
+
+impl Default for DatabaseArgs {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+        }
+    }
+}
+
+impl DatabaseArgs {
+    /// The URL to open: `--database-url` when given, otherwise the embedded SQLite
+    /// file `<data-dir>/sonzai-webhooks.db`.
+    pub fn url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => sqlite_url(&self.sqlite_path()),
+        }
+    }
+
+    /// True when the server runs on the embedded SQLite database in the data
+    /// directory (not on an explicit URL). First-start conveniences such as printing
+    /// development credentials are meant for this case only.
+    pub fn is_embedded(&self) -> bool {
+        self.database_url.is_none()
+    }
+
+    /// The SQLite file used when no URL is given.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join(SQLITE_FILE_NAME)
+    }
+
+    /// The URL with any password replaced by `***`, for logs and error messages.
+    pub fn url_redacted(&self) -> String {
+        redact_url_password(&self.url())
+    }
+
+    /// Creates the data directory when the embedded database is used. SQLite creates
+    /// a missing file but not a missing directory, and a newcomer's first
+    /// `sonzai-webhooks serve` should just work.
+    pub fn prepare(&self) -> anyhow::Result<()> {
+        if self.is_embedded() {
+            std::fs::create_dir_all(&self.data_dir).with_context(|| {
+                format!("cannot create data directory {}", self.data_dir.display())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Prepares the data directory and opens the store (running its migrations).
+    pub async fn connect(&self) -> anyhow::Result<std::sync::Arc<dyn WebhookStore>> {
+        self.prepare()?;
+        let opened: StoreResult<_> = crate::store::connect(&self.url()).await;
+        opened.with_context(|| format!("cannot open database {}", self.url_redacted()))
+    }
+}
+
+impl fmt::Debug for DatabaseArgs {
+    /// Redacts the password of the database URL: configurations get logged.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseArgs")
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url_password),
+            )
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}
+
+/// Format of the log lines written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colored when stderr is a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logging flags. They are global: every subcommand accepts them, before or after the
+/// subcommand name.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+#[command(next_help_heading = "Logging")]
+pub struct LogArgs {
+    /// Log line format.
+    #[arg(
+        long,
+        env = "SONZAI_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter in `RUST_LOG` syntax, e.g. `info` or
+    /// `info,sonzai_webhooks_server=debug`.
+    #[arg(
+        long,
+        env = "SONZAI_LOG",
+        value_name = "FILTER",
+        default_value = "info",
+        global = true
+    )]
+    pub log: String,
+}
+
+impl Default for LogArgs {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Text,
+            log: "info".to_owned(),
+        }
+    }
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct Config {
+    /// Address the HTTP API listens on. Use `0.0.0.0:8080` to accept connections from
+    /// other machines.
+    #[arg(
+        long,
+        env = "SONZAI_LISTEN",
+        value_name = "ADDR",
+        default_value = DEFAULT_LISTEN,
+        help_heading = "HTTP"
+    )]
+    pub listen: SocketAddr,
+
+    /// Largest request body accepted, in bytes; larger requests get 413.
+    #[arg(
+        long,
+        env = "SONZAI_MAX_BODY_BYTES",
+        value_name = "BYTES",
+        default_value_t = DEFAULT_MAX_BODY_BYTES,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..),
+        help_heading = "HTTP"
+    )]
+    pub max_body_bytes: usize,
+
+    /// How long a published event's idempotency key is remembered: publishing again
+    /// with the same key within this window answers the first event instead of
+    /// creating a new one.
+    #[arg(
+        long,
+        env = "SONZAI_IDEMPOTENCY_WINDOW",
+        value_name = "DURATION",
+        default_value = "24h",
+        value_parser = parse_duration,
+        help_heading = "HTTP"
+    )]
+    pub idempotency_window: Duration,
+
+    /// How long to wait on shutdown (SIGINT/SIGTERM) for in-flight requests and
+    /// deliveries; deliveries still running after it are handed back to the queue.
+    #[arg(
+        long,
+        env = "SONZAI_SHUTDOWN_GRACE",
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_duration,
+        help_heading = "HTTP"
+    )]
+    pub shutdown_grace: Duration,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Largest number of deliveries in flight at once (per server process).
+    #[arg(
+        long,
+        env = "SONZAI_WORKERS",
+        value_name = "N",
+        default_value_t = 256,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000),
+        help_heading = "Delivery"
+    )]
+    pub workers: usize,
+
+    /// Time limit of one delivery attempt (connect, send, and read the response); a
+    /// receiver slower than this counts as failed and is retried.
+    #[arg(
+        long,
+        env = "SONZAI_DELIVERY_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_duration,
+        help_heading = "Delivery"
+    )]
+    pub delivery_timeout: Duration,
+
+    /// Waits before each retry of a failed delivery, comma-separated (units ms, s, m,
+    /// h). `5s,5m,30m` means three retries, then the delivery is given up.
+    #[arg(
+        long,
+        env = "SONZAI_RETRY_SCHEDULE",
+        value_name = "DELAYS",
+        default_value = DEFAULT_RETRY_SCHEDULE,
+        help_heading = "Delivery"
+    )]
+    pub retry_schedule: String,
+
+    /// A webhook is switched off (`is_active: false`) after this many consecutive
+    /// failed attempts, if they also span at least --disable-after. Upserting the
+    /// webhook switches it back on.
+    #[arg(
+        long,
+        env = "SONZAI_DISABLE_AFTER_FAILURES",
+        value_name = "N",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(i64).range(1..),
+        help_heading = "Delivery"
+    )]
+    pub disable_after_failures: i64,
+
+    /// Minimum age of a failure streak before the webhook is switched off. A day means
+    /// a receiver that is down for a short outage (or a burst of events failing
+    /// within minutes) is never disabled, while one that has failed every attempt for
+    /// a full day stops piling up retries.
+    #[arg(
+        long,
+        env = "SONZAI_DISABLE_AFTER",
+        value_name = "DURATION",
+        default_value = "24h",
+        value_parser = parse_duration,
+        help_heading = "Delivery"
+    )]
+    pub disable_after: Duration,
+
+    /// How long a claimed delivery stays reserved for the process that claimed it. If
+    /// that process dies, another one takes the delivery over after this. Must be
+    /// longer than --delivery-timeout.
+    #[arg(
+        long,
+        env = "SONZAI_LEASE",
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = parse_duration,
+        help_heading = "Delivery"
+    )]
+    pub lease: Duration,
+
+    /// Allow webhook URLs that resolve to loopback, private, link-local or cloud
+    /// metadata addresses. Off by default so that tenants cannot make the server
+    /// probe its own network; turn it on for local development and tests.
+    #[arg(
+        long,
+        env = "SONZAI_ALLOW_PRIVATE_TARGETS",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_value_t = false,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        help_heading = "Delivery"
+    )]
+    pub allow_private_targets: bool,
+}
+
+impl Default for Config {
+    /// The same values as the command-line defaults (a unit test keeps them in step).
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            idempotency_window: Duration::from_secs(24 * 3600),
+            shutdown_grace: Duration::from_secs(10),
+            database: DatabaseArgs::default(),
+            workers: 256,
+            delivery_timeout: Duration::from_secs(10),
+            retry_schedule: DEFAULT_RETRY_SCHEDULE.to_owned(),
+            disable_after_failures: 20,
+            disable_after: Duration::from_secs(24 * 3600),
+            lease: Duration::from_secs(30),
+            allow_private_targets: false,
+        }
+    }
+}
+
+impl Config {
+    /// A configuration for tests: the given database, an ephemeral loopback port,
+    /// private targets allowed (test receivers listen on 127.0.0.1), and short
+    /// timings so retries and shutdown happen within a test's patience.
+    pub fn for_tests(database_url: impl Into<String>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database: DatabaseArgs {
+                database_url: Some(database_url.into()),
+                data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            },
+            delivery_timeout: Duration::from_secs(2),
+            retry_schedule: "100ms,200ms,400ms".to_owned(),
+            lease: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(2),
+            allow_private_targets: true,
+            ..Self::default()
+        }
+    }
+
+    /// The database URL to open; see [`DatabaseArgs::url`].
+    pub fn database_url(&self) -> String {
+        self.database.url()
+    }
+
+    /// When the delivery engine switches a failing webhook off.
+    pub fn disable_policy(&self) -> DisablePolicy {
+        DisablePolicy {
+            failures: self.disable_after_failures,
+            min_age: self.disable_after,
+        }
+    }
+
+    /// Checks the settings that only make sense together. Called before serving, so
+    /// an inconsistent deployment fails at start instead of misbehaving under load.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.delivery_timeout.is_zero() {
+            return Err("--delivery-timeout must be longer than 0s".to_owned());
+        }
+        // A lease that can expire while its attempt is still running lets a second
+        // process send the same delivery concurrently.
+        if self.lease <= self.delivery_timeout {
+            return Err(format!(
+                "--lease ({}) must be longer than --delivery-timeout ({}), otherwise a slow \
+                 delivery can be taken over and sent twice at the same time",
+                format_duration(self.lease),
+                format_duration(self.delivery_timeout)
+            ));
+        }
+        if let Err(err) = self.retry_schedule.parse::<RetrySchedule>() {
+            return Err(format!("--retry-schedule: {err}"));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a duration such as `500ms`, `10s`, `2m`, `1h30m` or `7d`.
+///
+/// Units: `ms`, `s`, `m`, `h`, `d`. Several number-unit pairs add up. A bare number is
+/// refused rather than guessed at, since `--lease 30` could mean seconds or
+/// milliseconds and a wrong guess is a silent misconfiguration.
+pub fn parse_duration(input: &str) -> Result<Duration, String> {
+    let text = input.trim();
+    if text.is_empty() {
+        return Err("empty duration; expected e.g. 500ms, 10s, 2m, 1h".to_owned());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits_end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits_end == 0 {
+            return Err(format!(
+                "invalid duration {input:?}: expected a number followed by a unit (ms, s, m, h, d)"
+            ));
+        }
+        let (digits, after) = rest.split_at(digits_end);
+        let value: u64 = digits
+            .parse()
+            .map_err(|_| format!("invalid duration {input:?}: number too large"))?;
+        let unit_end = after
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_end);
+        let unit_millis: u64 = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "" => {
+                return Err(format!(
+                    "invalid duration {input:?}: missing unit (write e.g. {value}s or {value}ms)"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "invalid duration {input:?}: unknown unit {other:?} (use ms, s, m, h or d)"
+                ))
+            }
+        };
+        let millis = value
+            .checked_mul(unit_millis)
+            .ok_or_else(|| format!("invalid duration {input:?}: too large"))?;
+        total = total
+            .checked_add(Duration::from_millis(millis))
+            .ok_or_else(|| format!("invalid duration {input:?}: too large"))?;
+        rest = next;
+    }
+    Ok(total)
+}
+
+/// Formats a duration the way [`parse_duration`] reads it, using the largest units
+/// that divide it exactly (`90s` becomes `1m30s`), for messages that echo settings.
+pub fn format_duration(duration: Duration) -> String {
+    let mut millis = duration.as_millis();
+    if millis == 0 {
+        return "0s".to_owned();
+    }
+    let mut out = String::new();
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
+        if millis >= size {
+            out.push_str(&format!("{}{unit}", millis / size));
+            millis %= size;
+        }
+    }
+    out
+}
+
+/// Builds a `sqlite://` URL for a file path. The store's URL parser percent-decodes
+/// the path and splits it at `?`, so `%`, `?` and `#` in directory names are encoded.
+fn sqlite_url(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let mut encoded = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '%' => encoded.push_str("%25"),
+            '?' => encoded.push_str("%3F"),
+            '#' => encoded.push_str("%23"),
+            other => encoded.push(other),
+        }
+    }
+    format!("sqlite://{encoded}")
+}
+
+/// Replaces the password in `scheme://user:password@host/...` with `***`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let authority_start = scheme_end + 3;
+    let authority_len = url[authority_start..]
+        .find(['/', '?', '#'])
+        .unwrap_or(url.len() - authority_start);
+    let authority = &url[authority_start..authority_start + authority_len];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let Some(colon) = userinfo.find(':') else {
+        return url.to_owned();
+    };
+    format!(
+        "{}{}:***{}",
+        &url[..authority_start],
+        &userinfo[..colon],
+        &url[authority_start + at..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    #[derive(Debug, Parser)]
+    struct Harness {
+        #[command(flatten)]
+        config: Config,
+        #[command(flatten)]
+        log: LogArgs,
+    }
+
+    /// Parses as the binary would, but with every environment variable binding removed
+    /// so that the developer's or CI's environment cannot change the outcome.
+    fn parse(args: &[&str]) -> Result<Harness, clap::Error> {
+        let command = Harness::command().mut_args(|arg| arg.env(None::<&'static str>));
+        let matches = command.try_get_matches_from(args)?;
+        Harness::from_arg_matches(&matches)
+    }
+
+    #[test]
+    fn durations_in_every_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("5h"), Ok(Duration::from_secs(5 * 3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration(" 3s "), Ok(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn compound_durations_add_up() {
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(
+            parse_duration("1m1s500ms"),
+            Ok(Duration::from_millis(61_500))
+        );
+    }
+
+    #[test]
+    fn bad_durations_are_refused_with_a_reason() {
+        let missing_unit = parse_duration("30").unwrap_err();
+        assert!(missing_unit.contains("missing unit"), "{missing_unit}");
+        let unknown_unit = parse_duration("3weeks").unwrap_err();
+        assert!(unknown_unit.contains("unknown unit"), "{unknown_unit}");
+        for bad in ["", "  ", "s", "-5s", "1.5s", "5 s", "5s,", "ms10"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+        let huge = parse_duration("99999999999999999999s").unwrap_err();
+        assert!(huge.contains("too large"), "{huge}");
+        let overflow = parse_duration("18446744073709551615d").unwrap_err();
+        assert!(overflow.contains("too large"), "{overflow}");
+    }
+
+    #[test]
+    fn formatted_durations_parse_back() {
+        for text in ["0s", "250ms", "10s", "1m30s", "2h", "1d2h3m4s5ms"] {
+            let parsed = parse_duration(text).unwrap();
+            assert_eq!(format_duration(parsed), text);
+            assert_eq!(parse_duration(&format_duration(parsed)), Ok(parsed));
+        }
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
+    }
+
+    #[test]
+    fn clap_defaults_match_default_impl() {
+        let parsed = parse(&["serve"]).unwrap();
+        assert_eq!(parsed.config, Config::default());
+        assert_eq!(parsed.log, LogArgs::default());
+        assert_eq!(parsed.config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(parsed.config.retry_schedule, DEFAULT_RETRY_SCHEDULE);
+        assert_eq!(parsed.config.max_body_bytes, 262_144);
+        assert!(!parsed.config.allow_private_targets);
+    }
+
+    #[test]
+    fn every_flag_is_read() {
+        let parsed = parse(&[
+            "serve",
+            "--listen",
+            "0.0.0.0:9000",
+            "--database-url",
+            "postgres://u:p@localhost/db",
+            "--data-dir",
+            "/var/lib/sonzai",
+            "--workers",
+            "8",
+            "--delivery-timeout",
+            "1500ms",
+            "--retry-schedule",
+            "1s,2s",
+            "--disable-after-failures",
+            "3",
+            "--disable-after",
+            "1h",
+            "--lease",
+            "1m",
+            "--allow-private-targets",
+            "--max-body-bytes",
+            "1024",
+            "--idempotency-window",
+            "2h",
+            "--log-format",
+            "json",
+            "--log",
+            "debug",
+            "--shutdown-grace",
+            "3s",
+        ])
+        .unwrap();
+        let c = parsed.config;
+        assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(c.database_url(), "postgres://u:p@localhost/db");
+        assert_eq!(c.database.data_dir, PathBuf::from("/var/lib/sonzai"));
+        assert_eq!(c.workers, 8);
+        assert_eq!(c.delivery_timeout, Duration::from_millis(1500));
+        assert_eq!(c.retry_schedule, "1s,2s");
+        assert_eq!(
+            c.disable_policy(),
+            DisablePolicy {
+                failures: 3,
+                min_age: Duration::from_secs(3600)
+            }
+        );
+        assert_eq!(c.lease, Duration::from_secs(60));
+        assert!(c.allow_private_targets);
+        assert_eq!(c.max_body_bytes, 1024);
+        assert_eq!(c.idempotency_window, Duration::from_secs(7200));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(3));
+        assert_eq!(parsed.log.log_format, LogFormat::Json);
+        assert_eq!(parsed.log.log, "debug");
+    }
+
+    #[test]
+    fn boolean_flag_accepts_explicit_values() {
+        let on = parse(&["serve", "--allow-private-targets=yes"]).unwrap();
+        assert!(on.config.allow_private_targets);
+        let off = parse(&["serve", "--allow-private-targets=false"]).unwrap();
+        assert!(!off.config.allow_private_targets);
+        assert!(parse(&["serve", "--allow-private-targets=maybe"]).is_err());
+    }
+
+    #[test]
+    fn environment_variables_are_bound() {
+        let command = Harness::command();
+        let mut expected = vec![
+            ("listen", "SONZAI_LISTEN"),
+            ("database_url", "DATABASE_URL"),
+            ("data_dir", "SONZAI_DATA_DIR"),
+            ("workers", "SONZAI_WORKERS"),
+            ("delivery_timeout", "SONZAI_DELIVERY_TIMEOUT"),
+            ("retry_schedule", "SONZAI_RETRY_SCHEDULE"),
+            ("disable_after_failures", "SONZAI_DISABLE_AFTER_FAILURES"),
+            ("disable_after", "SONZAI_DISABLE_AFTER"),
+            ("lease", "SONZAI_LEASE"),
+            ("allow_private_targets", "SONZAI_ALLOW_PRIVATE_TARGETS"),
+            ("max_body_bytes", "SONZAI_MAX_BODY_BYTES"),
+            ("idempotency_window", "SONZAI_IDEMPOTENCY_WINDOW"),
+            ("log_format", "SONZAI_LOG_FORMAT"),
+            ("log", "SONZAI_LOG"),
+            ("shutdown_grace", "SONZAI_SHUTDOWN_GRACE"),
+        ];
+        for arg in command.get_arguments() {
+            if arg.get_id() == "help" {
+                continue;
+            }
+            let env = arg
+                .get_env()
+                .unwrap_or_else(|| panic!("--{} has no environment variable", arg.get_id()));
+            let position = expected
+                .iter()
+                .position(|(id, _)| *id == arg.get_id().as_str())
+                .unwrap_or_else(|| panic!("unexpected argument {}", arg.get_id()));
+            let (_, name) = expected.remove(position);
+            assert_eq!(env, name, "environment variable of --{}", arg.get_id());
+            assert!(arg.get_help().is_some(), "--{} has no help", arg.get_id());
+        }
+        assert!(expected.is_empty(), "not bound: {expected:?}");
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused() {
+        assert!(parse(&["serve", "--workers", "0"]).is_err());
+        assert!(parse(&["serve", "--max-body-bytes", "0"]).is_err());
+        assert!(parse(&["serve", "--disable-after-failures", "0"]).is_err());
+        assert!(parse(&["serve", "--listen", "localhost"]).is_err());
+        assert!(parse(&["serve", "--lease", "30"]).is_err());
+    }
+
+    #[test]
+    fn embedded_database_url_is_under_the_data_dir() {
+        let db = DatabaseArgs {
+            database_url: None,
+            data_dir: PathBuf::from("/srv/hooks"),
+        };
+        assert!(db.is_embedded());
+        assert_eq!(db.url(), "sqlite:///srv/hooks/sonzai-webhooks.db");
+        assert_eq!(
+            Config::default().database_url(),
+            "sqlite://./data/sonzai-webhooks.db"
+        );
+        let odd = DatabaseArgs {
+            database_url: None,
+            data_dir: PathBuf::from("/tmp/a?b#c%d"),
+        };
+        assert_eq!(odd.url(), "sqlite:///tmp/a%3Fb%23c%25d/sonzai-webhooks.db");
+        let explicit = DatabaseArgs {
+            database_url: Some("sqlite:///elsewhere.db".to_owned()),
+            data_dir: PathBuf::from("/srv/hooks"),
+        };
+        assert!(!explicit.is_embedded());
+        assert_eq!(explicit.url(), "sqlite:///elsewhere.db");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url_password("postgres://app:s3cr%40t@db.internal:5432/hooks?sslmode=require"),
+            "postgres://app:***@db.internal:5432/hooks?sslmode=require"
+        );
+        assert_eq!(
+            redact_url_password("postgres://app@db/hooks"),
+            "postgres://app@db/hooks"
+        );
+        assert_eq!(
+            redact_url_password("sqlite://./data/x.db"),
+            "sqlite://./data/x.db"
+        );
+        assert_eq!(redact_url_password("not a url"), "not a url");
+        let db = DatabaseArgs {
+            database_url: Some("postgres://app:hunter2@db/hooks".to_owned()),
+            data_dir: PathBuf::from("."),
+        };
+        let debug = format!(
+            "{:?}",
+            Config {
+                database: db.clone(),
+                ..Config::default()
+            }
+        );
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("app:***@db"), "{debug}");
+        assert!(!db.url_redacted().contains("hunter2"));
+    }
+
+    #[test]
+    fn validation_catches_inconsistent_timings() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        assert_eq!(Config::for_tests("sqlite::memory:").validate(), Ok(()));
+        let short_lease = Config {
+            lease: Duration::from_secs(10),
+            ..Config::default()
+        };
+        let err = short_lease.validate().unwrap_err();
+        assert!(err.contains("--lease (10s)"), "{err}");
+        let zero_timeout = Config {
+            delivery_timeout: Duration::ZERO,
+            ..Config::default()
+        };
+        assert!(zero_timeout.validate().is_err());
+        let empty_schedule = Config {
+            retry_schedule: " ".to_owned(),
+            ..Config::default()
+        };
+        assert!(empty_schedule.validate().is_err());
+        let typo = Config {
+            retry_schedule: "5s,5x".to_owned(),
+            ..Config::default()
+        };
+        let err = typo.validate().unwrap_err();
+        assert!(err.starts_with("--retry-schedule:"), "{err}");
+    }
+
+    #[test]
+    fn prepare_creates_the_data_dir_only_for_the_embedded_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b");
+        let embedded = DatabaseArgs {
+            database_url: None,
+            data_dir: nested.clone(),
+        };
+        embedded.prepare().unwrap();
+        assert!(nested.is_dir());
+
+        let other = dir.path().join("c");
+        let explicit = DatabaseArgs {
+            database_url: Some("postgres://localhost/x".to_owned()),
+            data_dir: other.clone(),
+        };
+        explicit.prepare().unwrap();
+        assert!(!other.exists());
+    }
+}

@@ -7,4 +7,5 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod server;
 pub mod store;

@@ -1,1 +1,39 @@
-fn main() {}
+//! The `sonzai-webhooks` binary: parses the command line, sets up logging, and runs
+//! the chosen command on a multi-threaded runtime.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser as _;
+use sonzai_webhooks_server::cli::{self, Cli};
+
+fn main() -> ExitCode {
+    // Usage errors and --help/--version exit here, with clap's own exit codes.
+    let cli = Cli::parse();
+    if let Err(err) = cli::init_tracing(&cli.log) {
+        eprintln!("error: {err:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(cli::run(cli));
+    // The command has finished (serve included, after its own graceful shutdown);
+    // don't let a stray background task keep the process alive.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::debug!(error = ?err, "command failed");
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

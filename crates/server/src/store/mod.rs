@@ -333,6 +333,92 @@ pub struct QueueStats {
     pub oldest_due_age: Option<Duration>,
 }
 
+// --- helpers shared by the backends ----------------------------------------------------
+
+/// The current instant at the precision both backends store (microseconds), so that a
+/// value handed back to a caller equals the one read back later.
+pub(crate) fn now_micros() -> DateTime<Utc> {
+    truncate_micros(Utc::now())
+}
+
+/// Drops sub-microsecond digits. PostgreSQL's `timestamptz` and the SQLite encoding
+/// (integer microseconds) both truncate; doing it up front keeps comparisons exact.
+pub(crate) fn truncate_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+/// `t + d`, saturating at a century so that an absurd duration (a misconfigured
+/// lease or grace) cannot overflow the timestamp types.
+pub(crate) fn add_duration(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let d = chrono::Duration::from_std(d.min(CENTURY)).unwrap_or(chrono::Duration::zero());
+    truncate_micros(t + d)
+}
+
+/// Delivery states as stored (`deliveries.status`).
+pub(crate) mod delivery_status {
+    pub const PENDING: &str = "pending";
+    pub const SUCCEEDED: &str = "succeeded";
+    pub const FAILED: &str = "failed";
+}
+
+/// The delivery state an outcome leads to: still pending when a retry is scheduled,
+/// otherwise finished according to the attempt.
+pub(crate) fn status_after(outcome: &DeliveryOutcome) -> &'static str {
+    match (outcome.retry_at, outcome.attempt.status) {
+        (Some(_), _) => delivery_status::PENDING,
+        (None, AttemptStatus::Success) => delivery_status::SUCCEEDED,
+        (None, AttemptStatus::Failed) => delivery_status::FAILED,
+    }
+}
+
+/// A webhook's failure streak, and the rule that advances it. Both backends load the
+/// stored streak inside the recording transaction, replay the batch's attempts through
+/// [`FailureStreak::record`] in time order, and write the result back, so the rule
+/// exists once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FailureStreak {
+    pub consecutive_failures: i64,
+    pub first_failure_at: Option<DateTime<Utc>>,
+    pub is_active: bool,
+}
+
+impl FailureStreak {
+    /// Folds in one attempt made at `at`. Returns true when this attempt is the one that
+    /// disables the webhook: the streak has reached `policy.failures` failures and has
+    /// lasted at least `policy.min_age`. Measuring the span between attempt times
+    /// (rather than against the clock at recording time) keeps the rule independent of
+    /// how late a batch is recorded.
+    pub(crate) fn record(
+        &mut self,
+        status: AttemptStatus,
+        at: DateTime<Utc>,
+        policy: DisablePolicy,
+    ) -> bool {
+        match status {
+            AttemptStatus::Success => {
+                self.consecutive_failures = 0;
+                self.first_failure_at = None;
+                false
+            }
+            AttemptStatus::Failed => {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                let first = *self.first_failure_at.get_or_insert(at);
+                let old_enough = (at - first)
+                    .to_std()
+                    .map(|age| age >= policy.min_age)
+                    .unwrap_or(policy.min_age.is_zero());
+                if self.is_active && self.consecutive_failures >= policy.failures && old_enough {
+                    self.is_active = false;
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+}
+
 /// Opens the store a URL names: `sqlite://path` (created if missing) or
 /// `postgres://...`, and runs the embedded migrations.
 pub async fn connect(url: &str) -> StoreResult<std::sync::Arc<dyn WebhookStore>> {

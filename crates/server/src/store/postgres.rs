@@ -1,0 +1,894 @@
+//! The scale-out backend: several server processes share one PostgreSQL database.
+//!
+//! Correctness under concurrency rests on three things:
+//! - claiming is one statement that picks rows with `FOR NO KEY UPDATE SKIP LOCKED` and
+//!   leases them, so no delivery is handed to two live workers, and claimers never
+//!   wait for each other;
+//! - every transaction that touches both a webhook and its deliveries locks the webhook
+//!   row first (and several webhooks in id order), so they cannot deadlock;
+//! - instants come from the server's clock, like the retry times the workers compute,
+//!   so one clock decides both when a delivery is due and when a lease expires.
+//!
+//! Migrations run at connect under sqlx's migrator, which holds a session-level
+//! `pg_advisory_lock` (keyed on the database name) for the whole run: processes that
+//! start together apply them one at a time, and the later ones find nothing to do.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use super::{
+    add_duration, now_micros, status_after, truncate_micros, ApiKeyRecord, Attempt, AttemptPage,
+    AttemptStatus, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyOwner,
+    Project, PublishEvent, Published, QueueStats, SigningSecret, StoreError, StoreResult, Tenant,
+    UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Default pool size: enough for the API handlers and the delivery workers of one
+/// process, small enough that a few processes stay well under PostgreSQL's default
+/// `max_connections` (100).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+
+/// How many times publishing retries when a concurrent publish with the same
+/// idempotency key interferes (each retry follows a committed change by another
+/// caller, so more than a couple means something is badly wrong).
+const PUBLISH_ATTEMPTS: usize = 3;
+
+const WEBHOOK_COLUMNS: &str =
+    "id, project_id, event_type, webhook_url, auth_header, is_active, created_at, updated_at";
+
+const ATTEMPT_COLUMNS: &str = "id, delivery_id, event_id, project_id, event_type, webhook_url, \
+     response_code, duration_ms, attempt_number, status, request_body, response_body, \
+     error_message, created_at";
+
+/// The PostgreSQL implementation of [`WebhookStore`].
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://...`) with [`DEFAULT_MAX_CONNECTIONS`] and runs
+    /// the embedded migrations.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        Self::connect_with(PgConnectOptions::from_str(url)?, DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    /// Connects with explicit options (e.g. a `search_path`, which is how the tests
+    /// isolate themselves in one database) and pool size, and runs the migrations.
+    pub async fn connect_with(options: PgConnectOptions, max_connections: u32) -> StoreResult<Self> {
+        // Migrate on a dedicated connection that is closed afterwards: if a migration
+        // fails half-way, the migrator's advisory lock goes away with the session
+        // instead of staying held by a pooled connection.
+        let mut conn = PgConnection::connect_with(&options).await?;
+        let migrated = MIGRATOR.run(&mut conn).await;
+        // Closing politely is best effort; dropping the connection closes it anyway.
+        let _ = conn.close().await;
+        migrated?;
+
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// The underlying pool, for features that need their own connection to the same
+    /// database (LISTEN/NOTIFY wake-ups).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Closes the pool, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+// --- value conversions --------------------------------------------------------------
+
+fn attempt_status(value: &str) -> StoreResult<AttemptStatus> {
+    match value {
+        "success" => Ok(AttemptStatus::Success),
+        "failed" => Ok(AttemptStatus::Failed),
+        other => Err(StoreError::Database(sqlx::Error::Decode(
+            format!("unknown attempt status {other:?}").into(),
+        ))),
+    }
+}
+
+fn tenant_from(row: &PgRow) -> StoreResult<Tenant> {
+    Ok(Tenant {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn project_from(row: &PgRow) -> StoreResult<Project> {
+    Ok(Project {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn api_key_from(row: &PgRow) -> StoreResult<ApiKeyRecord> {
+    Ok(ApiKeyRecord {
+        id: row.try_get("id")?,
+        project_id: row.try_get("project_id")?,
+        lookup_id: row.try_get("lookup_id")?,
+        secret_hash: row.try_get("secret_hash")?,
+        created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+fn webhook_from(row: &PgRow) -> StoreResult<Webhook> {
+    Ok(Webhook {
+        id: row.try_get("id")?,
+        project_id: row.try_get("project_id")?,
+        event_type: row.try_get("event_type")?,
+        webhook_url: row.try_get("webhook_url")?,
+        auth_header: row.try_get("auth_header")?,
+        is_active: row.try_get("is_active")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn attempt_from(row: &PgRow) -> StoreResult<Attempt> {
+    Ok(Attempt {
+        id: row.try_get("id")?,
+        delivery_id: row.try_get("delivery_id")?,
+        event_id: row.try_get("event_id")?,
+        project_id: row.try_get("project_id")?,
+        event_type: row.try_get("event_type")?,
+        webhook_url: row.try_get("webhook_url")?,
+        response_code: row.try_get("response_code")?,
+        duration_ms: row.try_get("duration_ms")?,
+        attempt_number: row.try_get("attempt_number")?,
+        status: attempt_status(row.try_get("status")?)?,
+        request_body: row.try_get("request_body")?,
+        response_body: row.try_get("response_body")?,
+        error_message: row.try_get("error_message")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn claimed_from(row: &PgRow) -> StoreResult<ClaimedDelivery> {
+    Ok(ClaimedDelivery {
+        delivery_id: row.try_get("id")?,
+        event_id: row.try_get("event_id")?,
+        webhook_id: row.try_get("webhook_id")?,
+        project_id: row.try_get("project_id")?,
+        event_type: row.try_get("event_type")?,
+        event_created_at: row.try_get("event_created_at")?,
+        data: row.try_get("data")?,
+        webhook_url: row.try_get("webhook_url")?,
+        auth_header: row.try_get("auth_header")?,
+        secret: SigningSecret::from_stored(row.try_get("signing_secret")?),
+        previous_secret: row
+            .try_get::<Option<String>, _>("previous_secret")?
+            .map(SigningSecret::from_stored),
+        attempts_made: row.try_get("attempts_made")?,
+        lease_token: row.try_get("lease_token")?,
+    })
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// Cancels a webhook's pending deliveries (deleted or disabled webhook), releasing any
+/// lease so that an in-flight outcome for them is recognised as stale. The caller holds
+/// the webhook's row lock.
+async fn cancel_pending(
+    tx: &mut Transaction<'static, Postgres>,
+    webhook_id: Uuid,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE deliveries SET status = 'cancelled', lease_token = NULL, \
+         lease_expires_at = NULL, updated_at = $1 \
+         WHERE webhook_id = $2 AND status = 'pending'",
+    )
+    .bind(now)
+    .bind(webhook_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl WebhookStore for PgStore {
+    async fn create_tenant(&self, name: &str) -> StoreResult<Tenant> {
+        let tenant = Tenant {
+            id: Uuid::now_v7(),
+            name: name.to_owned(),
+            created_at: now_micros(),
+        };
+        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(tenant.id)
+            .bind(&tenant.name)
+            .bind(tenant.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(tenant)
+    }
+
+    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(tenant_from)
+            .collect()
+    }
+
+    async fn create_project(&self, tenant_id: Uuid, name: &str) -> StoreResult<Project> {
+        let project = Project {
+            id: Uuid::now_v7(),
+            tenant_id,
+            name: name.to_owned(),
+            created_at: now_micros(),
+        };
+        // Checking the tenant in the same statement turns a missing tenant into
+        // "no row inserted" instead of a foreign-key error to decode.
+        let done = sqlx::query(
+            "INSERT INTO projects (id, tenant_id, name, created_at) \
+             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM tenants WHERE id = $2)",
+        )
+        .bind(project.id)
+        .bind(tenant_id)
+        .bind(&project.name)
+        .bind(project.created_at)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(project)
+    }
+
+    async fn list_projects(&self, tenant_id: Option<Uuid>) -> StoreResult<Vec<Project>> {
+        sqlx::query(
+            "SELECT id, tenant_id, name, created_at FROM projects \
+             WHERE $1::uuid IS NULL OR tenant_id = $1 ORDER BY created_at, id",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(project_from)
+        .collect()
+    }
+
+    async fn get_project(&self, project_id: Uuid) -> StoreResult<Option<Project>> {
+        sqlx::query("SELECT id, tenant_id, name, created_at FROM projects WHERE id = $1")
+            .bind(project_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(project_from)
+            .transpose()
+    }
+
+    async fn insert_api_key(&self, record: &ApiKeyRecord) -> StoreResult<()> {
+        let done = sqlx::query(
+            "INSERT INTO api_keys (id, project_id, lookup_id, secret_hash, created_at, revoked_at) \
+             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM projects WHERE id = $2)",
+        )
+        .bind(record.id)
+        .bind(record.project_id)
+        .bind(&record.lookup_id)
+        .bind(&record.secret_hash)
+        .bind(truncate_micros(record.created_at))
+        .bind(record.revoked_at.map(truncate_micros))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict("an API key with this id or lookup id exists".into())
+            } else {
+                e.into()
+            }
+        })?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn list_api_keys(&self, project_id: Option<Uuid>) -> StoreResult<Vec<ApiKeyRecord>> {
+        sqlx::query(
+            "SELECT id, project_id, lookup_id, secret_hash, created_at, revoked_at \
+             FROM api_keys WHERE $1::uuid IS NULL OR project_id = $1 ORDER BY created_at, id",
+        )
+        .bind(project_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(api_key_from)
+        .collect()
+    }
+
+    async fn revoke_api_key(&self, key_id: Uuid) -> StoreResult<()> {
+        // Revoking twice keeps the first instant: it is when the key stopped working.
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2",
+        )
+        .bind(now_micros())
+        .bind(key_id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn find_api_key(&self, lookup_id: &str) -> StoreResult<Option<KeyOwner>> {
+        let row = sqlx::query(
+            "SELECT k.id, p.tenant_id, k.project_id, k.secret_hash, \
+                    k.revoked_at IS NOT NULL AS revoked \
+             FROM api_keys k JOIN projects p ON p.id = k.project_id \
+             WHERE k.lookup_id = $1",
+        )
+        .bind(lookup_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(KeyOwner {
+                key_id: row.try_get("id")?,
+                tenant_id: row.try_get("tenant_id")?,
+                project_id: row.try_get("project_id")?,
+                secret_hash: row.try_get("secret_hash")?,
+                revoked: row.try_get("revoked")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn is_empty(&self) -> StoreResult<bool> {
+        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants)")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(!any)
+    }
+
+    async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome> {
+        // One statement: INSERT ... ON CONFLICT is atomic against concurrent upserts of
+        // the same key (the loser of the insert race waits and then updates). The
+        // update branch never touches the secret, so comparing the returned secret with
+        // the one offered tells which branch ran.
+        let row = sqlx::query(&format!(
+            "INSERT INTO webhooks (id, project_id, event_type, webhook_url, auth_header, \
+                 signing_secret, is_active, consecutive_failures, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, true, 0, $7, $7) \
+             ON CONFLICT (project_id, event_type) DO UPDATE SET \
+                 webhook_url = excluded.webhook_url, \
+                 auth_header = excluded.auth_header, \
+                 is_active = true, \
+                 consecutive_failures = 0, \
+                 first_failure_at = NULL, \
+                 updated_at = excluded.updated_at \
+             RETURNING {WEBHOOK_COLUMNS}, signing_secret"
+        ))
+        .bind(Uuid::now_v7())
+        .bind(input.project_id)
+        .bind(input.event_type)
+        .bind(input.webhook_url)
+        .bind(input.auth_header)
+        .bind(input.new_secret.expose())
+        .bind(now_micros())
+        .fetch_one(&self.pool)
+        .await?;
+        let webhook = webhook_from(&row)?;
+        let stored: String = row.try_get("signing_secret")?;
+        if stored == input.new_secret.expose() {
+            Ok(UpsertOutcome::Created {
+                webhook,
+                secret: SigningSecret::from_stored(stored),
+            })
+        } else {
+            Ok(UpsertOutcome::Updated { webhook })
+        }
+    }
+
+    async fn list_webhooks(&self, project_id: Uuid) -> StoreResult<Vec<Webhook>> {
+        sqlx::query(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE project_id = $1 ORDER BY event_type"
+        ))
+        .bind(project_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(webhook_from)
+        .collect()
+    }
+
+    async fn get_webhook(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+    ) -> StoreResult<Option<Webhook>> {
+        sqlx::query(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE project_id = $1 AND event_type = $2"
+        ))
+        .bind(project_id)
+        .bind(event_type)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(webhook_from)
+        .transpose()
+    }
+
+    async fn delete_webhook(&self, project_id: Uuid, event_type: &str) -> StoreResult<bool> {
+        let now = now_micros();
+        let mut tx = self.pool.begin().await?;
+        // The DELETE takes the webhook's row lock before any delivery is touched,
+        // the same order record_outcomes uses.
+        let deleted: Option<Uuid> = sqlx::query_scalar(
+            "DELETE FROM webhooks WHERE project_id = $1 AND event_type = $2 RETURNING id",
+        )
+        .bind(project_id)
+        .bind(event_type)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(webhook_id) = deleted else {
+            return Ok(false);
+        };
+        cancel_pending(&mut tx, webhook_id, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn rotate_secret(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        new_secret: &SigningSecret,
+        grace: Duration,
+    ) -> StoreResult<bool> {
+        let now = now_micros();
+        let keep_previous = !grace.is_zero();
+        let previous_expires = keep_previous.then(|| add_duration(now, grace));
+        // SET expressions read the row as it was before the update, so
+        // previous_secret receives the secret being replaced.
+        let done = sqlx::query(
+            "UPDATE webhooks SET \
+                 previous_secret = CASE WHEN $1 THEN signing_secret END, \
+                 previous_secret_expires_at = $2, \
+                 signing_secret = $3, \
+                 updated_at = $4 \
+             WHERE project_id = $5 AND event_type = $6",
+        )
+        .bind(keep_previous)
+        .bind(previous_expires)
+        .bind(new_secret.expose())
+        .bind(now)
+        .bind(project_id)
+        .bind(event_type)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list_attempts(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        page: AttemptPage,
+    ) -> StoreResult<Vec<Attempt>> {
+        let rows = match page {
+            AttemptPage::Offset { limit, offset } => {
+                sqlx::query(&format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM attempts \
+                     WHERE project_id = $1 AND event_type = $2 \
+                     ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+                ))
+                .bind(project_id)
+                .bind(event_type)
+                .bind(limit.max(0))
+                .bind(offset.max(0))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            AttemptPage::After {
+                limit,
+                created_at,
+                id,
+            } => {
+                sqlx::query(&format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM attempts \
+                     WHERE project_id = $1 AND event_type = $2 \
+                       AND (created_at, id) < ($3, $4) \
+                     ORDER BY created_at DESC, id DESC LIMIT $5"
+                ))
+                .bind(project_id)
+                .bind(event_type)
+                .bind(truncate_micros(created_at))
+                .bind(id)
+                .bind(limit.max(0))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(attempt_from).collect()
+    }
+
+    async fn publish_event(&self, event: PublishEvent<'_>) -> StoreResult<Published> {
+        let since = truncate_micros(event.idempotency_since);
+        for _ in 0..PUBLISH_ATTEMPTS {
+            let now = now_micros();
+            let event_id = Uuid::now_v7();
+            // One statement, hence one transaction and one round trip on the hot path.
+            // A conflicting idempotency key inserts nothing (and so no delivery); the
+            // unique index makes a concurrent publisher with the same key wait for
+            // this one and then see the conflict. (project, event type) names at most
+            // one webhook, so one pre-generated delivery id suffices.
+            let row = sqlx::query(
+                "WITH ev AS ( \
+                     INSERT INTO events (id, project_id, event_type, data, idempotency_key, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL \
+                     DO NOTHING \
+                     RETURNING id \
+                 ), d AS ( \
+                     INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, \
+                         status, attempts_made, next_attempt_at, created_at, updated_at) \
+                     SELECT $7, ev.id, w.id, w.project_id, w.event_type, 'pending', 0, $6, $6, $6 \
+                     FROM ev JOIN webhooks w \
+                       ON w.project_id = $2 AND w.event_type = $3 AND w.is_active \
+                     RETURNING 1 \
+                 ) \
+                 SELECT (SELECT count(*) FROM ev) AS inserted, (SELECT count(*) FROM d) AS deliveries",
+            )
+            .bind(event_id)
+            .bind(event.project_id)
+            .bind(event.event_type)
+            .bind(event.data)
+            .bind(event.idempotency_key)
+            .bind(now)
+            .bind(Uuid::now_v7())
+            .fetch_one(&self.pool)
+            .await?;
+            let inserted: i64 = row.try_get("inserted")?;
+            if inserted > 0 {
+                return Ok(Published {
+                    event_id,
+                    deliveries: row.try_get("deliveries")?,
+                    created_at: now,
+                    duplicate: false,
+                });
+            }
+
+            // Only a key can conflict; it is present here.
+            let Some(key) = event.idempotency_key else {
+                return Err(StoreError::Conflict("event insert conflicted without a key".into()));
+            };
+            let seen = sqlx::query(
+                "SELECT e.id, e.created_at, \
+                     (SELECT count(*) FROM deliveries d WHERE d.event_id = e.id) AS deliveries \
+                 FROM events e WHERE e.project_id = $1 AND e.idempotency_key = $2",
+            )
+            .bind(event.project_id)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+            // No row means a concurrent publisher cleared the key in between: go round.
+            if let Some(row) = seen {
+                let created_at: DateTime<Utc> = row.try_get("created_at")?;
+                if created_at >= since {
+                    return Ok(Published {
+                        event_id: row.try_get("id")?,
+                        deliveries: row.try_get("deliveries")?,
+                        created_at,
+                        duplicate: true,
+                    });
+                }
+                // The earlier use of the key is past its retention window: it no
+                // longer deduplicates, and must not block the unique index.
+                sqlx::query(
+                    "UPDATE events SET idempotency_key = NULL \
+                     WHERE project_id = $1 AND idempotency_key = $2 AND created_at < $3",
+                )
+                .bind(event.project_id)
+                .bind(key)
+                .bind(since)
+                .execute(&self.pool)
+                .await?;
+            }
+        }
+        Err(StoreError::Conflict(
+            "idempotency key kept changing under concurrent publishes".into(),
+        ))
+    }
+
+    async fn claim_due(&self, max: usize, lease: Duration) -> StoreResult<Vec<ClaimedDelivery>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let now = now_micros();
+        let expires = add_duration(now, lease);
+        // SKIP LOCKED: rows another claimer is leasing right now are passed over, not
+        // waited for. Under READ COMMITTED, a row leased and committed by another
+        // claimer after this statement's snapshot is re-checked against the WHERE
+        // clause once locked, and dropped because it is no longer due. NO KEY UPDATE
+        // (the key is not changed) does not conflict with the key-share locks that
+        // inserting attempts takes on the delivery. The EXISTS sub-select locks
+        // nothing, so claimers never queue behind a webhook row either.
+        // next_attempt_at moves to the lease expiry: the row drops out of the due
+        // range while leased and comes back by itself if the lease runs out.
+        let rows = sqlx::query(
+            "WITH due AS MATERIALIZED ( \
+                 SELECT d.id FROM deliveries d \
+                 WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
+                   AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $1) \
+                   AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.is_active) \
+                 ORDER BY d.next_attempt_at, d.id \
+                 LIMIT $2 \
+                 FOR NO KEY UPDATE OF d SKIP LOCKED \
+             ), claimed AS ( \
+                 UPDATE deliveries d SET lease_token = $3, lease_expires_at = $4, \
+                     next_attempt_at = $4, updated_at = $1 \
+                 FROM due WHERE d.id = due.id \
+                 RETURNING d.id, d.event_id, d.webhook_id, d.project_id, d.event_type, \
+                     d.attempts_made, d.lease_token \
+             ) \
+             SELECT c.id, c.event_id, c.webhook_id, c.project_id, c.event_type, \
+                 c.attempts_made, c.lease_token, \
+                 e.created_at AS event_created_at, e.data, \
+                 w.webhook_url, w.auth_header, w.signing_secret, \
+                 CASE WHEN w.previous_secret_expires_at > $1 THEN w.previous_secret END \
+                     AS previous_secret \
+             FROM claimed c \
+             JOIN events e ON e.id = c.event_id \
+             JOIN webhooks w ON w.id = c.webhook_id \
+             ORDER BY c.id",
+        )
+        .bind(now)
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .bind(Uuid::new_v4())
+        .bind(expires)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(claimed_from).collect()
+    }
+
+    async fn record_outcomes(
+        &self,
+        outcomes: &[DeliveryOutcome],
+        policy: DisablePolicy,
+    ) -> StoreResult<Vec<Uuid>> {
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_micros();
+        let delivery_ids: Vec<Uuid> = outcomes.iter().map(|o| o.delivery_id).collect();
+        let mut tx = self.pool.begin().await?;
+
+        // 1. Lock the webhooks concerned, in id order (ORDER BY runs before the row
+        //    locks are taken), before touching any delivery: the same order as
+        //    delete_webhook and every other recorder, so recorders cannot deadlock.
+        let mut streaks: BTreeMap<Uuid, FailureStreak> = BTreeMap::new();
+        for row in sqlx::query(
+            "SELECT id, consecutive_failures, first_failure_at, is_active FROM webhooks \
+             WHERE id IN (SELECT webhook_id FROM deliveries WHERE id = ANY($1)) \
+             ORDER BY id FOR NO KEY UPDATE",
+        )
+        .bind(&delivery_ids)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            streaks.insert(
+                row.try_get("id")?,
+                FailureStreak {
+                    consecutive_failures: row.try_get("consecutive_failures")?,
+                    first_failure_at: row.try_get("first_failure_at")?,
+                    is_active: row.try_get("is_active")?,
+                },
+            );
+        }
+
+        // 2. Every attempt is recorded, stale or not. An attempt id already stored is
+        //    ignored, so a batch retried after a lost commit acknowledgement is
+        //    harmless: its leases are gone by then, so nothing is counted twice either.
+        let n = outcomes.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut event_ids = Vec::with_capacity(n);
+        let mut project_ids = Vec::with_capacity(n);
+        let mut event_types = Vec::with_capacity(n);
+        let mut urls = Vec::with_capacity(n);
+        let mut codes = Vec::with_capacity(n);
+        let mut durations = Vec::with_capacity(n);
+        let mut numbers = Vec::with_capacity(n);
+        let mut statuses = Vec::with_capacity(n);
+        let mut bodies = Vec::with_capacity(n);
+        let mut responses = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        let mut created = Vec::with_capacity(n);
+        let mut attempt_deliveries = Vec::with_capacity(n);
+        for o in outcomes {
+            let a = &o.attempt;
+            ids.push(a.id);
+            attempt_deliveries.push(a.delivery_id);
+            event_ids.push(a.event_id);
+            project_ids.push(a.project_id);
+            event_types.push(a.event_type.as_str());
+            urls.push(a.webhook_url.as_str());
+            codes.push(a.response_code);
+            durations.push(a.duration_ms);
+            numbers.push(a.attempt_number);
+            statuses.push(a.status.as_str());
+            bodies.push(a.request_body.as_slice());
+            responses.push(a.response_body.as_deref());
+            errors.push(a.error_message.as_deref());
+            created.push(truncate_micros(a.created_at));
+        }
+        sqlx::query(&format!(
+            "INSERT INTO attempts ({ATTEMPT_COLUMNS}) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], \
+                 $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::bytea[], \
+                 $12::text[], $13::text[], $14::timestamptz[]) \
+             ON CONFLICT (id) DO NOTHING"
+        ))
+        .bind(&ids)
+        .bind(&attempt_deliveries)
+        .bind(&event_ids)
+        .bind(&project_ids)
+        .bind(&event_types)
+        .bind(&urls)
+        .bind(&codes)
+        .bind(&durations)
+        .bind(&numbers)
+        .bind(&statuses)
+        .bind(&bodies)
+        .bind(&responses)
+        .bind(&errors)
+        .bind(&created)
+        .execute(&mut *tx)
+        .await?;
+
+        // 3. Finish or reschedule the deliveries whose lease still holds.
+        let tokens: Vec<Uuid> = outcomes.iter().map(|o| o.lease_token).collect();
+        let next_statuses: Vec<&str> = outcomes.iter().map(status_after).collect();
+        let retry_at: Vec<Option<DateTime<Utc>>> = outcomes
+            .iter()
+            .map(|o| o.retry_at.map(truncate_micros))
+            .collect();
+        let live: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "UPDATE deliveries d SET status = u.status, \
+                 next_attempt_at = COALESCE(u.retry_at, d.next_attempt_at), \
+                 attempts_made = d.attempts_made + 1, \
+                 lease_token = NULL, lease_expires_at = NULL, updated_at = $5 \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[]) \
+                 AS u(id, lease_token, status, retry_at) \
+             WHERE d.id = u.id AND d.lease_token = u.lease_token AND d.status = 'pending' \
+             RETURNING d.id, d.webhook_id",
+        )
+        .bind(&delivery_ids)
+        .bind(&tokens)
+        .bind(&next_statuses)
+        .bind(&retry_at)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+
+        // 4. Replay the applied attempts into each webhook's streak, in time order.
+        let live_webhook: BTreeMap<Uuid, Uuid> = live.into_iter().collect();
+        let mut applied: BTreeMap<Uuid, Vec<(DateTime<Utc>, AttemptStatus)>> = BTreeMap::new();
+        for o in outcomes {
+            if let Some(webhook) = live_webhook.get(&o.delivery_id) {
+                applied
+                    .entry(*webhook)
+                    .or_default()
+                    .push((truncate_micros(o.attempt.created_at), o.attempt.status));
+            }
+        }
+        let mut disabled = Vec::new();
+        for (webhook_id, mut attempts) in applied {
+            // A webhook deleted meanwhile has no streak left to keep.
+            let Some(before) = streaks.get(&webhook_id).copied() else {
+                continue;
+            };
+            let mut streak = before;
+            attempts.sort_by_key(|(at, _)| *at);
+            let mut disables = false;
+            for (at, status) in attempts {
+                disables |= streak.record(status, at, policy);
+            }
+            if streak == before {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE webhooks SET consecutive_failures = $1, first_failure_at = $2, \
+                     is_active = $3, updated_at = CASE WHEN $4 THEN $5 ELSE updated_at END \
+                 WHERE id = $6",
+            )
+            .bind(streak.consecutive_failures)
+            .bind(streak.first_failure_at)
+            .bind(streak.is_active)
+            .bind(disables)
+            .bind(now)
+            .bind(webhook_id)
+            .execute(&mut *tx)
+            .await?;
+            if disables {
+                cancel_pending(&mut tx, webhook_id, now).await?;
+                disabled.push(webhook_id);
+            }
+        }
+        tx.commit().await?;
+        Ok(disabled)
+    }
+
+    async fn release(&self, claims: &[(Uuid, Uuid)]) -> StoreResult<()> {
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let (ids, tokens): (Vec<Uuid>, Vec<Uuid>) = claims.iter().copied().unzip();
+        sqlx::query(
+            "UPDATE deliveries d SET lease_token = NULL, lease_expires_at = NULL, \
+                 next_attempt_at = $3, updated_at = $3 \
+             FROM UNNEST($1::uuid[], $2::uuid[]) AS u(id, lease_token) \
+             WHERE d.id = u.id AND d.lease_token = u.lease_token AND d.status = 'pending'",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        // Walks the due index and stops at the first delivery that can actually be
+        // claimed. A publish racing with a webhook's deletion can leave a pending row
+        // whose webhook is gone; it must not keep a worker awake.
+        Ok(sqlx::query_scalar(
+            "SELECT d.next_attempt_at FROM deliveries d \
+             WHERE d.status = 'pending' \
+               AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.is_active) \
+             ORDER BY d.next_attempt_at, d.id LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn queue_stats(&self) -> StoreResult<QueueStats> {
+        let now = now_micros();
+        let row = sqlx::query(
+            "SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending') AS pending, \
+                 (SELECT d.next_attempt_at FROM deliveries d \
+                  WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
+                    AND EXISTS (SELECT 1 FROM webhooks w \
+                                WHERE w.id = d.webhook_id AND w.is_active) \
+                  ORDER BY d.next_attempt_at, d.id LIMIT 1) AS oldest_due",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        let oldest: Option<DateTime<Utc>> = row.try_get("oldest_due")?;
+        Ok(QueueStats {
+            pending: row.try_get("pending")?,
+            oldest_due_age: oldest.map(|due| (now - due).to_std().unwrap_or_default()),
+        })
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

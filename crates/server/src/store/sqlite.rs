@@ -1,0 +1,943 @@
+//! The embedded backend: one SQLite file, created on first start.
+//!
+//! SQLite admits one writer at a time. Rather than letting several pooled connections
+//! race for the write lock (and spin in the busy handler), every write goes through a
+//! pool holding exactly one connection, and each write transaction starts with
+//! `BEGIN IMMEDIATE`, which takes the write lock up front. Reads use a separate small
+//! pool; in WAL mode they never block the writer nor wait for it. `busy_timeout` covers
+//! the remaining case of another process (the CLI creating a key while the server runs)
+//! holding the lock for a moment.
+//!
+//! Instants are stored as INTEGER microseconds since the Unix epoch (UTC) and ids as
+//! 16-byte BLOBs; see the migration for the reasoning.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use uuid::Uuid;
+
+use super::{
+    add_duration, now_micros, status_after, truncate_micros, ApiKeyRecord,
+    Attempt, AttemptPage, AttemptStatus, ClaimedDelivery, DeliveryOutcome, DisablePolicy,
+    FailureStreak, KeyOwner, Project, PublishEvent, Published, QueueStats, SigningSecret,
+    StoreError, StoreResult, Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Read connections. Reads are short index lookups; a handful covers the API's
+/// concurrency without holding many file descriptors.
+const READERS: u32 = 4;
+
+/// How long a statement waits for another process's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a caller waits for the single write connection. Writes are short, so a
+/// long wait means the database is stuck, and an error is more useful than a hang.
+const WRITER_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bound on the number of ids bound into one `IN (...)` list.
+const MAX_IDS_PER_STATEMENT: usize = 500;
+
+const WEBHOOK_COLUMNS: &str =
+    "id, project_id, event_type, webhook_url, auth_header, is_active, created_at, updated_at";
+
+const ATTEMPT_COLUMNS: &str = "id, delivery_id, event_id, project_id, event_type, webhook_url, \
+     response_code, duration_ms, attempt_number, status, request_body, response_body, \
+     error_message, created_at";
+
+/// The SQLite implementation of [`WebhookStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// Exactly one connection: writes are serialized here rather than in SQLite's
+    /// busy handler.
+    writer: SqlitePool,
+    /// Read-only traffic. For an in-memory database this is the writer pool itself,
+    /// since separate connections would not share the data.
+    readers: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its directory if missing) the database at `url`, which is
+    /// `sqlite://path`, `sqlite:path` or a bare path, and runs the embedded migrations.
+    ///
+    /// Durability: the journal is WAL with `synchronous = NORMAL`. A transaction is
+    /// durable against a crash or SIGKILL of the process as soon as it commits (the
+    /// WAL is in the OS page cache, which survives the process), which is the guarantee
+    /// behind answering 202 to a published event. Only a power loss or kernel crash can
+    /// lose the last transactions before the next checkpoint; `FULL` would close that
+    /// window at the price of an fsync per commit, i.e. a few hundred publishes per
+    /// second instead of thousands. Operators who need power-loss durability should run
+    /// on PostgreSQL, which is the scale-out backend anyway.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let base = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        if !in_memory {
+            create_parent_dir(base.get_filename()).await?;
+        }
+
+        // WAL is a property of the file: set it on the writer, which opens first.
+        // Changing journal mode needs an exclusive lock that busy_timeout does not
+        // wait for, so the readers must not try.
+        let writer_options = base
+            .clone()
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .optimize_on_close(true, None);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(WRITER_ACQUIRE_TIMEOUT)
+            // A local file handle does not go stale; pinging it per acquire is wasted
+            // work on the hot path.
+            .test_before_acquire(false)
+            // Keep the one writer open for the life of the store: closing it would
+            // needlessly checkpoint and reopen.
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(writer_options)
+            .await?;
+
+        MIGRATOR.run(&writer).await?;
+
+        let readers = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(READERS)
+                .test_before_acquire(false)
+                .connect_with(base)
+                .await?
+        };
+        Ok(Self { writer, readers })
+    }
+
+    /// Closes both pools, waiting for connections in use to come back. The writer
+    /// checkpoints the WAL when it closes.
+    pub async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+
+    /// A write transaction holding SQLite's write lock from its first statement, so a
+    /// read-then-write sequence inside it cannot be invalidated by another writer.
+    async fn write_tx(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+async fn create_parent_dir(file: &Path) -> StoreResult<()> {
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+    }
+    Ok(())
+}
+
+// --- value conversions --------------------------------------------------------------
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn instant(value: i64, column: &str) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(value).ok_or_else(|| {
+        StoreError::Database(sqlx::Error::Decode(
+            format!("column {column}: timestamp {value} out of range").into(),
+        ))
+    })
+}
+
+fn get_time(row: &SqliteRow, column: &str) -> StoreResult<DateTime<Utc>> {
+    instant(row.try_get(column)?, column)
+}
+
+fn get_opt_time(row: &SqliteRow, column: &str) -> StoreResult<Option<DateTime<Utc>>> {
+    row.try_get::<Option<i64>, _>(column)?
+        .map(|v| instant(v, column))
+        .transpose()
+}
+
+fn attempt_status(value: &str) -> StoreResult<AttemptStatus> {
+    match value {
+        "success" => Ok(AttemptStatus::Success),
+        "failed" => Ok(AttemptStatus::Failed),
+        other => Err(StoreError::Database(sqlx::Error::Decode(
+            format!("unknown attempt status {other:?}").into(),
+        ))),
+    }
+}
+
+fn tenant_from(row: &SqliteRow) -> StoreResult<Tenant> {
+    Ok(Tenant {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        created_at: get_time(row, "created_at")?,
+    })
+}
+
+fn project_from(row: &SqliteRow) -> StoreResult<Project> {
+    Ok(Project {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        name: row.try_get("name")?,
+        created_at: get_time(row, "created_at")?,
+    })
+}
+
+fn api_key_from(row: &SqliteRow) -> StoreResult<ApiKeyRecord> {
+    Ok(ApiKeyRecord {
+        id: row.try_get("id")?,
+        project_id: row.try_get("project_id")?,
+        lookup_id: row.try_get("lookup_id")?,
+        secret_hash: row.try_get("secret_hash")?,
+        created_at: get_time(row, "created_at")?,
+        revoked_at: get_opt_time(row, "revoked_at")?,
+    })
+}
+
+fn webhook_from(row: &SqliteRow) -> StoreResult<Webhook> {
+    Ok(Webhook {
+        id: row.try_get("id")?,
+        project_id: row.try_get("project_id")?,
+        event_type: row.try_get("event_type")?,
+        webhook_url: row.try_get("webhook_url")?,
+        auth_header: row.try_get("auth_header")?,
+        is_active: row.try_get("is_active")?,
+        created_at: get_time(row, "created_at")?,
+        updated_at: get_time(row, "updated_at")?,
+    })
+}
+
+fn attempt_from(row: &SqliteRow) -> StoreResult<Attempt> {
+    Ok(Attempt {
+        id: row.try_get("id")?,
+        delivery_id: row.try_get("delivery_id")?,
+        event_id: row.try_get("event_id")?,
+        project_id: row.try_get("project_id")?,
+        event_type: row.try_get("event_type")?,
+        webhook_url: row.try_get("webhook_url")?,
+        response_code: row.try_get("response_code")?,
+        duration_ms: row.try_get("duration_ms")?,
+        attempt_number: row.try_get("attempt_number")?,
+        status: attempt_status(row.try_get("status")?)?,
+        request_body: row.try_get("request_body")?,
+        response_body: row.try_get("response_body")?,
+        error_message: row.try_get("error_message")?,
+        created_at: get_time(row, "created_at")?,
+    })
+}
+
+fn claimed_from(row: &SqliteRow, lease_token: Uuid) -> StoreResult<ClaimedDelivery> {
+    Ok(ClaimedDelivery {
+        delivery_id: row.try_get("id")?,
+        event_id: row.try_get("event_id")?,
+        webhook_id: row.try_get("webhook_id")?,
+        project_id: row.try_get("project_id")?,
+        event_type: row.try_get("event_type")?,
+        event_created_at: get_time(row, "event_created_at")?,
+        data: row.try_get("data")?,
+        webhook_url: row.try_get("webhook_url")?,
+        auth_header: row.try_get("auth_header")?,
+        secret: SigningSecret::from_stored(row.try_get("signing_secret")?),
+        previous_secret: row
+            .try_get::<Option<String>, _>("previous_secret")?
+            .map(SigningSecret::from_stored),
+        attempts_made: row.try_get("attempts_made")?,
+        lease_token,
+    })
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// Cancels a webhook's pending deliveries (deleted or disabled webhook), releasing any
+/// lease so that an in-flight outcome for them is recognised as stale.
+async fn cancel_pending(
+    tx: &mut Transaction<'static, Sqlite>,
+    webhook_id: Uuid,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE deliveries SET status = 'cancelled', lease_token = NULL, \
+         lease_expires_at = NULL, updated_at = ?1 \
+         WHERE webhook_id = ?2 AND status = 'pending'",
+    )
+    .bind(micros(now))
+    .bind(webhook_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl WebhookStore for SqliteStore {
+    async fn create_tenant(&self, name: &str) -> StoreResult<Tenant> {
+        let tenant = Tenant {
+            id: Uuid::now_v7(),
+            name: name.to_owned(),
+            created_at: now_micros(),
+        };
+        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES (?1, ?2, ?3)")
+            .bind(tenant.id)
+            .bind(&tenant.name)
+            .bind(micros(tenant.created_at))
+            .execute(&self.writer)
+            .await?;
+        Ok(tenant)
+    }
+
+    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY created_at, id")
+            .fetch_all(&self.readers)
+            .await?
+            .iter()
+            .map(tenant_from)
+            .collect()
+    }
+
+    async fn create_project(&self, tenant_id: Uuid, name: &str) -> StoreResult<Project> {
+        let project = Project {
+            id: Uuid::now_v7(),
+            tenant_id,
+            name: name.to_owned(),
+            created_at: now_micros(),
+        };
+        // Checking the tenant in the same statement turns a missing tenant into
+        // "no row inserted" instead of a foreign-key error to decode.
+        let done = sqlx::query(
+            "INSERT INTO projects (id, tenant_id, name, created_at) \
+             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM tenants WHERE id = ?2)",
+        )
+        .bind(project.id)
+        .bind(tenant_id)
+        .bind(&project.name)
+        .bind(micros(project.created_at))
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(project)
+    }
+
+    async fn list_projects(&self, tenant_id: Option<Uuid>) -> StoreResult<Vec<Project>> {
+        sqlx::query(
+            "SELECT id, tenant_id, name, created_at FROM projects \
+             WHERE ?1 IS NULL OR tenant_id = ?1 ORDER BY created_at, id",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.readers)
+        .await?
+        .iter()
+        .map(project_from)
+        .collect()
+    }
+
+    async fn get_project(&self, project_id: Uuid) -> StoreResult<Option<Project>> {
+        sqlx::query("SELECT id, tenant_id, name, created_at FROM projects WHERE id = ?1")
+            .bind(project_id)
+            .fetch_optional(&self.readers)
+            .await?
+            .as_ref()
+            .map(project_from)
+            .transpose()
+    }
+
+    async fn insert_api_key(&self, record: &ApiKeyRecord) -> StoreResult<()> {
+        let done = sqlx::query(
+            "INSERT INTO api_keys (id, project_id, lookup_id, secret_hash, created_at, revoked_at) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM projects WHERE id = ?2)",
+        )
+        .bind(record.id)
+        .bind(record.project_id)
+        .bind(&record.lookup_id)
+        .bind(&record.secret_hash)
+        .bind(micros(record.created_at))
+        .bind(record.revoked_at.map(micros))
+        .execute(&self.writer)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict("an API key with this id or lookup id exists".into())
+            } else {
+                e.into()
+            }
+        })?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn list_api_keys(&self, project_id: Option<Uuid>) -> StoreResult<Vec<ApiKeyRecord>> {
+        sqlx::query(
+            "SELECT id, project_id, lookup_id, secret_hash, created_at, revoked_at \
+             FROM api_keys WHERE ?1 IS NULL OR project_id = ?1 ORDER BY created_at, id",
+        )
+        .bind(project_id)
+        .fetch_all(&self.readers)
+        .await?
+        .iter()
+        .map(api_key_from)
+        .collect()
+    }
+
+    async fn revoke_api_key(&self, key_id: Uuid) -> StoreResult<()> {
+        // Revoking twice keeps the first instant: it is when the key stopped working.
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2",
+        )
+        .bind(micros(now_micros()))
+        .bind(key_id)
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn find_api_key(&self, lookup_id: &str) -> StoreResult<Option<KeyOwner>> {
+        let row = sqlx::query(
+            "SELECT k.id, p.tenant_id, k.project_id, k.secret_hash, \
+                    k.revoked_at IS NOT NULL AS revoked \
+             FROM api_keys k JOIN projects p ON p.id = k.project_id \
+             WHERE k.lookup_id = ?1",
+        )
+        .bind(lookup_id)
+        .fetch_optional(&self.readers)
+        .await?;
+        row.map(|row| {
+            Ok(KeyOwner {
+                key_id: row.try_get("id")?,
+                tenant_id: row.try_get("tenant_id")?,
+                project_id: row.try_get("project_id")?,
+                secret_hash: row.try_get("secret_hash")?,
+                revoked: row.try_get("revoked")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn is_empty(&self) -> StoreResult<bool> {
+        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants)")
+            .fetch_one(&self.readers)
+            .await?;
+        Ok(!any)
+    }
+
+    async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome> {
+        let now = micros(now_micros());
+        // One statement, so it is atomic however many callers race. The stored secret
+        // is never overwritten by the update branch; comparing it with the one offered
+        // tells which branch ran (two random 32-byte secrets do not collide).
+        let row = sqlx::query(&format!(
+            "INSERT INTO webhooks (id, project_id, event_type, webhook_url, auth_header, \
+                 signing_secret, is_active, consecutive_failures, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, 0, ?7, ?7) \
+             ON CONFLICT (project_id, event_type) DO UPDATE SET \
+                 webhook_url = excluded.webhook_url, \
+                 auth_header = excluded.auth_header, \
+                 is_active = 1, \
+                 consecutive_failures = 0, \
+                 first_failure_at = NULL, \
+                 updated_at = excluded.updated_at \
+             RETURNING {WEBHOOK_COLUMNS}, signing_secret"
+        ))
+        .bind(Uuid::now_v7())
+        .bind(input.project_id)
+        .bind(input.event_type)
+        .bind(input.webhook_url)
+        .bind(input.auth_header)
+        .bind(input.new_secret.expose())
+        .bind(now)
+        .fetch_one(&self.writer)
+        .await?;
+        let webhook = webhook_from(&row)?;
+        let stored: String = row.try_get("signing_secret")?;
+        if stored == input.new_secret.expose() {
+            Ok(UpsertOutcome::Created {
+                webhook,
+                secret: SigningSecret::from_stored(stored),
+            })
+        } else {
+            Ok(UpsertOutcome::Updated { webhook })
+        }
+    }
+
+    async fn list_webhooks(&self, project_id: Uuid) -> StoreResult<Vec<Webhook>> {
+        sqlx::query(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE project_id = ?1 ORDER BY event_type"
+        ))
+        .bind(project_id)
+        .fetch_all(&self.readers)
+        .await?
+        .iter()
+        .map(webhook_from)
+        .collect()
+    }
+
+    async fn get_webhook(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+    ) -> StoreResult<Option<Webhook>> {
+        sqlx::query(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE project_id = ?1 AND event_type = ?2"
+        ))
+        .bind(project_id)
+        .bind(event_type)
+        .fetch_optional(&self.readers)
+        .await?
+        .as_ref()
+        .map(webhook_from)
+        .transpose()
+    }
+
+    async fn delete_webhook(&self, project_id: Uuid, event_type: &str) -> StoreResult<bool> {
+        let now = now_micros();
+        let mut tx = self.write_tx().await?;
+        let deleted: Option<Uuid> = sqlx::query_scalar(
+            "DELETE FROM webhooks WHERE project_id = ?1 AND event_type = ?2 RETURNING id",
+        )
+        .bind(project_id)
+        .bind(event_type)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(webhook_id) = deleted else {
+            return Ok(false);
+        };
+        cancel_pending(&mut tx, webhook_id, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn rotate_secret(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        new_secret: &SigningSecret,
+        grace: Duration,
+    ) -> StoreResult<bool> {
+        let now = now_micros();
+        let keep_previous = !grace.is_zero();
+        let previous_expires = keep_previous.then(|| micros(add_duration(now, grace)));
+        // SET expressions read the row as it was before the update, so
+        // previous_secret receives the secret being replaced.
+        let done = sqlx::query(
+            "UPDATE webhooks SET \
+                 previous_secret = CASE WHEN ?1 THEN signing_secret END, \
+                 previous_secret_expires_at = ?2, \
+                 signing_secret = ?3, \
+                 updated_at = ?4 \
+             WHERE project_id = ?5 AND event_type = ?6",
+        )
+        .bind(keep_previous)
+        .bind(previous_expires)
+        .bind(new_secret.expose())
+        .bind(micros(now))
+        .bind(project_id)
+        .bind(event_type)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list_attempts(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        page: AttemptPage,
+    ) -> StoreResult<Vec<Attempt>> {
+        let rows = match page {
+            AttemptPage::Offset { limit, offset } => {
+                sqlx::query(&format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM attempts \
+                     WHERE project_id = ?1 AND event_type = ?2 \
+                     ORDER BY created_at DESC, id DESC LIMIT ?3 OFFSET ?4"
+                ))
+                .bind(project_id)
+                .bind(event_type)
+                .bind(limit.max(0))
+                .bind(offset.max(0))
+                .fetch_all(&self.readers)
+                .await?
+            }
+            AttemptPage::After {
+                limit,
+                created_at,
+                id,
+            } => {
+                sqlx::query(&format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM attempts \
+                     WHERE project_id = ?1 AND event_type = ?2 \
+                       AND (created_at, id) < (?3, ?4) \
+                     ORDER BY created_at DESC, id DESC LIMIT ?5"
+                ))
+                .bind(project_id)
+                .bind(event_type)
+                .bind(micros(truncate_micros(created_at)))
+                .bind(id)
+                .bind(limit.max(0))
+                .fetch_all(&self.readers)
+                .await?
+            }
+        };
+        rows.iter().map(attempt_from).collect()
+    }
+
+    async fn publish_event(&self, event: PublishEvent<'_>) -> StoreResult<Published> {
+        let now = now_micros();
+        let mut tx = self.write_tx().await?;
+
+        if let Some(key) = event.idempotency_key {
+            let seen = sqlx::query(
+                "SELECT id, created_at FROM events WHERE project_id = ?1 AND idempotency_key = ?2",
+            )
+            .bind(event.project_id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = seen {
+                let first_id: Uuid = row.try_get("id")?;
+                let first_at = get_time(&row, "created_at")?;
+                if first_at >= truncate_micros(event.idempotency_since) {
+                    let deliveries: i64 =
+                        sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE event_id = ?1")
+                            .bind(first_id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    return Ok(Published {
+                        event_id: first_id,
+                        deliveries,
+                        created_at: first_at,
+                        duplicate: true,
+                    });
+                }
+                // The earlier use of the key is past its retention window: it no
+                // longer deduplicates, and must not block the unique index.
+                sqlx::query("UPDATE events SET idempotency_key = NULL WHERE id = ?1")
+                    .bind(first_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+
+        let event_id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO events (id, project_id, event_type, data, idempotency_key, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(event_id)
+        .bind(event.project_id)
+        .bind(event.event_type)
+        .bind(event.data)
+        .bind(event.idempotency_key)
+        .bind(micros(now))
+        .execute(&mut *tx)
+        .await?;
+
+        // (project, event type) names at most one webhook, so one pre-generated id
+        // covers the at most one row this inserts.
+        let deliveries = sqlx::query(
+            "INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, status, \
+                 attempts_made, next_attempt_at, created_at, updated_at) \
+             SELECT ?1, ?2, w.id, w.project_id, w.event_type, 'pending', 0, ?3, ?3, ?3 \
+             FROM webhooks w \
+             WHERE w.project_id = ?4 AND w.event_type = ?5 AND w.is_active = 1",
+        )
+        .bind(Uuid::now_v7())
+        .bind(event_id)
+        .bind(micros(now))
+        .bind(event.project_id)
+        .bind(event.event_type)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+
+        tx.commit().await?;
+        Ok(Published {
+            event_id,
+            deliveries: i64::try_from(deliveries).unwrap_or(i64::MAX),
+            created_at: now,
+            duplicate: false,
+        })
+    }
+
+    async fn claim_due(&self, max: usize, lease: Duration) -> StoreResult<Vec<ClaimedDelivery>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let now = now_micros();
+        let expires = add_duration(now, lease);
+        let token = Uuid::new_v4();
+        let mut tx = self.write_tx().await?;
+
+        // Read and lease inside one IMMEDIATE transaction: no other writer (in this
+        // process or another) can claim the same rows in between.
+        let rows = sqlx::query(
+            "SELECT d.id, d.event_id, d.webhook_id, d.project_id, d.event_type, d.attempts_made, \
+                    e.created_at AS event_created_at, e.data, \
+                    w.webhook_url, w.auth_header, w.signing_secret, \
+                    CASE WHEN w.previous_secret_expires_at > ?1 THEN w.previous_secret END \
+                        AS previous_secret \
+             FROM deliveries d \
+             CROSS JOIN webhooks w ON w.id = d.webhook_id \
+             CROSS JOIN events e ON e.id = d.event_id \
+             WHERE d.status = 'pending' AND d.next_attempt_at <= ?1 \
+               AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= ?1) \
+               AND w.is_active = 1 \
+             ORDER BY d.next_attempt_at, d.id \
+             LIMIT ?2",
+        )
+        .bind(micros(now))
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        let claimed = rows
+            .iter()
+            .map(|row| claimed_from(row, token))
+            .collect::<StoreResult<Vec<_>>>()?;
+
+        for chunk in claimed.chunks(MAX_IDS_PER_STATEMENT) {
+            // next_attempt_at moves to the lease expiry: the row drops out of the due
+            // range while leased and comes back by itself if the lease runs out.
+            let mut update = QueryBuilder::<Sqlite>::new("UPDATE deliveries SET lease_token = ");
+            update
+                .push_bind(token)
+                .push(", lease_expires_at = ")
+                .push_bind(micros(expires))
+                .push(", next_attempt_at = ")
+                .push_bind(micros(expires))
+                .push(", updated_at = ")
+                .push_bind(micros(now))
+                .push(" WHERE id IN (");
+            let mut ids = update.separated(", ");
+            for claim in chunk {
+                ids.push_bind(claim.delivery_id);
+            }
+            update.push(")");
+            update.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn record_outcomes(
+        &self,
+        outcomes: &[DeliveryOutcome],
+        policy: DisablePolicy,
+    ) -> StoreResult<Vec<Uuid>> {
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_micros();
+        let mut tx = self.write_tx().await?;
+
+        // Webhook id -> the applied attempts (time, status), to replay into its streak.
+        let mut applied: BTreeMap<Uuid, Vec<(DateTime<Utc>, AttemptStatus)>> = BTreeMap::new();
+        for outcome in outcomes {
+            let a = &outcome.attempt;
+            // Ignoring an attempt id already stored makes a retried batch (after a
+            // commit whose acknowledgement was lost) harmless: its leases are gone by
+            // then, so nothing is counted twice either.
+            sqlx::query(&format!(
+                "INSERT INTO attempts ({ATTEMPT_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+                 ON CONFLICT (id) DO NOTHING"
+            ))
+            .bind(a.id)
+            .bind(a.delivery_id)
+            .bind(a.event_id)
+            .bind(a.project_id)
+            .bind(&a.event_type)
+            .bind(&a.webhook_url)
+            .bind(a.response_code)
+            .bind(a.duration_ms)
+            .bind(a.attempt_number)
+            .bind(a.status.as_str())
+            .bind(&a.request_body)
+            .bind(&a.response_body)
+            .bind(&a.error_message)
+            .bind(micros(truncate_micros(a.created_at)))
+            .execute(&mut *tx)
+            .await?;
+
+            let webhook: Option<Uuid> = sqlx::query_scalar(
+                "UPDATE deliveries SET status = ?1, \
+                     next_attempt_at = COALESCE(?2, next_attempt_at), \
+                     attempts_made = attempts_made + 1, \
+                     lease_token = NULL, lease_expires_at = NULL, updated_at = ?3 \
+                 WHERE id = ?4 AND lease_token = ?5 AND status = 'pending' \
+                 RETURNING webhook_id",
+            )
+            .bind(status_after(outcome))
+            .bind(outcome.retry_at.map(|t| micros(truncate_micros(t))))
+            .bind(micros(now))
+            .bind(outcome.delivery_id)
+            .bind(outcome.lease_token)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(webhook) = webhook {
+                applied
+                    .entry(webhook)
+                    .or_default()
+                    .push((truncate_micros(a.created_at), a.status));
+            }
+        }
+
+        let mut disabled = Vec::new();
+        for (webhook_id, mut attempts) in applied {
+            let row = sqlx::query(
+                "SELECT consecutive_failures, first_failure_at, is_active \
+                 FROM webhooks WHERE id = ?1",
+            )
+            .bind(webhook_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else { continue };
+            let mut streak = FailureStreak {
+                consecutive_failures: row.try_get("consecutive_failures")?,
+                first_failure_at: get_opt_time(&row, "first_failure_at")?,
+                is_active: row.try_get("is_active")?,
+            };
+            let before = streak;
+            attempts.sort_by_key(|(at, _)| *at);
+            let mut disables = false;
+            for (at, status) in attempts {
+                disables |= streak.record(status, at, policy);
+            }
+            if streak == before {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE webhooks SET consecutive_failures = ?1, first_failure_at = ?2, \
+                     is_active = ?3, updated_at = CASE WHEN ?4 THEN ?5 ELSE updated_at END \
+                 WHERE id = ?6",
+            )
+            .bind(streak.consecutive_failures)
+            .bind(streak.first_failure_at.map(micros))
+            .bind(streak.is_active)
+            .bind(disables)
+            .bind(micros(now))
+            .bind(webhook_id)
+            .execute(&mut *tx)
+            .await?;
+            if disables {
+                cancel_pending(&mut tx, webhook_id, now).await?;
+                disabled.push(webhook_id);
+            }
+        }
+        tx.commit().await?;
+        Ok(disabled)
+    }
+
+    async fn release(&self, claims: &[(Uuid, Uuid)]) -> StoreResult<()> {
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let now = micros(now_micros());
+        let mut tx = self.write_tx().await?;
+        for (delivery_id, lease_token) in claims {
+            sqlx::query(
+                "UPDATE deliveries SET lease_token = NULL, lease_expires_at = NULL, \
+                     next_attempt_at = ?1, updated_at = ?1 \
+                 WHERE id = ?2 AND lease_token = ?3 AND status = 'pending'",
+            )
+            .bind(now)
+            .bind(delivery_id)
+            .bind(lease_token)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        // Walks the due index and stops at the first delivery that can actually be
+        // claimed, so a pending row of a webhook that is gone cannot keep a worker
+        // awake.
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT d.next_attempt_at FROM deliveries d \
+             WHERE d.status = 'pending' \
+               AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.is_active = 1) \
+             ORDER BY d.next_attempt_at, d.id LIMIT 1",
+        )
+        .fetch_optional(&self.readers)
+        .await?;
+        next.map(|v| instant(v, "next_attempt_at")).transpose()
+    }
+
+    async fn queue_stats(&self) -> StoreResult<QueueStats> {
+        let now = now_micros();
+        let pending: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+                .fetch_one(&self.readers)
+                .await?;
+        let oldest: Option<i64> = sqlx::query_scalar(
+            "SELECT d.next_attempt_at FROM deliveries d \
+             WHERE d.status = 'pending' AND d.next_attempt_at <= ?1 \
+               AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.is_active = 1) \
+             ORDER BY d.next_attempt_at, d.id LIMIT 1",
+        )
+        .bind(micros(now))
+        .fetch_optional(&self.readers)
+        .await?;
+        let oldest_due_age = oldest
+            .map(|v| instant(v, "next_attempt_at"))
+            .transpose()?
+            .map(|due| (now - due).to_std().unwrap_or_default());
+        Ok(QueueStats {
+            pending,
+            oldest_due_age,
+        })
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use crate::store::delivery_status;
+
+    #[test]
+    fn instants_round_trip_at_microsecond_precision() {
+        let t = now_micros();
+        assert_eq!(instant(micros(t), "t").unwrap(), t);
+        assert!(instant(i64::MAX, "t").is_err());
+    }
+
+    #[test]
+    fn delivery_status_names_match_the_schema() {
+        // The CHECK constraint in the migration lists these; a typo would only show up
+        // as a constraint failure at run time.
+        let schema = include_str!("../../migrations/sqlite/0001_initial.sql");
+        for status in [
+            delivery_status::PENDING,
+            delivery_status::SUCCEEDED,
+            delivery_status::FAILED,
+        ] {
+            assert!(schema.contains(&format!("'{status}'")), "{status}");
+        }
+    }
+}

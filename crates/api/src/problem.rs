@@ -1,0 +1,145 @@
+//! The one error type of the API boundary: RFC 9457 problem details, rendered as an
+//! `ErrorModel` body with media type `application/problem+json`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::models::{ErrorDetail, ErrorModel};
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An error answer. Build one with the constructors; `detail` is shown to the caller, so
+/// it must never carry secrets or internal error text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub detail: String,
+    pub errors: Option<Vec<ErrorDetail>>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+            errors: None,
+        }
+    }
+
+    /// 400: the request could not be read (malformed JSON, for example).
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, detail)
+    }
+
+    /// 401: missing, malformed, unknown or revoked API key. The detail is deliberately
+    /// the same whatever the reason, so callers cannot probe for valid keys.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "a valid API key is required: send `Authorization: Bearer sk_...`",
+        )
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, detail)
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, detail)
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {limit} bytes"),
+        )
+    }
+
+    pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, detail)
+    }
+
+    /// 422 with one entry per problem.
+    pub fn validation(errors: Vec<ErrorDetail>) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            detail: "validation failed".to_owned(),
+            errors: Some(errors),
+        }
+    }
+
+    /// 422 for a single field, for checks made beyond the schema (by an implementation).
+    pub fn invalid(location: &str, message: impl Into<String>) -> Self {
+        Self::validation(vec![ErrorDetail {
+            location: Some(location.to_owned()),
+            message: Some(message.into()),
+            value: None,
+        }])
+    }
+
+    /// 500 with nothing of the cause: log the cause where it happens.
+    pub fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
+    }
+
+    pub fn service_unavailable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, detail)
+    }
+
+    pub fn to_model(&self) -> ErrorModel {
+        ErrorModel {
+            schema: Some(ErrorModel::SCHEMA_LINK.to_owned()),
+            r#type: None,
+            title: self.status.canonical_reason().map(str::to_owned),
+            status: Some(i64::from(self.status.as_u16())),
+            detail: Some(self.detail.clone()),
+            instance: None,
+            errors: self.errors.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status, self.detail)
+    }
+}
+
+impl std::error::Error for Problem {}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.to_model()).unwrap_or_default();
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_problem_json_with_schema_link() {
+        let response = Problem::validation(vec![ErrorDetail {
+            location: Some("query.limit".into()),
+            message: Some("expected number <= 500".into()),
+            value: Some(serde_json::json!(501)),
+        }])
+        .into_response();
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        let model = Problem::unauthorized().to_model();
+        assert_eq!(model.status, Some(401));
+        assert_eq!(model.title.as_deref(), Some("Unauthorized"));
+        assert_eq!(
+            model.schema.as_deref(),
+            Some("/api/v1/schemas/ErrorModel.json")
+        );
+    }
+}

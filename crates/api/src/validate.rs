@@ -1,0 +1,549 @@
+//! The checks the generated router runs on every input before an operation is called.
+//! Each check records one [`ErrorDetail`] per problem (with a `location` such as
+//! `query.limit` or `body.webhook_url`) and carries on, so a caller learns about every
+//! problem of a request at once.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, RawPathParams};
+use axum::http::{header, request::Parts, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::models::ErrorDetail;
+use crate::problem::Problem;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Uuid,
+    DateTime,
+    Uri,
+}
+
+/// An ECMA-262 pattern (the dialect JSON Schema uses), compiled on first use.
+pub struct Pattern {
+    source: &'static str,
+    regex: OnceLock<regress::Regex>,
+}
+
+impl Pattern {
+    pub const fn new(source: &'static str) -> Self {
+        Self {
+            source,
+            regex: OnceLock::new(),
+        }
+    }
+
+    pub fn source(&self) -> &'static str {
+        self.source
+    }
+
+    pub fn is_match(&self, text: &str) -> bool {
+        self.regex
+            .get_or_init(|| {
+                // Patterns are compiled once by the generator too, so this cannot fail.
+                regress::Regex::new(self.source).expect("pattern checked at generation")
+            })
+            .find(text)
+            .is_some()
+    }
+}
+
+pub struct StringRules {
+    pub format: Option<Format>,
+    pub min_length: Option<u64>,
+    pub max_length: Option<u64>,
+    pub pattern: Option<&'static Pattern>,
+    /// Never echo the value back in an error (it may be a credential).
+    pub sensitive: bool,
+}
+
+pub struct IntRules {
+    pub minimum: Option<i64>,
+    pub maximum: Option<i64>,
+}
+
+fn push(errors: &mut Vec<ErrorDetail>, loc: &str, message: impl Into<String>, value: Option<Value>) {
+    errors.push(ErrorDetail {
+        location: Some(loc.to_owned()),
+        message: Some(message.into()),
+        value,
+    });
+}
+
+/// `loc.name`, the location of a property.
+pub fn child(loc: &str, name: &str) -> String {
+    format!("{loc}.{name}")
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+pub fn check_object<'a>(
+    value: &'a Value,
+    loc: &str,
+    errors: &mut Vec<ErrorDetail>,
+) -> Option<&'a Map<String, Value>> {
+    match value {
+        Value::Object(map) => Some(map),
+        other => {
+            push(
+                errors,
+                loc,
+                format!("expected object, got {}", json_type(other)),
+                None,
+            );
+            None
+        }
+    }
+}
+
+/// Required properties present; with `deny_unknown`, no property outside `allowed`.
+pub fn check_properties(
+    object: &Map<String, Value>,
+    loc: &str,
+    allowed: &[&str],
+    required: &[&str],
+    deny_unknown: bool,
+    errors: &mut Vec<ErrorDetail>,
+) {
+    for name in required {
+        if !object.contains_key(*name) {
+            push(
+                errors,
+                &child(loc, name),
+                format!("expected required property {name} to be present"),
+                None,
+            );
+        }
+    }
+    if deny_unknown {
+        for name in object.keys() {
+            if !allowed.contains(&name.as_str()) {
+                push(errors, &child(loc, name), "unexpected property", None);
+            }
+        }
+    }
+}
+
+/// The checks of a string value, shared by bodies, path and query parameters.
+fn string_problems(text: &str, rules: &StringRules) -> Vec<String> {
+    let mut problems = Vec::new();
+    let len = text.chars().count() as u64;
+    if let Some(min) = rules.min_length {
+        if len < min {
+            problems.push(format!("expected length >= {min}"));
+        }
+    }
+    if let Some(max) = rules.max_length {
+        if len > max {
+            problems.push(format!("expected length <= {max}"));
+        }
+    }
+    if let Some(pattern) = rules.pattern {
+        if !pattern.is_match(text) {
+            problems.push(format!(
+                "expected string to match pattern {}",
+                pattern.source()
+            ));
+        }
+    }
+    match rules.format {
+        Some(Format::Uuid) if uuid::Uuid::parse_str(text).is_err() => {
+            problems.push("expected string to be RFC 4122 uuid".to_owned())
+        }
+        Some(Format::DateTime) if chrono::DateTime::parse_from_rfc3339(text).is_err() => {
+            problems.push("expected string to be RFC 3339 date-time".to_owned())
+        }
+        Some(Format::Uri) if url::Url::parse(text).is_err() => {
+            problems.push("expected string to be an absolute RFC 3986 URI".to_owned())
+        }
+        _ => {}
+    }
+    problems
+}
+
+fn shown(value: &Value, rules: &StringRules) -> Option<Value> {
+    (!rules.sensitive).then(|| value.clone())
+}
+
+pub fn check_string(
+    value: &Value,
+    loc: &str,
+    rules: &StringRules,
+    nullable: bool,
+    errors: &mut Vec<ErrorDetail>,
+) {
+    match value {
+        Value::Null if nullable => {}
+        Value::String(text) => {
+            for problem in string_problems(text, rules) {
+                push(errors, loc, problem, shown(value, rules));
+            }
+        }
+        other => push(
+            errors,
+            loc,
+            format!("expected string, got {}", json_type(other)),
+            shown(value, rules),
+        ),
+    }
+}
+
+fn int_problems(n: i64, rules: &IntRules) -> Option<String> {
+    match (rules.minimum, rules.maximum) {
+        (Some(min), _) if n < min => Some(format!("expected number >= {min}")),
+        (_, Some(max)) if n > max => Some(format!("expected number <= {max}")),
+        _ => None,
+    }
+}
+
+pub fn check_integer(
+    value: &Value,
+    loc: &str,
+    rules: &IntRules,
+    nullable: bool,
+    errors: &mut Vec<ErrorDetail>,
+) {
+    match value {
+        Value::Null if nullable => {}
+        Value::Number(n) => match n.as_i64() {
+            Some(n) => {
+                if let Some(problem) = int_problems(n, rules) {
+                    push(errors, loc, problem, Some(value.clone()));
+                }
+            }
+            None => push(
+                errors,
+                loc,
+                "expected a 64-bit integer",
+                Some(value.clone()),
+            ),
+        },
+        other => push(
+            errors,
+            loc,
+            format!("expected integer, got {}", json_type(other)),
+            Some(value.clone()),
+        ),
+    }
+}
+
+pub fn check_boolean(value: &Value, loc: &str, nullable: bool, errors: &mut Vec<ErrorDetail>) {
+    match value {
+        Value::Null if nullable => {}
+        Value::Bool(_) => {}
+        other => push(
+            errors,
+            loc,
+            format!("expected boolean, got {}", json_type(other)),
+            Some(value.clone()),
+        ),
+    }
+}
+
+pub fn check_array(
+    value: &Value,
+    loc: &str,
+    nullable: bool,
+    errors: &mut Vec<ErrorDetail>,
+    mut item: impl FnMut(&Value, &str, &mut Vec<ErrorDetail>),
+) {
+    match value {
+        Value::Null if nullable => {}
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                item(v, &format!("{loc}[{i}]"), errors);
+            }
+        }
+        other => push(
+            errors,
+            loc,
+            format!("expected array, got {}", json_type(other)),
+            None,
+        ),
+    }
+}
+
+/// The raw path parameters of the matched route, by name.
+pub async fn path_params(parts: &mut Parts) -> HashMap<String, String> {
+    match RawPathParams::from_request_parts(parts, &()).await {
+        Ok(params) => params
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        Err(_) => HashMap::new(),
+    }
+}
+
+pub fn path_string(
+    params: &HashMap<String, String>,
+    name: &str,
+    rules: &StringRules,
+    errors: &mut Vec<ErrorDetail>,
+) -> String {
+    let text = params.get(name).cloned().unwrap_or_default();
+    let loc = format!("path.{name}");
+    let problems = string_problems(&text, rules);
+    for problem in &problems {
+        push(errors, &loc, problem.clone(), Some(Value::from(text.clone())));
+    }
+    text
+}
+
+pub fn path_uuid(
+    params: &HashMap<String, String>,
+    name: &str,
+    errors: &mut Vec<ErrorDetail>,
+) -> uuid::Uuid {
+    let text = params.get(name).map(String::as_str).unwrap_or_default();
+    match uuid::Uuid::parse_str(text) {
+        Ok(id) => id,
+        Err(_) => {
+            push(
+                errors,
+                &format!("path.{name}"),
+                "expected string to be RFC 4122 uuid",
+                Some(Value::from(text)),
+            );
+            uuid::Uuid::nil()
+        }
+    }
+}
+
+/// The decoded query string pairs, in order.
+pub fn query_pairs(parts: &Parts) -> Vec<(String, String)> {
+    parts
+        .uri
+        .query()
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `None` when the parameter is absent (or invalid, with an error recorded).
+pub fn query_integer(
+    pairs: &[(String, String)],
+    name: &str,
+    rules: &IntRules,
+    errors: &mut Vec<ErrorDetail>,
+) -> Option<i64> {
+    let text = query_value(pairs, name)?;
+    let loc = format!("query.{name}");
+    match text.trim().parse::<i64>() {
+        Ok(n) => match int_problems(n, rules) {
+            Some(problem) => {
+                push(errors, &loc, problem, Some(Value::from(n)));
+                None
+            }
+            None => Some(n),
+        },
+        Err(_) => {
+            push(errors, &loc, "expected integer", Some(Value::from(text)));
+            None
+        }
+    }
+}
+
+pub fn query_string(
+    pairs: &[(String, String)],
+    name: &str,
+    rules: &StringRules,
+    errors: &mut Vec<ErrorDetail>,
+) -> Option<String> {
+    let text = query_value(pairs, name)?;
+    let loc = format!("query.{name}");
+    let problems = string_problems(text, rules);
+    if problems.is_empty() {
+        return Some(text.to_owned());
+    }
+    for problem in problems {
+        push(errors, &loc, problem, shown(&Value::from(text), rules));
+    }
+    None
+}
+
+fn is_json_media_type(value: &HeaderValue) -> bool {
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Reads, parses and validates a JSON body. `Err` is answered at once (415, 413, 400);
+/// schema problems go to `errors` and give `Ok(None)`.
+pub async fn json_body<T: DeserializeOwned>(
+    parts: &Parts,
+    body: Body,
+    limit: usize,
+    validate: fn(&Value, &str, &mut Vec<ErrorDetail>),
+    errors: &mut Vec<ErrorDetail>,
+) -> Result<Option<T>, Problem> {
+    if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
+        if !is_json_media_type(content_type) {
+            return Err(Problem::unsupported_media_type(
+                "request body must be JSON: send `Content-Type: application/json`",
+            ));
+        }
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Problem::payload_too_large(limit))?;
+    if bytes.is_empty() {
+        return Err(Problem::bad_request("request body is required"));
+    }
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Problem::bad_request(format!("malformed JSON: {e}")))?;
+    let before = errors.len();
+    validate(&value, "body", errors);
+    if errors.len() != before {
+        return Ok(None);
+    }
+    match serde_json::from_value(value) {
+        Ok(body) => Ok(Some(body)),
+        Err(e) => {
+            push(errors, "body", e.to_string(), None);
+            Ok(None)
+        }
+    }
+}
+
+pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            bytes,
+        )
+            .into_response(),
+        Err(_) => Problem::internal().into_response(),
+    }
+}
+
+/// `GET {base}/schemas/{Name}.json`.
+pub async fn schema_document(
+    axum::extract::Path(file): axum::extract::Path<String>,
+) -> Response {
+    let schema = file
+        .strip_suffix(".json")
+        .and_then(crate::models::json_schema);
+    match schema {
+        Some(schema) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/schema+json"),
+            )],
+            serde_json::to_vec(&schema).unwrap_or_default(),
+        )
+            .into_response(),
+        None => Problem::not_found(format!("no schema named {file}")).into_response(),
+    }
+}
+
+/// `GET {base}/openapi.json`: the document utoipa builds from the generated code.
+pub async fn openapi_document() -> Response {
+    static DOC: OnceLock<Vec<u8>> = OnceLock::new();
+    let bytes = DOC.get_or_init(|| {
+        serde_json::to_vec(&crate::openapi()).unwrap_or_default()
+    });
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        bytes.clone(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static EVENT: Pattern = Pattern::new("^[A-Za-z0-9._:-]{1,128}$");
+
+    fn rules() -> StringRules {
+        StringRules {
+            format: None,
+            min_length: Some(1),
+            max_length: Some(128),
+            pattern: Some(&EVENT),
+            sensitive: false,
+        }
+    }
+
+    #[test]
+    fn strings_report_every_problem() {
+        let mut errors = Vec::new();
+        check_string(&Value::from("bad type!"), "path.eventType", &rules(), false, &mut errors);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].location.as_deref(), Some("path.eventType"));
+        let long = "a".repeat(129);
+        let mut errors = Vec::new();
+        check_string(&Value::from(long), "x", &rules(), false, &mut errors);
+        assert_eq!(errors.len(), 2, "length and pattern: {errors:?}");
+        let mut errors = Vec::new();
+        check_string(&Value::from("session.end"), "x", &rules(), false, &mut errors);
+        assert!(errors.is_empty());
+    }
+
+    #[test]
+    fn sensitive_values_are_not_echoed() {
+        let mut errors = Vec::new();
+        let rules = StringRules {
+            sensitive: true,
+            ..rules()
+        };
+        check_string(&Value::from(17), "body.auth_header", &rules, false, &mut errors);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].value.is_none());
+    }
+
+    #[test]
+    fn query_integers_respect_bounds() {
+        let rules = IntRules {
+            minimum: Some(1),
+            maximum: Some(500),
+        };
+        let pairs = vec![("limit".to_owned(), "501".to_owned())];
+        let mut errors = Vec::new();
+        assert_eq!(query_integer(&pairs, "limit", &rules, &mut errors), None);
+        assert_eq!(errors[0].location.as_deref(), Some("query.limit"));
+        let pairs = vec![("limit".to_owned(), "abc".to_owned())];
+        let mut errors = Vec::new();
+        assert_eq!(query_integer(&pairs, "limit", &rules, &mut errors), None);
+        assert_eq!(errors.len(), 1);
+        let mut errors = Vec::new();
+        assert_eq!(query_integer(&[], "limit", &rules, &mut errors), None);
+        assert!(errors.is_empty());
+    }
+
+    #[test]
+    fn uri_format_requires_an_absolute_uri() {
+        let rules = StringRules {
+            format: Some(Format::Uri),
+            min_length: None,
+            max_length: None,
+            pattern: None,
+            sensitive: false,
+        };
+        assert!(string_problems("https://example.com/hook", &rules).is_empty());
+        assert_eq!(string_problems("/relative", &rules).len(), 1);
+    }
+}
