@@ -668,6 +668,18 @@ pub fn server(spec: &Spec) -> String {
         handler(&mut out, spec, op, &mut patterns);
     }
 
+    out.push_str("/// Every operation: (method, route as matched by the router, operationId).\npub const OPERATIONS: &[(&str, &str, &str)] = &[\n");
+    for op in &spec.operations {
+        let _ = writeln!(
+            out,
+            "({}, {}, {}),",
+            lit(&op.method.to_uppercase()),
+            lit(&format!("{}{}", spec.base_path, op.path)),
+            lit(&op.id)
+        );
+    }
+    out.push_str("];\n\n");
+
     // Router: group methods by path, in spec order.
     let _ = writeln!(
         out,

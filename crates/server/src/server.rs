@@ -1,6 +1,271 @@
-//! Serving the HTTP API and the delivery workers (wired up in a later change).
+//! Running the service: the HTTP API (the generated router around [`crate::api::Api`],
+//! plus `/healthz`, `/readyz` and `/metrics`), the delivery workers, and graceful
+//! shutdown of both on SIGTERM or Ctrl-C.
 
-/// Runs the server until shutdown.
-pub async fn serve(_config: crate::config::Config) -> anyhow::Result<()> {
-    anyhow::bail!("not wired yet")
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use sonzai_webhooks_api::Problem;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Api;
+use crate::config::Config;
+use crate::delivery::dispatch::{Dispatcher, DispatcherConfig};
+use crate::delivery::guard::TargetPolicy;
+use crate::delivery::retry::RetrySchedule;
+use crate::delivery::worker::{DeliveryWorker, WorkerConfig};
+use crate::engine::Engine;
+use crate::store::WebhookStore;
+
+/// A started server: its address, its engine (for embedding programs that publish
+/// directly), and the handle to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub engine: Arc<Engine>,
+    shutdown: CancellationToken,
+    http: JoinHandle<std::io::Result<()>>,
+    workers: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting requests and claiming deliveries, lets in-flight work finish
+    /// within the shutdown grace, hands back the rest, and returns.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+
+    /// Waits until the server stops (after [`Running::shutdown`] or a signal).
+    pub async fn wait(self) {
+        let _ = self.http.await;
+        let _ = self.workers.await;
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    engine: Arc<Engine>,
+    workers_running: Arc<AtomicBool>,
+}
+
+/// Opens the store, prints development credentials on first start of an empty
+/// database, and serves until SIGTERM/Ctrl-C.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let store = config.database.connect().await?;
+    if let Some(banner) =
+        crate::cli::bootstrap_dev_credentials(store.as_ref(), &config.listen.to_string()).await?
+    {
+        println!("{banner}");
+    }
+    let running = start_with_store(&config, store).await?;
+    tracing::info!(addr = %running.addr, database = %config.database.url_redacted(), "listening");
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+    running.wait().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Starts the API and the workers on an opened store.
+pub async fn start_with_store(
+    config: &Config,
+    store: Arc<dyn WebhookStore>,
+) -> anyhow::Result<Running> {
+    let schedule: RetrySchedule = config
+        .retry_schedule
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--retry-schedule: {e}"))?;
+    let policy = TargetPolicy::from_allow_private(config.allow_private_targets);
+    let engine = Arc::new(Engine::new(store.clone(), config.idempotency_window));
+    let dispatcher = Arc::new(
+        Dispatcher::new(DispatcherConfig {
+            timeout: config.delivery_timeout,
+            connect_timeout: config.delivery_timeout.min(Duration::from_secs(5)),
+            policy,
+            max_idle_per_host: config.workers.clamp(8, 1024),
+            ..DispatcherConfig::default()
+        })
+        .context("building the delivery HTTP client")?,
+    );
+    let shutdown = CancellationToken::new();
+    let workers_running = Arc::new(AtomicBool::new(true));
+
+    let worker = DeliveryWorker::new(
+        store.clone(),
+        dispatcher,
+        WorkerConfig {
+            concurrency: config.workers,
+            lease: config.lease,
+            schedule,
+            disable: config.disable_policy(),
+            idle_poll: Duration::from_secs(1),
+            shutdown_grace: config.shutdown_grace,
+        },
+        engine.waker.clone(),
+        engine.metrics.clone(),
+    );
+    if let Some(url) = config.database.database_url.as_deref() {
+        if url.starts_with("postgres") {
+            crate::store::notify::spawn_pg_waker(url, engine.waker.clone(), shutdown.clone())
+                .await?;
+        }
+    }
+    let workers = {
+        let token = shutdown.clone();
+        let running = workers_running.clone();
+        tokio::spawn(async move {
+            worker.run(token).await;
+            running.store(false, Ordering::SeqCst);
+        })
+    };
+
+    let api = Api::new(engine.clone(), policy, config.max_body_bytes);
+    let app = app(
+        Arc::new(api),
+        Shared {
+            engine: engine.clone(),
+            workers_running,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let http = {
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+        })
+    };
+    Ok(Running {
+        addr,
+        engine,
+        shutdown,
+        http,
+        workers,
+    })
+}
+
+fn app(api: Arc<Api>, shared: Shared) -> Router {
+    let ops = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(shared.clone());
+    sonzai_webhooks_api::router(api)
+        .merge(ops)
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(shared, track))
+}
+
+async fn not_found() -> Response {
+    Problem::not_found("no such route").into_response()
+}
+
+/// One log line and one metrics sample per request, labelled by operationId.
+async fn track(State(shared): State<Shared>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let operation = route
+        .as_deref()
+        .and_then(|route| {
+            sonzai_webhooks_api::OPERATIONS
+                .iter()
+                .find(|(m, r, _)| *m == method.as_str() && *r == route)
+                .map(|(_, _, id)| *id)
+        })
+        .or(route.as_deref())
+        .unwrap_or("unmatched");
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    shared
+        .engine
+        .metrics
+        .record_request(operation, status, elapsed);
+    tracing::info!(
+        %method,
+        path = %path,
+        operation,
+        status,
+        latency_us = elapsed.as_micros() as u64,
+        "request"
+    );
+    response
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(shared): State<Shared>) -> Response {
+    if !shared.workers_running.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "workers stopped\n").into_response();
+    }
+    match shared.engine.store.ping().await {
+        Ok(()) => "ready\n".into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
+        }
+    }
+}
+
+async fn metrics(State(shared): State<Shared>) -> Response {
+    let queue = shared.engine.store.queue_stats().await.ok();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        shared.engine.metrics.render(queue),
+    )
+        .into_response()
 }

@@ -1106,6 +1106,61 @@ pub async fn publish_event_for_tenant<T: WebhooksApi>(
         Err(problem) => problem.into_response(),
     }
 }
+/// Every operation: (method, route as matched by the router, operationId).
+pub const OPERATIONS: &[(&str, &str, &str)] = &[
+    (
+        "GET",
+        "/api/v1/projects/{projectId}/webhooks",
+        "listWebhooks",
+    ),
+    (
+        "PUT",
+        "/api/v1/projects/{projectId}/webhooks/{eventType}",
+        "upsertWebhook",
+    ),
+    (
+        "DELETE",
+        "/api/v1/projects/{projectId}/webhooks/{eventType}",
+        "deleteWebhook",
+    ),
+    (
+        "GET",
+        "/api/v1/projects/{projectId}/webhooks/{eventType}/attempts",
+        "listDeliveryAttempts",
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{projectId}/webhooks/{eventType}/rotate-secret",
+        "rotateWebhookSigningSecret",
+    ),
+    (
+        "POST",
+        "/api/v1/projects/{projectId}/events",
+        "publishEvent",
+    ),
+    ("GET", "/api/v1/webhooks", "listWebhooksForTenant"),
+    (
+        "PUT",
+        "/api/v1/webhooks/{eventType}",
+        "upsertWebhookForTenant",
+    ),
+    (
+        "DELETE",
+        "/api/v1/webhooks/{eventType}",
+        "deleteWebhookForTenant",
+    ),
+    (
+        "GET",
+        "/api/v1/webhooks/{eventType}/attempts",
+        "listDeliveryAttemptsForTenant",
+    ),
+    (
+        "POST",
+        "/api/v1/webhooks/{eventType}/rotate-secret",
+        "rotateWebhookSigningSecretForTenant",
+    ),
+    ("POST", "/api/v1/events", "publishEventForTenant"),
+];
 /// The router serving every operation under `/api/v1`, plus
 /// `/api/v1/schemas/{Name}.json` (the JSON Schema of each model) and
 /// `/api/v1/openapi.json` (the OpenAPI document).

@@ -708,6 +708,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_receiver_that_hangs_up_is_a_failed_request() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            // Read (part of) the request, then close without answering.
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+        });
+        let result = open().send(&request(format!("http://{addr}/hook"))).await;
+        server.await.unwrap();
+        assert_eq!(result.status, 0);
+        let error = result.error.unwrap();
+        assert!(error.starts_with("request failed: "), "{error}");
+        assert!(!error.contains("receiver-secret"), "{error}");
+        assert!(!error.contains(&addr.to_string()), "URL leaked: {error}");
+    }
+
+    #[tokio::test]
     async fn redirects_are_not_followed() {
         let mut rx = spawn_receiver().await;
         let result = open().send(&request(rx.url("/redirect"))).await;

@@ -107,8 +107,8 @@ pub enum ResolveError {
     Blocked(#[from] BlockedTarget),
 }
 
-/// Cloud instance metadata services. All but the Alibaba one also fall in a blocked
-/// range; they are listed so the refusal names the real danger.
+/// Cloud instance metadata services. Each also falls in a blocked range; they are
+/// listed so that the refusal names the real danger.
 const METADATA_V4: [Ipv4Addr; 3] = [
     Ipv4Addr::new(169, 254, 169, 254), // AWS, GCP, Azure, Oracle, DigitalOcean, OpenStack
     Ipv4Addr::new(169, 254, 170, 2),   // AWS ECS task metadata and credentials
@@ -433,7 +433,6 @@ mod tests {
             "11.0.0.0",
             "100.63.255.255",
             "100.128.0.0",
-            "100.100.100.201",
             "126.255.255.255",
             "128.0.0.0",
             "169.253.255.255",

@@ -4,3 +4,5 @@
 pub mod dispatch;
 pub mod guard;
 pub mod retry;
+pub mod sign;
+pub mod worker;

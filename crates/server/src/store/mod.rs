@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+pub mod notify;
 pub mod postgres;
 pub mod sqlite;
 
@@ -130,7 +131,10 @@ pub struct UpsertWebhook<'a> {
 #[derive(Debug, Clone)]
 pub enum UpsertOutcome {
     /// The webhook did not exist; `secret` is the one to hand back once.
-    Created { webhook: Webhook, secret: SigningSecret },
+    Created {
+        webhook: Webhook,
+        secret: SigningSecret,
+    },
     /// The webhook existed: url and auth header replaced, re-activated, secret kept.
     Updated { webhook: Webhook },
 }
@@ -177,9 +181,16 @@ impl AttemptStatus {
 /// (`created_at` desc, `id` desc).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptPage {
-    Offset { limit: i64, offset: i64 },
+    Offset {
+        limit: i64,
+        offset: i64,
+    },
     /// Keyset paging: the attempts strictly older than `(created_at, id)`.
-    After { limit: i64, created_at: DateTime<Utc>, id: Uuid },
+    After {
+        limit: i64,
+        created_at: DateTime<Utc>,
+        id: Uuid,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -272,7 +283,8 @@ pub trait WebhookStore: Send + Sync + 'static {
     async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome>;
     /// Ordered by event type.
     async fn list_webhooks(&self, project_id: Uuid) -> StoreResult<Vec<Webhook>>;
-    async fn get_webhook(&self, project_id: Uuid, event_type: &str) -> StoreResult<Option<Webhook>>;
+    async fn get_webhook(&self, project_id: Uuid, event_type: &str)
+        -> StoreResult<Option<Webhook>>;
     /// Deletes the webhook and cancels its pending deliveries; attempts stay.
     /// Returns false when there was none.
     async fn delete_webhook(&self, project_id: Uuid, event_type: &str) -> StoreResult<bool>;
@@ -425,6 +437,8 @@ pub async fn connect(url: &str) -> StoreResult<std::sync::Arc<dyn WebhookStore>>
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(std::sync::Arc::new(postgres::PgStore::connect(url).await?))
     } else {
-        Ok(std::sync::Arc::new(sqlite::SqliteStore::connect(url).await?))
+        Ok(std::sync::Arc::new(
+            sqlite::SqliteStore::connect(url).await?,
+        ))
     }
 }

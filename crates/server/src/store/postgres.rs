@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
+use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::{
@@ -64,14 +64,21 @@ impl PgStore {
 
     /// Connects with explicit options (e.g. a `search_path`, which is how the tests
     /// isolate themselves in one database) and pool size, and runs the migrations.
-    pub async fn connect_with(options: PgConnectOptions, max_connections: u32) -> StoreResult<Self> {
-        // Migrate on a dedicated connection that is closed afterwards: if a migration
-        // fails half-way, the migrator's advisory lock goes away with the session
-        // instead of staying held by a pooled connection.
-        let mut conn = PgConnection::connect_with(&options).await?;
-        let migrated = MIGRATOR.run(&mut conn).await;
-        // Closing politely is best effort; dropping the connection closes it anyway.
-        let _ = conn.close().await;
+    pub async fn connect_with(
+        options: PgConnectOptions,
+        max_connections: u32,
+    ) -> StoreResult<Self> {
+        // Migrate through a dedicated one-connection pool that is closed afterwards:
+        // if a migration fails half-way, the migrator's session-level advisory lock
+        // goes away with the session instead of staying held by a connection in the
+        // main pool. (A pool rather than a bare connection keeps this future `Send`, so
+        // connecting can happen inside a spawned task.)
+        let migration_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        let migrated = MIGRATOR.run(&migration_pool).await;
+        migration_pool.close().await;
         migrated?;
 
         let pool = PgPoolOptions::new()
@@ -324,13 +331,12 @@ impl WebhookStore for PgStore {
 
     async fn revoke_api_key(&self, key_id: Uuid) -> StoreResult<()> {
         // Revoking twice keeps the first instant: it is when the key stopped working.
-        let done = sqlx::query(
-            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2",
-        )
-        .bind(now_micros())
-        .bind(key_id)
-        .execute(&self.pool)
-        .await?;
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
+                .bind(now_micros())
+                .bind(key_id)
+                .execute(&self.pool)
+                .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -576,7 +582,9 @@ impl WebhookStore for PgStore {
 
             // Only a key can conflict; it is present here.
             let Some(key) = event.idempotency_key else {
-                return Err(StoreError::Conflict("event insert conflicted without a key".into()));
+                return Err(StoreError::Conflict(
+                    "event insert conflicted without a key".into(),
+                ));
             };
             let seen = sqlx::query(
                 "SELECT e.id, e.created_at, \

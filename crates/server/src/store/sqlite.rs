@@ -26,10 +26,10 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::{
-    add_duration, now_micros, status_after, truncate_micros, ApiKeyRecord,
-    Attempt, AttemptPage, AttemptStatus, ClaimedDelivery, DeliveryOutcome, DisablePolicy,
-    FailureStreak, KeyOwner, Project, PublishEvent, Published, QueueStats, SigningSecret,
-    StoreError, StoreResult, Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
+    add_duration, now_micros, status_after, truncate_micros, ApiKeyRecord, Attempt, AttemptPage,
+    AttemptStatus, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyOwner,
+    Project, PublishEvent, Published, QueueStats, SigningSecret, StoreError, StoreResult, Tenant,
+    UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -399,13 +399,12 @@ impl WebhookStore for SqliteStore {
 
     async fn revoke_api_key(&self, key_id: Uuid) -> StoreResult<()> {
         // Revoking twice keeps the first instant: it is when the key stopped working.
-        let done = sqlx::query(
-            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2",
-        )
-        .bind(micros(now_micros()))
-        .bind(key_id)
-        .execute(&self.writer)
-        .await?;
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2")
+                .bind(micros(now_micros()))
+                .bind(key_id)
+                .execute(&self.writer)
+                .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }

@@ -1,0 +1,1578 @@
+//! The store test suite. Every case is written once against `dyn WebhookStore` and runs
+//! on both backends: SQLite on a fresh file, and PostgreSQL in a fresh schema of the
+//! database named by `TEST_DATABASE_URL` (skipped, saying so, when it is not set).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+use super::postgres::PgStore;
+use super::sqlite::SqliteStore;
+use super::*;
+
+/// Upper bound on one case, so a hang fails the test instead of stalling the run.
+const CASE_TIMEOUT: Duration = Duration::from_secs(120);
+
+const LEASE: Duration = Duration::from_secs(60);
+
+/// A policy that never disables, for cases about something else.
+const NEVER_DISABLE: DisablePolicy = DisablePolicy {
+    failures: i64::MAX,
+    min_age: Duration::ZERO,
+};
+
+// --- harness --------------------------------------------------------------------------
+
+enum Backend {
+    Sqlite {
+        url: String,
+        _dir: tempfile::TempDir,
+    },
+    Postgres {
+        options: Box<PgConnectOptions>,
+        opened: Arc<Mutex<Vec<PgStore>>>,
+    },
+}
+
+struct TestDb {
+    store: Arc<dyn WebhookStore>,
+    backend: Backend,
+}
+
+impl TestDb {
+    /// An independent handle on the same database, like a second server process.
+    async fn open_another(&self) -> Arc<dyn WebhookStore> {
+        match &self.backend {
+            Backend::Sqlite { url, .. } => {
+                Arc::new(SqliteStore::connect(url).await.expect("reopen sqlite"))
+            }
+            Backend::Postgres { options, opened } => {
+                let store = PgStore::connect_with((**options).clone(), 4)
+                    .await
+                    .expect("reopen postgres");
+                opened.lock().expect("lock").push(store.clone());
+                Arc::new(store)
+            }
+        }
+    }
+}
+
+async fn run_sqlite<F, Fut>(case: F)
+where
+    F: FnOnce(Arc<TestDb>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A directory that does not exist yet: connect must create it.
+    let url = format!("sqlite://{}", dir.path().join("data/store.db").display());
+    let store = SqliteStore::connect(&url).await.expect("connect sqlite");
+    let db = Arc::new(TestDb {
+        store: Arc::new(store),
+        backend: Backend::Sqlite { url, _dir: dir },
+    });
+    tokio::time::timeout(CASE_TIMEOUT, case(db))
+        .await
+        .expect("case timed out");
+}
+
+fn test_database_url() -> Option<String> {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("skipping: TEST_DATABASE_URL not set");
+            None
+        }
+    }
+}
+
+/// A fresh schema in the shared test database, dropped again however the case ends.
+struct PgSchema {
+    admin: PgConnectOptions,
+    name: String,
+}
+
+impl PgSchema {
+    async fn create(url: &str) -> Self {
+        let admin = PgConnectOptions::from_str(url).expect("TEST_DATABASE_URL");
+        let name = format!("t_{}", Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect_with(&admin)
+            .await
+            .expect("connect to TEST_DATABASE_URL");
+        sqlx::query(&format!("CREATE SCHEMA {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create schema");
+        let _ = conn.close().await;
+        Self { admin, name }
+    }
+
+    /// Connection options whose sessions see only this schema.
+    fn options(&self) -> PgConnectOptions {
+        self.admin
+            .clone()
+            .options([("search_path", self.name.as_str())])
+    }
+
+    async fn drop_schema(&self) {
+        let dropped = async {
+            let mut conn = PgConnection::connect_with(&self.admin).await?;
+            // Never wait forever behind a connection a failed case left busy.
+            sqlx::query("SET lock_timeout = '10s'")
+                .execute(&mut conn)
+                .await?;
+            sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.name))
+                .execute(&mut conn)
+                .await?;
+            conn.close().await
+        }
+        .await;
+        if let Err(e) = dropped {
+            eprintln!("warning: could not drop test schema {}: {e}", self.name);
+        }
+    }
+}
+
+async fn run_postgres<F, Fut>(case: F)
+where
+    F: FnOnce(Arc<TestDb>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(url) = test_database_url() else {
+        return;
+    };
+    let schema = PgSchema::create(&url).await;
+    let opened: Arc<Mutex<Vec<PgStore>>> = Arc::default();
+    let result = AssertUnwindSafe(async {
+        let store = PgStore::connect_with(schema.options(), 10)
+            .await
+            .expect("connect postgres");
+        opened.lock().expect("lock").push(store.clone());
+        let db = Arc::new(TestDb {
+            store: Arc::new(store),
+            backend: Backend::Postgres {
+                options: Box::new(schema.options()),
+                opened: opened.clone(),
+            },
+        });
+        tokio::time::timeout(CASE_TIMEOUT, case(db))
+            .await
+            .expect("case timed out");
+    })
+    .catch_unwind()
+    .await;
+
+    let stores: Vec<PgStore> = std::mem::take(&mut *opened.lock().expect("lock"));
+    for store in stores {
+        // Bounded: a task the failed case left running may still hold a connection.
+        let _ = tokio::time::timeout(Duration::from_secs(10), store.close()).await;
+    }
+    schema.drop_schema().await;
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Generates one `#[tokio::test]` per backend for each case.
+macro_rules! store_cases {
+    ($($case:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::run_sqlite(super::$case).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::run_postgres(super::$case).await;
+                }
+            )*
+        }
+    };
+}
+
+store_cases!(
+    tenants_projects_and_keys,
+    upsert_creates_then_updates,
+    concurrent_upserts_create_exactly_one_webhook,
+    list_orders_by_event_type,
+    delete_cancels_pending_deliveries_and_keeps_attempts,
+    rotate_with_and_without_grace,
+    publish_targets_active_webhooks_only,
+    idempotency_key_within_and_after_window,
+    claim_takes_due_deliveries_oldest_first_under_lease,
+    expired_lease_is_reclaimed_and_old_outcome_is_stale,
+    concurrent_claimers_never_share_a_delivery,
+    outcomes_finish_retry_and_number_attempts,
+    failing_webhook_is_disabled_by_policy,
+    success_resets_the_failure_streak,
+    release_makes_claims_available_at_once,
+    attempts_page_newest_first,
+    projects_are_isolated,
+    queue_stats_and_next_due,
+    recording_the_same_batch_twice_counts_once,
+);
+
+// --- fixtures -------------------------------------------------------------------------
+
+async fn new_project(store: &dyn WebhookStore) -> Project {
+    let tenant = store.create_tenant("tenant").await.expect("tenant");
+    store
+        .create_project(tenant.id, "project")
+        .await
+        .expect("project")
+}
+
+async fn upsert(
+    store: &dyn WebhookStore,
+    project_id: Uuid,
+    event_type: &str,
+    url: &str,
+) -> (UpsertOutcome, SigningSecret) {
+    let secret = SigningSecret::generate();
+    let outcome = store
+        .upsert_webhook(UpsertWebhook {
+            project_id,
+            event_type,
+            webhook_url: url,
+            auth_header: None,
+            new_secret: &secret,
+        })
+        .await
+        .expect("upsert");
+    (outcome, secret)
+}
+
+/// Creates a webhook that must not exist yet; returns it and its secret.
+async fn new_webhook(
+    store: &dyn WebhookStore,
+    project_id: Uuid,
+    event_type: &str,
+) -> (Webhook, SigningSecret) {
+    match upsert(
+        store,
+        project_id,
+        event_type,
+        "https://receiver.example/hook",
+    )
+    .await
+    {
+        (UpsertOutcome::Created { webhook, secret }, offered) => {
+            assert_eq!(secret, offered);
+            (webhook, secret)
+        }
+        (other, _) => panic!("expected a new webhook, got {other:?}"),
+    }
+}
+
+fn long_ago() -> DateTime<Utc> {
+    Utc::now() - chrono::Duration::hours(24)
+}
+
+async fn publish(store: &dyn WebhookStore, project_id: Uuid, event_type: &str) -> Published {
+    publish_with(store, project_id, event_type, "{\"n\":1}", None, long_ago()).await
+}
+
+async fn publish_with(
+    store: &dyn WebhookStore,
+    project_id: Uuid,
+    event_type: &str,
+    data: &str,
+    idempotency_key: Option<&str>,
+    idempotency_since: DateTime<Utc>,
+) -> Published {
+    store
+        .publish_event(PublishEvent {
+            project_id,
+            event_type,
+            data,
+            idempotency_key,
+            idempotency_since,
+        })
+        .await
+        .expect("publish")
+}
+
+/// The attempt a worker would record for `claim`, made at `at`.
+fn attempt_for(claim: &ClaimedDelivery, status: AttemptStatus, at: DateTime<Utc>) -> Attempt {
+    let (code, error) = match status {
+        AttemptStatus::Success => (200, None),
+        AttemptStatus::Failed => (503, Some("service unavailable".to_owned())),
+    };
+    Attempt {
+        id: Uuid::now_v7(),
+        delivery_id: claim.delivery_id,
+        event_id: claim.event_id,
+        project_id: claim.project_id,
+        event_type: claim.event_type.clone(),
+        webhook_url: claim.webhook_url.clone(),
+        response_code: code,
+        duration_ms: 12,
+        attempt_number: claim.attempts_made + 1,
+        status,
+        request_body: claim.data.as_bytes().to_vec(),
+        response_body: Some(format!("answer {code}")),
+        error_message: error,
+        created_at: truncate_micros(at),
+    }
+}
+
+fn outcome(
+    claim: &ClaimedDelivery,
+    status: AttemptStatus,
+    at: DateTime<Utc>,
+    retry_at: Option<DateTime<Utc>>,
+) -> DeliveryOutcome {
+    DeliveryOutcome {
+        delivery_id: claim.delivery_id,
+        lease_token: claim.lease_token,
+        attempt: attempt_for(claim, status, at),
+        retry_at,
+    }
+}
+
+async fn claim_one(store: &dyn WebhookStore) -> ClaimedDelivery {
+    let mut claims = store.claim_due(10, LEASE).await.expect("claim");
+    assert_eq!(claims.len(), 1, "expected exactly one due delivery");
+    claims.remove(0)
+}
+
+async fn record(
+    store: &dyn WebhookStore,
+    outcomes: &[DeliveryOutcome],
+    policy: DisablePolicy,
+) -> Vec<Uuid> {
+    store
+        .record_outcomes(outcomes, policy)
+        .await
+        .expect("record outcomes")
+}
+
+async fn all_attempts(
+    store: &dyn WebhookStore,
+    project_id: Uuid,
+    event_type: &str,
+) -> Vec<Attempt> {
+    store
+        .list_attempts(
+            project_id,
+            event_type,
+            AttemptPage::Offset {
+                limit: 500,
+                offset: 0,
+            },
+        )
+        .await
+        .expect("attempts")
+}
+
+async fn pending(store: &dyn WebhookStore) -> i64 {
+    store.queue_stats().await.expect("stats").pending
+}
+
+// --- cases ----------------------------------------------------------------------------
+
+async fn tenants_projects_and_keys(db: Arc<TestDb>) {
+    let s = &*db.store;
+    assert!(s.is_empty().await.unwrap());
+    assert_eq!(s.list_tenants().await.unwrap(), vec![]);
+
+    let t1 = s.create_tenant("acme").await.unwrap();
+    assert!(!s.is_empty().await.unwrap());
+    let t2 = s.create_tenant("globex").await.unwrap();
+    assert_eq!(
+        s.list_tenants().await.unwrap(),
+        vec![t1.clone(), t2.clone()]
+    );
+
+    let p1 = s.create_project(t1.id, "prod").await.unwrap();
+    let p2 = s.create_project(t2.id, "staging").await.unwrap();
+    assert_eq!((p1.tenant_id, p1.name.as_str()), (t1.id, "prod"));
+    assert!(matches!(
+        s.create_project(Uuid::new_v4(), "orphan").await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        s.list_projects(Some(t1.id)).await.unwrap(),
+        vec![p1.clone()]
+    );
+    assert_eq!(
+        s.list_projects(None).await.unwrap(),
+        vec![p1.clone(), p2.clone()]
+    );
+    assert_eq!(s.list_projects(Some(Uuid::new_v4())).await.unwrap(), vec![]);
+    assert_eq!(s.get_project(p2.id).await.unwrap(), Some(p2.clone()));
+    assert_eq!(s.get_project(Uuid::new_v4()).await.unwrap(), None);
+
+    let key1 = ApiKeyRecord {
+        id: Uuid::new_v4(),
+        project_id: p1.id,
+        lookup_id: "lk1".into(),
+        secret_hash: "aa".repeat(32),
+        created_at: now_micros(),
+        revoked_at: None,
+    };
+    let key2 = ApiKeyRecord {
+        id: Uuid::new_v4(),
+        project_id: p2.id,
+        lookup_id: "lk2".into(),
+        secret_hash: "bb".repeat(32),
+        created_at: now_micros(),
+        revoked_at: None,
+    };
+    s.insert_api_key(&key1).await.unwrap();
+    s.insert_api_key(&key2).await.unwrap();
+    let same_lookup = ApiKeyRecord {
+        id: Uuid::new_v4(),
+        ..key1.clone()
+    };
+    assert!(matches!(
+        s.insert_api_key(&same_lookup).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let no_project = ApiKeyRecord {
+        id: Uuid::new_v4(),
+        project_id: Uuid::new_v4(),
+        lookup_id: "lk3".into(),
+        ..key1.clone()
+    };
+    assert!(matches!(
+        s.insert_api_key(&no_project).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        s.list_api_keys(Some(p1.id)).await.unwrap(),
+        vec![key1.clone()]
+    );
+    assert_eq!(
+        s.list_api_keys(None).await.unwrap(),
+        vec![key1.clone(), key2.clone()]
+    );
+
+    assert_eq!(
+        s.find_api_key("lk2").await.unwrap(),
+        Some(KeyOwner {
+            key_id: key2.id,
+            tenant_id: t2.id,
+            project_id: p2.id,
+            secret_hash: key2.secret_hash.clone(),
+            revoked: false,
+        })
+    );
+    assert_eq!(s.find_api_key("unknown").await.unwrap(), None);
+
+    s.revoke_api_key(key1.id).await.unwrap();
+    let owner = s.find_api_key("lk1").await.unwrap().unwrap();
+    assert!(owner.revoked);
+    assert!(!s.find_api_key("lk2").await.unwrap().unwrap().revoked);
+    let revoked_at = s.list_api_keys(Some(p1.id)).await.unwrap()[0].revoked_at;
+    assert!(revoked_at.is_some());
+    // Revoking again succeeds and keeps the original instant.
+    s.revoke_api_key(key1.id).await.unwrap();
+    assert_eq!(
+        s.list_api_keys(Some(p1.id)).await.unwrap()[0].revoked_at,
+        revoked_at
+    );
+    assert!(matches!(
+        s.revoke_api_key(Uuid::new_v4()).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn upsert_creates_then_updates(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let p = new_project(s).await;
+    let secret = SigningSecret::generate();
+    let created = s
+        .upsert_webhook(UpsertWebhook {
+            project_id: p.id,
+            event_type: "session.end",
+            webhook_url: "https://a.example/hook",
+            auth_header: Some("Bearer first"),
+            new_secret: &secret,
+        })
+        .await
+        .unwrap();
+    let UpsertOutcome::Created {
+        webhook: first,
+        secret: handed_back,
+    } = created
+    else {
+        panic!("first upsert must create, got {created:?}");
+    };
+    assert_eq!(handed_back, secret);
+    assert_eq!(first.project_id, p.id);
+    assert_eq!(first.event_type, "session.end");
+    assert_eq!(first.webhook_url, "https://a.example/hook");
+    assert_eq!(first.auth_header.as_deref(), Some("Bearer first"));
+    assert!(first.is_active);
+    assert_eq!(first.created_at, first.updated_at);
+
+    // Let the clock move so that the bump of updated_at is observable.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let offered = SigningSecret::generate();
+    let updated = s
+        .upsert_webhook(UpsertWebhook {
+            project_id: p.id,
+            event_type: "session.end",
+            webhook_url: "https://b.example/hook",
+            auth_header: None,
+            new_secret: &offered,
+        })
+        .await
+        .unwrap();
+    let UpsertOutcome::Updated { webhook: second } = updated else {
+        panic!("second upsert must update, got {updated:?}");
+    };
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.created_at, first.created_at);
+    assert!(second.updated_at > first.updated_at);
+    assert_eq!(second.webhook_url, "https://b.example/hook");
+    assert_eq!(second.auth_header, None);
+    assert_eq!(
+        s.get_webhook(p.id, "session.end").await.unwrap(),
+        Some(second.clone())
+    );
+    assert_eq!(s.list_webhooks(p.id).await.unwrap(), vec![second]);
+
+    // Deliveries are still signed with the secret handed out at creation.
+    publish(s, p.id, "session.end").await;
+    let claim = claim_one(s).await;
+    assert_eq!(claim.secret, secret);
+    assert_eq!(claim.webhook_url, "https://b.example/hook");
+    assert_eq!(claim.auth_header, None);
+}
+
+async fn concurrent_upserts_create_exactly_one_webhook(db: Arc<TestDb>) {
+    let p = new_project(&*db.store).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        // Half the racers use a second handle, as another process would.
+        let store = if i % 2 == 0 {
+            db.store.clone()
+        } else {
+            db.open_another().await
+        };
+        tasks.spawn(async move {
+            let url = format!("https://r{i}.example/hook");
+            upsert(&*store, p.id, "memory.created", &url).await
+        });
+    }
+    let mut created = Vec::new();
+    let mut updated = 0;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("task") {
+            (UpsertOutcome::Created { secret, .. }, offered) => {
+                assert_eq!(secret, offered);
+                created.push(secret);
+            }
+            (UpsertOutcome::Updated { .. }, _) => updated += 1,
+        }
+    }
+    assert_eq!(created.len(), 1, "exactly one upsert creates");
+    assert_eq!(updated, 15);
+    let s = &*db.store;
+    assert_eq!(s.list_webhooks(p.id).await.unwrap().len(), 1);
+
+    // The secret that the creator handed out is the one in force.
+    publish(s, p.id, "memory.created").await;
+    assert_eq!(claim_one(s).await.secret, created[0]);
+    let (again, _) = upsert(s, p.id, "memory.created", "https://last.example/").await;
+    assert!(matches!(again, UpsertOutcome::Updated { .. }));
+    publish(s, p.id, "memory.created").await;
+    assert_eq!(claim_one(s).await.secret, created[0]);
+}
+
+async fn list_orders_by_event_type(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let p = new_project(s).await;
+    assert_eq!(s.list_webhooks(p.id).await.unwrap(), vec![]);
+    assert_eq!(s.get_webhook(p.id, "session.end").await.unwrap(), None);
+
+    // Punctuation and case chosen so that a locale-aware collation would order them
+    // differently from bytewise order.
+    let types = [
+        "session_end",
+        "session.end",
+        "Session.start",
+        "on_wakeup_ready",
+        "memory:created",
+        "memory-created",
+        "a",
+    ];
+    for t in types {
+        new_webhook(s, p.id, t).await;
+    }
+    let mut expected: Vec<&str> = types.to_vec();
+    expected.sort_unstable();
+    let listed = s.list_webhooks(p.id).await.unwrap();
+    let listed: Vec<&str> = listed.iter().map(|w| w.event_type.as_str()).collect();
+    assert_eq!(listed, expected);
+}
+
+async fn delete_cancels_pending_deliveries_and_keeps_attempts(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let p = new_project(s).await;
+    let (hook, _) = new_webhook(s, p.id, "session.end").await;
+    publish(s, p.id, "session.end").await;
+    publish(s, p.id, "session.end").await;
+    publish(s, p.id, "session.end").await;
+
+    let claims = s.claim_due(2, LEASE).await.unwrap();
+    assert_eq!(claims.len(), 2);
+    let now = now_micros();
+    // One fails and waits for a retry; the other is still in flight at deletion.
+    let retry = outcome(
+        &claims[0],
+        AttemptStatus::Failed,
+        now,
+        Some(now + chrono::Duration::hours(1)),
+    );
+    record(s, &[retry], NEVER_DISABLE).await;
+    assert_eq!(pending(s).await, 3);
+
+    assert!(s.delete_webhook(p.id, "session.end").await.unwrap());
+    assert!(!s.delete_webhook(p.id, "session.end").await.unwrap());
+    assert_eq!(s.get_webhook(p.id, "session.end").await.unwrap(), None);
+    assert_eq!(pending(s).await, 0);
+    assert_eq!(s.next_due().await.unwrap(), None);
+    assert!(s.claim_due(10, LEASE).await.unwrap().is_empty());
+
+    // The in-flight outcome arrives after the deletion: its attempt is kept.
+    let late = outcome(&claims[1], AttemptStatus::Success, now_micros(), None);
+    assert_eq!(record(s, &[late], NEVER_DISABLE).await, Vec::<Uuid>::new());
+    let attempts = all_attempts(s, p.id, "session.end").await;
+    assert_eq!(attempts.len(), 2);
+    assert!(attempts
+        .iter()
+        .all(|a| a.webhook_url == hook.webhook_url && a.project_id == p.id));
+
+    // A new webhook for the same event type does not revive the cancelled deliveries.
+    new_webhook(s, p.id, "session.end").await;
+    assert!(s.claim_due(10, LEASE).await.unwrap().is_empty());
+    assert_eq!(pending(s).await, 0);
+    assert_eq!(all_attempts(s, p.id, "session.end").await.len(), 2);
+}
+
+async fn rotate_with_and_without_grace(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let p = new_project(s).await;
+    let (_, s0) = new_webhook(s, p.id, "session.end").await;
+    let s1 = SigningSecret::generate();
+    let s2 = SigningSecret::generate();
+    let s3 = SigningSecret::generate();
+
+    assert!(s
+        .rotate_secret(p.id, "session.end", &s1, Duration::ZERO)
+        .await
+        .unwrap());
+    publish(s, p.id, "session.end").await;
+    let claim = claim_one(s).await;
+    assert_eq!(claim.secret, s1);
+    assert_eq!(claim.previous_secret, None);
+
+    assert!(s
+        .rotate_secret(p.id, "session.end", &s2, Duration::from_secs(3600))
+        .await
+        .unwrap());
+    publish(s, p.id, "session.end").await;
+    let claim = claim_one(s).await;
+    assert_eq!(claim.secret, s2);
+    assert_eq!(claim.previous_secret, Some(s1.clone()));
+
+    // A grace period that is over no longer signs.
+    assert!(s
+        .rotate_secret(p.id, "session.end", &s3, Duration::from_millis(1))
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    publish(s, p.id, "session.end").await;
+    let claim = claim_one(s).await;
+    assert_eq!(claim.secret, s3);
+    assert_eq!(claim.previous_secret, None);
+    assert_ne!(claim.secret, s0);
+
+    assert!(!s
+        .rotate_secret(p.id, "other.type", &s1, Duration::ZERO)
+        .await
+        .unwrap());
+    assert!(!s
+        .rotate_secret(Uuid::new_v4(), "session.end", &s1, Duration::ZERO)
+        .await
+        .unwrap());
+}
+
+async fn publish_targets_active_webhooks_only(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let p = new_project(s).await;
+    let (hook, _) = new_webhook(s, p.id, "session.end").await;
+
+    let first = publish(s, p.id, "session.end").await;
+    assert_eq!(first.deliveries, 1);
+    assert!(!first.duplicate);
+    let none = publish(s, p.id, "no.webhook").await;
+    assert_eq!(none.deliveries, 0);
+    assert_ne!(none.event_id, first.event_id);
+    assert_eq!(pending(s).await, 1);
+
+    // Disable the webhook (one failure is enough under this policy).
+    let claim = claim_one(s).await;
+    assert_eq!(claim.event_id, first.event_id);
+    let now = now_micros();
+    let disabled = record(
+        s,
+        &[outcome(&claim, AttemptStatus::Failed, now, Some(now))],
+        DisablePolicy {
+            failures: 1,
+            min_age: Duration::ZERO,
+        },
+    )
+    .await;
+    assert_eq!(disabled, vec![hook.id]);
+    assert!(
+        !s.get_webhook(p.id, "session.end")
+            .await
+            .unwrap()
+            .unwrap()
+            .is_active
+    );
+
+    let while_disabled = publish(s, p.id, "session.end").await;
+    assert_eq!(while_disabled.deliveries, 0);
+    assert_eq!(pending(s).await, 0);
+
+    // An upsert turns it back on.
+    let (again, _) = upsert(s, p.id, "session.end", "https://c.example/").await;
+    let UpsertOutcome::Updated { webhook } = again else {
+        panic!("expected update");
+    };
+    assert!(webhook.is_active);
+    assert_eq!(publish(s, p.id, "session.end").await.deliveries, 1);
+    assert_eq!(pending(s).await, 1);
+}
+
+async fn idempotency_key_within_and_after_window(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let p = new_project(s).await;
+    let other = new_project(s).await;
+    new_webhook(s, p.id, "session.end").await;
+
+    let first = publish_with(s, p.id, "session.end", "{\"a\":1}", Some("k1"), long_ago()).await;
+    assert!(!first.duplicate);
+    assert_eq!(first.deliveries, 1);
+
+    let repeat = publish_with(s, p.id, "session.end", "{\"a\":2}", Some("k1"), long_ago()).await;
+    assert_eq!(
+        repeat,
+        Published {
+            duplicate: true,
+            ..first.clone()
+        }
+    );
+    assert_eq!(pending(s).await, 1, "a duplicate creates no delivery");
+    // The data kept is the first event's.
+    assert_eq!(claim_one(s).await.data, "{\"a\":1}");
+
+    // Keys are per project.
+    let elsewhere = publish_with(s, other.id, "session.end", "{}", Some("k1"), long_ago()).await;
+    assert!(!elsewhere.duplicate);
+    assert_ne!(elsewhere.event_id, first.event_id);
+
+    // Once the first use is older than the window, the key is free again...
+    let window_start = Utc::now() + chrono::Duration::seconds(1);
+    let later = publish_with(
+        s,
+        p.id,
+        "session.end",
+        "{\"a\":3}",
+        Some("k1"),
+        window_start,
+    )
+    .await;
+    assert!(!later.duplicate);
+    assert_ne!(later.event_id, first.event_id);
+    assert_eq!(later.deliveries, 1);
+    // ...and the new event is the one that now answers for it.
+    let after = publish_with(s, p.id, "session.end", "{\"a\":4}", Some("k1"), long_ago()).await;
+    assert!(after.duplicate);
+    assert_eq!(after.event_id, later.event_id);
+    assert_eq!(after.created_at, later.created_at);
+
+    // Without a key nothing is deduplicated.
+    let x = publish(s, p.id, "session.end").await;
+    let y = publish(s, p.id, "session.end").await;
+    assert_ne!(x.event_id, y.event_id);
+    assert!(!x.duplicate && !y.duplicate);
+}
+
+async fn claim_takes_due_deliveries_oldest_first_under_lease(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let p = new_project(s).await;
+    let secret = SigningSecret::generate();
+    let UpsertOutcome::Created { webhook: hook, .. } = s
+        .upsert_webhook(UpsertWebhook {
+            project_id: p.id,
+            event_type: "session.end",
+            webhook_url: "https://a.example/hook",
+            auth_header: Some("Bearer token"),
+            new_secret: &secret,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("expected create");
+    };
+    assert!(s.claim_due(10, LEASE).await.unwrap().is_empty());
+
+    let mut published = Vec::new();
+    for i in 0..3 {
+        let data = format!("{{\"i\":{i}}}");
+        published.push(publish_with(s, p.id, "session.end", &data, None, long_ago()).await);
+    }
+
+    let first = s.claim_due(1, LEASE).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let c = &first[0];
+    assert_eq!(c.event_id, published[0].event_id, "oldest first");
+    assert_eq!(c.event_created_at, published[0].created_at);
+    assert_eq!(c.data, "{\"i\":0}");
+    assert_eq!(c.webhook_id, hook.id);
+    assert_eq!(c.project_id, p.id);
+    assert_eq!(c.event_type, "session.end");
+    assert_eq!(c.webhook_url, "https://a.example/hook");
+    assert_eq!(c.auth_header.as_deref(), Some("Bearer token"));
+    assert_eq!(c.secret, secret);
+    assert_eq!(c.previous_secret, None);
+    assert_eq!(c.attempts_made, 0);
+
+    let rest = s.claim_due(10, LEASE).await.unwrap();
+    let rest_events: HashSet<Uuid> = rest.iter().map(|c| c.event_id).collect();
+    let expected: HashSet<Uuid> = published[1..].iter().map(|p| p.event_id).collect();
+    assert_eq!(rest_events, expected);
+    // Everything is leased now.
+    assert!(s.claim_due(10, LEASE).await.unwrap().is_empty());
+    let next = s.next_due().await.unwrap().expect("pending deliveries");
+    assert!(next > Utc::now() + chrono::Duration::seconds(30));
+
+    // A retry scheduled in the future is not due before its time.
+    let now = now_micros();
+    let retry_at = now + chrono::Duration::hours(1);
+    record(
+        s,
+        &[outcome(c, AttemptStatus::Failed, now, Some(retry_at))],
+        NEVER_DISABLE,
+    )
+    .await;
+    assert!(s.claim_due(10, LEASE).await.unwrap().is_empty());
+    assert_eq!(pending(s).await, 3);
+}
+
+async fn expired_lease_is_reclaimed_and_old_outcome_is_stale(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let p = new_project(s).await;
+    new_webhook(s, p.id, "session.end").await;
+    publish(s, p.id, "session.end").await;
+
+    // A zero lease has expired as soon as it is granted: a crashed worker's claim.
+    let lost = s.claim_due(10, Duration::ZERO).await.unwrap();
+    assert_eq!(lost.len(), 1);
+    let taken_over = claim_one(s).await;
+    assert_eq!(taken_over.delivery_id, lost[0].delivery_id);
+    assert_ne!(taken_over.lease_token, lost[0].lease_token);
+    assert_eq!(taken_over.attempts_made, 0);
+
+    // The first worker reports late: the attempt is kept, the delivery untouched.
+    let stale = outcome(&lost[0], AttemptStatus::Success, now_micros(), None);
+    assert_eq!(record(s, &[stale], NEVER_DISABLE).await, Vec::<Uuid>::new());
+    assert_eq!(all_attempts(s, p.id, "session.end").await.len(), 1);
+    assert_eq!(pending(s).await, 1);
+    assert!(s.claim_due(10, LEASE).await.unwrap().is_empty());
+
+    // The current holder's outcome counts.
+    let now = now_micros();
+    record(
+        s,
+        &[outcome(&taken_over, AttemptStatus::Failed, now, Some(now))],
+        NEVER_DISABLE,
+    )
+    .await;
+    let again = claim_one(s).await;
+    assert_eq!(again.attempts_made, 1);
+    assert_eq!(all_attempts(s, p.id, "session.end").await.len(), 2);
+}
+
+async fn concurrent_claimers_never_share_a_delivery(db: Arc<TestDb>) {
+    const DELIVERIES: usize = 200;
+    let s = &*db.store;
+    let p = new_project(s).await;
+    new_webhook(s, p.id, "session.end").await;
+    for _ in 0..DELIVERIES {
+        publish(s, p.id, "session.end").await;
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..4 {
+        // Two claimers per handle, two handles: in-process and cross-process races.
+        let store = if i < 2 {
+            db.store.clone()
+        } else {
+            db.open_another().await
+        };
+        tasks.spawn(async move {
+            let mut mine = Vec::new();
+            // Bounded: 200 deliveries in batches of 7 need at most 29 rounds each.
+            for _ in 0..1000 {
+                let claims = store.claim_due(7, LEASE).await.expect("claim");
+                if claims.is_empty() {
+                    break;
+                }
+                mine.extend(claims.into_iter().map(|c| c.delivery_id));
+                tokio::task::yield_now().await;
+            }
+            mine
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        all.extend(joined.expect("task"));
+    }
+    let unique: HashSet<Uuid> = all.iter().copied().collect();
+    assert_eq!(unique.len(), all.len(), "a delivery was claimed twice");
+    assert_eq!(all.len(), DELIVERIES, "every delivery is claimed once");
+    assert!(s.claim_due(10, LEASE).await.unwrap().is_empty());
+    assert_eq!(pending(s).await, DELIVERIES as i64);
+}
+
+async fn outcomes_finish_retry_and_number_attempts(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let p = new_project(s).await;
+    new_webhook(s, p.id, "session.end").await;
+    let event = publish(s, p.id, "session.end").await;
+    let t0 = now_micros();
+
+    let c1 = claim_one(s).await;
+    assert_eq!(c1.attempts_made, 0);
+    record(
+        s,
+        &[outcome(&c1, AttemptStatus::Failed, t0, Some(now_micros()))],
+        NEVER_DISABLE,
+    )
+    .await;
+    let c2 = claim_one(s).await;
+    assert_eq!(c2.attempts_made, 1);
+    assert_eq!(c2.delivery_id, c1.delivery_id);
+    let t1 = t0 + chrono::Duration::milliseconds(1);
+    record(
+        s,
+        &[outcome(&c2, AttemptStatus::Failed, t1, Some(now_micros()))],
+        NEVER_DISABLE,
+    )
+    .await;
+    let c3 = claim_one(s).await;
+    assert_eq!(c3.attempts_made, 2);
+    let t2 = t0 + chrono::Duration::milliseconds(2);
+    record(
+        s,
+        &[outcome(&c3, AttemptStatus::Success, t2, None)],
+        NEVER_DISABLE,
+    )
+    .await;
+    // Succeeded: nothing left to do.
+    assert!(s.claim_due(10, LEASE).await.unwrap().is_empty());
+    assert_eq!(pending(s).await, 0);
+    assert_eq!(s.next_due().await.unwrap(), None);
+
+    let attempts = all_attempts(s, p.id, "session.end").await;
+    let numbers: Vec<i64> = attempts.iter().map(|a| a.attempt_number).collect();
+    assert_eq!(numbers, vec![3, 2, 1]);
+    let statuses: Vec<AttemptStatus> = attempts.iter().map(|a| a.status).collect();
+    assert_eq!(
+        statuses,
+        vec![
+            AttemptStatus::Success,
+            AttemptStatus::Failed,
+            AttemptStatus::Failed
+        ]
+    );
+    assert!(attempts.iter().all(|a| a.event_id == event.event_id));
+    assert_eq!(attempts[0].response_code, 200);
+    assert_eq!(attempts[2].response_code, 503);
+    assert_eq!(
+        attempts[2].error_message.as_deref(),
+        Some("service unavailable")
+    );
+    assert_eq!(attempts[0].request_body, b"{\"n\":1}".to_vec());
+
+    // A final failure also finishes the delivery.
+    publish(s, p.id, "session.end").await;
+    let c = claim_one(s).await;
+    record(
+        s,
+        &[outcome(&c, AttemptStatus::Failed, now_micros(), None)],
+        NEVER_DISABLE,
+    )
+    .await;
+    assert!(s.claim_due(10, LEASE).await.unwrap().is_empty());
+    assert_eq!(pending(s).await, 0);
+    assert_eq!(all_attempts(s, p.id, "session.end").await.len(), 4);
+}
+
+async fn failing_webhook_is_disabled_by_policy(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let policy = DisablePolicy {
+        failures: 3,
+        min_age: Duration::from_secs(3600),
+    };
+    let p = new_project(s).await;
+    let (hook, _) = new_webhook(s, p.id, "session.end").await;
+    publish(s, p.id, "session.end").await;
+    let base = now_micros() - chrono::Duration::hours(3);
+
+    // Three failures within 45 minutes: enough failures, not for long enough.
+    for minutes in [0, 30, 45] {
+        let c = claim_one(s).await;
+        let at = base + chrono::Duration::minutes(minutes);
+        let disabled = record(
+            s,
+            &[outcome(&c, AttemptStatus::Failed, at, Some(now_micros()))],
+            policy,
+        )
+        .await;
+        assert_eq!(disabled, Vec::<Uuid>::new());
+    }
+    assert!(
+        s.get_webhook(p.id, "session.end")
+            .await
+            .unwrap()
+            .unwrap()
+            .is_active
+    );
+
+    // Another event waits in the queue when the streak reaches two hours.
+    publish(s, p.id, "session.end").await;
+    let claims = s.claim_due(1, LEASE).await.unwrap();
+    let disabled = record(
+        s,
+        &[outcome(
+            &claims[0],
+            AttemptStatus::Failed,
+            base + chrono::Duration::hours(2),
+            Some(now_micros()),
+        )],
+        policy,
+    )
+    .await;
+    assert_eq!(disabled, vec![hook.id]);
+    let off = s.get_webhook(p.id, "session.end").await.unwrap().unwrap();
+    assert!(!off.is_active);
+    // Its pending deliveries are cancelled, including the retry just scheduled.
+    assert_eq!(pending(s).await, 0);
+    assert!(s.claim_due(10, LEASE).await.unwrap().is_empty());
+    assert_eq!(all_attempts(s, p.id, "session.end").await.len(), 4);
+
+    // Re-enabled by an upsert, with a fresh streak: one failure does not disable it.
+    let (again, _) = upsert(s, p.id, "session.end", "https://fixed.example/").await;
+    assert!(matches!(again, UpsertOutcome::Updated { ref webhook } if webhook.is_active));
+    publish(s, p.id, "session.end").await;
+    let c = claim_one(s).await;
+    let disabled = record(
+        s,
+        &[outcome(
+            &c,
+            AttemptStatus::Failed,
+            now_micros(),
+            Some(now_micros()),
+        )],
+        policy,
+    )
+    .await;
+    assert_eq!(disabled, Vec::<Uuid>::new());
+    assert!(
+        s.get_webhook(p.id, "session.end")
+            .await
+            .unwrap()
+            .unwrap()
+            .is_active
+    );
+}
+
+async fn success_resets_the_failure_streak(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let policy = DisablePolicy {
+        failures: 3,
+        min_age: Duration::ZERO,
+    };
+    let p = new_project(s).await;
+    let (hook, _) = new_webhook(s, p.id, "session.end").await;
+    let t = now_micros();
+
+    let step = |i: i64| t + chrono::Duration::milliseconds(i);
+    // Two failures, a success, two failures: never three in a row.
+    for (i, status) in [
+        AttemptStatus::Failed,
+        AttemptStatus::Failed,
+        AttemptStatus::Success,
+        AttemptStatus::Failed,
+        AttemptStatus::Failed,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // A success finishes its delivery; the next step needs a new event.
+        if pending(s).await == 0 {
+            publish(s, p.id, "session.end").await;
+        }
+        let c = claim_one(s).await;
+        let at = step(i as i64);
+        let retry = (status == AttemptStatus::Failed).then(now_micros);
+        let disabled = record(s, &[outcome(&c, status, at, retry)], policy).await;
+        assert_eq!(disabled, Vec::<Uuid>::new(), "step {i}");
+    }
+    assert!(
+        s.get_webhook(p.id, "session.end")
+            .await
+            .unwrap()
+            .unwrap()
+            .is_active
+    );
+
+    // The third failure in a row disables it.
+    let c = claim_one(s).await;
+    let disabled = record(
+        s,
+        &[outcome(&c, AttemptStatus::Failed, step(10), None)],
+        policy,
+    )
+    .await;
+    assert_eq!(disabled, vec![hook.id]);
+}
+
+async fn release_makes_claims_available_at_once(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let p = new_project(s).await;
+    new_webhook(s, p.id, "session.end").await;
+    publish(s, p.id, "session.end").await;
+    publish(s, p.id, "session.end").await;
+
+    let claims = s.claim_due(10, LEASE).await.unwrap();
+    assert_eq!(claims.len(), 2);
+    s.release(&[]).await.unwrap();
+    // A token that does not match releases nothing.
+    s.release(&[(claims[0].delivery_id, Uuid::new_v4())])
+        .await
+        .unwrap();
+    assert!(s.claim_due(10, LEASE).await.unwrap().is_empty());
+
+    let handed_back: Vec<(Uuid, Uuid)> = claims
+        .iter()
+        .map(|c| (c.delivery_id, c.lease_token))
+        .collect();
+    s.release(&handed_back).await.unwrap();
+    let reclaimed = s.claim_due(10, LEASE).await.unwrap();
+    let before: HashSet<Uuid> = claims.iter().map(|c| c.delivery_id).collect();
+    let after: HashSet<Uuid> = reclaimed.iter().map(|c| c.delivery_id).collect();
+    assert_eq!(before, after);
+    assert!(reclaimed.iter().all(|c| c.attempts_made == 0));
+
+    // The old tokens are dead: their outcomes are stale.
+    let stale = outcome(&claims[0], AttemptStatus::Success, now_micros(), None);
+    record(s, &[stale], NEVER_DISABLE).await;
+    assert_eq!(pending(s).await, 2);
+}
+
+async fn attempts_page_newest_first(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let p = new_project(s).await;
+    new_webhook(s, p.id, "session.end").await;
+    new_webhook(s, p.id, "other.type").await;
+    publish(s, p.id, "session.end").await;
+    publish(s, p.id, "other.type").await;
+    let claims = s.claim_due(10, LEASE).await.unwrap();
+    let claim = claims
+        .iter()
+        .find(|c| c.event_type == "session.end")
+        .expect("claim");
+    let other = claims
+        .iter()
+        .find(|c| c.event_type == "other.type")
+        .expect("claim");
+
+    // Several attempts share a timestamp, so the id must break the tie. Outcomes with
+    // a dead lease are a convenient way to store attempts without moving the delivery.
+    let base = now_micros() - chrono::Duration::minutes(10);
+    let mut stored = Vec::new();
+    let mut outcomes = Vec::new();
+    for (n, secs) in [0i64, 1, 2, 3, 3, 3, 5].into_iter().enumerate() {
+        let mut o = outcome(
+            claim,
+            AttemptStatus::Failed,
+            base + chrono::Duration::seconds(secs),
+            None,
+        );
+        o.lease_token = Uuid::new_v4();
+        o.attempt.id = Uuid::new_v4();
+        o.attempt.attempt_number = n as i64 + 1;
+        o.attempt.response_body = None;
+        o.attempt.request_body = vec![0, 159, 146, 150, n as u8];
+        stored.push(o.attempt.clone());
+        outcomes.push(o);
+    }
+    let mut o = outcome(other, AttemptStatus::Success, base, None);
+    o.lease_token = Uuid::new_v4();
+    outcomes.push(o);
+    record(s, &outcomes, NEVER_DISABLE).await;
+
+    let mut expected = stored;
+    expected.sort_by_key(|a| std::cmp::Reverse((a.created_at, a.id)));
+
+    let page = |limit, offset| AttemptPage::Offset { limit, offset };
+    let list = |pg: AttemptPage| s.list_attempts(p.id, "session.end", pg);
+    assert_eq!(list(page(500, 0)).await.unwrap(), expected);
+    assert_eq!(list(page(3, 0)).await.unwrap(), expected[0..3]);
+    assert_eq!(list(page(3, 3)).await.unwrap(), expected[3..6]);
+    assert_eq!(list(page(3, 6)).await.unwrap(), expected[6..7]);
+    assert_eq!(list(page(3, 7)).await.unwrap(), vec![]);
+
+    // Keyset: walk the whole list three at a time.
+    let mut walked = Vec::new();
+    let mut cursor: Option<(DateTime<Utc>, Uuid)> = None;
+    for _ in 0..10 {
+        let batch = match cursor {
+            None => list(page(3, 0)).await.unwrap(),
+            Some((created_at, id)) => list(AttemptPage::After {
+                limit: 3,
+                created_at,
+                id,
+            })
+            .await
+            .unwrap(),
+        };
+        let Some(last) = batch.last() else { break };
+        cursor = Some((last.created_at, last.id));
+        walked.extend(batch);
+    }
+    assert_eq!(walked, expected);
+
+    // Strictly after: starting at the middle of the tie skips exactly what precedes it.
+    let mid = &expected[3];
+    assert_eq!(
+        list(AttemptPage::After {
+            limit: 500,
+            created_at: mid.created_at,
+            id: mid.id
+        })
+        .await
+        .unwrap(),
+        expected[4..]
+    );
+    assert_eq!(all_attempts(s, p.id, "other.type").await.len(), 1);
+}
+
+async fn projects_are_isolated(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let p1 = new_project(s).await;
+    let p2 = new_project(s).await;
+    assert_ne!(p1.tenant_id, p2.tenant_id);
+    let (_, _) = upsert(s, p1.id, "session.end", "https://one.example/").await;
+    let (_, _) = upsert(s, p2.id, "session.end", "https://two.example/").await;
+    let (created, _) = upsert(s, p2.id, "session.end", "https://two.example/v2").await;
+    assert!(matches!(created, UpsertOutcome::Updated { .. }));
+
+    let list1 = s.list_webhooks(p1.id).await.unwrap();
+    let list2 = s.list_webhooks(p2.id).await.unwrap();
+    assert_eq!(list1.len(), 1);
+    assert_eq!(list2.len(), 1);
+    assert_eq!(list1[0].webhook_url, "https://one.example/");
+    assert_eq!(list2[0].webhook_url, "https://two.example/v2");
+    assert_ne!(list1[0].id, list2[0].id);
+
+    let published = publish(s, p1.id, "session.end").await;
+    assert_eq!(published.deliveries, 1);
+    let claim = claim_one(s).await;
+    assert_eq!(claim.webhook_id, list1[0].id);
+    assert_eq!(claim.project_id, p1.id);
+    record(
+        s,
+        &[outcome(&claim, AttemptStatus::Success, now_micros(), None)],
+        NEVER_DISABLE,
+    )
+    .await;
+    assert_eq!(all_attempts(s, p1.id, "session.end").await.len(), 1);
+    assert_eq!(all_attempts(s, p2.id, "session.end").await, vec![]);
+
+    assert!(s.delete_webhook(p1.id, "session.end").await.unwrap());
+    assert_eq!(s.list_webhooks(p1.id).await.unwrap(), vec![]);
+    assert_eq!(s.list_webhooks(p2.id).await.unwrap(), list2);
+    assert!(!s
+        .rotate_secret(
+            p1.id,
+            "session.end",
+            &SigningSecret::generate(),
+            Duration::ZERO
+        )
+        .await
+        .unwrap());
+}
+
+async fn queue_stats_and_next_due(db: Arc<TestDb>) {
+    let s = &*db.store;
+    s.ping().await.unwrap();
+    assert_eq!(s.queue_stats().await.unwrap(), QueueStats::default());
+    assert_eq!(s.next_due().await.unwrap(), None);
+
+    let p = new_project(s).await;
+    new_webhook(s, p.id, "session.end").await;
+    publish(s, p.id, "session.end").await;
+    let second = publish(s, p.id, "session.end").await;
+    let stats = s.queue_stats().await.unwrap();
+    assert_eq!(stats.pending, 2);
+    assert!(stats.oldest_due_age.is_some());
+    let due = s.next_due().await.unwrap().expect("due");
+    assert!(due <= now_micros());
+
+    let first = s.claim_due(1, LEASE).await.unwrap().remove(0);
+    // Still pending while in flight; the other one is what is due next.
+    assert_eq!(s.queue_stats().await.unwrap().pending, 2);
+    assert_eq!(s.next_due().await.unwrap(), Some(second.created_at));
+
+    let retry_at = now_micros() + chrono::Duration::hours(1);
+    record(
+        s,
+        &[outcome(
+            &first,
+            AttemptStatus::Failed,
+            now_micros(),
+            Some(retry_at),
+        )],
+        NEVER_DISABLE,
+    )
+    .await;
+    let other = claim_one(s).await;
+    record(
+        s,
+        &[outcome(&other, AttemptStatus::Success, now_micros(), None)],
+        NEVER_DISABLE,
+    )
+    .await;
+    assert_eq!(
+        s.queue_stats().await.unwrap(),
+        QueueStats {
+            pending: 1,
+            oldest_due_age: None
+        }
+    );
+    assert_eq!(s.next_due().await.unwrap(), Some(truncate_micros(retry_at)));
+}
+
+async fn recording_the_same_batch_twice_counts_once(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let policy = DisablePolicy {
+        failures: 2,
+        min_age: Duration::ZERO,
+    };
+    let p = new_project(s).await;
+    new_webhook(s, p.id, "session.end").await;
+    publish(s, p.id, "session.end").await;
+    let c = claim_one(s).await;
+    let batch = [outcome(
+        &c,
+        AttemptStatus::Failed,
+        now_micros(),
+        Some(now_micros()),
+    )];
+    record(s, &batch, policy).await;
+    // As after a commit whose acknowledgement was lost: the same batch again.
+    assert_eq!(record(s, &batch, policy).await, Vec::<Uuid>::new());
+    assert_eq!(all_attempts(s, p.id, "session.end").await.len(), 1);
+    assert_eq!(claim_one(s).await.attempts_made, 1);
+    assert!(
+        s.get_webhook(p.id, "session.end")
+            .await
+            .unwrap()
+            .unwrap()
+            .is_active
+    );
+}
+
+// --- backend-specific -----------------------------------------------------------------
+
+#[tokio::test]
+async fn sqlite_accepts_a_bare_path_and_keeps_data_across_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("a/b/webhooks.db");
+    let path = path.to_str().expect("utf-8 path");
+    let store = SqliteStore::connect(path).await.expect("connect");
+    let tenant = store.create_tenant("kept").await.unwrap();
+    store.close().await;
+    assert!(std::path::Path::new(path).is_file());
+
+    let reopened = SqliteStore::connect(&format!("sqlite://{path}"))
+        .await
+        .expect("reopen");
+    assert_eq!(reopened.list_tenants().await.unwrap(), vec![tenant]);
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(
+            &sqlx::SqlitePool::connect(&format!("sqlite://{path}"))
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_database_works() {
+    let store = SqliteStore::connect("sqlite::memory:")
+        .await
+        .expect("connect");
+    assert!(store.is_empty().await.unwrap());
+    let tenant = store.create_tenant("mem").await.unwrap();
+    assert_eq!(store.list_tenants().await.unwrap(), vec![tenant]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_startups_migrate_once() {
+    let Some(url) = test_database_url() else {
+        return;
+    };
+    let schema = PgSchema::create(&url).await;
+    let result = AssertUnwindSafe(async {
+        let mut starts = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let options = schema.options();
+            starts.spawn(async move { PgStore::connect_with(options, 2).await });
+        }
+        let mut stores = Vec::new();
+        while let Some(joined) = starts.join_next().await {
+            stores.push(joined.expect("task").expect("concurrent connect"));
+        }
+        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+            .fetch_one(stores[0].pool())
+            .await
+            .unwrap();
+        assert_eq!(applied, 1);
+        for store in stores {
+            store.close().await;
+        }
+    })
+    .catch_unwind()
+    .await;
+    schema.drop_schema().await;
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+// --- the failure-streak rule --------------------------------------------------------------
+
+#[test]
+fn streak_needs_both_enough_failures_and_enough_time() {
+    let policy = DisablePolicy {
+        failures: 3,
+        min_age: Duration::from_secs(60),
+    };
+    let t = now_micros();
+    let at = |secs| t + chrono::Duration::seconds(secs);
+    let mut streak = FailureStreak {
+        consecutive_failures: 0,
+        first_failure_at: None,
+        is_active: true,
+    };
+    assert!(!streak.record(AttemptStatus::Failed, at(0), policy));
+    assert_eq!(streak.first_failure_at, Some(at(0)));
+    assert!(!streak.record(AttemptStatus::Failed, at(10), policy));
+    // Three failures, but only 20 s apart.
+    assert!(!streak.record(AttemptStatus::Failed, at(20), policy));
+    assert_eq!(streak.consecutive_failures, 3);
+    assert!(streak.is_active);
+    // Old enough now.
+    assert!(streak.record(AttemptStatus::Failed, at(60), policy));
+    assert!(!streak.is_active);
+    assert_eq!(streak.first_failure_at, Some(at(0)));
+    // Already off: later failures do not disable it "again".
+    assert!(!streak.record(AttemptStatus::Failed, at(90), policy));
+}
+
+#[test]
+fn streak_is_reset_by_a_success() {
+    let policy = DisablePolicy {
+        failures: 2,
+        min_age: Duration::ZERO,
+    };
+    let t = now_micros();
+    let mut streak = FailureStreak {
+        consecutive_failures: 1,
+        first_failure_at: Some(t),
+        is_active: true,
+    };
+    assert!(!streak.record(AttemptStatus::Success, t, policy));
+    assert_eq!(
+        streak,
+        FailureStreak {
+            consecutive_failures: 0,
+            first_failure_at: None,
+            is_active: true,
+        }
+    );
+    assert!(!streak.record(AttemptStatus::Failed, t, policy));
+    assert!(streak.record(AttemptStatus::Failed, t, policy));
+}
+
+#[test]
+fn durations_saturate_instead_of_overflowing() {
+    let t = now_micros();
+    assert_eq!(add_duration(t, Duration::ZERO), t);
+    assert_eq!(
+        add_duration(t, Duration::from_secs(90)),
+        t + chrono::Duration::seconds(90)
+    );
+    let far = add_duration(t, Duration::MAX);
+    assert!(far > t + chrono::Duration::days(365 * 99));
+    assert!(far < t + chrono::Duration::days(365 * 101));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn tmp_publish_throughput() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::connect(dir.path().join("x.db").to_str().unwrap()).await.unwrap());
+    let p = new_project(&*store).await;
+    new_webhook(&*store, p.id, "session.end").await;
+    let start = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            for _ in 0..1000 {
+                publish_with(&*store, p.id, "session.end", "{\"hello\":\"world\"}", None, long_ago()).await;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let el = start.elapsed();
+    eprintln!("8000 publishes in {el:?}: {:.0}/s", 8000.0 / el.as_secs_f64());
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    for _ in 0..1000 {
+        let c = store.claim_due(50, LEASE).await.unwrap();
+        if c.is_empty() { break; }
+        let outs: Vec<_> = c.iter().map(|c| outcome(c, AttemptStatus::Success, now_micros(), None)).collect();
+        record(&*store, &outs, NEVER_DISABLE).await;
+        n += c.len();
+    }
+    let el = start.elapsed();
+    eprintln!("{n} claimed+recorded in {el:?}: {:.0}/s", n as f64 / el.as_secs_f64());
+}

@@ -1,0 +1,479 @@
+//! The reference implementation of the generated [`WebhooksApi`] trait. Thin on
+//! purpose: the router has already validated every input against the spec; here a
+//! request is scoped to a project (tenancy, in [`Api::scope`] only), handed to the
+//! store, and the answer shaped. Store errors become problems in one place
+//! ([`store_problem`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use sonzai_webhooks_api::models::{
+    ListDeliveryAttemptsOutputBody, ListWebhooksOutputBody, PublishEventOutputBody,
+    RotateSigningSecretOutputBody, UpsertWebhookOutputBody, Webhook, WebhookDeliveryAttempt,
+};
+use sonzai_webhooks_api::{
+    ListDeliveryAttemptsForTenantQuery, ListDeliveryAttemptsQuery, Problem, WebhooksApi,
+};
+use uuid::Uuid;
+
+use crate::auth::{self, Caller};
+use crate::delivery::guard::{self, TargetPolicy};
+use crate::engine::Engine;
+use crate::store::{self, AttemptPage, SigningSecret, StoreError, UpsertOutcome, UpsertWebhook};
+
+pub struct Api {
+    engine: Arc<Engine>,
+    policy: TargetPolicy,
+    max_body_bytes: usize,
+}
+
+impl Api {
+    pub fn new(engine: Arc<Engine>, policy: TargetPolicy, max_body_bytes: usize) -> Self {
+        Self {
+            engine,
+            policy,
+            max_body_bytes,
+        }
+    }
+
+    fn store(&self) -> &dyn store::WebhookStore {
+        self.engine.store.as_ref()
+    }
+
+    /// The project a request acts on. Tenant-scoped routes act on the key's own
+    /// project; project routes on `{projectId}`, which must belong to the key's tenant.
+    /// A project of another tenant answers exactly like one that does not exist.
+    async fn scope(&self, caller: &Caller, project_id: Option<Uuid>) -> Result<Uuid, Problem> {
+        let Some(project_id) = project_id else {
+            return Ok(caller.project_id);
+        };
+        if project_id == caller.project_id {
+            return Ok(project_id);
+        }
+        match self.store().get_project(project_id).await.map_err(store_problem)? {
+            Some(project) if project.tenant_id == caller.tenant_id => Ok(project_id),
+            _ => Err(Problem::not_found(format!("project {project_id} not found"))),
+        }
+    }
+
+    async fn list(&self, project_id: Uuid) -> Result<ListWebhooksOutputBody, Problem> {
+        let webhooks = self
+            .store()
+            .list_webhooks(project_id)
+            .await
+            .map_err(store_problem)?;
+        Ok(ListWebhooksOutputBody {
+            schema: None,
+            webhooks: Some(webhooks.into_iter().map(webhook_model).collect()),
+        })
+    }
+
+    async fn upsert(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        webhook_url: &str,
+        auth_header: Option<&str>,
+    ) -> Result<UpsertWebhookOutputBody, Problem> {
+        let url = reqwest::Url::parse(webhook_url)
+            .map_err(|_| Problem::invalid("body.webhook_url", "expected an absolute URL"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(Problem::invalid(
+                "body.webhook_url",
+                "expected an http or https URL with a host",
+            ));
+        }
+        if let Err(blocked) = guard::check_url(&url, self.policy) {
+            return Err(Problem::invalid("body.webhook_url", blocked.to_string()));
+        }
+        if let Some(h) = auth_header {
+            if http::HeaderValue::from_str(h).is_err() {
+                return Err(Problem::invalid(
+                    "body.auth_header",
+                    "expected a value that can be sent as an HTTP header",
+                ));
+            }
+        }
+        let secret = SigningSecret::generate();
+        let outcome = self
+            .store()
+            .upsert_webhook(UpsertWebhook {
+                project_id,
+                event_type,
+                webhook_url,
+                auth_header,
+                new_secret: &secret,
+            })
+            .await
+            .map_err(store_problem)?;
+        Ok(match outcome {
+            UpsertOutcome::Created { secret, .. } => UpsertWebhookOutputBody {
+                schema: None,
+                success: true,
+                signing_secret: Some(secret.expose().to_owned()),
+            },
+            UpsertOutcome::Updated { .. } => UpsertWebhookOutputBody {
+                schema: None,
+                success: true,
+                signing_secret: None,
+            },
+        })
+    }
+
+    async fn delete(&self, project_id: Uuid, event_type: &str) -> Result<(), Problem> {
+        if self
+            .store()
+            .delete_webhook(project_id, event_type)
+            .await
+            .map_err(store_problem)?
+        {
+            Ok(())
+        } else {
+            Err(webhook_not_found(event_type))
+        }
+    }
+
+    async fn rotate(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        grace_seconds: i64,
+    ) -> Result<RotateSigningSecretOutputBody, Problem> {
+        let secret = SigningSecret::generate();
+        let grace = Duration::from_secs(u64::try_from(grace_seconds).unwrap_or(0));
+        if self
+            .store()
+            .rotate_secret(project_id, event_type, &secret, grace)
+            .await
+            .map_err(store_problem)?
+        {
+            Ok(RotateSigningSecretOutputBody {
+                schema: None,
+                success: true,
+                signing_secret: secret.expose().to_owned(),
+            })
+        } else {
+            Err(webhook_not_found(event_type))
+        }
+    }
+
+    async fn attempts(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        paging: Paging,
+    ) -> Result<ListDeliveryAttemptsOutputBody, Problem> {
+        let size = paging.page_size.unwrap_or(paging.limit);
+        let page = match &paging.cursor {
+            Some(cursor) => {
+                if paging.offset != 0 {
+                    return Err(Problem::invalid(
+                        "query.cursor",
+                        "use either offset or cursor, not both",
+                    ));
+                }
+                let (created_at, id) = decode_cursor(cursor)
+                    .ok_or_else(|| Problem::invalid("query.cursor", "unknown or damaged cursor"))?;
+                AttemptPage::After {
+                    limit: size + 1,
+                    created_at,
+                    id,
+                }
+            }
+            None => AttemptPage::Offset {
+                limit: size + 1,
+                offset: paging.offset,
+            },
+        };
+        let mut rows = self
+            .store()
+            .list_attempts(project_id, event_type, page)
+            .await
+            .map_err(store_problem)?;
+        let has_more = rows.len() as i64 > size;
+        rows.truncate(usize::try_from(size).unwrap_or(0));
+        let next_cursor = has_more
+            .then(|| rows.last().map(|a| encode_cursor(a.created_at, a.id)))
+            .flatten();
+        Ok(ListDeliveryAttemptsOutputBody {
+            schema: None,
+            attempts: Some(rows.into_iter().map(attempt_model).collect()),
+            has_more: Some(has_more),
+            next_cursor,
+        })
+    }
+
+    async fn publish(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        data: &serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<PublishEventOutputBody, Problem> {
+        let published = self
+            .engine
+            .publish(project_id, event_type, data, idempotency_key)
+            .await
+            .map_err(store_problem)?;
+        Ok(PublishEventOutputBody {
+            schema: None,
+            event_id: published.event_id,
+            created_at: published.created_at,
+            deliveries_started: published.deliveries,
+        })
+    }
+}
+
+/// The attempts query of either route.
+struct Paging {
+    limit: i64,
+    offset: i64,
+    page_size: Option<i64>,
+    cursor: Option<String>,
+}
+
+impl From<ListDeliveryAttemptsQuery> for Paging {
+    fn from(q: ListDeliveryAttemptsQuery) -> Self {
+        Self {
+            limit: q.limit,
+            offset: q.offset,
+            page_size: q.page_size,
+            cursor: q.cursor,
+        }
+    }
+}
+
+impl From<ListDeliveryAttemptsForTenantQuery> for Paging {
+    fn from(q: ListDeliveryAttemptsForTenantQuery) -> Self {
+        Self {
+            limit: q.limit,
+            offset: q.offset,
+            page_size: q.page_size,
+            cursor: q.cursor,
+        }
+    }
+}
+
+/// Cursors are opaque to clients: base64url of `<unix micros>.<attempt id>`, the
+/// position of the last attempt of the page in (created_at desc, id desc) order.
+fn encode_cursor(created_at: chrono::DateTime<chrono::Utc>, id: Uuid) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}.{}", created_at.timestamp_micros(), id))
+}
+
+fn decode_cursor(cursor: &str) -> Option<(chrono::DateTime<chrono::Utc>, Uuid)> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (micros, id) = text.split_once('.')?;
+    Some((
+        chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        Uuid::parse_str(id).ok()?,
+    ))
+}
+
+fn webhook_not_found(event_type: &str) -> Problem {
+    Problem::not_found(format!("no webhook for event type {event_type}"))
+}
+
+/// The one place store errors become answers. Unexpected errors are logged here and
+/// answered as an opaque 500.
+pub fn store_problem(e: StoreError) -> Problem {
+    match e {
+        StoreError::NotFound => Problem::not_found("not found"),
+        StoreError::Conflict(detail) => Problem::conflict(detail),
+        other => {
+            tracing::error!(error = %other, "store error");
+            Problem::internal()
+        }
+    }
+}
+
+fn webhook_model(w: store::Webhook) -> Webhook {
+    Webhook {
+        schema: None,
+        project_id: w.project_id,
+        event_type: w.event_type,
+        webhook_url: w.webhook_url,
+        auth_header: w.auth_header,
+        is_active: w.is_active,
+        created_at: w.created_at,
+        updated_at: w.updated_at,
+    }
+}
+
+fn attempt_model(a: store::Attempt) -> WebhookDeliveryAttempt {
+    WebhookDeliveryAttempt {
+        schema: None,
+        attempt_id: a.id,
+        project_id: a.project_id,
+        event_type: a.event_type,
+        webhook_url: a.webhook_url,
+        response_code: a.response_code,
+        duration_ms: a.duration_ms,
+        attempt_number: a.attempt_number,
+        status: a.status.as_str().to_owned(),
+        created_at: a.created_at,
+        request_body: Some(base64::engine::general_purpose::STANDARD.encode(&a.request_body)),
+        response_body: a.response_body,
+        error_message: a.error_message,
+    }
+}
+
+impl WebhooksApi for Api {
+    type Context = Caller;
+
+    async fn authenticate(&self, parts: &http::request::Parts) -> Result<Caller, Problem> {
+        let header = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        auth::authenticate(self.store(), header)
+            .await
+            .map_err(|e| {
+                if e.is_unauthorized() {
+                    tracing::debug!(reason = %e, "rejected API key");
+                    Problem::unauthorized()
+                } else {
+                    tracing::error!(error = %e, "authentication failed");
+                    Problem::internal()
+                }
+            })
+    }
+
+    fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    async fn list_webhooks(
+        &self,
+        ctx: Caller,
+        project_id: Uuid,
+    ) -> Result<ListWebhooksOutputBody, Problem> {
+        let project = self.scope(&ctx, Some(project_id)).await?;
+        self.list(project).await
+    }
+
+    async fn upsert_webhook(
+        &self,
+        ctx: Caller,
+        project_id: Uuid,
+        event_type: String,
+        body: sonzai_webhooks_api::models::UpsertWebhookInputBody,
+    ) -> Result<UpsertWebhookOutputBody, Problem> {
+        let project = self.scope(&ctx, Some(project_id)).await?;
+        self.upsert(project, &event_type, &body.webhook_url, body.auth_header.as_deref())
+            .await
+    }
+
+    async fn delete_webhook(
+        &self,
+        ctx: Caller,
+        project_id: Uuid,
+        event_type: String,
+    ) -> Result<(), Problem> {
+        let project = self.scope(&ctx, Some(project_id)).await?;
+        self.delete(project, &event_type).await
+    }
+
+    async fn list_delivery_attempts(
+        &self,
+        ctx: Caller,
+        project_id: Uuid,
+        event_type: String,
+        query: ListDeliveryAttemptsQuery,
+    ) -> Result<ListDeliveryAttemptsOutputBody, Problem> {
+        let project = self.scope(&ctx, Some(project_id)).await?;
+        self.attempts(project, &event_type, query.into()).await
+    }
+
+    async fn rotate_webhook_signing_secret(
+        &self,
+        ctx: Caller,
+        project_id: Uuid,
+        event_type: String,
+        query: sonzai_webhooks_api::RotateWebhookSigningSecretQuery,
+    ) -> Result<RotateSigningSecretOutputBody, Problem> {
+        let project = self.scope(&ctx, Some(project_id)).await?;
+        self.rotate(project, &event_type, query.grace_seconds).await
+    }
+
+    async fn publish_event(
+        &self,
+        ctx: Caller,
+        project_id: Uuid,
+        body: sonzai_webhooks_api::models::PublishEventInputBody,
+    ) -> Result<PublishEventOutputBody, Problem> {
+        let project = self.scope(&ctx, Some(project_id)).await?;
+        self.publish(project, &body.event_type, &body.data, body.idempotency_key.as_deref())
+            .await
+    }
+
+    async fn list_webhooks_for_tenant(&self, ctx: Caller) -> Result<ListWebhooksOutputBody, Problem> {
+        let project = self.scope(&ctx, None).await?;
+        self.list(project).await
+    }
+
+    async fn upsert_webhook_for_tenant(
+        &self,
+        ctx: Caller,
+        event_type: String,
+        body: sonzai_webhooks_api::models::UpsertWebhookForTenantInputBody,
+    ) -> Result<UpsertWebhookOutputBody, Problem> {
+        let project = self.scope(&ctx, None).await?;
+        self.upsert(project, &event_type, &body.webhook_url, body.auth_header.as_deref())
+            .await
+    }
+
+    async fn delete_webhook_for_tenant(&self, ctx: Caller, event_type: String) -> Result<(), Problem> {
+        let project = self.scope(&ctx, None).await?;
+        self.delete(project, &event_type).await
+    }
+
+    async fn list_delivery_attempts_for_tenant(
+        &self,
+        ctx: Caller,
+        event_type: String,
+        query: ListDeliveryAttemptsForTenantQuery,
+    ) -> Result<ListDeliveryAttemptsOutputBody, Problem> {
+        let project = self.scope(&ctx, None).await?;
+        self.attempts(project, &event_type, query.into()).await
+    }
+
+    async fn rotate_webhook_signing_secret_for_tenant(
+        &self,
+        ctx: Caller,
+        event_type: String,
+        query: sonzai_webhooks_api::RotateWebhookSigningSecretForTenantQuery,
+    ) -> Result<RotateSigningSecretOutputBody, Problem> {
+        let project = self.scope(&ctx, None).await?;
+        self.rotate(project, &event_type, query.grace_seconds).await
+    }
+
+    async fn publish_event_for_tenant(
+        &self,
+        ctx: Caller,
+        body: sonzai_webhooks_api::models::PublishEventForTenantInputBody,
+    ) -> Result<PublishEventOutputBody, Problem> {
+        let project = self.scope(&ctx, None).await?;
+        self.publish(project, &body.event_type, &body.data, body.idempotency_key.as_deref())
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let at = chrono::DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        let id = Uuid::now_v7();
+        let cursor = encode_cursor(at, id);
+        assert_eq!(decode_cursor(&cursor), Some((at, id)));
+        assert_eq!(decode_cursor("not-a-cursor"), None);
+        assert_eq!(decode_cursor(""), None);
+    }
+}

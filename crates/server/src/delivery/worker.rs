@@ -1,0 +1,306 @@
+//! The delivery loop, separate from the HTTP handlers.
+//!
+//! One claimer task takes due deliveries from the store in batches (under a lease) as
+//! long as it has free slots; each delivery is sent on its own task, bounded by a
+//! semaphore, so a slow or dead receiver holds one slot and nothing else. Outcomes go
+//! to one recorder task that writes them in batches (one transaction per batch), which
+//! is what lets SQLite keep up with thousands of deliveries a second.
+//!
+//! Shutdown: the claimer stops claiming; in-flight deliveries get the grace period to
+//! finish and be recorded; whatever is still running then is aborted and its lease
+//! handed back so another worker (or the next start) takes it at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::dispatch::{Dispatcher, OutgoingRequest};
+use super::retry::RetrySchedule;
+use super::sign;
+use crate::metrics::Metrics;
+use crate::store::{
+    Attempt, AttemptStatus, ClaimedDelivery, DeliveryOutcome, DisablePolicy, WebhookStore,
+};
+
+/// Settings of a [`DeliveryWorker`].
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// How long a claim is exclusive. Longer than the delivery timeout plus the time to
+    /// record, so a live worker never loses a claim it is still working on.
+    pub lease: Duration,
+    pub schedule: RetrySchedule,
+    pub disable: DisablePolicy,
+    /// Longest sleep between claims when nothing wakes the worker: new events wake it
+    /// at once in-process (and through the database on PostgreSQL); this bounds the
+    /// delay for retries coming due and for work published by a process that died.
+    pub idle_poll: Duration,
+    /// How long shutdown waits for in-flight deliveries.
+    pub shutdown_grace: Duration,
+}
+
+/// The engine's shared wake-up signal: publishing pokes it so workers claim at once.
+#[derive(Debug, Default)]
+pub struct Waker(Notify);
+
+impl Waker {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+
+    async fn woken(&self) {
+        self.0.notified().await;
+    }
+}
+
+pub struct DeliveryWorker {
+    store: Arc<dyn WebhookStore>,
+    dispatcher: Arc<Dispatcher>,
+    config: WorkerConfig,
+    waker: Arc<Waker>,
+    metrics: Arc<Metrics>,
+}
+
+/// Claims being worked on: delivery id → lease token.
+type InFlight = Arc<Mutex<HashMap<Uuid, Uuid>>>;
+
+const MAX_RECORD_BATCH: usize = 512;
+
+impl DeliveryWorker {
+    pub fn new(
+        store: Arc<dyn WebhookStore>,
+        dispatcher: Arc<Dispatcher>,
+        config: WorkerConfig,
+        waker: Arc<Waker>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            dispatcher,
+            config,
+            waker,
+            metrics,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains as described in the module docs.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let in_flight: InFlight = Arc::default();
+        let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel::<DeliveryOutcome>();
+        let recorder = tokio::spawn(record_loop(
+            self.store.clone(),
+            outcomes_rx,
+            self.config.disable,
+            in_flight.clone(),
+            self.metrics.clone(),
+        ));
+        let mut tasks = JoinSet::new();
+        let mut backoff = Duration::from_millis(50);
+
+        while !shutdown.is_cancelled() {
+            while tasks.try_join_next().is_some() {}
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tasks.join_next() => continue,
+                }
+            }
+            let claimed = match self.store.claim_due(free, self.config.lease).await {
+                Ok(claimed) => {
+                    backoff = Duration::from_millis(50);
+                    claimed
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming deliveries failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            if claimed.is_empty() {
+                let sleep = self.idle_sleep().await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.waker.woken() => {}
+                    _ = tokio::time::sleep(sleep) => {}
+                }
+                continue;
+            }
+            for delivery in claimed {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(delivery.delivery_id, delivery.lease_token);
+                let dispatcher = self.dispatcher.clone();
+                let schedule = self.config.schedule.clone();
+                let tx = outcomes_tx.clone();
+                let metrics = self.metrics.clone();
+                tasks.spawn(async move {
+                    let outcome = deliver(&dispatcher, &schedule, &delivery, &metrics).await;
+                    // The recorder outlives every delivery task; a send can only fail
+                    // after an abort, and then the lease is handed back instead.
+                    let _ = tx.send(outcome);
+                    drop(permit);
+                });
+            }
+        }
+
+        // Drain: let in-flight deliveries finish within the grace period.
+        let drained = tokio::time::timeout(self.config.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        drop(outcomes_tx);
+        // The recorder writes what was sent to it and exits when the channel closes.
+        let _ = recorder.await;
+        let unfinished: Vec<(Uuid, Uuid)> = in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        if !unfinished.is_empty() {
+            tracing::info!(count = unfinished.len(), "handing back unfinished deliveries");
+            if let Err(e) = self.store.release(&unfinished).await {
+                tracing::error!(error = %e, "handing back deliveries failed; their leases will expire");
+            }
+        }
+    }
+
+    /// How long to sleep when there is nothing due: until the next retry comes due,
+    /// at most `idle_poll`.
+    async fn idle_sleep(&self) -> Duration {
+        let cap = self.config.idle_poll;
+        match self.store.next_due().await {
+            Ok(Some(due)) => (due - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .clamp(Duration::from_millis(1), cap),
+            _ => cap,
+        }
+    }
+}
+
+/// Sends one delivery and decides what happens next.
+pub async fn deliver(
+    dispatcher: &Dispatcher,
+    schedule: &RetrySchedule,
+    d: &ClaimedDelivery,
+    metrics: &Metrics,
+) -> DeliveryOutcome {
+    let body = sign::delivery_body(d);
+    let headers = sign::delivery_headers(d, &body, Utc::now().timestamp());
+    let started_at = Utc::now();
+    let result = dispatcher
+        .send(&OutgoingRequest {
+            url: d.webhook_url.clone(),
+            body: body.clone(),
+            headers,
+        })
+        .await;
+    let attempt_number = d.attempts_made + 1;
+    let retry_at = if result.success {
+        None
+    } else {
+        u32::try_from(attempt_number)
+            .ok()
+            .and_then(|n| schedule.next_delay(n))
+            .and_then(|delay| chrono::Duration::from_std(delay).ok())
+            .map(|delay| Utc::now() + delay)
+    };
+    let status = if result.success {
+        AttemptStatus::Success
+    } else {
+        AttemptStatus::Failed
+    };
+    metrics.record_attempt(status, result.duration, attempt_number, started_at - d.event_created_at);
+    tracing::info!(
+        delivery_id = %d.delivery_id,
+        event_id = %d.event_id,
+        project_id = %d.project_id,
+        event_type = %d.event_type,
+        attempt = attempt_number,
+        status = status.as_str(),
+        response_code = result.status,
+        duration_ms = result.duration.as_millis() as u64,
+        error = result.error.as_deref().unwrap_or(""),
+        retry = retry_at.is_some(),
+        "delivery attempt"
+    );
+    DeliveryOutcome {
+        delivery_id: d.delivery_id,
+        lease_token: d.lease_token,
+        attempt: Attempt {
+            id: Uuid::now_v7(),
+            delivery_id: d.delivery_id,
+            event_id: d.event_id,
+            project_id: d.project_id,
+            event_type: d.event_type.clone(),
+            webhook_url: d.webhook_url.clone(),
+            response_code: i64::from(result.status),
+            duration_ms: i64::try_from(result.duration.as_millis()).unwrap_or(i64::MAX),
+            attempt_number,
+            status,
+            request_body: body.to_vec(),
+            response_body: result.response_body,
+            error_message: result.error,
+            created_at: started_at,
+        },
+        retry_at,
+    }
+}
+
+/// Writes outcomes in batches: whatever has arrived since the last write goes into
+/// the next transaction. A failed write is retried (with backoff) so no attempt that
+/// was made is lost while the process lives; if it dies first, the lease expires and
+/// the delivery is sent again (at-least-once).
+async fn record_loop(
+    store: Arc<dyn WebhookStore>,
+    mut rx: mpsc::UnboundedReceiver<DeliveryOutcome>,
+    policy: DisablePolicy,
+    in_flight: InFlight,
+    metrics: Arc<Metrics>,
+) {
+    let mut batch = Vec::with_capacity(MAX_RECORD_BATCH);
+    while rx.recv_many(&mut batch, MAX_RECORD_BATCH).await > 0 {
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match store.record_outcomes(&batch, policy).await {
+                Ok(disabled) => {
+                    for webhook_id in &disabled {
+                        tracing::warn!(%webhook_id, "webhook disabled after repeated failures");
+                    }
+                    metrics.webhooks_disabled(disabled.len());
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, batch = batch.len(), "recording attempts failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        let mut map = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        for outcome in batch.drain(..) {
+            map.remove(&outcome.delivery_id);
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The service core shared by the HTTP API and Rust programs that embed the server:
+//! the store, the workers' wake-up signal and the metrics, plus the operations that
+//! are more than one store call (publishing).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use crate::delivery::worker::Waker;
+use crate::metrics::Metrics;
+use crate::store::{PublishEvent, Published, StoreResult, WebhookStore};
+
+pub struct Engine {
+    pub store: Arc<dyn WebhookStore>,
+    pub waker: Arc<Waker>,
+    pub metrics: Arc<Metrics>,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: Duration,
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn WebhookStore>, idempotency_window: Duration) -> Self {
+        Self {
+            store,
+            waker: Arc::default(),
+            metrics: Arc::default(),
+            idempotency_window,
+        }
+    }
+
+    /// Records an event and one delivery per active webhook of `project_id` subscribed
+    /// to `event_type`, in one transaction, then wakes the workers. When this returns
+    /// `Ok`, the event is durable and will be delivered at least once.
+    ///
+    /// `event_type` is not checked here: the HTTP layer validates it against the spec.
+    pub async fn publish(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        data: &serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> StoreResult<Published> {
+        let data = data.to_string();
+        let window = chrono::Duration::from_std(self.idempotency_window)
+            .unwrap_or_else(|_| chrono::Duration::days(1));
+        let published = self
+            .store
+            .publish_event(PublishEvent {
+                project_id,
+                event_type,
+                data: &data,
+                idempotency_key,
+                idempotency_since: Utc::now() - window,
+            })
+            .await?;
+        if !published.duplicate {
+            self.metrics.events_published(1);
+            if published.deliveries > 0 {
+                self.waker.wake();
+            }
+        }
+        Ok(published)
+    }
+}
