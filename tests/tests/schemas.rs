@@ -32,7 +32,7 @@ fn every_model_schema_matches_its_snapshot() {
     for &name in models::SCHEMA_NAMES {
         let schema = schema_of(name);
         let outcome = std::panic::catch_unwind(|| {
-            insta::with_settings!({ sort_maps => true, prepend_module_to_snapshot => false }, {
+            insta::with_settings!({ sort_maps => true }, {
                 insta::assert_json_snapshot!(name, schema);
             });
         });
@@ -103,4 +103,94 @@ fn property_names_required_and_closedness_match_the_spec() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A property schema reduced to what validates: prose (`description`, `title`,
+/// `examples`, `example`) and `x-*` extensions dropped, `type` as a sorted list, and
+/// `$ref` reduced to the referenced name, since schemars points into `#/$defs/` where
+/// the spec points into `#/components/schemas/`. A `true` schema becomes `{}`.
+fn validating_keywords(schema: &Value) -> Value {
+    let Value::Object(map) = schema else {
+        return match schema {
+            Value::Bool(true) => Value::Object(Map::new()),
+            other => other.clone(),
+        };
+    };
+    let mut out = Map::new();
+    for (key, value) in map {
+        match key.as_str() {
+            "description" | "title" | "examples" | "example" => {}
+            k if k.starts_with("x-") => {}
+            "type" => {
+                let mut types: Vec<Value> = match value {
+                    Value::Array(items) => items.clone(),
+                    single => vec![single.clone()],
+                };
+                types.sort_by_key(|t| t.to_string());
+                out.insert(key.clone(), Value::Array(types));
+            }
+            "$ref" => {
+                let target = value.as_str().unwrap_or_default();
+                let name = target.rsplit('/').next().unwrap_or(target);
+                out.insert(key.clone(), Value::from(name));
+            }
+            "items" | "additionalProperties" => {
+                out.insert(key.clone(), validating_keywords(value));
+            }
+            _ => {
+                out.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+/// Every property of every served schema carries the same validation keywords
+/// (formats, lengths, patterns, bounds, defaults, readOnly, contentEncoding, item
+/// references, nullability) as the spec's component.
+#[test]
+fn property_constraints_match_the_spec() {
+    let mut problems = Vec::new();
+    for (name, component) in spec_components() {
+        let schema = schema_of(&name);
+        let Some(spec_props) = component.get("properties").and_then(Value::as_object) else {
+            continue;
+        };
+        for (prop, spec_prop) in spec_props {
+            let Some(model_prop) = schema.pointer(&format!("/properties/{}", prop.replace('~', "~0").replace('/', "~1"))) else {
+                problems.push(format!("{name}.{prop}: missing from the model schema"));
+                continue;
+            };
+            let expected = validating_keywords(spec_prop);
+            let actual = validating_keywords(model_prop);
+            if expected != actual {
+                problems.push(format!(
+                    "{name}.{prop}:\n  spec:  {expected}\n  model: {actual}"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn validating_keywords_keeps_constraints_and_drops_prose() {
+    let spec_prop = serde_json::json!({
+        "type": ["null", "array"],
+        "description": "d",
+        "examples": [1],
+        "x-sonzai-extension": true,
+        "items": {"$ref": "#/components/schemas/Webhook", "description": "d"}
+    });
+    let model_prop = serde_json::json!({
+        "type": ["array", "null"],
+        "items": {"$ref": "#/$defs/Webhook"}
+    });
+    assert_eq!(validating_keywords(&spec_prop), validating_keywords(&model_prop));
+    let bounded = serde_json::json!({"type": "string", "maxLength": 128});
+    let looser = serde_json::json!({"type": "string", "maxLength": 129});
+    assert_ne!(validating_keywords(&bounded), validating_keywords(&looser));
+    let other_ref = serde_json::json!({"type": ["array", "null"], "items": {"$ref": "#/$defs/Other"}});
+    assert_ne!(validating_keywords(&spec_prop), validating_keywords(&other_ref));
+    assert_eq!(validating_keywords(&Value::Bool(true)), serde_json::json!({}));
 }
