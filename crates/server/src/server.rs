@@ -66,10 +66,15 @@ struct Shared {
 /// database, and serves until SIGTERM/Ctrl-C.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let store = config.database.connect().await?;
-    if let Some(banner) =
-        crate::cli::bootstrap_dev_credentials(store.as_ref(), &config.listen.to_string()).await?
-    {
-        println!("{banner}");
+    // Only on the embedded database: several processes starting together on an empty
+    // PostgreSQL could each mint development credentials.
+    if config.database.is_embedded() {
+        if let Some(banner) =
+            crate::cli::bootstrap_dev_credentials(store.as_ref(), &config.listen.to_string())
+                .await?
+        {
+            println!("{banner}");
+        }
     }
     let running = start_with_store(&config, store).await?;
     tracing::info!(addr = %running.addr, database = %config.database.url_redacted(), "listening");
