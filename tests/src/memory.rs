@@ -396,7 +396,11 @@ impl WebhooksApi for MemoryApi {
         Ok(self.upsert(ctx, event_type, body.webhook_url, body.auth_header))
     }
 
-    async fn delete_webhook_for_tenant(&self, ctx: Uuid, event_type: String) -> Result<(), Problem> {
+    async fn delete_webhook_for_tenant(
+        &self,
+        ctx: Uuid,
+        event_type: String,
+    ) -> Result<(), Problem> {
         self.count();
         self.delete(ctx, event_type)
     }

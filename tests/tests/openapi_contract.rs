@@ -79,8 +79,11 @@ const PROSE_KEYS: &[&str] = &["description", "summary", "title", "examples", "ex
 ///    `{}`: both accept any value. `false` is kept.
 /// 5. An operation's `parameters` list becomes a map keyed by `"<in>:<name>"`, because
 ///    parameters are identified by location and name, not by position.
-/// 6. A schema's `required` list is sorted, because it is a set.
-/// 7. Every object is rebuilt with sorted keys, so key order never matters (and printed
+/// 6. A parameter without `required` gets `required: false`, the value OpenAPI defines
+///    for an absent field (utoipa always writes it; openapi.json leaves it out on optional
+///    query parameters). A parameter's explicit `required` is kept as is.
+/// 7. A schema's `required` list is sorted, because it is a set.
+/// 8. Every object is rebuilt with sorted keys, so key order never matters (and printed
 ///    documents line up).
 ///
 /// Everything else (paths, methods, operationId, tags, security, parameter `required`
@@ -99,9 +102,7 @@ fn normalise(document: &Value) -> Value {
 fn normalise_keywords(value: &Value) -> Value {
     let Value::Object(map) = value else {
         return match value {
-            Value::Array(items) => {
-                Value::Array(items.iter().map(normalise_keywords).collect())
-            }
+            Value::Array(items) => Value::Array(items.iter().map(normalise_keywords).collect()),
             other => other.clone(),
         };
     };
@@ -134,7 +135,10 @@ fn normalise_name_map(value: &Value, key: &str) -> Value {
     let Value::Object(map) = value else {
         return normalise_keywords(value);
     };
-    let holds_schemas = matches!(key, "properties" | "patternProperties" | "$defs" | "schemas");
+    let holds_schemas = matches!(
+        key,
+        "properties" | "patternProperties" | "$defs" | "schemas"
+    );
     let out: BTreeMap<String, Value> = map
         .iter()
         .map(|(name, v)| {
@@ -161,13 +165,21 @@ fn normalise_type(value: &Value) -> Value {
         Value::Array(items) => items.clone(),
         single => vec![single.clone()],
     };
-    types.sort_by_key(|t| t.as_str().map(str::to_owned).unwrap_or_else(|| t.to_string()));
+    types.sort_by_key(|t| {
+        t.as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| t.to_string())
+    });
     Value::Array(types)
 }
 
 fn sorted_strings(value: &Value) -> Value {
     let mut items: Vec<Value> = value.as_array().cloned().unwrap_or_default();
-    items.sort_by_key(|t| t.as_str().map(str::to_owned).unwrap_or_else(|| t.to_string()));
+    items.sort_by_key(|t| {
+        t.as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| t.to_string())
+    });
     Value::Array(items)
 }
 
@@ -181,7 +193,11 @@ fn parameters_by_key(value: &Value) -> Value {
             // A `$ref` parameter or a malformed one: keep it, by position.
             _ => format!("#{index}"),
         };
-        out.insert(key, normalise_keywords(parameter));
+        let mut parameter = parameter.clone();
+        if let Value::Object(fields) = &mut parameter {
+            fields.entry("required").or_insert(Value::Bool(false));
+        }
+        out.insert(key, normalise_keywords(&parameter));
     }
     Value::Object(out.into_iter().collect())
 }
@@ -202,8 +218,16 @@ impl std::fmt::Display for Difference {
             None => "(absent)".to_owned(),
         };
         writeln!(f, "{}", self.pointer)?;
-        writeln!(f, "  openapi.json: {}", show(&self.expected).replace('\n', "\n    "))?;
-        write!(f, "  utoipa:       {}", show(&self.actual).replace('\n', "\n    "))
+        writeln!(
+            f,
+            "  openapi.json: {}",
+            show(&self.expected).replace('\n', "\n    ")
+        )?;
+        write!(
+            f,
+            "  utoipa:       {}",
+            show(&self.actual).replace('\n', "\n    ")
+        )
     }
 }
 
@@ -290,8 +314,14 @@ fn same_security_scheme_servers_and_global_shape() {
     let (spec, generated) = (spec(), generated());
     let scheme = |doc: &Value| normalise(&doc["components"]["securitySchemes"]);
     assert_eq!(scheme(&generated), scheme(&spec));
-    assert_eq!(spec["components"]["securitySchemes"]["apiKey"]["type"], "http");
-    assert_eq!(spec["components"]["securitySchemes"]["apiKey"]["scheme"], "bearer");
+    assert_eq!(
+        spec["components"]["securitySchemes"]["apiKey"]["type"],
+        "http"
+    );
+    assert_eq!(
+        spec["components"]["securitySchemes"]["apiKey"]["scheme"],
+        "bearer"
+    );
     assert_eq!(generated["servers"], spec["servers"]);
     assert_eq!(generated["servers"], json!([{ "url": "/api/v1" }]));
     assert_eq!(generated["openapi"], spec["openapi"]);
@@ -400,7 +430,10 @@ mod comparison {
                 "/components/schemas/ListWebhooksOutputBody/properties/webhooks/type",
                 json!("array"),
             ),
-            ("/components/schemas/Webhook/additionalProperties", json!(true)),
+            (
+                "/components/schemas/Webhook/additionalProperties",
+                json!(true),
+            ),
             ("/components/securitySchemes/apiKey/scheme", json!("basic")),
             ("/servers/0/url", json!("/api/v2")),
         ];
@@ -419,11 +452,50 @@ mod comparison {
     }
 
     #[test]
+    fn parameter_required_defaults_to_false_and_nothing_else() {
+        let original = spec();
+        let limit = parameter_index(&original, ATTEMPTS, "limit");
+        let mut explicit = original.clone();
+        explicit
+            .pointer_mut(&format!("{ATTEMPTS}/parameters/{limit}"))
+            .and_then(Value::as_object_mut)
+            .expect("limit parameter")
+            .insert("required".into(), json!(false));
+        assert!(pointers(&original, &explicit).is_empty());
+
+        let mut required = original.clone();
+        *required
+            .pointer_mut(&format!("{ATTEMPTS}/parameters/{limit}"))
+            .and_then(Value::as_object_mut)
+            .expect("limit parameter")
+            .entry("required")
+            .or_insert(json!(false)) = json!(true);
+        assert_eq!(
+            pointers(&original, &required),
+            [format!("{ATTEMPTS}/parameters/query:limit/required")]
+        );
+
+        let project = parameter_index(&original, ATTEMPTS, "projectId");
+        let mut optional_path = original.clone();
+        optional_path
+            .pointer_mut(&format!("{ATTEMPTS}/parameters/{project}"))
+            .and_then(Value::as_object_mut)
+            .expect("projectId parameter")
+            .remove("required");
+        assert_eq!(
+            pointers(&original, &optional_path),
+            [format!("{ATTEMPTS}/parameters/path:projectId/required")]
+        );
+    }
+
+    #[test]
     fn prose_order_and_spelling_are_ignored() {
         let original = spec();
         let mut mutated = original.clone();
         *mutated.pointer_mut("/info/title").expect("info.title") = json!("Renamed");
-        *mutated.pointer_mut("/tags/0/description").expect("tag description") = json!("x");
+        *mutated
+            .pointer_mut("/tags/0/description")
+            .expect("tag description") = json!("x");
         *mutated
             .pointer_mut("/paths/~1webhooks/get/summary")
             .expect("summary") = json!("Other summary");

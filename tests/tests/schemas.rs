@@ -46,10 +46,14 @@ fn every_model_schema_matches_its_snapshot() {
 #[test]
 fn every_spec_component_has_a_model_and_no_more() {
     let spec_names: BTreeSet<String> = spec_components().keys().cloned().collect();
-    let model_names: BTreeSet<String> = models::SCHEMA_NAMES.iter().map(|s| s.to_string()).collect();
+    let model_names: BTreeSet<String> =
+        models::SCHEMA_NAMES.iter().map(|s| s.to_string()).collect();
     assert_eq!(model_names, spec_names);
     for name in &spec_names {
-        assert!(models::json_schema(name).is_some(), "json_schema({name}) is None");
+        assert!(
+            models::json_schema(name).is_some(),
+            "json_schema({name}) is None"
+        );
     }
     assert!(models::json_schema("NoSuchModel").is_none());
 }
@@ -157,7 +161,10 @@ fn property_constraints_match_the_spec() {
             continue;
         };
         for (prop, spec_prop) in spec_props {
-            let Some(model_prop) = schema.pointer(&format!("/properties/{}", prop.replace('~', "~0").replace('/', "~1"))) else {
+            let Some(model_prop) = schema.pointer(&format!(
+                "/properties/{}",
+                prop.replace('~', "~0").replace('/', "~1")
+            )) else {
                 problems.push(format!("{name}.{prop}: missing from the model schema"));
                 continue;
             };
@@ -186,11 +193,21 @@ fn validating_keywords_keeps_constraints_and_drops_prose() {
         "type": ["array", "null"],
         "items": {"$ref": "#/$defs/Webhook"}
     });
-    assert_eq!(validating_keywords(&spec_prop), validating_keywords(&model_prop));
+    assert_eq!(
+        validating_keywords(&spec_prop),
+        validating_keywords(&model_prop)
+    );
     let bounded = serde_json::json!({"type": "string", "maxLength": 128});
     let looser = serde_json::json!({"type": "string", "maxLength": 129});
     assert_ne!(validating_keywords(&bounded), validating_keywords(&looser));
-    let other_ref = serde_json::json!({"type": ["array", "null"], "items": {"$ref": "#/$defs/Other"}});
-    assert_ne!(validating_keywords(&spec_prop), validating_keywords(&other_ref));
-    assert_eq!(validating_keywords(&Value::Bool(true)), serde_json::json!({}));
+    let other_ref =
+        serde_json::json!({"type": ["array", "null"], "items": {"$ref": "#/$defs/Other"}});
+    assert_ne!(
+        validating_keywords(&spec_prop),
+        validating_keywords(&other_ref)
+    );
+    assert_eq!(
+        validating_keywords(&Value::Bool(true)),
+        serde_json::json!({})
+    );
 }

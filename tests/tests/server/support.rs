@@ -444,3 +444,97 @@ impl ServerProcess {
         started.elapsed()
     }
 }
+
+// -------------------------------------------------------------------------------------
+// Helpers of the delivery and durability tests (delivery.rs, durability.rs).
+// -------------------------------------------------------------------------------------
+
+/// Method and path of each request a logging [`Receiver`] got, in arrival order.
+pub type RequestLog = Arc<Mutex<Vec<(axum::http::Method, String)>>>;
+
+impl Receiver {
+    /// Like [`Receiver::start`], and also logs each request's method and path, which
+    /// [`Received`] does not keep.
+    pub async fn start_logging() -> (Receiver, RequestLog) {
+        let state = Arc::new(ReceiverState::default());
+        let log = RequestLog::default();
+        let layer_log = log.clone();
+        let app = axum::Router::new()
+            .fallback(receive)
+            .with_state(state.clone())
+            .layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    layer_log
+                        .lock()
+                        .unwrap()
+                        .push((request.method().clone(), request.uri().path().to_owned()));
+                    next.run(request)
+                },
+            ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (Receiver { addr, state }, log)
+    }
+}
+
+impl Received {
+    /// The `event_id` of a delivery body, if it has one.
+    pub fn event_id(&self) -> Option<Uuid> {
+        let body: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
+        body.get("event_id")?.as_str()?.parse().ok()
+    }
+}
+
+/// Calls `check` every `every` until it answers `Some`, for at most `timeout`.
+pub async fn poll_until<T, F, Fut>(timeout: Duration, every: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = check().await {
+            return Some(found);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+impl ServerProcess {
+    /// Starts `serve` on `db` with only the loopback essentials (listen address,
+    /// database, data dir, private targets allowed) plus `args`, for tests that need
+    /// timings other than [`ServerProcess::start`]'s (the CLI refuses a flag given
+    /// twice), and waits until `/readyz` answers.
+    pub async fn start_with_args(
+        db: &TestDb,
+        data_dir: &std::path::Path,
+        args: &[&str],
+    ) -> ServerProcess {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = tokio::process::Command::new(server_binary())
+            .arg("serve")
+            .args(["--listen", &addr.to_string()])
+            .args(["--database-url", &db.url])
+            .args(["--data-dir", &data_dir.display().to_string()])
+            .args(["--allow-private-targets", "true"])
+            .args(args)
+            .env("SONZAI_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn server");
+        let process = ServerProcess { child, addr };
+        process.wait_ready(Duration::from_secs(30)).await;
+        process
+    }
+}

@@ -153,8 +153,8 @@ impl ListWebhooksOutputBody {
 pub struct PublishEventForTenantInputBody {
     /// Accepted and ignored.
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", extend("format" = "uri"))]
-    #[schema(nullable = false, format = "uri")]
+    #[schemars(with = "String")]
+    #[schema(nullable = false)]
     pub schema: Option<String>,
     /// Event type; webhooks subscribed to it receive the event.
     #[schemars(
@@ -190,8 +190,8 @@ impl PublishEventForTenantInputBody {
 pub struct PublishEventInputBody {
     /// Accepted and ignored.
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", extend("format" = "uri"))]
-    #[schema(nullable = false, format = "uri")]
+    #[schemars(with = "String")]
+    #[schema(nullable = false)]
     pub schema: Option<String>,
     /// Event type; webhooks subscribed to it receive the event.
     #[schemars(
@@ -279,8 +279,8 @@ impl RotateSigningSecretOutputBody {
 pub struct UpsertWebhookForTenantInputBody {
     /// Accepted and ignored.
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", extend("format" = "uri"))]
-    #[schema(nullable = false, format = "uri")]
+    #[schemars(with = "String")]
+    #[schema(nullable = false)]
     pub schema: Option<String>,
     /// Absolute http(s) URL that receives the deliveries.
     #[schemars(length(min = 1, max = 2048), extend("format" = "uri"))]
@@ -310,8 +310,8 @@ impl UpsertWebhookForTenantInputBody {
 pub struct UpsertWebhookInputBody {
     /// Accepted and ignored.
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", extend("format" = "uri"))]
-    #[schema(nullable = false, format = "uri")]
+    #[schemars(with = "String")]
+    #[schema(nullable = false)]
     pub schema: Option<String>,
     /// Absolute http(s) URL that receives the deliveries.
     #[schemars(length(min = 1, max = 2048), extend("format" = "uri"))]
@@ -778,7 +778,7 @@ pub fn validate_publish_event_for_tenant_input_body(
                 value,
                 &v::child(loc, NAME),
                 &v::StringRules {
-                    format: Some(v::Format::Uri),
+                    format: None,
                     min_length: None,
                     max_length: None,
                     pattern: None,
@@ -850,7 +850,7 @@ pub fn validate_publish_event_input_body(
                 value,
                 &v::child(loc, NAME),
                 &v::StringRules {
-                    format: Some(v::Format::Uri),
+                    format: None,
                     min_length: None,
                     max_length: None,
                     pattern: None,
@@ -1069,7 +1069,7 @@ pub fn validate_upsert_webhook_for_tenant_input_body(
                 value,
                 &v::child(loc, NAME),
                 &v::StringRules {
-                    format: Some(v::Format::Uri),
+                    format: None,
                     min_length: None,
                     max_length: None,
                     pattern: None,
@@ -1141,7 +1141,7 @@ pub fn validate_upsert_webhook_input_body(
                 value,
                 &v::child(loc, NAME),
                 &v::StringRules {
-                    format: Some(v::Format::Uri),
+                    format: None,
                     min_length: None,
                     max_length: None,
                     pattern: None,

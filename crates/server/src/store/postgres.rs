@@ -846,18 +846,22 @@ impl WebhookStore for PgStore {
         if claims.is_empty() {
             return Ok(());
         }
-        let (ids, tokens): (Vec<Uuid>, Vec<Uuid>) = claims.iter().copied().unzip();
-        sqlx::query(
-            "UPDATE deliveries d SET lease_token = NULL, lease_expires_at = NULL, \
-                 next_attempt_at = $3, updated_at = $3 \
-             FROM UNNEST($1::uuid[], $2::uuid[]) AS u(id, lease_token) \
-             WHERE d.id = u.id AND d.lease_token = u.lease_token AND d.status = 'pending'",
-        )
-        .bind(&ids)
-        .bind(&tokens)
-        .bind(now_micros())
-        .execute(&self.pool)
-        .await?;
+        // One autocommit statement per delivery: a release never holds more than one
+        // row lock, so it cannot deadlock with a cancellation that updates the same
+        // deliveries in another order. Releases happen at shutdown, off the hot path.
+        let now = now_micros();
+        for (delivery_id, lease_token) in claims {
+            sqlx::query(
+                "UPDATE deliveries SET lease_token = NULL, lease_expires_at = NULL, \
+                     next_attempt_at = $1, updated_at = $1 \
+                 WHERE id = $2 AND lease_token = $3 AND status = 'pending'",
+            )
+            .bind(now)
+            .bind(delivery_id)
+            .bind(lease_token)
+            .execute(&self.pool)
+            .await?;
+        }
         Ok(())
     }
 
