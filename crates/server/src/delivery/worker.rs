@@ -101,6 +101,7 @@ impl DeliveryWorker {
             self.config.disable,
             in_flight.clone(),
             self.metrics.clone(),
+            self.waker.clone(),
         ));
         let mut tasks = JoinSet::new();
         let mut backoff = Duration::from_millis(50);
@@ -272,12 +273,17 @@ pub async fn deliver(
 /// the next transaction. A failed write is retried (with backoff) so no attempt that
 /// was made is lost while the process lives; if it dies first, the lease expires and
 /// the delivery is sent again (at-least-once).
+///
+/// A batch that schedules retries wakes the claimer: it went to sleep while those
+/// deliveries were leased (due only at lease expiry), so without the wake-up a retry
+/// due sooner would wait for the next idle poll instead of its schedule.
 async fn record_loop(
     store: Arc<dyn WebhookStore>,
     mut rx: mpsc::UnboundedReceiver<DeliveryOutcome>,
     policy: DisablePolicy,
     in_flight: InFlight,
     metrics: Arc<Metrics>,
+    waker: Arc<Waker>,
 ) {
     let mut batch = Vec::with_capacity(MAX_RECORD_BATCH);
     while rx.recv_many(&mut batch, MAX_RECORD_BATCH).await > 0 {
@@ -298,9 +304,15 @@ async fn record_loop(
                 }
             }
         }
-        let mut map = in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        for outcome in batch.drain(..) {
-            map.remove(&outcome.delivery_id);
+        let retries = batch.iter().any(|outcome| outcome.retry_at.is_some());
+        {
+            let mut map = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            for outcome in batch.drain(..) {
+                map.remove(&outcome.delivery_id);
+            }
+        }
+        if retries {
+            waker.wake();
         }
     }
 }

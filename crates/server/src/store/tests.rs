@@ -103,7 +103,7 @@ struct PgSchema {
 impl PgSchema {
     async fn create(url: &str) -> Self {
         let admin = PgConnectOptions::from_str(url).expect("TEST_DATABASE_URL");
-        let name = format!("t_{}", Uuid::new_v4().simple());
+        let name = format!("store_test_{}", Uuid::new_v4().simple());
         let mut conn = PgConnection::connect_with(&admin)
             .await
             .expect("connect to TEST_DATABASE_URL");
@@ -1542,73 +1542,4 @@ fn durations_saturate_instead_of_overflowing() {
     let far = add_duration(t, Duration::MAX);
     assert!(far > t + chrono::Duration::days(365 * 99));
     assert!(far < t + chrono::Duration::days(365 * 101));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn tmp_publish_throughput() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::connect(dir.path().join("x.db").to_str().unwrap()).await.unwrap());
-    let p = new_project(&*store).await;
-    new_webhook(&*store, p.id, "session.end").await;
-    let start = std::time::Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..8 {
-        let store = store.clone();
-        tasks.spawn(async move {
-            for _ in 0..1000 {
-                publish_with(&*store, p.id, "session.end", "{\"hello\":\"world\"}", None, long_ago()).await;
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-    let el = start.elapsed();
-    eprintln!("8000 publishes in {el:?}: {:.0}/s", 8000.0 / el.as_secs_f64());
-    let start = std::time::Instant::now();
-    let mut n = 0;
-    for _ in 0..1000 {
-        let c = store.claim_due(50, LEASE).await.unwrap();
-        if c.is_empty() { break; }
-        let outs: Vec<_> = c.iter().map(|c| outcome(c, AttemptStatus::Success, now_micros(), None)).collect();
-        record(&*store, &outs, NEVER_DISABLE).await;
-        n += c.len();
-    }
-    let el = start.elapsed();
-    eprintln!("{n} claimed+recorded in {el:?}: {:.0}/s", n as f64 / el.as_secs_f64());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn tmp_pg_throughput() {
-    let url = test_database_url().unwrap();
-    let schema = PgSchema::create(&url).await;
-    let store = Arc::new(PgStore::connect_with(schema.options(), 10).await.unwrap());
-    let p = new_project(&*store).await;
-    new_webhook(&*store, p.id, "session.end").await;
-    let start = std::time::Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..8 {
-        let store = store.clone();
-        tasks.spawn(async move {
-            for _ in 0..1000 {
-                publish_with(&*store, p.id, "session.end", "{\"hello\":\"world\"}", None, long_ago()).await;
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-    let el = start.elapsed();
-    eprintln!("pg 8000 publishes in {el:?}: {:.0}/s", 8000.0 / el.as_secs_f64());
-    let start = std::time::Instant::now();
-    let mut n = 0;
-    for _ in 0..1000 {
-        let c = store.claim_due(50, LEASE).await.unwrap();
-        if c.is_empty() { break; }
-        let outs: Vec<_> = c.iter().map(|c| outcome(c, AttemptStatus::Success, now_micros(), None)).collect();
-        record(&*store, &outs, NEVER_DISABLE).await;
-        n += c.len();
-    }
-    let el = start.elapsed();
-    eprintln!("pg {n} claimed+recorded in {el:?}: {:.0}/s", n as f64 / el.as_secs_f64());
-    store.close().await;
-    schema.drop_schema().await;
 }
