@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -71,6 +71,9 @@ pub struct DeliveryWorker {
 /// Claims being worked on: delivery id → lease token.
 type InFlight = Arc<Mutex<HashMap<Uuid, Uuid>>>;
 
+/// A finished attempt on its way to the recorder, with the slot it occupies.
+type Finished = (DeliveryOutcome, OwnedSemaphorePermit);
+
 const MAX_RECORD_BATCH: usize = 512;
 
 impl DeliveryWorker {
@@ -94,7 +97,7 @@ impl DeliveryWorker {
     pub async fn run(self, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let in_flight: InFlight = Arc::default();
-        let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel::<DeliveryOutcome>();
+        let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel::<Finished>();
         let recorder = tokio::spawn(record_loop(
             self.store.clone(),
             outcomes_rx,
@@ -110,9 +113,13 @@ impl DeliveryWorker {
             while tasks.try_join_next().is_some() {}
             let free = slots.available_permits();
             if free == 0 {
+                // Slots come back when outcomes are recorded, not when tasks end.
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tasks.join_next() => continue,
+                    permit = slots.clone().acquire_owned() => {
+                        drop(permit);
+                        continue;
+                    }
                 }
             }
             let claimed = match self.store.claim_due(free, self.config.lease).await {
@@ -154,9 +161,11 @@ impl DeliveryWorker {
                 tasks.spawn(async move {
                     let outcome = deliver(&dispatcher, &schedule, &delivery, &metrics).await;
                     // The recorder outlives every delivery task; a send can only fail
-                    // after an abort, and then the lease is handed back instead.
-                    let _ = tx.send(outcome);
-                    drop(permit);
+                    // after an abort, and then the lease is handed back instead. The slot
+                    // is freed only once the outcome is recorded, so a process
+                    // never holds more unrecorded claims than it has slots: that bounds
+                    // the duplicates a crash can cause to `concurrency`.
+                    let _ = tx.send((outcome, permit));
                 });
             }
         }
@@ -179,7 +188,10 @@ impl DeliveryWorker {
             .drain()
             .collect();
         if !unfinished.is_empty() {
-            tracing::info!(count = unfinished.len(), "handing back unfinished deliveries");
+            tracing::info!(
+                count = unfinished.len(),
+                "handing back unfinished deliveries"
+            );
             if let Err(e) = self.store.release(&unfinished).await {
                 tracing::error!(error = %e, "handing back deliveries failed; their leases will expire");
             }
@@ -232,7 +244,12 @@ pub async fn deliver(
     } else {
         AttemptStatus::Failed
     };
-    metrics.record_attempt(status, result.duration, attempt_number, started_at - d.event_created_at);
+    metrics.record_attempt(
+        status,
+        result.duration,
+        attempt_number,
+        started_at - d.event_created_at,
+    );
     tracing::info!(
         delivery_id = %d.delivery_id,
         event_id = %d.event_id,
@@ -279,14 +296,17 @@ pub async fn deliver(
 /// due sooner would wait for the next idle poll instead of its schedule.
 async fn record_loop(
     store: Arc<dyn WebhookStore>,
-    mut rx: mpsc::UnboundedReceiver<DeliveryOutcome>,
+    mut rx: mpsc::UnboundedReceiver<Finished>,
     policy: DisablePolicy,
     in_flight: InFlight,
     metrics: Arc<Metrics>,
     waker: Arc<Waker>,
 ) {
+    let mut received = Vec::with_capacity(MAX_RECORD_BATCH);
     let mut batch = Vec::with_capacity(MAX_RECORD_BATCH);
-    while rx.recv_many(&mut batch, MAX_RECORD_BATCH).await > 0 {
+    while rx.recv_many(&mut received, MAX_RECORD_BATCH).await > 0 {
+        let (outcomes, permits): (Vec<_>, Vec<_>) = received.drain(..).unzip();
+        batch.extend(outcomes);
         let mut backoff = Duration::from_millis(20);
         loop {
             match store.record_outcomes(&batch, policy).await {
@@ -311,6 +331,7 @@ async fn record_loop(
                 map.remove(&outcome.delivery_id);
             }
         }
+        drop(permits);
         if retries {
             waker.wake();
         }
