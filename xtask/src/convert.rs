@@ -76,9 +76,7 @@ pub fn adapt_for_client(doc: &mut Value) {
                     }
                     if let Some(default) = responses.remove("default") {
                         for range in ["4XX", "5XX"] {
-                            responses
-                                .entry(range)
-                                .or_insert_with(|| default.clone());
+                            responses.entry(range).or_insert_with(|| default.clone());
                         }
                     }
                 }
@@ -186,7 +184,9 @@ fn downgrade_schema(schema: &mut Value) -> anyhow::Result<()> {
                     s.insert("type".into(), single);
                 }
                 [] => anyhow::bail!("a schema whose only type is null has no 3.0 form"),
-                _ => anyhow::bail!("a schema with several non-null types has no 3.0 form: {types:?}"),
+                _ => {
+                    anyhow::bail!("a schema with several non-null types has no 3.0 form: {types:?}")
+                }
             }
             if nullable {
                 s.insert("nullable".into(), Value::Bool(true));
@@ -310,7 +310,10 @@ mod tests {
         });
         let out = downgrade_to_30(&doc).unwrap();
         let op = &out["paths"]["/x"]["post"];
-        assert_eq!(op["parameters"][0]["schema"], json!({"type": "integer", "nullable": true, "example": 1}));
+        assert_eq!(
+            op["parameters"][0]["schema"],
+            json!({"type": "integer", "nullable": true, "example": 1})
+        );
         assert_eq!(
             op["requestBody"]["content"]["application/json"]["schema"],
             json!({"type": "string", "nullable": true})
@@ -344,7 +347,9 @@ mod tests {
         assert_eq!(responses["200"]["description"], "ok");
         let s = &doc["components"]["schemas"]["S"];
         assert!(s.get("additionalProperties").is_none());
-        assert!(s["properties"]["inner"].get("additionalProperties").is_none());
+        assert!(s["properties"]["inner"]
+            .get("additionalProperties")
+            .is_none());
     }
 
     #[test]

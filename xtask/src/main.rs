@@ -2,7 +2,9 @@
 //!
 //! - `codegen` regenerates the client and api crates from `openapi.json`;
 //! - `codegen --check` regenerates in memory and fails, naming each stale file, when the
-//!   committed code differs (CI runs it; so does a unit test below).
+//!   committed code differs (CI runs it; so does a unit test below);
+//! - `bench [ARGS]` builds the server and the benchmark in release mode and runs the
+//!   delivery benchmark (`cargo xtask bench --help` lists its options).
 
 mod api_gen;
 mod client_gen;
@@ -23,7 +25,8 @@ pub fn workspace_root() -> PathBuf {
 
 /// Every generated file, relative to the workspace root, with its content.
 pub fn generate_all(root: &Path) -> Result<Vec<(PathBuf, String)>> {
-    let text = std::fs::read_to_string(root.join("openapi.json")).context("reading openapi.json")?;
+    let text =
+        std::fs::read_to_string(root.join("openapi.json")).context("reading openapi.json")?;
     let doc: serde_json::Value = serde_json::from_str(&text).context("parsing openapi.json")?;
     let spec = model::Spec::from_json(&doc)?;
     let files = vec![
@@ -33,7 +36,12 @@ pub fn generate_all(root: &Path) -> Result<Vec<(PathBuf, String)>> {
     ];
     files
         .into_iter()
-        .map(|(path, code)| Ok((PathBuf::from(path), rustfmt(&code).with_context(|| format!("formatting {path}"))?)))
+        .map(|(path, code)| {
+            Ok((
+                PathBuf::from(path),
+                rustfmt(&code).with_context(|| format!("formatting {path}"))?,
+            ))
+        })
         .collect()
 }
 
@@ -68,7 +76,9 @@ fn rustfmt(code: &str) -> Result<String> {
 pub fn stale_files(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(generate_all(root)?
         .into_iter()
-        .filter(|(path, code)| std::fs::read_to_string(root.join(path)).ok().as_deref() != Some(code.as_str()))
+        .filter(|(path, code)| {
+            std::fs::read_to_string(root.join(path)).ok().as_deref() != Some(code.as_str())
+        })
         .map(|(path, _)| path)
         .collect())
 }
@@ -99,7 +109,47 @@ fn codegen(check: bool) -> Result<bool> {
     Ok(true)
 }
 
-const USAGE: &str = "usage: cargo xtask codegen [--check]";
+const USAGE: &str = "usage: cargo xtask codegen [--check] | cargo xtask bench [ARGS...]";
+
+/// Builds the server and the bench in release mode (debug builds would measure the
+/// compiler's lack of optimisation, not the server) and runs the bench with `args`.
+fn bench(args: &[&str]) -> Result<bool> {
+    let root = workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let built = Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "sonzai-webhooks-server",
+            "-p",
+            "sonzai-webhooks-bench",
+        ])
+        .status()
+        .context("running cargo build")?;
+    if !built.success() {
+        bail!("cargo build failed ({built})");
+    }
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), |dir| root.join(dir));
+    let mut command = Command::new(target_dir.join("release").join("sonzai-webhooks-bench"));
+    command.args(args);
+    #[cfg(unix)]
+    {
+        // Replace this process, so signals and the exit code are the bench's own.
+        use std::os::unix::process::CommandExt as _;
+        let err = command.exec();
+        Err(err).context("running sonzai-webhooks-bench")
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(command
+            .status()
+            .context("running sonzai-webhooks-bench")?
+            .success())
+    }
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -107,6 +157,7 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["codegen"] => codegen(false),
         ["codegen", "--check"] => codegen(true),
+        ["bench", rest @ ..] => bench(rest),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -128,6 +179,9 @@ mod tests {
     #[test]
     fn generated_code_is_up_to_date() {
         let stale = super::stale_files(&super::workspace_root()).unwrap();
-        assert!(stale.is_empty(), "stale generated files {stale:?}: run `cargo xtask codegen`");
+        assert!(
+            stale.is_empty(),
+            "stale generated files {stale:?}: run `cargo xtask codegen`"
+        );
     }
 }

@@ -128,7 +128,8 @@ fn str_field(obj: &Map<String, Value>, key: &str) -> Option<String> {
 }
 
 fn object<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>> {
-    v.as_object().ok_or_else(|| anyhow!("{what} is not an object"))
+    v.as_object()
+        .ok_or_else(|| anyhow!("{what} is not an object"))
 }
 
 fn ref_name(v: &Value) -> Option<String> {
@@ -323,18 +324,18 @@ fn read_operation(path: &str, method: &str, v: &Value) -> Result<Operation> {
             (loc, _) => bail!("{id}: parameters in {loc} are not supported"),
         }
     }
-    let body = match obj.get("requestBody") {
-        None => None,
-        Some(b) => {
-            if b.get("required") != Some(&Value::Bool(true)) {
-                bail!("{id}: optional request bodies are not supported");
+    let body =
+        match obj.get("requestBody") {
+            None => None,
+            Some(b) => {
+                if b.get("required") != Some(&Value::Bool(true)) {
+                    bail!("{id}: optional request bodies are not supported");
+                }
+                Some(json_content_ref(b, "application/json").ok_or_else(|| {
+                    anyhow!("{id}: request body must be an application/json $ref")
+                })?)
             }
-            Some(
-                json_content_ref(b, "application/json")
-                    .ok_or_else(|| anyhow!("{id}: request body must be an application/json $ref"))?,
-            )
-        }
-    };
+        };
     let responses = obj
         .get("responses")
         .and_then(Value::as_object)

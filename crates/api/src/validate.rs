@@ -67,7 +67,12 @@ pub struct IntRules {
     pub maximum: Option<i64>,
 }
 
-fn push(errors: &mut Vec<ErrorDetail>, loc: &str, message: impl Into<String>, value: Option<Value>) {
+fn push(
+    errors: &mut Vec<ErrorDetail>,
+    loc: &str,
+    message: impl Into<String>,
+    value: Option<Value>,
+) {
     errors.push(ErrorDetail {
         location: Some(loc.to_owned()),
         message: Some(message.into()),
@@ -298,7 +303,12 @@ pub fn path_string(
     let loc = format!("path.{name}");
     let problems = string_problems(&text, rules);
     for problem in &problems {
-        push(errors, &loc, problem.clone(), Some(Value::from(text.clone())));
+        push(
+            errors,
+            &loc,
+            problem.clone(),
+            Some(Value::from(text.clone())),
+        );
     }
     text
 }
@@ -328,7 +338,11 @@ pub fn query_pairs(parts: &Parts) -> Vec<(String, String)> {
     parts
         .uri
         .query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -385,8 +399,14 @@ fn is_json_media_type(value: &HeaderValue) -> bool {
     let Ok(text) = value.to_str() else {
         return false;
     };
-    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Reads, parses and validates a JSON body. `Err` is answered at once (415, 413, 400);
@@ -431,7 +451,10 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => (
             status,
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             bytes,
         )
             .into_response(),
@@ -440,9 +463,7 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
 }
 
 /// `GET {base}/schemas/{Name}.json`.
-pub async fn schema_document(
-    axum::extract::Path(file): axum::extract::Path<String>,
-) -> Response {
+pub async fn schema_document(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
     let schema = file
         .strip_suffix(".json")
         .and_then(crate::models::json_schema);
@@ -462,11 +483,12 @@ pub async fn schema_document(
 /// `GET {base}/openapi.json`: the document utoipa builds from the generated code.
 pub async fn openapi_document() -> Response {
     static DOC: OnceLock<Vec<u8>> = OnceLock::new();
-    let bytes = DOC.get_or_init(|| {
-        serde_json::to_vec(&crate::openapi()).unwrap_or_default()
-    });
+    let bytes = DOC.get_or_init(|| serde_json::to_vec(&crate::openapi()).unwrap_or_default());
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         bytes.clone(),
     )
         .into_response()
@@ -491,7 +513,13 @@ mod tests {
     #[test]
     fn strings_report_every_problem() {
         let mut errors = Vec::new();
-        check_string(&Value::from("bad type!"), "path.eventType", &rules(), false, &mut errors);
+        check_string(
+            &Value::from("bad type!"),
+            "path.eventType",
+            &rules(),
+            false,
+            &mut errors,
+        );
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].location.as_deref(), Some("path.eventType"));
         let long = "a".repeat(129);
@@ -499,7 +527,13 @@ mod tests {
         check_string(&Value::from(long), "x", &rules(), false, &mut errors);
         assert_eq!(errors.len(), 2, "length and pattern: {errors:?}");
         let mut errors = Vec::new();
-        check_string(&Value::from("session.end"), "x", &rules(), false, &mut errors);
+        check_string(
+            &Value::from("session.end"),
+            "x",
+            &rules(),
+            false,
+            &mut errors,
+        );
         assert!(errors.is_empty());
     }
 
@@ -510,7 +544,13 @@ mod tests {
             sensitive: true,
             ..rules()
         };
-        check_string(&Value::from(17), "body.auth_header", &rules, false, &mut errors);
+        check_string(
+            &Value::from(17),
+            "body.auth_header",
+            &rules,
+            false,
+            &mut errors,
+        );
         assert_eq!(errors.len(), 1);
         assert!(errors[0].value.is_none());
     }

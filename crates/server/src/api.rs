@@ -51,9 +51,16 @@ impl Api {
         if project_id == caller.project_id {
             return Ok(project_id);
         }
-        match self.store().get_project(project_id).await.map_err(store_problem)? {
+        match self
+            .store()
+            .get_project(project_id)
+            .await
+            .map_err(store_problem)?
+        {
             Some(project) if project.tenant_id == caller.tenant_id => Ok(project_id),
-            _ => Err(Problem::not_found(format!("project {project_id} not found"))),
+            _ => Err(Problem::not_found(format!(
+                "project {project_id} not found"
+            ))),
         }
     }
 
@@ -258,8 +265,11 @@ impl From<ListDeliveryAttemptsForTenantQuery> for Paging {
 /// Cursors are opaque to clients: base64url of `<unix micros>.<attempt id>`, the
 /// position of the last attempt of the page in (created_at desc, id desc) order.
 fn encode_cursor(created_at: chrono::DateTime<chrono::Utc>, id: Uuid) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(format!("{}.{}", created_at.timestamp_micros(), id))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+        "{}.{}",
+        created_at.timestamp_micros(),
+        id
+    ))
 }
 
 fn decode_cursor(cursor: &str) -> Option<(chrono::DateTime<chrono::Utc>, Uuid)> {
@@ -330,17 +340,15 @@ impl WebhooksApi for Api {
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        auth::authenticate(self.store(), header)
-            .await
-            .map_err(|e| {
-                if e.is_unauthorized() {
-                    tracing::debug!(reason = %e, "rejected API key");
-                    Problem::unauthorized()
-                } else {
-                    tracing::error!(error = %e, "authentication failed");
-                    Problem::internal()
-                }
-            })
+        auth::authenticate(self.store(), header).await.map_err(|e| {
+            if e.is_unauthorized() {
+                tracing::debug!(reason = %e, "rejected API key");
+                Problem::unauthorized()
+            } else {
+                tracing::error!(error = %e, "authentication failed");
+                Problem::internal()
+            }
+        })
     }
 
     fn max_body_bytes(&self) -> usize {
@@ -364,8 +372,13 @@ impl WebhooksApi for Api {
         body: sonzai_webhooks_api::models::UpsertWebhookInputBody,
     ) -> Result<UpsertWebhookOutputBody, Problem> {
         let project = self.scope(&ctx, Some(project_id)).await?;
-        self.upsert(project, &event_type, &body.webhook_url, body.auth_header.as_deref())
-            .await
+        self.upsert(
+            project,
+            &event_type,
+            &body.webhook_url,
+            body.auth_header.as_deref(),
+        )
+        .await
     }
 
     async fn delete_webhook(
@@ -407,11 +420,19 @@ impl WebhooksApi for Api {
         body: sonzai_webhooks_api::models::PublishEventInputBody,
     ) -> Result<PublishEventOutputBody, Problem> {
         let project = self.scope(&ctx, Some(project_id)).await?;
-        self.publish(project, &body.event_type, &body.data, body.idempotency_key.as_deref())
-            .await
+        self.publish(
+            project,
+            &body.event_type,
+            &body.data,
+            body.idempotency_key.as_deref(),
+        )
+        .await
     }
 
-    async fn list_webhooks_for_tenant(&self, ctx: Caller) -> Result<ListWebhooksOutputBody, Problem> {
+    async fn list_webhooks_for_tenant(
+        &self,
+        ctx: Caller,
+    ) -> Result<ListWebhooksOutputBody, Problem> {
         let project = self.scope(&ctx, None).await?;
         self.list(project).await
     }
@@ -423,11 +444,20 @@ impl WebhooksApi for Api {
         body: sonzai_webhooks_api::models::UpsertWebhookForTenantInputBody,
     ) -> Result<UpsertWebhookOutputBody, Problem> {
         let project = self.scope(&ctx, None).await?;
-        self.upsert(project, &event_type, &body.webhook_url, body.auth_header.as_deref())
-            .await
+        self.upsert(
+            project,
+            &event_type,
+            &body.webhook_url,
+            body.auth_header.as_deref(),
+        )
+        .await
     }
 
-    async fn delete_webhook_for_tenant(&self, ctx: Caller, event_type: String) -> Result<(), Problem> {
+    async fn delete_webhook_for_tenant(
+        &self,
+        ctx: Caller,
+        event_type: String,
+    ) -> Result<(), Problem> {
         let project = self.scope(&ctx, None).await?;
         self.delete(project, &event_type).await
     }
@@ -458,8 +488,13 @@ impl WebhooksApi for Api {
         body: sonzai_webhooks_api::models::PublishEventForTenantInputBody,
     ) -> Result<PublishEventOutputBody, Problem> {
         let project = self.scope(&ctx, None).await?;
-        self.publish(project, &body.event_type, &body.data, body.idempotency_key.as_deref())
-            .await
+        self.publish(
+            project,
+            &body.event_type,
+            &body.data,
+            body.idempotency_key.as_deref(),
+        )
+        .await
     }
 }
 

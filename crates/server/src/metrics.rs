@@ -45,7 +45,11 @@ impl Histogram {
                 self.counts[i]
             );
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
         let braces = if labels.is_empty() {
             String::new()
         } else {
@@ -108,7 +112,8 @@ impl Metrics {
     }
 
     pub fn webhooks_disabled(&self, n: usize) {
-        self.webhooks_disabled.fetch_add(n as u64, Ordering::Relaxed);
+        self.webhooks_disabled
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// The exposition text; `queue` comes from the store at scrape time.
@@ -193,9 +198,8 @@ mod tests {
             pending: 4,
             oldest_due_age: Some(Duration::from_secs(2)),
         }));
-        assert!(text.contains(
-            "sonzai_http_requests_total{operation=\"listWebhooks\",status=\"200\"} 2"
-        ));
+        assert!(text
+            .contains("sonzai_http_requests_total{operation=\"listWebhooks\",status=\"200\"} 2"));
         assert!(text.contains(
             "sonzai_http_request_duration_seconds_bucket{operation=\"listWebhooks\",le=\"0.0025\"} 1"
         ));

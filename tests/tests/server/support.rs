@@ -75,7 +75,9 @@ impl TestDb {
 
 async fn psql(base: &str, sql: &str) {
     use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(base).await.expect("connect to TEST_DATABASE_URL");
+    let mut conn = sqlx::PgConnection::connect(base)
+        .await
+        .expect("connect to TEST_DATABASE_URL");
     sqlx::query(sql).execute(&mut conn).await.expect(sql);
     let _ = conn.close().await;
 }
@@ -86,8 +88,14 @@ impl Drop for TestDb {
             // Drop runs outside async context; a short-lived thread with its own runtime
             // keeps the shared database clean even when a test fails.
             let _ = std::thread::spawn(move || {
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    rt.block_on(psql(&base, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")));
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(psql(
+                        &base,
+                        &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+                    ));
                 }
             })
             .join();
@@ -289,11 +297,7 @@ impl Receiver {
 
     /// Answers the next requests with these, in order.
     pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
-        self.state
-            .script
-            .lock()
-            .unwrap()
-            .extend(answers);
+        self.state.script.lock().unwrap().extend(answers);
     }
 
     /// Answers with this once the script is used up.
@@ -327,7 +331,11 @@ impl Receiver {
     }
 }
 
-async fn receive(State(state): State<Arc<ReceiverState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let answer = {
         let next = state.script.lock().unwrap().pop_front();
         next.or_else(|| state.default.lock().unwrap().clone())
@@ -363,7 +371,14 @@ pub fn server_binary() -> PathBuf {
     let bin = profile_dir.join("sonzai-webhooks");
     if !bin.exists() {
         let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "sonzai-webhooks-server", "--bin", "sonzai-webhooks"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "sonzai-webhooks-server",
+                "--bin",
+                "sonzai-webhooks",
+            ])
             .status()
             .expect("cargo build");
         assert!(status.success(), "building the server binary failed");
@@ -398,7 +413,14 @@ impl ServerProcess {
             .args(["--data-dir", &data_dir.display().to_string()])
             .args(["--allow-private-targets", "true"])
             .args(["--retry-schedule", "100ms,200ms,400ms,800ms"])
-            .args(["--lease", "3s", "--delivery-timeout", "2s", "--shutdown-grace", "2s"])
+            .args([
+                "--lease",
+                "3s",
+                "--delivery-timeout",
+                "2s",
+                "--shutdown-grace",
+                "2s",
+            ])
             .args(extra)
             .env("SONZAI_LOG", "warn")
             .stdout(std::process::Stdio::null())

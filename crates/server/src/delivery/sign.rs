@@ -93,9 +93,7 @@ mod tests {
             data: r#"{"a":1}"#.into(),
             webhook_url: "http://127.0.0.1:1/hook".into(),
             auth_header: Some("Bearer receiver-token".into()),
-            secret: SigningSecret::from_stored(
-                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-            ),
+            secret: SigningSecret::from_stored("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
             previous_secret: previous.map(|p| SigningSecret::from_stored(p.into())),
             attempts_made: 0,
             lease_token: Uuid::nil(),
@@ -135,19 +133,39 @@ mod tests {
         );
         assert_eq!(get(&WEBHOOK_ID).unwrap(), d.event_id.to_string());
         assert_eq!(get(&WEBHOOK_TIMESTAMP).unwrap(), "1700000000");
-        assert_eq!(get(&WEBHOOK_SIGNATURE).unwrap(), format!("v1,{STANDARD_B64}"));
-        assert_eq!(get(&http::header::AUTHORIZATION).unwrap(), "Bearer receiver-token");
+        assert_eq!(
+            get(&WEBHOOK_SIGNATURE).unwrap(),
+            format!("v1,{STANDARD_B64}")
+        );
+        assert_eq!(
+            get(&http::header::AUTHORIZATION).unwrap(),
+            "Bearer receiver-token"
+        );
     }
 
     #[test]
     fn grace_period_signs_with_both_secrets_new_first() {
         let d = claimed(Some("whsec_c2Vjb25kLXNlY3JldC1zZWNvbmQtc2VjcmV0"));
         let headers = delivery_headers(&d, br#"{"a":1}"#, 1_700_000_000);
-        let sonzai = headers.iter().find(|(n, _)| n == SONZAI_SIGNATURE).unwrap().1.to_str().unwrap().to_owned();
+        let sonzai = headers
+            .iter()
+            .find(|(n, _)| n == SONZAI_SIGNATURE)
+            .unwrap()
+            .1
+            .to_str()
+            .unwrap()
+            .to_owned();
         let entries: Vec<&str> = sonzai.split(',').filter(|p| p.starts_with("v1=")).collect();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0], format!("v1={SONZAI_HEX}"));
-        let standard = headers.iter().find(|(n, _)| n == WEBHOOK_SIGNATURE).unwrap().1.to_str().unwrap().to_owned();
+        let standard = headers
+            .iter()
+            .find(|(n, _)| n == WEBHOOK_SIGNATURE)
+            .unwrap()
+            .1
+            .to_str()
+            .unwrap()
+            .to_owned();
         assert_eq!(standard.split(' ').count(), 2);
     }
 
