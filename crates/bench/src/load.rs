@@ -101,7 +101,8 @@ impl PublishRun {
                     started,
                     deliveries,
                 });
-                self.call_latencies.push(now.saturating_duration_since(sent));
+                self.call_latencies
+                    .push(now.saturating_duration_since(sent));
             }
             Err(e) => {
                 self.failures += 1;
@@ -155,7 +156,10 @@ async fn publish(
         .await
         .context("publishing")?;
     let status = response.status();
-    let text = response.text().await.context("reading the publish answer")?;
+    let text = response
+        .text()
+        .await
+        .context("reading the publish answer")?;
     if status != StatusCode::ACCEPTED {
         bail!("publish answered {status}: {}", snippet(&text));
     }
@@ -169,7 +173,12 @@ async fn publish(
     let deliveries = answer
         .get("deliveries_started")
         .and_then(serde_json::Value::as_u64)
-        .ok_or_else(|| anyhow!("publish answer has no deliveries_started: {}", snippet(&text)))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "publish answer has no deliveries_started: {}",
+                snippet(&text)
+            )
+        })?;
     Ok((event_id, deliveries))
 }
 
@@ -311,7 +320,10 @@ pub async fn upsert_webhook(
     let text = response.text().await.context("reading the upsert answer")?;
     let elapsed = started.elapsed();
     if status != StatusCode::OK {
-        bail!("upsert of {event_type} answered {status}: {}", snippet(&text));
+        bail!(
+            "upsert of {event_type} answered {status}: {}",
+            snippet(&text)
+        );
     }
     Ok(elapsed)
 }

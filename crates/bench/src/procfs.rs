@@ -30,9 +30,12 @@ impl Machine {
         let mem_total_kib = std::fs::read_to_string("/proc/meminfo")
             .ok()
             .and_then(|text| kib_field(&text, "MemTotal:"));
-        let load_average = std::fs::read_to_string("/proc/loadavg")
-            .ok()
-            .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+        let load_average = std::fs::read_to_string("/proc/loadavg").ok().map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
         Self {
             cpus,
             model,
@@ -164,15 +167,23 @@ mod tests {
         let started = std::time::Instant::now();
         let mut x = 0u64;
         let mut latest = first;
-        while latest.cpu_ticks < first.cpu_ticks + 2 && started.elapsed() < Duration::from_secs(10) {
+        while latest.cpu_ticks < first.cpu_ticks + 2 && started.elapsed() < Duration::from_secs(10)
+        {
             for _ in 0..100_000 {
                 x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
             }
             latest = Usage::of("self").unwrap();
         }
-        assert!(latest.cpu_ticks >= first.cpu_ticks + 2, "CPU time did not advance");
+        assert!(
+            latest.cpu_ticks >= first.cpu_ticks + 2,
+            "CPU time did not advance"
+        );
         assert!(latest.cpu_since(&first, 100) >= Duration::from_millis(20));
-        assert_eq!(first.cpu_since(&latest, 100), Duration::ZERO, "saturates backwards");
+        assert_eq!(
+            first.cpu_since(&latest, 100),
+            Duration::ZERO,
+            "saturates backwards"
+        );
     }
 
     #[test]

@@ -52,9 +52,7 @@ impl Receiver {
             delay,
             ..Shared::default()
         });
-        let app = Router::new()
-            .fallback(receive)
-            .with_state(shared.clone());
+        let app = Router::new().fallback(receive).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .context("binding the receiver")?;

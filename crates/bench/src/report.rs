@@ -295,7 +295,10 @@ mod tests {
         let mut block = Block::new("B1");
         block.line("a", "1");
         block.line("longer label", "2");
-        assert_eq!(block.render(), "=== B1\n  a             1\n  longer label  2\n");
+        assert_eq!(
+            block.render(),
+            "=== B1\n  a             1\n  longer label  2\n"
+        );
     }
 
     #[test]

@@ -1,0 +1,368 @@
+//! `sonzai-webhooks-bench`: the delivery benchmark, usually run as `cargo xtask bench`.
+//!
+//! It starts the release server binary on a fresh database, publishes events to it
+//! from an in-process load generator, receives the deliveries on an in-process
+//! receiver, and prints throughput, end-to-end latency, delivery integrity and the
+//! server's CPU and memory for each scenario.
+
+mod load;
+mod procfs;
+mod receiver;
+mod report;
+mod scenarios;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::procfs::Machine;
+use crate::scenarios::{Scenario, Settings};
+use crate::server::{Backend, ServerBinary, ServerOptions};
+
+const AFTER_HELP: &str = "\
+Scenarios:
+  B1  20,000 events to one webhook, 64 concurrent publishers (throughput)
+  B2  200 events/s for 30 s, paced open loop (latency at steady load)
+  B3  20,000 events round-robin over 50 projects with one webhook each
+  B4  1,000 sequential webhook upserts, then 1,000 sequential list calls
+
+Examples:
+  cargo xtask bench --quick
+  cargo xtask bench --scenario B1
+  cargo xtask bench --postgres postgres://postgres@127.0.0.1:5432/test
+  cargo xtask bench --postgres postgres://... --processes 2 --scenario B1
+  cargo xtask bench --receiver-delay-ms 50 --workers 1024 --scenario B1
+
+Each scenario gets a fresh database (SQLite in a temporary directory, or a schema of
+its own on PostgreSQL, dropped afterwards) and fresh server processes.";
+
+/// The server's default `--workers`, for the throughput ceiling printed when the
+/// receiver is slow and `--workers` is not given.
+const SERVER_DEFAULT_WORKERS: usize = 256;
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sonzai-webhooks-bench",
+    about = "Delivery benchmark for the sonzai-webhooks server.",
+    after_help = AFTER_HELP
+)]
+struct Args {
+    /// Which scenario to run.
+    #[arg(long, value_name = "B1|B2|B3|B4|all", default_value = "all", value_parser = parse_scenarios)]
+    scenario: ScenarioChoice,
+
+    /// Divide every count by 10: a smoke run of a few seconds per scenario.
+    #[arg(long)]
+    quick: bool,
+
+    /// Run on PostgreSQL: URL of an existing database (each scenario creates and drops
+    /// a schema of its own in it). Needs `psql`. Without it: SQLite.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+
+    /// Server processes sharing the database; publishes go round-robin to all of
+    /// them. More than one needs --postgres.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=32))]
+    processes: usize,
+
+    /// `--workers` of each server process (deliveries in flight); default: the
+    /// server's own default.
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+
+    /// The receiver answers each delivery after this many milliseconds (a slow
+    /// receiver). Deliveries then need enough --workers to keep up.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    receiver_delay_ms: u64,
+
+    /// Concurrent publishers of the closed-loop scenarios (B1, B3).
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    publishers: usize,
+
+    /// Size of the padding in each event's data, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 256)]
+    payload_bytes: usize,
+
+    /// Longest wait for outstanding deliveries once publishing is over, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    drain_timeout: u64,
+
+    /// Longest publishing (or API-call) phase, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    phase_timeout: u64,
+
+    /// The servers' `--log` filter (their logs go to a temporary file). The default is
+    /// the server's own, so the figures include the cost of its request logging.
+    #[arg(long, value_name = "FILTER", default_value = "info")]
+    server_log: String,
+
+    /// An extra flag for `serve`, e.g. `--server-arg=--lease=60s` (repeatable).
+    #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+
+    /// The server binary; default: `sonzai-webhooks` next to this executable.
+    #[arg(long, value_name = "PATH")]
+    server_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+enum ScenarioChoice {
+    All,
+    One(Scenario),
+}
+
+fn parse_scenarios(input: &str) -> Result<ScenarioChoice, String> {
+    if input.eq_ignore_ascii_case("all") {
+        return Ok(ScenarioChoice::All);
+    }
+    <Scenario as clap::ValueEnum>::from_str(input, true)
+        .map(ScenarioChoice::One)
+        .map_err(|_| format!("unknown scenario {input:?}; expected B1, B2, B3, B4 or all"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.processes > 1 && args.postgres.is_none() {
+        eprintln!("error: --processes above 1 needs --postgres (SQLite serves one process)");
+        return ExitCode::from(2);
+    }
+    // reqwest is built without a default TLS provider; the bench speaks plain HTTP,
+    // but the client will not build without one installed.
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        eprintln!("error: cannot install the TLS crypto provider");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async {
+        tokio::select! {
+            code = run(args) => code,
+            // Dropping `run` kills the servers (kill_on_drop) and drops the schemas.
+            () = interrupted() => {
+                eprintln!("interrupted: stopping the servers");
+                ExitCode::from(130)
+            }
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    code
+}
+
+async fn run(args: Args) -> ExitCode {
+    let bin = match ServerBinary::locate(args.server_bin.clone()) {
+        Ok(bin) => bin,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let settings = Settings {
+        backend: args
+            .postgres
+            .clone()
+            .map_or(Backend::Sqlite, Backend::Postgres),
+        bin,
+        server: ServerOptions {
+            workers: args.workers,
+            log: args.server_log.clone(),
+            extra: args.server_args.clone(),
+        },
+        processes: args.processes,
+        quick: args.quick,
+        publishers: args.publishers,
+        payload_bytes: args.payload_bytes,
+        receiver_delay: Duration::from_millis(args.receiver_delay_ms),
+        phase_timeout: Duration::from_secs(args.phase_timeout),
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+        ticks_per_second: procfs::clock_ticks_per_second(),
+    };
+    print!("{}", header(&args, &settings, &Machine::detect()));
+
+    let scenarios = match args.scenario {
+        ScenarioChoice::All => Scenario::ALL.to_vec(),
+        ScenarioChoice::One(one) => vec![one],
+    };
+    let mut failed = 0;
+    for scenario in scenarios {
+        println!();
+        match scenarios::run(scenario, &settings).await {
+            Ok(block) => print!("{}", block.render()),
+            Err(e) => {
+                failed += 1;
+                println!("=== {scenario:?} FAILED: {e:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// What the run is about to measure, and on what.
+fn header(args: &Args, settings: &Settings, machine: &Machine) -> String {
+    let memory = machine.mem_total_kib.map_or_else(
+        || "? GiB".to_owned(),
+        |kib| format!("{:.1} GiB", kib as f64 / 1048576.0),
+    );
+    let mut out = String::from("sonzai-webhooks delivery benchmark\n");
+    out.push_str(&format!(
+        "  machine    {} CPUs · {} · {memory} RAM · load average {}\n",
+        machine.cpus,
+        machine.model,
+        machine.load_average.as_deref().unwrap_or("?")
+    ));
+    out.push_str(&format!("  server     {}\n", settings.bin.path().display()));
+    let backend = match &args.postgres {
+        Some(url) => format!(
+            "postgres {} (a fresh schema per scenario)",
+            redact_password(url)
+        ),
+        None => "sqlite (a fresh database per scenario)".to_owned(),
+    };
+    out.push_str(&format!("  backend    {backend}\n"));
+    out.push_str(&format!(
+        "  load       {} server process{} · workers {} · receiver delay {} ms · {} publishers · {} B payload{}\n",
+        settings.processes,
+        if settings.processes == 1 { "" } else { "es" },
+        settings
+            .server
+            .workers
+            .map_or_else(|| "default".to_owned(), |w| w.to_string()),
+        args.receiver_delay_ms,
+        settings.publishers,
+        settings.payload_bytes,
+        if settings.quick { " · quick (counts ÷10)" } else { "" }
+    ));
+    if args.receiver_delay_ms > 0 {
+        // Each delivery holds a worker for the receiver's delay: a hard ceiling.
+        let workers = settings.server.workers.unwrap_or(SERVER_DEFAULT_WORKERS) as f64;
+        let ceiling = workers * 1000.0 / args.receiver_delay_ms as f64 * settings.processes as f64;
+        out.push_str(&format!(
+            "  ceiling    at most {ceiling:.0} deliveries/s (workers × processes / receiver delay)\n"
+        ));
+    }
+    out
+}
+
+/// `scheme://user:password@host...` with the password replaced, for printing.
+fn redact_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_owned(),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM, so the bench can stop its servers instead of
+/// leaving them running.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn scenarios_parse_in_either_case() {
+        assert!(matches!(parse_scenarios("all"), Ok(ScenarioChoice::All)));
+        assert!(matches!(parse_scenarios("ALL"), Ok(ScenarioChoice::All)));
+        assert!(matches!(
+            parse_scenarios("B3"),
+            Ok(ScenarioChoice::One(Scenario::B3))
+        ));
+        assert!(matches!(
+            parse_scenarios("b1"),
+            Ok(ScenarioChoice::One(Scenario::B1))
+        ));
+        assert!(parse_scenarios("B5").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let args = Args::try_parse_from([
+            "bench",
+            "--quick",
+            "--scenario",
+            "B2",
+            "--postgres",
+            "postgres://u@h/db",
+            "--processes",
+            "3",
+            "--workers",
+            "512",
+            "--receiver-delay-ms",
+            "25",
+            "--server-arg=--lease=60s",
+            "--server-arg",
+            "--delivery-timeout=5s",
+        ])
+        .unwrap();
+        assert!(args.quick);
+        assert!(matches!(args.scenario, ScenarioChoice::One(Scenario::B2)));
+        assert_eq!(args.processes, 3);
+        assert_eq!(args.workers, Some(512));
+        assert_eq!(args.receiver_delay_ms, 25);
+        assert_eq!(args.server_args, ["--lease=60s", "--delivery-timeout=5s"]);
+        assert!(Args::try_parse_from(["bench", "--processes", "0"]).is_err());
+        assert!(Args::try_parse_from(["bench", "--scenario", "B9"]).is_err());
+    }
+
+    #[test]
+    fn passwords_are_not_printed() {
+        assert_eq!(
+            redact_password("postgres://app:hunter2@db:5432/x?sslmode=require"),
+            "postgres://app:***@db:5432/x?sslmode=require"
+        );
+        assert_eq!(
+            redact_password("postgres://postgres@127.0.0.1:5432/test"),
+            "postgres://postgres@127.0.0.1:5432/test"
+        );
+        assert_eq!(redact_password("nonsense"), "nonsense");
+    }
+}

@@ -1,0 +1,446 @@
+//! The scenarios. Each runs on servers and a database of its own, so one scenario's
+//! leftovers (a backlog, a grown table) never colour the next one's figures.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use crate::load::{self, Target, EVENT_TYPE};
+use crate::procfs::Usage;
+use crate::receiver::Receiver;
+use crate::report::{self, match_arrivals, Block, Percentiles, ServerUsage};
+use crate::server::{Backend, Credentials, Database, ServerBinary, ServerOptions, ServerProcess};
+
+/// The scenarios, in the order `all` runs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// 20,000 events to one webhook from 64 concurrent publishers: throughput.
+    #[value(name = "B1")]
+    B1,
+    /// 200 events per second for 30 seconds, paced: latency at a steady load.
+    #[value(name = "B2")]
+    B2,
+    /// 20,000 events spread over 50 projects with a webhook each: many tenants.
+    #[value(name = "B3")]
+    B3,
+    /// 1,000 sequential webhook upserts, then 1,000 list calls: API latency.
+    #[value(name = "B4")]
+    B4,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 4] = [Scenario::B1, Scenario::B2, Scenario::B3, Scenario::B4];
+}
+
+/// Everything the scenarios share.
+pub struct Settings {
+    pub backend: Backend,
+    pub bin: ServerBinary,
+    pub server: ServerOptions,
+    pub processes: usize,
+    /// Divides every count by 10 (a smoke run).
+    pub quick: bool,
+    pub publishers: usize,
+    pub payload_bytes: usize,
+    pub receiver_delay: Duration,
+    /// Bound of each publishing (or API-call) phase.
+    pub phase_timeout: Duration,
+    /// Bound of the wait for outstanding deliveries after publishing.
+    pub drain_timeout: Duration,
+    pub ticks_per_second: u64,
+}
+
+impl Settings {
+    fn scaled(&self, full: u64) -> u64 {
+        if self.quick {
+            (full / 10).max(1)
+        } else {
+            full
+        }
+    }
+
+    fn backend_label(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// What every block title ends with: where and how it ran.
+    fn context(&self) -> String {
+        let workers = self
+            .server
+            .workers
+            .map_or_else(|| "default".to_owned(), |w| w.to_string());
+        format!(
+            "{} · {} server process{} · workers {workers} · receiver delay {} ms",
+            self.backend_label(),
+            self.processes,
+            if self.processes == 1 { "" } else { "es" },
+            self.receiver_delay.as_millis()
+        )
+    }
+}
+
+/// Runs one scenario and returns its result block.
+pub async fn run(scenario: Scenario, settings: &Settings) -> anyhow::Result<Block> {
+    match scenario {
+        Scenario::B1 => {
+            let events = settings.scaled(20_000);
+            let title = format!(
+                "B1 · {events} events → 1 webhook · {} publishers",
+                settings.publishers
+            );
+            deliveries(settings, title, 1, Shape::Closed { events }).await
+        }
+        Scenario::B2 => {
+            let seconds = settings.scaled(30);
+            let title = format!("B2 · 200 events/s for {seconds} s (paced) → 1 webhook");
+            let shape = Shape::Paced {
+                per_second: 200,
+                seconds,
+            };
+            deliveries(settings, title, 1, shape).await
+        }
+        Scenario::B3 => {
+            let events = settings.scaled(20_000);
+            let title = format!(
+                "B3 · {events} events round-robin over 50 projects × 1 webhook · {} publishers",
+                settings.publishers
+            );
+            deliveries(settings, title, 50, Shape::Closed { events }).await
+        }
+        Scenario::B4 => {
+            let calls = settings.scaled(1_000);
+            api_calls(settings, calls).await
+        }
+    }
+}
+
+enum Shape {
+    /// As fast as `publishers` concurrent callers get answers.
+    Closed { events: u64 },
+    /// `per_second` events a second, on a fixed schedule.
+    Paced { per_second: u64, seconds: u64 },
+}
+
+/// Servers, their database and the projects provisioned in it. Servers are listed
+/// first so that, when dropped, they are killed before the database goes away.
+struct Fleet {
+    servers: Vec<ServerProcess>,
+    projects: Vec<Credentials>,
+    db: Database,
+    setup: Duration,
+}
+
+impl Fleet {
+    /// A fresh database with `projects` projects, and the server processes on it.
+    async fn launch(settings: &Settings, projects: usize) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let db = Database::create(&settings.backend)?;
+        let mut servers = Vec::with_capacity(settings.processes);
+        // One project on the embedded database: take the credentials the server
+        // prints on first start, the path a newcomer takes. Otherwise provision with
+        // the admin CLI (PostgreSQL has no banner; SQLite must be provisioned before
+        // the server opens it, and then the database is not empty any more).
+        let use_banner = db.is_embedded() && projects == 1 && settings.processes == 1;
+        let projects = if use_banner {
+            let (server, credentials) =
+                ServerProcess::start(&settings.bin, &db, 0, &settings.server, true).await?;
+            servers.push(server);
+            vec![credentials.context("no credentials in the banner")?]
+        } else {
+            settings
+                .bin
+                .provision(&db, projects)
+                .await
+                .context("provisioning projects and keys")?
+        };
+        for index in servers.len()..settings.processes {
+            let (server, _) =
+                ServerProcess::start(&settings.bin, &db, index, &settings.server, false)
+                    .await
+                    .with_context(|| format!("starting server process {index}"))?;
+            servers.push(server);
+        }
+        Ok(Self {
+            servers,
+            projects,
+            db,
+            setup: started.elapsed(),
+        })
+    }
+
+    fn usage(&self) -> anyhow::Result<Vec<Usage>> {
+        self.servers.iter().map(ServerProcess::usage).collect()
+    }
+
+    /// Every (project, server) pair, interleaved so that consecutive events go to
+    /// different servers and, over a full cycle, every project reaches every server.
+    fn targets(&self) -> Vec<Target> {
+        self.projects
+            .iter()
+            .flat_map(|project| {
+                self.servers
+                    .iter()
+                    .map(|server| Target::new(&server.base, &project.key))
+            })
+            .collect()
+    }
+
+    async fn stop(self) {
+        for server in self.servers {
+            server.stop().await;
+        }
+        drop(self.db);
+    }
+}
+
+fn server_usage(
+    fleet: &Fleet,
+    before: &[Usage],
+    after: &[Usage],
+    ticks_per_second: u64,
+) -> Vec<ServerUsage> {
+    fleet
+        .servers
+        .iter()
+        .zip(before.iter().zip(after))
+        .map(|(server, (before, after))| ServerUsage {
+            pid: server.pid(),
+            peak_rss_kib: after.peak_rss_kib,
+            cpu: after.cpu_since(before, ticks_per_second),
+        })
+        .collect()
+}
+
+/// A publishing scenario: register one webhook per project, publish, wait for the
+/// deliveries, and report.
+async fn deliveries(
+    settings: &Settings,
+    title: String,
+    projects: usize,
+    shape: Shape,
+) -> anyhow::Result<Block> {
+    let receiver = Receiver::start(settings.receiver_delay).await?;
+    let fleet = Fleet::launch(settings, projects).await?;
+    let client = load::client()?;
+    for (index, project) in fleet.projects.iter().enumerate() {
+        let target = Target::new(&fleet.servers[0].base, &project.key);
+        load::upsert_webhook(
+            &client,
+            &target,
+            EVENT_TYPE,
+            &receiver.url(&format!("p{index}")),
+        )
+        .await
+        .with_context(|| format!("registering the webhook of project {}", project.project_id))?;
+    }
+    let targets = Arc::new(fleet.targets());
+
+    let before = fleet.usage()?;
+    let bench_before = Usage::of("self")?;
+    let measured_from = Instant::now();
+    let deadline = measured_from + settings.phase_timeout;
+    let run = match shape {
+        Shape::Closed { events } => {
+            load::closed_loop(
+                &client,
+                targets,
+                events,
+                settings.publishers,
+                settings.payload_bytes,
+                deadline,
+            )
+            .await?
+        }
+        Shape::Paced {
+            per_second,
+            seconds,
+        } => {
+            load::paced(
+                &client,
+                targets,
+                per_second * seconds,
+                Duration::from_secs(1) / u32::try_from(per_second).unwrap_or(u32::MAX),
+                // Far more than a healthy server ever has unanswered at this rate, few
+                // enough that a stalled one cannot make the bench pile up sockets.
+                1024,
+                settings.payload_bytes,
+                deadline,
+            )
+            .await?
+        }
+    };
+
+    let expecting = run.accepted.iter().filter(|p| p.deliveries > 0).count();
+    let drain_deadline = Instant::now() + settings.drain_timeout;
+    let drained = loop {
+        if receiver.distinct() >= expecting {
+            break true;
+        }
+        if Instant::now() >= drain_deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let after = fleet.usage()?;
+    let bench_after = Usage::of("self")?;
+    let phase = measured_from.elapsed();
+    let arrivals = receiver.arrivals();
+    let malformed = receiver.malformed();
+    let servers = server_usage(&fleet, &before, &after, settings.ticks_per_second);
+    let setup = fleet.setup;
+    fleet.stop().await;
+    drop(receiver);
+
+    let matched = match_arrivals(&run.accepted, &arrivals);
+    let mut block = Block::new(format!("{title} · {}", settings.context()));
+    block.line("setup", report::secs(setup));
+    let accepted = run.accepted.len() as u64;
+    block.line(
+        "events accepted",
+        format!(
+            "{accepted} of {} in {} = {}",
+            run.attempted,
+            report::secs(run.wall()),
+            report::rate(accepted, run.wall())
+        ),
+    );
+    if run.failures > 0 {
+        block.line(
+            "publish failures",
+            format!(
+                "{} (first: {})",
+                run.failures,
+                run.first_error.as_deref().unwrap_or("?")
+            ),
+        );
+    }
+    if run.timed_out {
+        block.line(
+            "publish phase",
+            format!(
+                "stopped at the {} s phase timeout",
+                settings.phase_timeout.as_secs()
+            ),
+        );
+    }
+    let mut call_latencies = run.call_latencies.clone();
+    block.latency("publish call", Percentiles::of(&mut call_latencies));
+    if let Some(lag) = run.max_lag {
+        block.line("send lag (max)", report::ms(lag));
+    }
+    let delivery_wall = match (run.first_start, matched.last_arrival) {
+        (Some(start), Some(end)) => end.saturating_duration_since(start),
+        _ => Duration::ZERO,
+    };
+    block.line(
+        "deliveries completed",
+        format!(
+            "{} of {} in {} = {}  (first publish → last arrival)",
+            matched.delivered,
+            matched.expected,
+            report::secs(delivery_wall),
+            report::rate(matched.delivered, delivery_wall)
+        ),
+    );
+    let mut latencies = matched.latencies.clone();
+    block.latency("end-to-end latency", Percentiles::of(&mut latencies));
+    let mut integrity = format!(
+        "duplicates {}  missing {}",
+        matched.duplicates, matched.missing
+    );
+    if matched.unexpected > 0 || malformed > 0 {
+        integrity.push_str(&format!(
+            "  unexpected {}  malformed {malformed}",
+            matched.unexpected
+        ));
+    }
+    if !drained {
+        integrity.push_str(&format!(
+            "  (drain stopped at {} s)",
+            settings.drain_timeout.as_secs()
+        ));
+    }
+    block.line("delivery integrity", integrity);
+    block.servers(&servers, phase);
+    let bench_cpu = bench_after.cpu_since(&bench_before, settings.ticks_per_second);
+    block.line(
+        "bench process",
+        format!(
+            "CPU {:.2} s (publishers and receiver share the machine)",
+            bench_cpu.as_secs_f64()
+        ),
+    );
+    Ok(block)
+}
+
+/// B4: sequential upserts of distinct event types, then sequential list calls.
+async fn api_calls(settings: &Settings, calls: u64) -> anyhow::Result<Block> {
+    let fleet = Fleet::launch(settings, 1).await?;
+    let client = load::client()?;
+    let targets = fleet.targets();
+    let before = fleet.usage()?;
+    let measured_from = Instant::now();
+    let deadline = measured_from + settings.phase_timeout;
+    // No event is published, so the URL is never called; it only has to be valid.
+    let url = "http://127.0.0.1:9/b4";
+
+    let mut upserts = Vec::new();
+    let upsert_started = Instant::now();
+    for index in 0..calls {
+        if Instant::now() >= deadline {
+            bail!("upserts did not finish within the phase timeout");
+        }
+        let target = &targets[(index % targets.len() as u64) as usize];
+        let event_type = format!("bench.b4.{index:05}");
+        upserts.push(load::upsert_webhook(&client, target, &event_type, url).await?);
+    }
+    let upsert_wall = upsert_started.elapsed();
+
+    let mut lists = Vec::new();
+    let mut listed = (0, 0);
+    let list_started = Instant::now();
+    for index in 0..calls {
+        if Instant::now() >= deadline {
+            bail!("list calls did not finish within the phase timeout");
+        }
+        let target = &targets[(index % targets.len() as u64) as usize];
+        let (elapsed, bytes, count) = load::list_webhooks(&client, target).await?;
+        lists.push(elapsed);
+        listed = (bytes, count);
+    }
+    let list_wall = list_started.elapsed();
+    let after = fleet.usage()?;
+    let phase = measured_from.elapsed();
+    let servers = server_usage(&fleet, &before, &after, settings.ticks_per_second);
+    let setup = fleet.setup;
+    fleet.stop().await;
+
+    if listed.1 as u64 != calls {
+        bail!(
+            "the list returned {} webhooks after {calls} upserts",
+            listed.1
+        );
+    }
+    let mut block = Block::new(format!(
+        "B4 · {calls} sequential upserts, then {calls} sequential lists · {}",
+        settings.context()
+    ));
+    block.line("setup", report::secs(setup));
+    block.latency("upsert", Percentiles::of(&mut upserts));
+    block.line("upsert rate", report::rate(calls, upsert_wall));
+    block.latency(
+        &format!(
+            "list ({} webhooks, {:.0} KiB)",
+            listed.1,
+            listed.0 as f64 / 1024.0
+        ),
+        Percentiles::of(&mut lists),
+    );
+    block.line("list rate", report::rate(calls, list_wall));
+    block.servers(&servers, phase);
+    Ok(block)
+}
