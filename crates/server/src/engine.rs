@@ -58,7 +58,7 @@ impl Engine {
         if !published.duplicate {
             self.metrics.events_published(1);
             if published.deliveries > 0 {
-                self.waker.wake();
+                self.waker.announce();
             }
         }
         Ok(published)

@@ -560,3 +560,35 @@ impl ServerProcess {
         process
     }
 }
+
+/// Runs `cargo build` for the `sonzai-webhooks` binary once per test process and
+/// returns its path. [`server_binary`] only builds a missing binary, and `cargo test`
+/// of this package does not rebuild another package's binary, so without this a test
+/// of process behaviour could run a binary older than the server code under test.
+pub fn fresh_server_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let bin = server_binary();
+            let release = bin
+                .parent()
+                .and_then(|dir| dir.file_name())
+                .is_some_and(|name| name == "release");
+            let mut build = std::process::Command::new(env!("CARGO"));
+            build.args([
+                "build",
+                "--quiet",
+                "-p",
+                "sonzai-webhooks-server",
+                "--bin",
+                "sonzai-webhooks",
+            ]);
+            if release {
+                build.arg("--release");
+            }
+            let status = build.status().expect("cargo build");
+            assert!(status.success(), "building the server binary failed");
+            bin
+        })
+        .clone()
+}

@@ -47,16 +47,36 @@ pub struct WorkerConfig {
 }
 
 /// The engine's shared wake-up signal: publishing pokes it so workers claim at once.
+/// [`Waker::announce`] also tells the other server processes (PostgreSQL), through a
+/// coalescing relay so a burst of publishes costs one cross-process signal.
 #[derive(Debug, Default)]
-pub struct Waker(Notify);
+pub struct Waker {
+    local: Notify,
+    remote: std::sync::OnceLock<Arc<Notify>>,
+}
 
 impl Waker {
+    /// Wakes this process's workers.
     pub fn wake(&self) {
-        self.0.notify_one();
+        self.local.notify_one();
+    }
+
+    /// Wakes this process's workers and, when a relay is attached, every other
+    /// process's.
+    pub fn announce(&self) {
+        self.wake();
+        if let Some(remote) = self.remote.get() {
+            remote.notify_one();
+        }
+    }
+
+    /// Attaches the cross-process relay (done once, at start).
+    pub fn attach_remote(&self, remote: Arc<Notify>) {
+        let _ = self.remote.set(remote);
     }
 
     async fn woken(&self) {
-        self.0.notified().await;
+        self.local.notified().await;
     }
 }
 

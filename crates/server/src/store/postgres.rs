@@ -540,8 +540,6 @@ impl WebhookStore for PgStore {
             let now = now_micros();
             let event_id = Uuid::now_v7();
             // One statement, hence one transaction and one round trip on the hot path.
-            // When a delivery is created it also notifies `sonzai_deliveries` (sent on
-            // commit), which wakes the workers of every server process.
             // A conflicting idempotency key inserts nothing (and so no delivery); the
             // unique index makes a concurrent publisher with the same key wait for
             // this one and then see the conflict. (project, event type) names at most
@@ -561,8 +559,7 @@ impl WebhookStore for PgStore {
                        ON w.project_id = $2 AND w.event_type = $3 AND w.is_active \
                      RETURNING 1 \
                  ) \
-                 SELECT (SELECT count(*) FROM ev) AS inserted, (SELECT count(*) FROM d) AS deliveries, \
-                        (SELECT count(pg_notify('sonzai_deliveries', '')) FROM d) AS notified",
+                 SELECT (SELECT count(*) FROM ev) AS inserted, (SELECT count(*) FROM d) AS deliveries",
             )
             .bind(event_id)
             .bind(event.project_id)
