@@ -201,8 +201,17 @@ fn app(api: Arc<Api>, shared: Shared) -> Router {
         .with_state(shared.clone());
     sonzai_webhooks_api::router(api)
         .merge(ops)
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(shared, track))
+}
+
+async fn method_not_allowed() -> Response {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this route does not support that method",
+    )
+    .into_response()
 }
 
 async fn not_found() -> Response {

@@ -99,7 +99,23 @@ fn schema_name(reference: &Value) -> Option<String> {
 impl Contract {
     fn load() -> Contract {
         let spec: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
-        let components = spec["components"].clone();
+        let mut components = spec["components"].clone();
+        // CONTRACT.md fixes the `$schema` value of every body to the path
+        // `/api/v1/schemas/<Name>.json`, a URI *reference*, while the spec declares
+        // `format: uri`, which requires a scheme. The exact value is checked on its own
+        // ([`check_schema_link`]); only for this one property is the format relaxed to
+        // what the contract promises, so every other format stays strict.
+        for schema in components["schemas"]
+            .as_object_mut()
+            .expect("components.schemas")
+            .values_mut()
+        {
+            if let Some(format) = schema.pointer_mut("/properties/$schema/format") {
+                if format == "uri" {
+                    *format = json!("uri-reference");
+                }
+            }
+        }
         let names: Vec<String> = components["schemas"]
             .as_object()
             .expect("components.schemas")
@@ -137,8 +153,9 @@ impl Contract {
                 let mut error_schema = None;
                 for (code, answer) in op["responses"].as_object().expect("responses") {
                     if code == "default" {
-                        error_schema =
-                            schema_name(&answer["content"]["application/problem+json"]["schema"]["$ref"]);
+                        error_schema = schema_name(
+                            &answer["content"]["application/problem+json"]["schema"]["$ref"],
+                        );
                     } else {
                         let status: u16 = code.parse().expect("numeric status");
                         answers.push((
@@ -187,7 +204,9 @@ impl Contract {
         let path = target.split('?').next().unwrap_or_default();
         let path = path.strip_prefix(BASE)?;
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        self.operations.iter().find(|op| op.matches(method, &segments))
+        self.operations
+            .iter()
+            .find(|op| op.matches(method, &segments))
     }
 
     /// Checks one answer against the spec. Returns the body as JSON (`Null` when
@@ -399,9 +418,10 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .to_owned();
-    let mut upstream = state
-        .http
-        .request(parts.method.clone(), format!("http://{}{target}", state.upstream));
+    let mut upstream = state.http.request(
+        parts.method.clone(),
+        format!("http://{}{target}", state.upstream),
+    );
     for (name, value) in &parts.headers {
         if !hop_by_hop(name) {
             upstream = upstream.header(name, value);
@@ -415,7 +435,12 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
     let headers = answer.headers().clone();
     let bytes: Bytes = match answer.bytes().await {
         Ok(bytes) => bytes,
-        Err(e) => return fail(&state, format!("proxy: reading the answer to {target}: {e}")),
+        Err(e) => {
+            return fail(
+                &state,
+                format!("proxy: reading the answer to {target}: {e}"),
+            )
+        }
     };
     let authorization = parts
         .headers
@@ -547,16 +572,29 @@ impl Harness {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Reply {
+        let body = body.map(|b| ("application/json", b));
+        self.raw_typed(authorization, method, path, body).await
+    }
+
+    /// Like [`Harness::raw`] with the body's content type chosen by the caller.
+    async fn raw_typed(
+        &self,
+        authorization: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Reply {
         let target = format!("{BASE}{path}");
-        let mut request = self
-            .http
-            .request(method.clone(), format!("http://{}{target}", self.server.addr));
+        let mut request = self.http.request(
+            method.clone(),
+            format!("http://{}{target}", self.server.addr),
+        );
         if let Some(authorization) = authorization {
             request = request.header(reqwest::header::AUTHORIZATION, authorization);
         }
-        if let Some(body) = body {
+        if let Some((content_type, body)) = body {
             request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(reqwest::header::CONTENT_TYPE, content_type)
                 .body(body);
         }
         let answer = request
@@ -628,7 +666,9 @@ impl Harness {
             .expect("upsert")
             .into_inner();
         assert!(created.success);
-        created.signing_secret.expect("a created webhook answers its secret")
+        created
+            .signing_secret
+            .expect("a created webhook answers its secret")
     }
 
     /// Publishes on tenant A's project with the generated client.
@@ -649,7 +689,10 @@ impl Harness {
 
     async fn finish(self) {
         let checked = self.proxy.assert_clean();
-        eprintln!("contract: {:?}: {checked} client answers checked", self.backend);
+        eprintln!(
+            "contract: {:?}: {checked} client answers checked",
+            self.backend
+        );
         self.server.shutdown().await;
     }
 }
@@ -672,7 +715,10 @@ fn assert_secret_shape(secret: &str) {
         .strip_prefix("whsec_")
         .unwrap_or_else(|| panic!("{secret:?} lacks the whsec_ prefix"));
     assert_eq!(encoded.len(), 44, "{secret:?}");
-    assert!(encoded.ends_with('=') && !encoded.ends_with("=="), "{secret:?}");
+    assert!(
+        encoded.ends_with('=') && !encoded.ends_with("=="),
+        "{secret:?}"
+    );
     assert!(
         encoded[..43]
             .bytes()
@@ -736,8 +782,12 @@ async fn delivery_of(receiver: &Receiver, event_id: Uuid) -> support::Received {
 #[test]
 fn the_checker_rejects_answers_that_break_the_spec() {
     let c = contract();
-    assert!(c.violations("ListWebhooksOutputBody", &json!({"webhooks": []})).is_empty());
-    assert!(c.violations("ListWebhooksOutputBody", &json!({"webhooks": null})).is_empty());
+    assert!(c
+        .violations("ListWebhooksOutputBody", &json!({"webhooks": []}))
+        .is_empty());
+    assert!(c
+        .violations("ListWebhooksOutputBody", &json!({"webhooks": null}))
+        .is_empty());
     let webhook = json!({
         "project_id": Uuid::new_v4(),
         "event_type": "session.end",
@@ -760,9 +810,18 @@ fn the_checker_rejects_answers_that_break_the_spec() {
         let problems = c.violations("ListWebhooksOutputBody", &json!({"webhooks": [broken]}));
         assert!(!problems.is_empty(), "accepted {broken}");
     }
-    assert!(!c.violations("ListWebhooksOutputBody", &json!({})).is_empty());
-    assert!(!c.violations("ErrorModel", &json!({"status": "404"})).is_empty());
-    assert!(!c.violations("UpsertWebhookOutputBody", &json!({"signing_secret": "whsec_x"})).is_empty());
+    assert!(!c
+        .violations("ListWebhooksOutputBody", &json!({}))
+        .is_empty());
+    assert!(!c
+        .violations("ErrorModel", &json!({"status": "404"}))
+        .is_empty());
+    assert!(!c
+        .violations(
+            "UpsertWebhookOutputBody",
+            &json!({"signing_secret": "whsec_x"})
+        )
+        .is_empty());
 
     let headers = |pairs: &[(&'static str, &str)]| {
         let mut map = HeaderMap::new();
@@ -790,27 +849,93 @@ fn the_checker_rejects_answers_that_break_the_spec() {
     ]);
     // Well-formed answers pass.
     assert_eq!(
-        check(Method::GET, "/api/v1/webhooks", 200, &json_type, r#"{"webhooks":[]}"#),
+        check(
+            Method::GET,
+            "/api/v1/webhooks",
+            200,
+            &json_type,
+            r#"{"webhooks":[]}"#
+        ),
         Vec::<String>::new()
     );
     assert_eq!(
-        check(Method::GET, "/api/v1/webhooks", 401, &challenge, r#"{"status":401}"#),
+        check(
+            Method::GET,
+            "/api/v1/webhooks",
+            401,
+            &challenge,
+            r#"{"status":401}"#
+        ),
         Vec::<String>::new()
     );
     assert_eq!(
-        check(Method::DELETE, "/api/v1/webhooks/a.b", 204, &HeaderMap::new(), ""),
+        check(
+            Method::DELETE,
+            "/api/v1/webhooks/a.b",
+            204,
+            &HeaderMap::new(),
+            ""
+        ),
         Vec::<String>::new()
     );
     // Each of these breaks one rule.
     let broken = [
-        check(Method::GET, "/api/v1/webhooks", 200, &problem_type, r#"{"webhooks":[]}"#),
-        check(Method::GET, "/api/v1/webhooks", 200, &json_type, r#"{"webhooks":{}}"#),
-        check(Method::GET, "/api/v1/webhooks", 201, &json_type, r#"{"webhooks":[]}"#),
-        check(Method::GET, "/api/v1/webhooks", 200, &json_type, r#"{"$schema":"/api/v1/schemas/Webhook.json","webhooks":[]}"#),
-        check(Method::GET, "/api/v1/webhooks", 401, &problem_type, r#"{"status":401}"#),
-        check(Method::GET, "/api/v1/webhooks", 404, &problem_type, r#"{"status":400}"#),
-        check(Method::GET, "/api/v1/webhooks", 404, &json_type, r#"{"status":404}"#),
-        check(Method::GET, "/api/v1/webhooks", 404, &problem_type, r#"{"status":404,"detail":"whsec_abc"}"#),
+        check(
+            Method::GET,
+            "/api/v1/webhooks",
+            200,
+            &problem_type,
+            r#"{"webhooks":[]}"#,
+        ),
+        check(
+            Method::GET,
+            "/api/v1/webhooks",
+            200,
+            &json_type,
+            r#"{"webhooks":{}}"#,
+        ),
+        check(
+            Method::GET,
+            "/api/v1/webhooks",
+            201,
+            &json_type,
+            r#"{"webhooks":[]}"#,
+        ),
+        check(
+            Method::GET,
+            "/api/v1/webhooks",
+            200,
+            &json_type,
+            r#"{"$schema":"/api/v1/schemas/Webhook.json","webhooks":[]}"#,
+        ),
+        check(
+            Method::GET,
+            "/api/v1/webhooks",
+            401,
+            &problem_type,
+            r#"{"status":401}"#,
+        ),
+        check(
+            Method::GET,
+            "/api/v1/webhooks",
+            404,
+            &problem_type,
+            r#"{"status":400}"#,
+        ),
+        check(
+            Method::GET,
+            "/api/v1/webhooks",
+            404,
+            &json_type,
+            r#"{"status":404}"#,
+        ),
+        check(
+            Method::GET,
+            "/api/v1/webhooks",
+            404,
+            &problem_type,
+            r#"{"status":404,"detail":"whsec_abc"}"#,
+        ),
         check(
             Method::GET,
             "/api/v1/webhooks",
@@ -818,7 +943,13 @@ fn the_checker_rejects_answers_that_break_the_spec() {
             &problem_type,
             r#"{"status":404,"detail":"sk_abcdefghijkl_0123456789"}"#,
         ),
-        check(Method::DELETE, "/api/v1/webhooks/a.b", 204, &HeaderMap::new(), "{}"),
+        check(
+            Method::DELETE,
+            "/api/v1/webhooks/a.b",
+            204,
+            &HeaderMap::new(),
+            "{}",
+        ),
     ];
     for (i, problems) in broken.iter().enumerate() {
         assert!(!problems.is_empty(), "broken answer {i} passed the checker");
@@ -866,7 +997,10 @@ async fn upsert_creates_then_updates_keeping_secret_and_created_at() {
             .expect("update")
             .into_inner();
         assert!(updated.success);
-        assert_eq!(updated.signing_secret, None, "an update must not answer a secret");
+        assert_eq!(
+            updated.signing_secret, None,
+            "an update must not answer a secret"
+        );
 
         // The tenant route updates the same webhook; the raw answer has no secret field
         // at all (not even null).
@@ -881,15 +1015,24 @@ async fn upsert_creates_then_updates_keeping_secret_and_created_at() {
         assert_eq!(body["success"], json!(true));
         assert!(body.get("signing_secret").is_none(), "{}", raw.text);
 
-        let after = h.call(Method::GET, &format!("/projects/{project}/webhooks"), None).await;
-        let webhooks = after.expect(200)["webhooks"].as_array().expect("array").clone();
+        let after = h
+            .call(Method::GET, &format!("/projects/{project}/webhooks"), None)
+            .await;
+        let webhooks = after.expect(200)["webhooks"]
+            .as_array()
+            .expect("array")
+            .clone();
         assert_eq!(webhooks.len(), 1, "{}", after.text);
         let w = &webhooks[0];
         assert_eq!(w["webhook_url"], json!(receiver.url("/third")));
         assert_eq!(w["auth_header"], json!("Bearer hook-token"));
         assert_eq!(w["is_active"], json!(true));
         assert_eq!(w["event_type"], json!("session.end"));
-        assert_eq!(time(&w["created_at"]), before[0].created_at, "created_at must not change");
+        assert_eq!(
+            time(&w["created_at"]),
+            before[0].created_at,
+            "created_at must not change"
+        );
         assert!(
             time(&w["updated_at"]) > before[0].updated_at,
             "updated_at must move: {} then {}",
@@ -901,13 +1044,95 @@ async fn upsert_creates_then_updates_keeping_secret_and_created_at() {
         let published = h.publish("session.end", json!({"n": 1})).await;
         assert_eq!(published.deliveries_started, 1);
         let delivery = delivery_of(&receiver, published.event_id).await;
-        let signature = delivery.header("sonzai-signature").expect("Sonzai-Signature");
+        let signature = delivery
+            .header("sonzai-signature")
+            .expect("Sonzai-Signature");
         Verifier::new(&secret)
             .expect("verifier")
             .verify_sonzai(signature, &delivery.body)
             .expect("the creation secret still signs after an update");
         assert_eq!(delivery.header("authorization"), Some("Bearer hook-token"));
 
+        h.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_reactivates_a_webhook_disabled_for_failing() {
+    for db in support::backends().await {
+        // Disable after two failures, however young the streak.
+        let mut config = support::test_config(&db);
+        config.disable_after_failures = 2;
+        config.disable_after = Duration::ZERO;
+        eprintln!("contract: {:?}", db.backend);
+        let server = TestServer::start_with(&db, config).await;
+        let proxy = Proxy::start(server.addr).await;
+        let h = Harness {
+            backend: db.backend,
+            server,
+            proxy,
+            http: support::http_client(),
+        };
+        let receiver = Receiver::start().await;
+        receiver.set_default(Answer::status(503));
+        let url = receiver.url("/flaky");
+        let secret = h.register("session.end", &url).await;
+        assert_eq!(
+            h.publish("session.end", json!({"n": 1}))
+                .await
+                .deliveries_started,
+            1
+        );
+
+        let deadline = Instant::now() + WAIT;
+        let webhook = loop {
+            let reply = h.call(Method::GET, "/webhooks", None).await;
+            let webhook = reply.expect(200)["webhooks"][0].clone();
+            if webhook["is_active"] == json!(false) || Instant::now() >= deadline {
+                break webhook;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            webhook["is_active"],
+            json!(false),
+            "[{:?}] never disabled",
+            h.backend
+        );
+        let disabled_at = time(&webhook["updated_at"]);
+        // An inactive webhook gets no deliveries.
+        assert_eq!(
+            h.publish("session.end", json!({"n": 2}))
+                .await
+                .deliveries_started,
+            0
+        );
+
+        // An update switches it back on and keeps the secret.
+        receiver.set_default(Answer::status(200));
+        let updated = h
+            .call(
+                Method::PUT,
+                "/webhooks/session.end",
+                Some(json!({"webhook_url": url})),
+            )
+            .await;
+        assert!(
+            updated.expect(200).get("signing_secret").is_none(),
+            "{}",
+            updated.text
+        );
+        let reply = h.call(Method::GET, "/webhooks", None).await;
+        let webhook = &reply.expect(200)["webhooks"][0];
+        assert_eq!(webhook["is_active"], json!(true), "{}", reply.text);
+        assert!(time(&webhook["updated_at"]) >= disabled_at);
+        let published = h.publish("session.end", json!({"n": 3})).await;
+        assert_eq!(published.deliveries_started, 1);
+        let delivery = delivery_of(&receiver, published.event_id).await;
+        Verifier::new(&secret)
+            .unwrap()
+            .verify_sonzai(delivery.header("sonzai-signature").unwrap(), &delivery.body)
+            .expect("the secret survives disabling and reactivation");
         h.finish().await;
     }
 }
@@ -921,7 +1146,10 @@ async fn list_is_ordered_by_event_type_and_empty_is_an_array() {
     for db in support::backends().await {
         let h = Harness::start(&db).await;
         let project = h.project();
-        for path in [format!("/projects/{project}/webhooks"), "/webhooks".to_owned()] {
+        for path in [
+            format!("/projects/{project}/webhooks"),
+            "/webhooks".to_owned(),
+        ] {
             let reply = h.call(Method::GET, &path, None).await;
             assert_eq!(reply.expect(200)["webhooks"], json!([]), "{}", reply.text);
             assert!(reply.text.contains(r#""webhooks":[]"#), "{}", reply.text);
@@ -953,7 +1181,10 @@ async fn list_is_ordered_by_event_type_and_empty_is_an_array() {
         }
         let mut expected: Vec<&str> = event_types.to_vec();
         expected.sort_unstable();
-        for path in [format!("/projects/{project}/webhooks"), "/webhooks".to_owned()] {
+        for path in [
+            format!("/projects/{project}/webhooks"),
+            "/webhooks".to_owned(),
+        ] {
             let reply = h.call(Method::GET, &path, None).await;
             let listed: Vec<&str> = reply.expect(200)["webhooks"]
                 .as_array()
@@ -997,13 +1228,21 @@ async fn delete_answers_204_then_404_and_keeps_attempts() {
 
         let published = h.publish("session.end", json!({"bye": true})).await;
         assert_eq!(published.deliveries_started, 1);
-        assert_eq!(receiver.wait_for(1, WAIT).await, 1, "[{:?}] no delivery", h.backend);
+        assert_eq!(
+            receiver.wait_for(1, WAIT).await,
+            1,
+            "[{:?}] no delivery",
+            h.backend
+        );
         let before = h.attempts_until(&attempts_path, 1).await;
         assert_eq!(before.len(), 1);
         assert_eq!(before[0]["status"], json!("success"));
         assert_eq!(before[0]["response_code"], json!(200));
         assert_eq!(before[0]["attempt_number"], json!(1));
-        assert_eq!(sent_body(&before[0])["event_id"], json!(published.event_id.to_string()));
+        assert_eq!(
+            sent_body(&before[0])["event_id"],
+            json!(published.event_id.to_string())
+        );
 
         h.client()
             .delete_webhook()
@@ -1013,7 +1252,11 @@ async fn delete_answers_204_then_404_and_keeps_attempts() {
             .await
             .expect("delete");
         let again = h
-            .call(Method::DELETE, &format!("/projects/{project}/webhooks/session.end"), None)
+            .call(
+                Method::DELETE,
+                &format!("/projects/{project}/webhooks/session.end"),
+                None,
+            )
             .await;
         again.expect(404);
         let (status, _) = problem_of(
@@ -1038,9 +1281,15 @@ async fn delete_answers_204_then_404_and_keeps_attempts() {
         assert_eq!(remaining, [&json!("memory.created")], "{}", listed.text);
 
         // The attempt history of the deleted webhook stays listable, on both routes.
-        for path in [attempts_path.clone(), "/webhooks/session.end/attempts".to_owned()] {
+        for path in [
+            attempts_path.clone(),
+            "/webhooks/session.end/attempts".to_owned(),
+        ] {
             let after = h.call(Method::GET, &path, None).await;
-            assert_eq!(ids(after.expect(200)["attempts"].as_array().expect("array")), ids(&before));
+            assert_eq!(
+                ids(after.expect(200)["attempts"].as_array().expect("array")),
+                ids(&before)
+            );
         }
         let typed = h
             .client()
@@ -1052,11 +1301,44 @@ async fn delete_answers_204_then_404_and_keeps_attempts() {
             .into_inner();
         assert_eq!(typed.attempts.map(|a| a.len()), Some(1));
 
+        // A deleted webhook cannot be rotated.
+        h.call(Method::POST, "/webhooks/session.end/rotate-secret", None)
+            .await
+            .expect(404);
+
+        // Deleting stops pending retries: the schedule would make four attempts
+        // within a second; at most the one in flight at deletion time follows the first.
+        let failing = Receiver::start().await;
+        failing.set_default(Answer::status(500));
+        h.register("retry.me", &failing.url("/down")).await;
+        assert_eq!(h.publish("retry.me", json!({})).await.deliveries_started, 1);
+        assert_eq!(failing.wait_for(1, WAIT).await, 1);
+        h.call(Method::DELETE, "/webhooks/retry.me", None)
+            .await
+            .expect(204);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            failing.count() <= 2,
+            "[{:?}] {} attempts after deletion",
+            h.backend,
+            failing.count()
+        );
+        let listed = h
+            .call(Method::GET, "/webhooks/retry.me/attempts", None)
+            .await;
+        let recorded = listed.expect(200)["attempts"]
+            .as_array()
+            .map_or(0, Vec::len);
+        assert!((1..=2).contains(&recorded), "{}", listed.text);
+
         // The tenant route deletes too; a deleted webhook gets no new events.
         h.call(Method::DELETE, "/webhooks/memory.created", None)
             .await
             .expect(204);
-        assert_eq!(h.publish("session.end", json!({})).await.deliveries_started, 0);
+        assert_eq!(
+            h.publish("session.end", json!({})).await.deliveries_started,
+            0
+        );
         h.finish().await;
     }
 }
@@ -1100,7 +1382,9 @@ async fn rotate_answers_a_new_secret_that_signs_from_then_on() {
         // The old secrets stop signing at once.
         let published = h.publish("session.end", json!({"after": "rotation"})).await;
         let delivery = delivery_of(&receiver, published.event_id).await;
-        let signature = delivery.header("sonzai-signature").expect("Sonzai-Signature");
+        let signature = delivery
+            .header("sonzai-signature")
+            .expect("Sonzai-Signature");
         assert_eq!(signature.matches("v1=").count(), 1, "{signature}");
         Verifier::new(&current)
             .unwrap()
@@ -1128,7 +1412,9 @@ async fn rotate_answers_a_new_secret_that_signs_from_then_on() {
             .into_inner();
         let published = h.publish("session.end", json!({"during": "grace"})).await;
         let delivery = delivery_of(&receiver, published.event_id).await;
-        let signature = delivery.header("sonzai-signature").expect("Sonzai-Signature");
+        let signature = delivery
+            .header("sonzai-signature")
+            .expect("Sonzai-Signature");
         for secret in [&graced.signing_secret, &current] {
             Verifier::new(secret)
                 .unwrap()
@@ -1146,15 +1432,21 @@ async fn rotate_answers_a_new_secret_that_signs_from_then_on() {
                 .await,
         );
         assert_eq!((status, problem.status), (404, Some(404)));
-        h.call(Method::POST, "/webhooks/never.registered/rotate-secret", None)
-            .await
-            .expect(404);
+        h.call(
+            Method::POST,
+            "/webhooks/never.registered/rotate-secret",
+            None,
+        )
+        .await
+        .expect(404);
 
         // grace_seconds is bounded to 0..=86400.
         for bad in ["86401", "-1", "soon"] {
             h.call(
                 Method::POST,
-                &format!("/projects/{project}/webhooks/session.end/rotate-secret?grace_seconds={bad}"),
+                &format!(
+                    "/projects/{project}/webhooks/session.end/rotate-secret?grace_seconds={bad}"
+                ),
                 None,
             )
             .await
@@ -1186,6 +1478,68 @@ async fn rotate_answers_a_new_secret_that_signs_from_then_on() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_record_what_each_try_sent_and_got() {
+    for db in support::backends().await {
+        let h = Harness::start(&db).await;
+        let project = h.project();
+        let receiver = Receiver::start().await;
+        receiver.script([
+            Answer::status(500).body("try later"),
+            Answer::status(200).body("thanks"),
+        ]);
+        let url = receiver.url("/ok");
+        h.register("order.paid", &url).await;
+        let published = h.publish("order.paid", json!({"n": 1})).await;
+        assert_eq!(receiver.wait_for(2, WAIT).await, 2);
+        let attempts = h.attempts_until("/webhooks/order.paid/attempts", 2).await;
+        assert_eq!(attempts.len(), 2);
+        let received = receiver.received();
+        // Newest first: the successful retry, then the failed first try.
+        for (attempt, number, status, code, answer, sent) in [
+            (&attempts[0], 2, "success", 200, "thanks", &received[1]),
+            (&attempts[1], 1, "failed", 500, "try later", &received[0]),
+        ] {
+            assert_eq!(attempt["attempt_number"], json!(number), "{attempt}");
+            assert_eq!(attempt["status"], json!(status), "{attempt}");
+            assert_eq!(attempt["response_code"], json!(code), "{attempt}");
+            assert_eq!(attempt["response_body"], json!(answer), "{attempt}");
+            assert_eq!(attempt["webhook_url"], json!(url));
+            assert_eq!(attempt["event_type"], json!("order.paid"));
+            assert_eq!(attempt["project_id"], json!(project.to_string()));
+            assert!(attempt["duration_ms"].as_i64().is_some_and(|d| d >= 0));
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(attempt["request_body"].as_str().expect("request_body"))
+                .expect("base64");
+            assert_eq!(bytes, sent.body, "request_body is not the exact bytes sent");
+            assert_eq!(
+                sent_body(attempt)["event_id"],
+                json!(published.event_id.to_string())
+            );
+        }
+
+        // No HTTP response at all: code 0 and a reason.
+        let closed = format!("http://127.0.0.1:{}/gone", support::free_port());
+        h.register("nobody.home", &closed).await;
+        assert_eq!(
+            h.publish("nobody.home", json!({})).await.deliveries_started,
+            1
+        );
+        let refused = h.attempts_until("/webhooks/nobody.home/attempts", 1).await;
+        let first = refused.last().expect("an attempt");
+        assert_eq!(first["attempt_number"], json!(1));
+        assert_eq!(first["response_code"], json!(0), "{first}");
+        assert_eq!(first["status"], json!("failed"));
+        assert!(
+            first["error_message"]
+                .as_str()
+                .is_some_and(|m| !m.trim().is_empty()),
+            "a failure without a response must say why: {first}"
+        );
+        h.finish().await;
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // 5. Attempts paging
 // ---------------------------------------------------------------------------------
@@ -1206,7 +1560,12 @@ async fn attempts_page_by_offset_and_by_cursor() {
         h.register("order.paid", &receiver.url("/failing")).await;
         let mut events = BTreeSet::new();
         for n in 0..EVENTS {
-            events.insert(h.publish("order.paid", json!({"n": n})).await.event_id.to_string());
+            events.insert(
+                h.publish("order.paid", json!({"n": n}))
+                    .await
+                    .event_id
+                    .to_string(),
+            );
         }
         assert_eq!(
             receiver.wait_for(TOTAL, WAIT).await,
@@ -1217,7 +1576,11 @@ async fn attempts_page_by_offset_and_by_cursor() {
         let all = h.attempts_until(&path, TOTAL).await;
         // The schedule allows exactly four attempts per event; nothing more arrives.
         tokio::time::sleep(QUIET).await;
-        assert_eq!(receiver.count(), TOTAL, "more attempts than the schedule allows");
+        assert_eq!(
+            receiver.count(),
+            TOTAL,
+            "more attempts than the schedule allows"
+        );
         let all = {
             let again = h.attempts_until(&path, TOTAL).await;
             assert_eq!(ids(&again), ids(&all), "the history changed while idle");
@@ -1240,7 +1603,10 @@ async fn attempts_page_by_offset_and_by_cursor() {
             assert_eq!(attempt["response_code"], json!(500));
             assert_eq!(attempt["project_id"], json!(project.to_string()));
             assert_eq!(attempt["event_type"], json!("order.paid"));
-            let event = sent_body(attempt)["event_id"].as_str().expect("event_id").to_owned();
+            let event = sent_body(attempt)["event_id"]
+                .as_str()
+                .expect("event_id")
+                .to_owned();
             numbers
                 .entry(event)
                 .or_default()
@@ -1272,14 +1638,27 @@ async fn attempts_page_by_offset_and_by_cursor() {
         let mut tiled = Vec::new();
         for offset in (0..TOTAL + 10).step_by(10) {
             let window = h
-                .call(Method::GET, &format!("{path}?limit=10&offset={offset}"), None)
+                .call(
+                    Method::GET,
+                    &format!("{path}?limit=10&offset={offset}"),
+                    None,
+                )
                 .await;
-            let window = window.expect(200)["attempts"].as_array().expect("array").clone();
-            assert_eq!(window.len(), TOTAL.saturating_sub(offset).min(10), "offset {offset}");
+            let window = window.expect(200)["attempts"]
+                .as_array()
+                .expect("array")
+                .clone();
+            assert_eq!(
+                window.len(),
+                TOTAL.saturating_sub(offset).min(10),
+                "offset {offset}"
+            );
             tiled.extend(ids(&window));
         }
         assert_eq!(tiled, all_ids);
-        let past = h.call(Method::GET, &format!("{path}?offset={}", TOTAL + 100), None).await;
+        let past = h
+            .call(Method::GET, &format!("{path}?offset={}", TOTAL + 100), None)
+            .await;
         assert_eq!(past.expect(200)["attempts"], json!([]), "{}", past.text);
 
         // Cursor walks: every attempt exactly once, in order; `has_more` false and no
@@ -1303,7 +1682,9 @@ async fn attempts_page_by_offset_and_by_cursor() {
                     cursor = Some(
                         body["next_cursor"]
                             .as_str()
-                            .unwrap_or_else(|| panic!("has_more without next_cursor: {}", reply.text))
+                            .unwrap_or_else(|| {
+                                panic!("has_more without next_cursor: {}", reply.text)
+                            })
                             .to_owned(),
                     );
                 } else {
@@ -1329,7 +1710,12 @@ async fn attempts_page_by_offset_and_by_cursor() {
                 request = request.cursor(c.as_str());
             }
             let body = request.send().await.expect("page").into_inner();
-            walked.extend(body.attempts.unwrap_or_default().into_iter().map(|a| a.attempt_id.to_string()));
+            walked.extend(
+                body.attempts
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|a| a.attempt_id.to_string()),
+            );
             match (body.has_more, body.next_cursor) {
                 (Some(true), Some(next)) => cursor = Some(next),
                 (Some(false), None) => break,
@@ -1338,19 +1724,55 @@ async fn attempts_page_by_offset_and_by_cursor() {
         }
         assert_eq!(walked, all_ids);
 
+        // An offset page's cursor continues right after it; without page_size the
+        // cursor pages by limit.
+        let window = h
+            .call(Method::GET, &format!("{path}?limit=10&offset=20"), None)
+            .await;
+        let next = window.expect(200)["next_cursor"]
+            .as_str()
+            .expect("an offset page with more after it has a cursor")
+            .to_owned();
+        let after = h
+            .call(Method::GET, &format!("{path}?limit=10&cursor={next}"), None)
+            .await;
+        let after = after.expect(200)["attempts"]
+            .as_array()
+            .expect("array")
+            .clone();
+        assert_eq!(ids(&after), all_ids[30..40]);
+
         // page_size wins over limit.
-        let both = h.call(Method::GET, &format!("{path}?limit=2&page_size=5"), None).await;
-        assert_eq!(both.expect(200)["attempts"].as_array().map(Vec::len), Some(5));
+        let both = h
+            .call(Method::GET, &format!("{path}?limit=2&page_size=5"), None)
+            .await;
+        assert_eq!(
+            both.expect(200)["attempts"].as_array().map(Vec::len),
+            Some(5)
+        );
 
         // A cursor cannot be combined with an offset, and must be one the server made.
-        let first = h.call(Method::GET, &format!("{path}?page_size=5"), None).await;
-        let cursor = first.expect(200)["next_cursor"].as_str().expect("next_cursor").to_owned();
-        h.call(Method::GET, &format!("{path}?cursor={cursor}&offset=3"), None)
-            .await
-            .expect_invalid("query.cursor");
-        h.call(Method::GET, &format!("{path}?cursor={cursor}&offset=0"), None)
-            .await
-            .expect(200);
+        let first = h
+            .call(Method::GET, &format!("{path}?page_size=5"), None)
+            .await;
+        let cursor = first.expect(200)["next_cursor"]
+            .as_str()
+            .expect("next_cursor")
+            .to_owned();
+        h.call(
+            Method::GET,
+            &format!("{path}?cursor={cursor}&offset=3"),
+            None,
+        )
+        .await
+        .expect_invalid("query.cursor");
+        h.call(
+            Method::GET,
+            &format!("{path}?cursor={cursor}&offset=0"),
+            None,
+        )
+        .await
+        .expect(200);
         let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("12.not-a-uuid");
         for garbage in ["not-a-cursor", "%21%21%21", forged.as_str()] {
             h.call(Method::GET, &format!("{path}?cursor={garbage}"), None)
@@ -1380,11 +1802,18 @@ async fn attempts_page_by_offset_and_by_cursor() {
                 .await
                 .expect_invalid(location);
         }
-        let max = h.call(Method::GET, &format!("{path}?limit=500"), None).await;
-        assert_eq!(max.expect(200)["attempts"].as_array().map(Vec::len), Some(TOTAL));
+        let max = h
+            .call(Method::GET, &format!("{path}?limit=500"), None)
+            .await;
+        assert_eq!(
+            max.expect(200)["attempts"].as_array().map(Vec::len),
+            Some(TOTAL)
+        );
 
         // An event type without attempts lists an empty array.
-        let none = h.call(Method::GET, "/webhooks/never.registered/attempts", None).await;
+        let none = h
+            .call(Method::GET, "/webhooks/never.registered/attempts", None)
+            .await;
         assert_eq!(none.expect(200)["attempts"], json!([]));
         h.finish().await;
     }
@@ -1412,7 +1841,9 @@ async fn tenants_see_only_their_own_projects() {
         let secret_b = client_b
             .upsert_webhook_for_tenant()
             .event_type("session.end")
-            .body(types::UpsertWebhookForTenantInputBody::builder().webhook_url(receiver_b.url("/b")))
+            .body(
+                types::UpsertWebhookForTenantInputBody::builder().webhook_url(receiver_b.url("/b")),
+            )
             .send()
             .await
             .expect("upsert b")
@@ -1422,25 +1853,43 @@ async fn tenants_see_only_their_own_projects() {
         assert_ne!(secret_a, secret_b);
 
         let only = |reply: &Reply, project: Uuid, url: String| {
-            let webhooks = reply.expect(200)["webhooks"].as_array().expect("array").clone();
+            let webhooks = reply.expect(200)["webhooks"]
+                .as_array()
+                .expect("array")
+                .clone();
             assert_eq!(webhooks.len(), 1, "{}", reply.text);
             assert_eq!(webhooks[0]["project_id"], json!(project.to_string()));
             assert_eq!(webhooks[0]["webhook_url"], json!(url));
         };
-        only(&h.call(Method::GET, "/webhooks", None).await, project_a, receiver_a.url("/a"));
         only(
-            &h.call(Method::GET, &format!("/projects/{project_a}/webhooks"), None).await,
+            &h.call(Method::GET, "/webhooks", None).await,
             project_a,
             receiver_a.url("/a"),
         );
         only(
-            &h.call_as(&tenant_b.key, Method::GET, "/webhooks", None).await,
+            &h.call(
+                Method::GET,
+                &format!("/projects/{project_a}/webhooks"),
+                None,
+            )
+            .await,
+            project_a,
+            receiver_a.url("/a"),
+        );
+        only(
+            &h.call_as(&tenant_b.key, Method::GET, "/webhooks", None)
+                .await,
             project_b,
             receiver_b.url("/b"),
         );
         only(
-            &h.call_as(&tenant_b.key, Method::GET, &format!("/projects/{project_b}/webhooks"), None)
-                .await,
+            &h.call_as(
+                &tenant_b.key,
+                Method::GET,
+                &format!("/projects/{project_b}/webhooks"),
+                None,
+            )
+            .await,
             project_b,
             receiver_b.url("/b"),
         );
@@ -1458,25 +1907,42 @@ async fn tenants_see_only_their_own_projects() {
             .await
             .expect("publish b")
             .into_inner();
-        assert_eq!((event_a.deliveries_started, event_b.deliveries_started), (1, 1));
+        assert_eq!(
+            (event_a.deliveries_started, event_b.deliveries_started),
+            (1, 1)
+        );
         let delivery_a = delivery_of(&receiver_a, event_a.event_id).await;
         delivery_of(&receiver_b, event_b.event_id).await;
         Verifier::new(&secret_a)
             .unwrap()
-            .verify_sonzai(delivery_a.header("sonzai-signature").unwrap(), &delivery_a.body)
+            .verify_sonzai(
+                delivery_a.header("sonzai-signature").unwrap(),
+                &delivery_a.body,
+            )
             .expect("a's secret signs a's delivery");
         assert!(Verifier::new(&secret_b)
             .unwrap()
-            .verify_sonzai(delivery_a.header("sonzai-signature").unwrap(), &delivery_a.body)
+            .verify_sonzai(
+                delivery_a.header("sonzai-signature").unwrap(),
+                &delivery_a.body
+            )
             .is_err());
         let attempts_a = h.attempts_until("/webhooks/session.end/attempts", 1).await;
         let attempts_b = {
             let deadline = Instant::now() + WAIT;
             loop {
                 let reply = h
-                    .call_as(&tenant_b.key, Method::GET, "/webhooks/session.end/attempts", None)
+                    .call_as(
+                        &tenant_b.key,
+                        Method::GET,
+                        "/webhooks/session.end/attempts",
+                        None,
+                    )
                     .await;
-                let attempts = reply.expect(200)["attempts"].as_array().cloned().unwrap_or_default();
+                let attempts = reply.expect(200)["attempts"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 if !attempts.is_empty() || Instant::now() >= deadline {
                     break attempts;
                 }
@@ -1501,9 +1967,21 @@ async fn tenants_see_only_their_own_projects() {
                 Some(json!({"webhook_url": receiver_b.url("/stolen")})),
             ),
             (Method::DELETE, "/projects/{p}/webhooks/session.end", None),
-            (Method::GET, "/projects/{p}/webhooks/session.end/attempts", None),
-            (Method::GET, "/projects/{p}/webhooks/session.end/attempts?limit=1", None),
-            (Method::POST, "/projects/{p}/webhooks/session.end/rotate-secret", None),
+            (
+                Method::GET,
+                "/projects/{p}/webhooks/session.end/attempts",
+                None,
+            ),
+            (
+                Method::GET,
+                "/projects/{p}/webhooks/session.end/attempts?limit=1",
+                None,
+            ),
+            (
+                Method::POST,
+                "/projects/{p}/webhooks/session.end/rotate-secret",
+                None,
+            ),
             (
                 Method::POST,
                 "/projects/{p}/events",
@@ -1551,8 +2029,30 @@ async fn tenants_see_only_their_own_projects() {
         );
         assert_eq!(status, 404);
 
+        // Idempotency keys belong to a project: the same key in another tenant is
+        // another event, delivered to that tenant.
+        let keyed = |key: &str| json!({"event_type": "session.end", "data": {"who": "b"}, "idempotency_key": key});
+        let from_a = h
+            .call(Method::POST, "/events", Some(keyed("shared-key")))
+            .await;
+        let from_b = h
+            .call_as(
+                &tenant_b.key,
+                Method::POST,
+                "/events",
+                Some(keyed("shared-key")),
+            )
+            .await;
+        let event_b2 = from_b.expect(202)["event_id"].clone();
+        assert_ne!(from_a.expect(202)["event_id"], event_b2);
+        delivery_of(&receiver_b, event_b2.as_str().unwrap().parse().unwrap()).await;
+
         // None of that touched tenant A: same webhook, same secret, no intruder event.
-        only(&h.call(Method::GET, "/webhooks", None).await, project_a, receiver_a.url("/a"));
+        only(
+            &h.call(Method::GET, "/webhooks", None).await,
+            project_a,
+            receiver_a.url("/a"),
+        );
         let check = h.publish("session.end", json!({"who": "a again"})).await;
         let delivery = delivery_of(&receiver_a, check.event_id).await;
         Verifier::new(&secret_a)
@@ -1566,7 +2066,10 @@ async fn tenants_see_only_their_own_projects() {
                 .all(|r| r.json()["data"]["who"] != json!("intruder")),
             "tenant B published into tenant A's project"
         );
-        assert!(receiver_b.received().iter().all(|r| r.json()["data"]["who"] == json!("b")));
+        assert!(receiver_b
+            .received()
+            .iter()
+            .all(|r| r.json()["data"]["who"] == json!("b")));
 
         // A second project of the same tenant is reachable with tenant A's key.
         let second = store
@@ -1583,21 +2086,36 @@ async fn tenants_see_only_their_own_projects() {
             .await
             .expect("upsert in the second project")
             .into_inner();
-        let second_secret = created.signing_secret.expect("a new webhook in the second project");
+        let second_secret = created
+            .signing_secret
+            .expect("a new webhook in the second project");
         assert_ne!(second_secret, secret_a);
         only(
-            &h.call(Method::GET, &format!("/projects/{second}/webhooks"), None).await,
+            &h.call(Method::GET, &format!("/projects/{second}/webhooks"), None)
+                .await,
             second,
             receiver_a.url("/second"),
         );
-        only(&h.call(Method::GET, "/webhooks", None).await, project_a, receiver_a.url("/a"));
+        only(
+            &h.call(Method::GET, "/webhooks", None).await,
+            project_a,
+            receiver_a.url("/a"),
+        );
         let none = h
-            .call(Method::GET, &format!("/projects/{second}/webhooks/session.end/attempts"), None)
+            .call(
+                Method::GET,
+                &format!("/projects/{second}/webhooks/session.end/attempts"),
+                None,
+            )
             .await;
         assert_eq!(none.expect(200)["attempts"], json!([]));
-        h.call(Method::POST, &format!("/projects/{second}/webhooks/session.end/rotate-secret"), None)
-            .await
-            .expect(200);
+        h.call(
+            Method::POST,
+            &format!("/projects/{second}/webhooks/session.end/rotate-secret"),
+            None,
+        )
+        .await
+        .expect(200);
         let published = h
             .call(
                 Method::POST,
@@ -1606,12 +2124,21 @@ async fn tenants_see_only_their_own_projects() {
             )
             .await;
         assert_eq!(published.expect(202)["deliveries_started"], json!(1));
-        h.call_as(&tenant_b.key, Method::GET, &format!("/projects/{second}/webhooks"), None)
-            .await
-            .expect(404);
-        h.call(Method::DELETE, &format!("/projects/{second}/webhooks/session.end"), None)
-            .await
-            .expect(204);
+        h.call_as(
+            &tenant_b.key,
+            Method::GET,
+            &format!("/projects/{second}/webhooks"),
+            None,
+        )
+        .await
+        .expect(404);
+        h.call(
+            Method::DELETE,
+            &format!("/projects/{second}/webhooks/session.end"),
+            None,
+        )
+        .await
+        .expect(204);
         h.finish().await;
     }
 }
@@ -1637,6 +2164,15 @@ async fn bad_credentials_are_401_and_indistinguishable() {
         store.revoke_api_key(record.id).await.expect("revoke");
 
         let real = h.key().to_owned();
+        // The scheme is case-insensitive (RFC 9110).
+        h.raw(
+            Some(&format!("bearer {real}")),
+            Method::GET,
+            "/webhooks",
+            None,
+        )
+        .await
+        .expect(200);
         let lookup = &real[..3 + 12];
         let wrong_secret = format!("{lookup}_{}", "Z".repeat(40));
         let unknown = format!("sk_{}_{}", "q".repeat(12), "A1".repeat(20));
@@ -1664,9 +2200,21 @@ async fn bad_credentials_are_401_and_indistinguishable() {
                 "/webhooks/session.end".to_owned(),
                 Some(json!({"webhook_url": "http://127.0.0.1:9/x"})),
             ),
-            (Method::DELETE, format!("/projects/{project}/webhooks/session.end"), None),
-            (Method::GET, "/webhooks/session.end/attempts".to_owned(), None),
-            (Method::POST, "/webhooks/session.end/rotate-secret".to_owned(), None),
+            (
+                Method::DELETE,
+                format!("/projects/{project}/webhooks/session.end"),
+                None,
+            ),
+            (
+                Method::GET,
+                "/webhooks/session.end/attempts".to_owned(),
+                None,
+            ),
+            (
+                Method::POST,
+                "/webhooks/session.end/rotate-secret".to_owned(),
+                None,
+            ),
             (
                 Method::POST,
                 "/events".to_owned(),
@@ -1685,16 +2233,26 @@ async fn bad_credentials_are_401_and_indistinguishable() {
                     )
                     .await;
                 assert_eq!(reply.status, 401, "{what}: {method} {path}: {}", reply.text);
-                assert!(reply.headers.contains_key(reqwest::header::WWW_AUTHENTICATE));
+                assert!(reply
+                    .headers
+                    .contains_key(reqwest::header::WWW_AUTHENTICATE));
                 assert!(!reply.text.contains(&real) && !reply.text.contains(revoked.expose()));
                 bodies.insert(reply.text);
             }
         }
-        assert_eq!(bodies.len(), 1, "401 bodies tell the reasons apart: {bodies:?}");
+        assert_eq!(
+            bodies.len(),
+            1,
+            "401 bodies tell the reasons apart: {bodies:?}"
+        );
 
         // The generated client with a revoked key sees the same problem.
-        let (status, problem) =
-            problem_of(h.client_for(revoked.expose()).list_webhooks_for_tenant().send().await);
+        let (status, problem) = problem_of(
+            h.client_for(revoked.expose())
+                .list_webhooks_for_tenant()
+                .send()
+                .await,
+        );
         assert_eq!((status, problem.status), (401, Some(401)));
 
         // Nothing was created by the rejected requests.
@@ -1736,12 +2294,19 @@ async fn concurrent_upserts_create_exactly_one_webhook() {
         let mut urls = BTreeSet::new();
         while let Some(joined) = racers.join_next().await {
             let (url, answer) = joined.expect("racer");
-            let answer = answer.unwrap_or_else(|e| panic!("[{:?}] concurrent upsert failed: {e:?}", h.backend));
+            let answer = answer
+                .unwrap_or_else(|e| panic!("[{:?}] concurrent upsert failed: {e:?}", h.backend));
             assert!(answer.success);
             secrets.extend(answer.signing_secret);
             urls.insert(url);
         }
-        assert_eq!(secrets.len(), 1, "[{:?}] creation secrets handed out: {}", h.backend, secrets.len());
+        assert_eq!(
+            secrets.len(),
+            1,
+            "[{:?}] creation secrets handed out: {}",
+            h.backend,
+            secrets.len()
+        );
         assert_secret_shape(&secrets[0]);
 
         let listed = h
@@ -1755,7 +2320,11 @@ async fn concurrent_upserts_create_exactly_one_webhook() {
             .webhooks
             .expect("webhooks");
         assert_eq!(listed.len(), 1, "{listed:?}");
-        assert!(urls.contains(&listed[0].webhook_url), "{}", listed[0].webhook_url);
+        assert!(
+            urls.contains(&listed[0].webhook_url),
+            "{}",
+            listed[0].webhook_url
+        );
 
         let rotated = h
             .client()
@@ -1768,6 +2337,89 @@ async fn concurrent_upserts_create_exactly_one_webhook() {
             .into_inner();
         assert_secret_shape(&rotated.signing_secret);
         assert_ne!(rotated.signing_secret, secrets[0]);
+
+        // Concurrent creations of different event types all succeed, each with its own
+        // secret.
+        let mut racers = tokio::task::JoinSet::new();
+        for i in 0..RACERS {
+            let client = h.client();
+            let barrier = barrier.clone();
+            racers.spawn(async move {
+                barrier.wait().await;
+                client
+                    .upsert_webhook()
+                    .project_id(project)
+                    .event_type(format!("parallel.{i:02}").as_str())
+                    .body(
+                        types::UpsertWebhookInputBody::builder()
+                            .webhook_url("http://127.0.0.1:9/p"),
+                    )
+                    .send()
+                    .await
+                    .map(ResponseValue::into_inner)
+            });
+        }
+        let mut distinct = BTreeSet::new();
+        while let Some(joined) = racers.join_next().await {
+            let answer = joined
+                .expect("racer")
+                .unwrap_or_else(|e| panic!("[{:?}] concurrent create failed: {e:?}", h.backend));
+            distinct.insert(answer.signing_secret.expect("each is a creation"));
+        }
+        assert_eq!(distinct.len(), RACERS);
+        let listed = h.call(Method::GET, "/webhooks", None).await;
+        assert_eq!(
+            listed.expect(200)["webhooks"].as_array().map(Vec::len),
+            Some(RACERS + 1)
+        );
+
+        // Concurrent publishes with one idempotency key make one event and one delivery.
+        let receiver = Receiver::start().await;
+        h.register("once.only", &receiver.url("/once")).await;
+        let mut racers = tokio::task::JoinSet::new();
+        for _ in 0..RACERS {
+            let client = h.client();
+            let barrier = barrier.clone();
+            racers.spawn(async move {
+                barrier.wait().await;
+                let key =
+                    types::PublishEventInputBodyIdempotencyKey::try_from("same-key").expect("key");
+                client
+                    .publish_event()
+                    .project_id(project)
+                    .body(
+                        types::PublishEventInputBody::builder()
+                            .event_type("once.only")
+                            .data(json!({}))
+                            .idempotency_key(Some(key)),
+                    )
+                    .send()
+                    .await
+                    .map(ResponseValue::into_inner)
+            });
+        }
+        let mut answers = Vec::new();
+        while let Some(joined) = racers.join_next().await {
+            answers.push(
+                joined.expect("racer").unwrap_or_else(|e| {
+                    panic!("[{:?}] concurrent publish failed: {e:?}", h.backend)
+                }),
+            );
+        }
+        assert!(
+            answers.windows(2).all(|w| w[0] == w[1]),
+            "[{:?}] one idempotency key, several answers: {answers:?}",
+            h.backend
+        );
+        assert_eq!(answers[0].deliveries_started, 1);
+        delivery_of(&receiver, answers[0].event_id).await;
+        tokio::time::sleep(QUIET).await;
+        assert_eq!(
+            receiver.count(),
+            1,
+            "[{:?}] deliveries of one idempotent event",
+            h.backend
+        );
         h.finish().await;
     }
 }
@@ -1797,7 +2449,11 @@ async fn publish_counts_deliveries_dedupes_and_caps_body_size() {
             .await;
         let first = reply.expect(202).clone();
         assert_eq!(first["deliveries_started"], json!(1));
-        let first_id: Uuid = first["event_id"].as_str().unwrap().parse().expect("event_id is a UUID");
+        let first_id: Uuid = first["event_id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .expect("event_id is a UUID");
         let delivery = delivery_of(&receiver, first_id).await;
         let body = delivery.json();
         assert_eq!(body["event_type"], json!("order.paid"));
@@ -1813,7 +2469,10 @@ async fn publish_counts_deliveries_dedupes_and_caps_body_size() {
         let a = publish_order_43(&client, project, false).await;
         let b = publish_order_43(&client, project, false).await;
         let c = publish_order_43(&client, project, true).await;
-        assert_eq!(a, b, "a repeated idempotency key must answer the first answer");
+        assert_eq!(
+            a, b,
+            "a repeated idempotency key must answer the first answer"
+        );
         assert_eq!(a, c);
         assert_eq!(a.deliveries_started, 1);
         assert_ne!(a.event_id, first_id);
@@ -1826,16 +2485,28 @@ async fn publish_counts_deliveries_dedupes_and_caps_body_size() {
             .await;
         assert_eq!(raw.expect(202)["event_id"], json!(a.event_id.to_string()));
         delivery_of(&receiver, a.event_id).await;
+        // The first answer stays the answer, even once the webhook is gone.
+        h.call(Method::DELETE, "/webhooks/order.paid", None)
+            .await
+            .expect(204);
+        assert_eq!(publish_order_43(&client, project, false).await, a);
+        h.register("order.paid", &receiver.url("/paid")).await;
 
         // Bodies over the limit (256 KiB by default) are refused, on both routes.
         let big = json!({"event_type": "order.paid", "data": {"blob": "x".repeat(300 * 1024)}});
         for path in [format!("/projects/{project}/events"), "/events".to_owned()] {
-            h.call(Method::POST, &path, Some(big.clone())).await.expect(413);
+            h.call(Method::POST, &path, Some(big.clone()))
+                .await
+                .expect(413);
         }
 
         // Nothing more arrives: one delivery per event, none for the refused bodies.
         tokio::time::sleep(QUIET).await;
-        let events: Vec<Value> = receiver.received().iter().map(|r| r.json()["event_id"].clone()).collect();
+        let events: Vec<Value> = receiver
+            .received()
+            .iter()
+            .map(|r| r.json()["event_id"].clone())
+            .collect();
         assert_eq!(
             events,
             [json!(first_id.to_string()), json!(a.event_id.to_string())],
@@ -1855,8 +2526,8 @@ async fn publish_order_43(
 ) -> types::PublishEventOutputBody {
     let key = types::PublishEventInputBodyIdempotencyKey::try_from("order-43").expect("key");
     let answer = if tenant_route {
-        let key = types::PublishEventForTenantInputBodyIdempotencyKey::try_from("order-43")
-            .expect("key");
+        let key =
+            types::PublishEventForTenantInputBodyIdempotencyKey::try_from("order-43").expect("key");
         client
             .publish_event_for_tenant()
             .body(
@@ -1894,21 +2565,49 @@ async fn invalid_requests_are_problems_naming_each_field() {
         let auth = format!("Bearer {}", h.key());
         let (harness, authorization) = (&h, auth.as_str());
         let put = move |path: &'static str, body: &'static str| {
-            harness.raw(Some(authorization), Method::PUT, path, Some(body.as_bytes().to_vec()))
+            harness.raw(
+                Some(authorization),
+                Method::PUT,
+                path,
+                Some(body.as_bytes().to_vec()),
+            )
         };
-        put("/webhooks/a.b", r#"{"webhook_url": "#).await.expect(400);
-        put("/webhooks/a.b", "{}").await.expect_invalid("body.webhook_url");
+        put("/webhooks/a.b", r#"{"webhook_url": "#)
+            .await
+            .expect(400);
+        put("/webhooks/a.b", "{}")
+            .await
+            .expect_invalid("body.webhook_url");
         put("/webhooks/a.b", r#"{"webhook_url": 5}"#)
             .await
             .expect_invalid("body.webhook_url");
-        for url in ["ftp://127.0.0.1/x", "not a url", "/relative", ""] {
-            h.call(Method::PUT, "/webhooks/a.b", Some(json!({"webhook_url": url})))
-                .await
-                .expect_invalid("body.webhook_url");
+        let too_long = format!("http://127.0.0.1:9/{}", "u".repeat(2048));
+        for url in [
+            "ftp://127.0.0.1/x",
+            "not a url",
+            "/relative",
+            "",
+            too_long.as_str(),
+        ] {
+            h.call(
+                Method::PUT,
+                "/webhooks/a.b",
+                Some(json!({"webhook_url": url})),
+            )
+            .await
+            .expect_invalid("body.webhook_url");
         }
-        let unknown = put("/webhooks/a.b", r#"{"webhook_url": "http://127.0.0.1:9/x", "nope": 1}"#).await;
+        let unknown = put(
+            "/webhooks/a.b",
+            r#"{"webhook_url": "http://127.0.0.1:9/x", "nope": 1}"#,
+        )
+        .await;
         unknown.expect(422);
-        assert!(unknown.locations().iter().any(|l| l.contains("nope")), "{}", unknown.text);
+        assert!(
+            unknown.locations().iter().any(|l| l.contains("nope")),
+            "{}",
+            unknown.text
+        );
 
         // The delivery credentials are a secret: not echoed when refused.
         let long_secret = "Bearer hook-credential-".to_owned() + &"s".repeat(4096);
@@ -1920,7 +2619,11 @@ async fn invalid_requests_are_problems_naming_each_field() {
             )
             .await;
         refused.expect_invalid("body.auth_header");
-        assert!(!refused.text.contains("hook-credential"), "{}", refused.text);
+        assert!(
+            !refused.text.contains("hook-credential"),
+            "{}",
+            refused.text
+        );
         let refused = h
             .call(
                 Method::PUT,
@@ -1929,20 +2632,67 @@ async fn invalid_requests_are_problems_naming_each_field() {
             )
             .await;
         refused.expect_invalid("body.auth_header");
-        assert!(!refused.text.contains("hook-credential"), "{}", refused.text);
+        assert!(
+            !refused.text.contains("hook-credential"),
+            "{}",
+            refused.text
+        );
+
+        put("/webhooks/a.b", "").await.expect(400);
+        h.raw_typed(
+            Some(authorization),
+            Method::PUT,
+            "/webhooks/a.b",
+            Some((
+                "text/plain",
+                br#"{"webhook_url": "http://127.0.0.1:9/x"}"#.to_vec(),
+            )),
+        )
+        .await
+        .expect(415);
 
         h.call(Method::GET, "/projects/not-a-uuid/webhooks", None)
             .await
             .expect_invalid("path.projectId");
+        for (query, location) in [
+            ("limit=abc", "query.limit"),
+            ("limit=1.5", "query.limit"),
+            ("offset=9223372036854775808", "query.offset"),
+            ("cursor=", "query.cursor"),
+        ] {
+            h.call(
+                Method::GET,
+                &format!("/webhooks/a.b/attempts?{query}"),
+                None,
+            )
+            .await
+            .expect_invalid(location);
+        }
+        let far = h
+            .call(
+                Method::GET,
+                "/webhooks/a.b/attempts?offset=9223372036854775807",
+                None,
+            )
+            .await;
+        assert_eq!(far.expect(200)["attempts"], json!([]), "{}", far.text);
         let too_long = "e".repeat(129);
         for event_type in ["bad%20event", "bad%2Fslash", too_long.as_str()] {
-            h.call(Method::GET, &format!("/webhooks/{event_type}/attempts"), None)
-                .await
-                .expect_invalid("path.eventType");
-        }
-        h.call(Method::GET, &format!("/webhooks/{}/attempts", "e".repeat(128)), None)
+            h.call(
+                Method::GET,
+                &format!("/webhooks/{event_type}/attempts"),
+                None,
+            )
             .await
-            .expect(200);
+            .expect_invalid("path.eventType");
+        }
+        h.call(
+            Method::GET,
+            &format!("/webhooks/{}/attempts", "e".repeat(128)),
+            None,
+        )
+        .await
+        .expect(200);
 
         // One entry per problem.
         let many = h
@@ -1956,17 +2706,104 @@ async fn invalid_requests_are_problems_naming_each_field() {
         many.expect(422);
         let locations: BTreeSet<String> = many.locations().into_iter().collect();
         for location in ["path.projectId", "path.eventType", "body.webhook_url"] {
-            assert!(locations.contains(location), "{location} missing: {}", many.text);
+            assert!(
+                locations.contains(location),
+                "{location} missing: {}",
+                many.text
+            );
         }
 
         let published = h
             .call(Method::POST, "/events", Some(json!({"data": {}})))
             .await;
         published.expect_invalid("body.event_type");
-        h.call(Method::GET, "/no/such/route", None).await.expect(404);
+        h.call(Method::POST, "/events", Some(json!({"event_type": "a.b"})))
+            .await
+            .expect_invalid("body.data");
+        h.call(
+            Method::POST,
+            "/events",
+            Some(json!({"event_type": "a.b", "data": {}, "idempotency_key": "k".repeat(256)})),
+        )
+        .await
+        .expect_invalid("body.idempotency_key");
+        h.call(
+            Method::POST,
+            "/events",
+            Some(json!({"event_type": "bad event", "data": {}})),
+        )
+        .await
+        .expect_invalid("body.event_type");
+        let unknown = h
+            .call(
+                Method::POST,
+                "/events",
+                Some(json!({"event_type": "a.b", "data": {}, "extra": 1})),
+            )
+            .await;
+        unknown.expect(422);
+        assert!(
+            unknown.locations().iter().any(|l| l.contains("extra")),
+            "{}",
+            unknown.text
+        );
+        h.call(Method::GET, "/no/such/route", None)
+            .await
+            .expect(404);
+
+        // Input bodies accept and ignore a `$schema` link, relative or absolute.
+        for link in [
+            "/api/v1/schemas/UpsertWebhookForTenantInputBody.json",
+            "https://example.com/schemas/UpsertWebhookForTenantInputBody.json",
+        ] {
+            h.call(
+                Method::PUT,
+                "/webhooks/with.schema",
+                Some(json!({"$schema": link, "webhook_url": "http://127.0.0.1:9/x"})),
+            )
+            .await
+            .expect(200);
+        }
+        h.call(
+            Method::POST,
+            "/events",
+            Some(json!({"$schema": "/api/v1/schemas/PublishEventForTenantInputBody.json", "event_type": "a.b", "data": null})),
+        )
+        .await
+        .expect(202);
+        h.call(Method::DELETE, "/webhooks/with.schema", None)
+            .await
+            .expect(204);
 
         let list = h.call(Method::GET, "/webhooks", None).await;
-        assert_eq!(list.expect(200)["webhooks"], json!([]), "a refused request created something");
+        assert_eq!(
+            list.expect(200)["webhooks"],
+            json!([]),
+            "a refused request created something"
+        );
+        h.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_a_path_does_not_have_is_a_problem() {
+    for db in support::backends().await {
+        let h = Harness::start(&db).await;
+        // `raw` checks that each answer is a problem+json ErrorModel, as every error is;
+        // RFC 9110 also requires a 405 to list what the path allows.
+        for (method, path, body, allowed) in [
+            (Method::PATCH, "/webhooks", None, "GET"),
+            (Method::POST, "/webhooks/a.b", Some(json!({})), "PUT"),
+        ] {
+            let reply = h.call(method, path, body).await;
+            reply.expect(405);
+            let allow = reply
+                .headers
+                .get(reqwest::header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            assert!(allow.contains(allowed), "{path}: Allow is {allow:?}");
+        }
         h.finish().await;
     }
 }
