@@ -25,7 +25,7 @@ const LEASE: Duration = Duration::from_secs(3);
 /// A fresh tenant in `db`, created through the store before any server runs. Also
 /// makes sure the server binary is up to date with the code under test.
 async fn tenant(db: &TestDb) -> Tenant {
-    tokio::task::spawn_blocking(support::fresh_server_binary)
+    tokio::task::spawn_blocking(support::server_binary)
         .await
         .expect("server binary");
     let store = db.open().await;

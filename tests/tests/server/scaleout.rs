@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use sonzai_webhooks_client::types;
-use sonzai_webhooks_server::store::PublishEvent;
 use sqlx::Connection as _;
 use uuid::Uuid;
 
@@ -146,6 +145,15 @@ async fn deliveries_made(http: &reqwest::Client, addr: SocketAddr) -> u64 {
         .expect("metrics list successful delivery attempts")
 }
 
+/// Successful delivery attempts of each process at `addrs` since `before`.
+async fn made_since(http: &reqwest::Client, addrs: &[SocketAddr], before: &[u64]) -> Vec<u64> {
+    let mut made = Vec::with_capacity(addrs.len());
+    for (addr, before) in addrs.iter().zip(before) {
+        made.push(deliveries_made(http, *addr).await - before);
+    }
+    made
+}
+
 /// Event ids of the deliveries that are still pending under a lease expiring no later
 /// than `until`: claimed, and not recorded.
 async fn leased_until(db: &TestDb, until: DateTime<Utc>) -> HashSet<Uuid> {
@@ -236,8 +244,7 @@ async fn publisher(
                 *publishing.last_accepted.lock().unwrap() = Some(Instant::now());
                 publishing.accepted_count.fetch_add(1, Ordering::SeqCst);
             }
-            Err(why) if routing.dead[process].load(Ordering::SeqCst) => {
-                let _ = why;
+            Err(_) if routing.dead[process].load(Ordering::SeqCst) => {
                 publishing.failed_on_dead.fetch_add(1, Ordering::SeqCst);
             }
             Err(why) => {
@@ -450,7 +457,7 @@ async fn measure_throughput(
     events: usize,
     receiver_delay: Duration,
 ) -> Throughput {
-    const PUBLISHERS: usize = 8;
+    const PUBLISHERS: usize = 16;
 
     let tenant = tenant(db).await;
     let receiver = Receiver::start().await;
@@ -489,27 +496,18 @@ async fn measure_throughput(
     .await
     .expect("the warm-up delivery is counted");
 
-    let store = db.open().await;
     let first_publish = Instant::now();
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|task| {
-            let store = store.clone();
-            let project_id = tenant.project_id;
+            let http = http.clone();
+            let key = tenant.key.clone();
             tokio::spawn(async move {
                 let mut ids = Vec::new();
                 for seq in (task..events).step_by(PUBLISHERS) {
-                    let data = json!({"seq": seq}).to_string();
-                    let published = store
-                        .publish_event(PublishEvent {
-                            project_id,
-                            event_type: EVENT_TYPE,
-                            data: &data,
-                            idempotency_key: None,
-                            idempotency_since: Utc::now() - chrono::Duration::days(1),
-                        })
+                    let id = publish(&http, entry, &key, json!({"seq": seq}))
                         .await
                         .expect("publish");
-                    ids.push(published.event_id);
+                    ids.push(id);
                 }
                 ids
             })
@@ -535,10 +533,21 @@ async fn measure_throughput(
         .expect("events arrived");
     let elapsed = last.saturating_duration_since(first_publish);
 
-    let mut per_process = Vec::with_capacity(processes);
-    for (process, before) in running.iter().zip(before) {
-        per_process.push(deliveries_made(&http, process.addr).await - before);
-    }
+    // The last attempts are counted once the receiver has answered them, a moment
+    // after their arrival.
+    let addrs: Vec<SocketAddr> = running.iter().map(|p| p.addr).collect();
+    let counted = support::poll_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        let (http, addrs, before) = (http.clone(), addrs.clone(), before.clone());
+        async move {
+            let made = made_since(&http, &addrs, &before).await;
+            (made.iter().sum::<u64>() >= events as u64).then_some(made)
+        }
+    })
+    .await;
+    let per_process = match counted {
+        Some(made) => made,
+        None => made_since(&http, &addrs, &before).await,
+    };
     for process in &mut running {
         process.kill().await;
     }
@@ -560,11 +569,12 @@ async fn three_processes_deliver_faster_than_one_with_a_slow_receiver() {
         return;
     };
     let _serial = SERIAL.lock().await;
-    // All events are published through one process, yet all three deliver: the
-    // publishing transaction NOTIFYs, every process LISTENs and wakes its claimer, and
-    // each claims up to its free slots with SKIP LOCKED, so the queue splits between
-    // them instead of serializing on the rows another process is working on. One
-    // process can do at most WORKERS / DELAY = 160 deliveries a second here; three, 480.
+    // All events are published through one process, yet all three deliver: once a
+    // publish commits, that process wakes its own claimer and (through its relay) sends
+    // a NOTIFY that every process LISTENs for, so all claimers wake at once; each then
+    // claims up to its free slots with SKIP LOCKED, so the queue splits between them
+    // instead of serializing on the rows another process holds. One process can do at
+    // most WORKERS / DELAY = 160 deliveries a second here; three, 480.
     let one = measure_throughput(&db, 1, WORKERS, EVENTS, DELAY).await;
     drop(db);
     let db = TestDb::postgres().await.expect("TEST_DATABASE_URL is set");
@@ -605,8 +615,12 @@ async fn three_processes_deliver_faster_than_one_with_a_slow_receiver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_events_are_picked_up_without_polling_delay() {
     const EVENTS: usize = 20;
+    const PAIRS: usize = 10;
     /// Between events, so every claimer is back in its idle sleep when the next comes.
     const PAUSE: Duration = Duration::from_millis(150);
+    /// How long the receiver takes in the second phase, to keep A's one slot busy.
+    const SLOW: Duration = Duration::from_millis(400);
+    /// The idle poll is 1 s; a median under this needs the wake-ups to work.
     const LIMIT: Duration = Duration::from_millis(200);
 
     let Some(db) = TestDb::postgres().await else {
@@ -616,17 +630,20 @@ async fn new_events_are_picked_up_without_polling_delay() {
     let tenant = tenant(&db).await;
     let receiver = Receiver::start().await;
     let data_dir = tempfile::tempdir().expect("data dir");
+    // One slot each: in the second phase A's only slot is taken, so what A publishes
+    // next can only be delivered quickly by B, woken through the database.
+    let args = ["--workers", "1"];
     let (mut a, mut b) = tokio::join!(
-        ServerProcess::start(&db, data_dir.path(), &[]),
-        ServerProcess::start(&db, data_dir.path(), &[]),
+        ServerProcess::start(&db, data_dir.path(), &args),
+        ServerProcess::start(&db, data_dir.path(), &args),
     );
     subscribe(a.addr, &tenant.key, &receiver).await;
     let http = support::http_client();
     // Let both claimers finish their start-up claims and fall asleep.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // Through process A's API, with B idle.
-    let mut via_api = Vec::with_capacity(EVENTS);
+    // Single events through A's API, with B idle.
+    let mut single = Vec::with_capacity(EVENTS);
     for n in 0..EVENTS {
         let sent = Instant::now();
         let id = publish(&http, a.addr, &tenant.key, json!({"n": n}))
@@ -635,68 +652,68 @@ async fn new_events_are_picked_up_without_polling_delay() {
         let at = wait_arrival(&receiver, id, Duration::from_secs(5))
             .await
             .expect("event delivered within 5 s");
-        via_api.push(at.saturating_duration_since(sent));
+        single.push(at.saturating_duration_since(sent));
         tokio::time::sleep(PAUSE).await;
     }
-    let split_api = (
+    let after_single = (
         deliveries_made(&http, a.addr).await,
         deliveries_made(&http, b.addr).await,
     );
 
-    // Through the store from this test process, which runs no workers: only the
-    // NOTIFY of the publishing transaction can wake A and B before their idle poll.
-    let store = db.open().await;
-    let mut via_store = Vec::with_capacity(EVENTS);
-    for n in 0..EVENTS {
-        let data = json!({"n": n, "via": "store"}).to_string();
-        let sent = Instant::now();
-        let published = store
-            .publish_event(PublishEvent {
-                project_id: tenant.project_id,
-                event_type: EVENT_TYPE,
-                data: &data,
-                idempotency_key: None,
-                idempotency_since: Utc::now() - chrono::Duration::days(1),
-            })
+    // Pairs through A's API with a slow receiver: A's own wake-up makes it claim the
+    // first event, which holds its one slot for SLOW, so the second arrives quickly only
+    // if A's NOTIFY wakes B. Without it, the second waits for A's slot (SLOW) or for B's
+    // idle poll (up to 1 s).
+    receiver.set_default(Answer::status(200).after(SLOW));
+    let mut second = Vec::with_capacity(PAIRS);
+    for n in 0..PAIRS {
+        let first = publish(&http, a.addr, &tenant.key, json!({"pair": n, "of": 1}))
             .await
-            .expect("publish through the store");
-        assert_eq!(published.deliveries, 1, "one webhook subscribed");
-        let at = wait_arrival(&receiver, published.event_id, Duration::from_secs(5))
+            .expect("publish through A");
+        let sent = Instant::now();
+        let id = publish(&http, a.addr, &tenant.key, json!({"pair": n, "of": 2}))
+            .await
+            .expect("publish through A");
+        let at = wait_arrival(&receiver, id, Duration::from_secs(5))
             .await
             .expect("event delivered within 5 s");
-        via_store.push(at.saturating_duration_since(sent));
-        tokio::time::sleep(PAUSE).await;
+        second.push(at.saturating_duration_since(sent));
+        wait_arrival(&receiver, first, Duration::from_secs(5))
+            .await
+            .expect("event delivered within 5 s");
+        // Both answers (SLOW) and their recording, then idle claimers again.
+        tokio::time::sleep(SLOW + PAUSE).await;
     }
-    let split_all = (
+    let after_pairs = (
         deliveries_made(&http, a.addr).await,
         deliveries_made(&http, b.addr).await,
     );
 
-    via_api.sort();
-    via_store.sort();
+    single.sort();
+    second.sort();
     println!(
-        "publish -> arrival, {EVENTS} single events each: through A's API p50 {:?} max {:?} \
-         (delivered by A {}, by B {}); through the store (NOTIFY only) p50 {:?} max {:?} \
-         (delivered by A {}, by B {})",
-        median(&via_api),
-        via_api[EVENTS - 1],
-        split_api.0,
-        split_api.1,
-        median(&via_store),
-        via_store[EVENTS - 1],
-        split_all.0 - split_api.0,
-        split_all.1 - split_api.1,
-    );
-    // The idle poll is 1 s: a median under 200 ms needs the wake-ups to work.
-    assert!(
-        median(&via_api) < LIMIT,
-        "median latency through the API {:?}",
-        median(&via_api)
+        "publish -> arrival: {EVENTS} single events through A: p50 {:?} max {:?} (delivered \
+         by A {}, by B {}); second of {PAIRS} pairs through A while A's one slot is busy: \
+         p50 {:?} max {:?} (pairs delivered by A {}, by B {})",
+        median(&single),
+        single[EVENTS - 1],
+        after_single.0,
+        after_single.1,
+        median(&second),
+        second[PAIRS - 1],
+        after_pairs.0 - after_single.0,
+        after_pairs.1 - after_single.1,
     );
     assert!(
-        median(&via_store) < LIMIT,
-        "median latency with only NOTIFY to wake the workers {:?}",
-        median(&via_store)
+        median(&single) < LIMIT,
+        "median publish -> arrival {:?}",
+        median(&single)
+    );
+    assert!(
+        median(&second) < LIMIT,
+        "median publish -> arrival with the publisher's slot busy {:?}: the other process \
+         was not woken",
+        median(&second)
     );
     a.kill().await;
     b.kill().await;

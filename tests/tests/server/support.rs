@@ -359,31 +359,40 @@ async fn receive(
     response
 }
 
-/// The `sonzai-webhooks` binary, built on demand if `cargo test` did not build it.
+/// The `sonzai-webhooks` binary, (re)built once per test run: `cargo test` of this
+/// package does not rebuild another package's binary, and a stale one would test old
+/// code.
 pub fn server_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    // target/<profile>/deps/<test> -> target/<profile>/sonzai-webhooks
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir")
-        .to_path_buf();
-    let bin = profile_dir.join("sonzai-webhooks");
-    if !bin.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args([
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test exe");
+            // target/<profile>/deps/<test> -> target/<profile>/sonzai-webhooks
+            let profile_dir = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("target dir")
+                .to_path_buf();
+            let mut build = std::process::Command::new(env!("CARGO"));
+            build.args([
                 "build",
                 "--quiet",
                 "-p",
                 "sonzai-webhooks-server",
                 "--bin",
                 "sonzai-webhooks",
-            ])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building the server binary failed");
-    }
-    bin
+            ]);
+            if profile_dir
+                .file_name()
+                .is_some_and(|name| name == "release")
+            {
+                build.arg("--release");
+            }
+            let status = build.status().expect("cargo build");
+            assert!(status.success(), "building the server binary failed");
+            profile_dir.join("sonzai-webhooks")
+        })
+        .clone()
 }
 
 /// A free loopback port (bound and released; good enough for tests on one machine).
@@ -559,36 +568,4 @@ impl ServerProcess {
         process.wait_ready(Duration::from_secs(30)).await;
         process
     }
-}
-
-/// Runs `cargo build` for the `sonzai-webhooks` binary once per test process and
-/// returns its path. [`server_binary`] only builds a missing binary, and `cargo test`
-/// of this package does not rebuild another package's binary, so without this a test
-/// of process behaviour could run a binary older than the server code under test.
-pub fn fresh_server_binary() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let bin = server_binary();
-            let release = bin
-                .parent()
-                .and_then(|dir| dir.file_name())
-                .is_some_and(|name| name == "release");
-            let mut build = std::process::Command::new(env!("CARGO"));
-            build.args([
-                "build",
-                "--quiet",
-                "-p",
-                "sonzai-webhooks-server",
-                "--bin",
-                "sonzai-webhooks",
-            ]);
-            if release {
-                build.arg("--release");
-            }
-            let status = build.status().expect("cargo build");
-            assert!(status.success(), "building the server binary failed");
-            bin
-        })
-        .clone()
 }

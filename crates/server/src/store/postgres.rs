@@ -862,6 +862,12 @@ impl WebhookStore for PgStore {
             .execute(&self.pool)
             .await?;
         }
+        // Tell the other processes the handed-back deliveries are claimable now,
+        // instead of at their next idle poll.
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(super::notify::CHANNEL)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
