@@ -49,7 +49,8 @@ pub fn generate_all(root: &Path) -> Result<Vec<(PathBuf, String)>> {
 /// `cargo fmt --check` and are byte-for-byte reproducible.
 fn rustfmt(code: &str) -> Result<String> {
     use std::io::Write;
-    let file: syn::File = syn::parse_str(code).context("generated code does not parse")?;
+    let mut file: syn::File = syn::parse_str(code).context("generated code does not parse")?;
+    syn::visit_mut::VisitMut::visit_file_mut(&mut OneDocLinePerAttribute, &mut file);
     let pretty = prettyplease::unparse(&file);
     // prettyplease drops the leading line comment; put the header back.
     let pretty = format!("{}{}", api_gen::HEADER, pretty);
@@ -70,6 +71,47 @@ fn rustfmt(code: &str) -> Result<String> {
         bail!("rustfmt failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Splits multi-line `#[doc = "..."]` attributes (progenitor writes them) into one per
+/// line, so they print as `///` comments. Printed as `/** */` blocks instead, their
+/// indented lines would read as Markdown code blocks and run as doctests.
+struct OneDocLinePerAttribute;
+
+impl syn::visit_mut::VisitMut for OneDocLinePerAttribute {
+    fn visit_attributes_mut(&mut self, attrs: &mut Vec<syn::Attribute>) {
+        let mut out = Vec::with_capacity(attrs.len());
+        for attr in attrs.drain(..) {
+            let text = match &attr.meta {
+                syn::Meta::NameValue(nv) if nv.path.is_ident("doc") => match &nv.value {
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(s),
+                        ..
+                    }) if s.value().contains('\n') => Some(s.value()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            match text {
+                Some(text) => {
+                    for line in text.lines() {
+                        let line = line.trim_end();
+                        let line = if line.is_empty() || line.starts_with(' ') {
+                            line.to_owned()
+                        } else {
+                            format!(" {line}")
+                        };
+                        out.push(match &attr.style {
+                            syn::AttrStyle::Outer => syn::parse_quote!(#[doc = #line]),
+                            syn::AttrStyle::Inner(_) => syn::parse_quote!(#![doc = #line]),
+                        });
+                    }
+                }
+                None => out.push(attr),
+            }
+        }
+        *attrs = out;
+    }
 }
 
 /// The generated files that differ from what is on disk.

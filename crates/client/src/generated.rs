@@ -2704,11 +2704,11 @@ pub mod types {
     }
 }
 #[derive(Clone, Debug)]
-/**Client for Sonzai Webhooks API
-
-Register webhooks per project and event type, rotate their signing secrets and inspect delivery attempts. Operations and fields marked `x-sonzai-extension: true` are additive extensions of the public Sonzai webhooks API.
-
-Version: 1.0.0*/
+/// Client for Sonzai Webhooks API
+///
+/// Register webhooks per project and event type, rotate their signing secrets and inspect delivery attempts. Operations and fields marked `x-sonzai-extension: true` are additive extensions of the public Sonzai webhooks API.
+///
+/// Version: 1.0.0
 pub struct Client {
     pub(crate) baseurl: String,
     pub(crate) client: reqwest::Client,
@@ -2760,218 +2760,218 @@ impl ClientInfo<()> for Client {
 }
 impl ClientHooks<()> for &Client {}
 impl Client {
-    /**List webhooks for a project
-
-    Sends a `GET` request to `/projects/{projectId}/webhooks`
-
-    Arguments:
-    - `project_id`: Project UUID
-    ```ignore
-    let response = client.list_webhooks()
-        .project_id(project_id)
-        .send()
-        .await;
-    ```*/
+    /// List webhooks for a project
+    ///
+    /// Sends a `GET` request to `/projects/{projectId}/webhooks`
+    ///
+    /// Arguments:
+    /// - `project_id`: Project UUID
+    /// ```ignore
+    /// let response = client.list_webhooks()
+    ///    .project_id(project_id)
+    ///    .send()
+    ///    .await;
+    /// ```
     pub fn list_webhooks(&self) -> builder::ListWebhooks<'_> {
         builder::ListWebhooks::new(self)
     }
-    /**Register or update a webhook
-
-    Sends a `PUT` request to `/projects/{projectId}/webhooks/{eventType}`
-
-    Arguments:
-    - `project_id`: Project UUID
-    - `event_type`: Webhook event type (e.g. session.end, memory.created)
-    - `body`
-    ```ignore
-    let response = client.upsert_webhook()
-        .project_id(project_id)
-        .event_type(event_type)
-        .body(body)
-        .send()
-        .await;
-    ```*/
+    /// Register or update a webhook
+    ///
+    /// Sends a `PUT` request to `/projects/{projectId}/webhooks/{eventType}`
+    ///
+    /// Arguments:
+    /// - `project_id`: Project UUID
+    /// - `event_type`: Webhook event type (e.g. session.end, memory.created)
+    /// - `body`
+    /// ```ignore
+    /// let response = client.upsert_webhook()
+    ///    .project_id(project_id)
+    ///    .event_type(event_type)
+    ///    .body(body)
+    ///    .send()
+    ///    .await;
+    /// ```
     pub fn upsert_webhook(&self) -> builder::UpsertWebhook<'_> {
         builder::UpsertWebhook::new(self)
     }
-    /**Delete a webhook
-
-    Sends a `DELETE` request to `/projects/{projectId}/webhooks/{eventType}`
-
-    Arguments:
-    - `project_id`: Project UUID
-    - `event_type`: Webhook event type to delete
-    ```ignore
-    let response = client.delete_webhook()
-        .project_id(project_id)
-        .event_type(event_type)
-        .send()
-        .await;
-    ```*/
+    /// Delete a webhook
+    ///
+    /// Sends a `DELETE` request to `/projects/{projectId}/webhooks/{eventType}`
+    ///
+    /// Arguments:
+    /// - `project_id`: Project UUID
+    /// - `event_type`: Webhook event type to delete
+    /// ```ignore
+    /// let response = client.delete_webhook()
+    ///    .project_id(project_id)
+    ///    .event_type(event_type)
+    ///    .send()
+    ///    .await;
+    /// ```
     pub fn delete_webhook(&self) -> builder::DeleteWebhook<'_> {
         builder::DeleteWebhook::new(self)
     }
-    /**List webhook delivery attempts
-
-    Sends a `GET` request to `/projects/{projectId}/webhooks/{eventType}/attempts`
-
-    Arguments:
-    - `project_id`: Project UUID
-    - `event_type`: Webhook event type
-    - `cursor`: Cursor paging (extension): the `next_cursor` of the previous page. Cannot be combined with a non-zero `offset`.
-    - `limit`: Max results
-    - `offset`: Pagination offset
-    - `page_size`: Cursor paging (extension): page size; takes precedence over `limit`.
-    ```ignore
-    let response = client.list_delivery_attempts()
-        .project_id(project_id)
-        .event_type(event_type)
-        .cursor(cursor)
-        .limit(limit)
-        .offset(offset)
-        .page_size(page_size)
-        .send()
-        .await;
-    ```*/
+    /// List webhook delivery attempts
+    ///
+    /// Sends a `GET` request to `/projects/{projectId}/webhooks/{eventType}/attempts`
+    ///
+    /// Arguments:
+    /// - `project_id`: Project UUID
+    /// - `event_type`: Webhook event type
+    /// - `cursor`: Cursor paging (extension): the `next_cursor` of the previous page. Cannot be combined with a non-zero `offset`.
+    /// - `limit`: Max results
+    /// - `offset`: Pagination offset
+    /// - `page_size`: Cursor paging (extension): page size; takes precedence over `limit`.
+    /// ```ignore
+    /// let response = client.list_delivery_attempts()
+    ///    .project_id(project_id)
+    ///    .event_type(event_type)
+    ///    .cursor(cursor)
+    ///    .limit(limit)
+    ///    .offset(offset)
+    ///    .page_size(page_size)
+    ///    .send()
+    ///    .await;
+    /// ```
     pub fn list_delivery_attempts(&self) -> builder::ListDeliveryAttempts<'_> {
         builder::ListDeliveryAttempts::new(self)
     }
-    /**Rotate webhook signing secret
-
-    Sends a `POST` request to `/projects/{projectId}/webhooks/{eventType}/rotate-secret`
-
-    Arguments:
-    - `project_id`: Project UUID
-    - `event_type`: Webhook event type whose secret to rotate
-    - `grace_seconds`: Rotation grace period (extension): for this many seconds the old secret keeps signing deliveries as a second signature.
-    ```ignore
-    let response = client.rotate_webhook_signing_secret()
-        .project_id(project_id)
-        .event_type(event_type)
-        .grace_seconds(grace_seconds)
-        .send()
-        .await;
-    ```*/
+    /// Rotate webhook signing secret
+    ///
+    /// Sends a `POST` request to `/projects/{projectId}/webhooks/{eventType}/rotate-secret`
+    ///
+    /// Arguments:
+    /// - `project_id`: Project UUID
+    /// - `event_type`: Webhook event type whose secret to rotate
+    /// - `grace_seconds`: Rotation grace period (extension): for this many seconds the old secret keeps signing deliveries as a second signature.
+    /// ```ignore
+    /// let response = client.rotate_webhook_signing_secret()
+    ///    .project_id(project_id)
+    ///    .event_type(event_type)
+    ///    .grace_seconds(grace_seconds)
+    ///    .send()
+    ///    .await;
+    /// ```
     pub fn rotate_webhook_signing_secret(&self) -> builder::RotateWebhookSigningSecret<'_> {
         builder::RotateWebhookSigningSecret::new(self)
     }
-    /**Publish an event to a project (extension)
-
-    Extension. Records the event and starts one delivery per active webhook of the project subscribed to its event type. Answered after the event and its deliveries are committed.
-
-    Sends a `POST` request to `/projects/{projectId}/events`
-
-    Arguments:
-    - `project_id`: Project UUID
-    - `body`
-    ```ignore
-    let response = client.publish_event()
-        .project_id(project_id)
-        .body(body)
-        .send()
-        .await;
-    ```*/
+    /// Publish an event to a project (extension)
+    ///
+    /// Extension. Records the event and starts one delivery per active webhook of the project subscribed to its event type. Answered after the event and its deliveries are committed.
+    ///
+    /// Sends a `POST` request to `/projects/{projectId}/events`
+    ///
+    /// Arguments:
+    /// - `project_id`: Project UUID
+    /// - `body`
+    /// ```ignore
+    /// let response = client.publish_event()
+    ///    .project_id(project_id)
+    ///    .body(body)
+    ///    .send()
+    ///    .await;
+    /// ```
     pub fn publish_event(&self) -> builder::PublishEvent<'_> {
         builder::PublishEvent::new(self)
     }
-    /**List webhooks for current tenant
-
-    Sends a `GET` request to `/webhooks`
-
-    ```ignore
-    let response = client.list_webhooks_for_tenant()
-        .send()
-        .await;
-    ```*/
+    /// List webhooks for current tenant
+    ///
+    /// Sends a `GET` request to `/webhooks`
+    ///
+    /// ```ignore
+    /// let response = client.list_webhooks_for_tenant()
+    ///    .send()
+    ///    .await;
+    /// ```
     pub fn list_webhooks_for_tenant(&self) -> builder::ListWebhooksForTenant<'_> {
         builder::ListWebhooksForTenant::new(self)
     }
-    /**Register or update a webhook (tenant-scoped)
-
-    Sends a `PUT` request to `/webhooks/{eventType}`
-
-    Arguments:
-    - `event_type`: Webhook event type (e.g. session.end, memory.created)
-    - `body`
-    ```ignore
-    let response = client.upsert_webhook_for_tenant()
-        .event_type(event_type)
-        .body(body)
-        .send()
-        .await;
-    ```*/
+    /// Register or update a webhook (tenant-scoped)
+    ///
+    /// Sends a `PUT` request to `/webhooks/{eventType}`
+    ///
+    /// Arguments:
+    /// - `event_type`: Webhook event type (e.g. session.end, memory.created)
+    /// - `body`
+    /// ```ignore
+    /// let response = client.upsert_webhook_for_tenant()
+    ///    .event_type(event_type)
+    ///    .body(body)
+    ///    .send()
+    ///    .await;
+    /// ```
     pub fn upsert_webhook_for_tenant(&self) -> builder::UpsertWebhookForTenant<'_> {
         builder::UpsertWebhookForTenant::new(self)
     }
-    /**Delete a webhook (tenant-scoped)
-
-    Sends a `DELETE` request to `/webhooks/{eventType}`
-
-    Arguments:
-    - `event_type`: Webhook event type to delete
-    ```ignore
-    let response = client.delete_webhook_for_tenant()
-        .event_type(event_type)
-        .send()
-        .await;
-    ```*/
+    /// Delete a webhook (tenant-scoped)
+    ///
+    /// Sends a `DELETE` request to `/webhooks/{eventType}`
+    ///
+    /// Arguments:
+    /// - `event_type`: Webhook event type to delete
+    /// ```ignore
+    /// let response = client.delete_webhook_for_tenant()
+    ///    .event_type(event_type)
+    ///    .send()
+    ///    .await;
+    /// ```
     pub fn delete_webhook_for_tenant(&self) -> builder::DeleteWebhookForTenant<'_> {
         builder::DeleteWebhookForTenant::new(self)
     }
-    /**List webhook delivery attempts (tenant-scoped)
-
-    Sends a `GET` request to `/webhooks/{eventType}/attempts`
-
-    Arguments:
-    - `event_type`: Webhook event type
-    - `cursor`: Cursor paging (extension): the `next_cursor` of the previous page. Cannot be combined with a non-zero `offset`.
-    - `limit`: Max results
-    - `offset`: Pagination offset
-    - `page_size`: Cursor paging (extension): page size; takes precedence over `limit`.
-    ```ignore
-    let response = client.list_delivery_attempts_for_tenant()
-        .event_type(event_type)
-        .cursor(cursor)
-        .limit(limit)
-        .offset(offset)
-        .page_size(page_size)
-        .send()
-        .await;
-    ```*/
+    /// List webhook delivery attempts (tenant-scoped)
+    ///
+    /// Sends a `GET` request to `/webhooks/{eventType}/attempts`
+    ///
+    /// Arguments:
+    /// - `event_type`: Webhook event type
+    /// - `cursor`: Cursor paging (extension): the `next_cursor` of the previous page. Cannot be combined with a non-zero `offset`.
+    /// - `limit`: Max results
+    /// - `offset`: Pagination offset
+    /// - `page_size`: Cursor paging (extension): page size; takes precedence over `limit`.
+    /// ```ignore
+    /// let response = client.list_delivery_attempts_for_tenant()
+    ///    .event_type(event_type)
+    ///    .cursor(cursor)
+    ///    .limit(limit)
+    ///    .offset(offset)
+    ///    .page_size(page_size)
+    ///    .send()
+    ///    .await;
+    /// ```
     pub fn list_delivery_attempts_for_tenant(&self) -> builder::ListDeliveryAttemptsForTenant<'_> {
         builder::ListDeliveryAttemptsForTenant::new(self)
     }
-    /**Rotate webhook signing secret (tenant-scoped)
-
-    Sends a `POST` request to `/webhooks/{eventType}/rotate-secret`
-
-    Arguments:
-    - `event_type`: Webhook event type whose secret to rotate
-    - `grace_seconds`: Rotation grace period (extension): for this many seconds the old secret keeps signing deliveries as a second signature.
-    ```ignore
-    let response = client.rotate_webhook_signing_secret_for_tenant()
-        .event_type(event_type)
-        .grace_seconds(grace_seconds)
-        .send()
-        .await;
-    ```*/
+    /// Rotate webhook signing secret (tenant-scoped)
+    ///
+    /// Sends a `POST` request to `/webhooks/{eventType}/rotate-secret`
+    ///
+    /// Arguments:
+    /// - `event_type`: Webhook event type whose secret to rotate
+    /// - `grace_seconds`: Rotation grace period (extension): for this many seconds the old secret keeps signing deliveries as a second signature.
+    /// ```ignore
+    /// let response = client.rotate_webhook_signing_secret_for_tenant()
+    ///    .event_type(event_type)
+    ///    .grace_seconds(grace_seconds)
+    ///    .send()
+    ///    .await;
+    /// ```
     pub fn rotate_webhook_signing_secret_for_tenant(
         &self,
     ) -> builder::RotateWebhookSigningSecretForTenant<'_> {
         builder::RotateWebhookSigningSecretForTenant::new(self)
     }
-    /**Publish an event (tenant-scoped, extension)
-
-    Extension. Like publishEvent, for the project of the API key.
-
-    Sends a `POST` request to `/events`
-
-    ```ignore
-    let response = client.publish_event_for_tenant()
-        .body(body)
-        .send()
-        .await;
-    ```*/
+    /// Publish an event (tenant-scoped, extension)
+    ///
+    /// Extension. Like publishEvent, for the project of the API key.
+    ///
+    /// Sends a `POST` request to `/events`
+    ///
+    /// ```ignore
+    /// let response = client.publish_event_for_tenant()
+    ///    .body(body)
+    ///    .send()
+    ///    .await;
+    /// ```
     pub fn publish_event_for_tenant(&self) -> builder::PublishEventForTenant<'_> {
         builder::PublishEventForTenant::new(self)
     }
@@ -2985,9 +2985,9 @@ pub mod builder {
         encode_path, ByteStream, ClientHooks, ClientInfo, Error, OperationInfo, RequestBuilderExt,
         ResponseValue,
     };
-    /**Builder for [`Client::list_webhooks`]
-
-    [`Client::list_webhooks`]: super::Client::list_webhooks*/
+    /// Builder for [`Client::list_webhooks`]
+    ///
+    /// [`Client::list_webhooks`]: super::Client::list_webhooks
     #[derive(Debug, Clone)]
     pub struct ListWebhooks<'a> {
         client: &'a super::Client,
@@ -3055,9 +3055,9 @@ pub mod builder {
             }
         }
     }
-    /**Builder for [`Client::upsert_webhook`]
-
-    [`Client::upsert_webhook`]: super::Client::upsert_webhook*/
+    /// Builder for [`Client::upsert_webhook`]
+    ///
+    /// [`Client::upsert_webhook`]: super::Client::upsert_webhook
     #[derive(Debug, Clone)]
     pub struct UpsertWebhook<'a> {
         client: &'a super::Client,
@@ -3171,9 +3171,9 @@ pub mod builder {
             }
         }
     }
-    /**Builder for [`Client::delete_webhook`]
-
-    [`Client::delete_webhook`]: super::Client::delete_webhook*/
+    /// Builder for [`Client::delete_webhook`]
+    ///
+    /// [`Client::delete_webhook`]: super::Client::delete_webhook
     #[derive(Debug, Clone)]
     pub struct DeleteWebhook<'a> {
         client: &'a super::Client,
@@ -3255,9 +3255,9 @@ pub mod builder {
             }
         }
     }
-    /**Builder for [`Client::list_delivery_attempts`]
-
-    [`Client::list_delivery_attempts`]: super::Client::list_delivery_attempts*/
+    /// Builder for [`Client::list_delivery_attempts`]
+    ///
+    /// [`Client::list_delivery_attempts`]: super::Client::list_delivery_attempts
     #[derive(Debug, Clone)]
     pub struct ListDeliveryAttempts<'a> {
         client: &'a super::Client,
@@ -3399,9 +3399,9 @@ pub mod builder {
             }
         }
     }
-    /**Builder for [`Client::rotate_webhook_signing_secret`]
-
-    [`Client::rotate_webhook_signing_secret`]: super::Client::rotate_webhook_signing_secret*/
+    /// Builder for [`Client::rotate_webhook_signing_secret`]
+    ///
+    /// [`Client::rotate_webhook_signing_secret`]: super::Client::rotate_webhook_signing_secret
     #[derive(Debug, Clone)]
     pub struct RotateWebhookSigningSecret<'a> {
         client: &'a super::Client,
@@ -3505,9 +3505,9 @@ pub mod builder {
             }
         }
     }
-    /**Builder for [`Client::publish_event`]
-
-    [`Client::publish_event`]: super::Client::publish_event*/
+    /// Builder for [`Client::publish_event`]
+    ///
+    /// [`Client::publish_event`]: super::Client::publish_event
     #[derive(Debug, Clone)]
     pub struct PublishEvent<'a> {
         client: &'a super::Client,
@@ -3607,9 +3607,9 @@ pub mod builder {
             }
         }
     }
-    /**Builder for [`Client::list_webhooks_for_tenant`]
-
-    [`Client::list_webhooks_for_tenant`]: super::Client::list_webhooks_for_tenant*/
+    /// Builder for [`Client::list_webhooks_for_tenant`]
+    ///
+    /// [`Client::list_webhooks_for_tenant`]: super::Client::list_webhooks_for_tenant
     #[derive(Debug, Clone)]
     pub struct ListWebhooksForTenant<'a> {
         client: &'a super::Client,
@@ -3659,9 +3659,9 @@ pub mod builder {
             }
         }
     }
-    /**Builder for [`Client::upsert_webhook_for_tenant`]
-
-    [`Client::upsert_webhook_for_tenant`]: super::Client::upsert_webhook_for_tenant*/
+    /// Builder for [`Client::upsert_webhook_for_tenant`]
+    ///
+    /// [`Client::upsert_webhook_for_tenant`]: super::Client::upsert_webhook_for_tenant
     #[derive(Debug, Clone)]
     pub struct UpsertWebhookForTenant<'a> {
         client: &'a super::Client,
@@ -3764,9 +3764,9 @@ pub mod builder {
             }
         }
     }
-    /**Builder for [`Client::delete_webhook_for_tenant`]
-
-    [`Client::delete_webhook_for_tenant`]: super::Client::delete_webhook_for_tenant*/
+    /// Builder for [`Client::delete_webhook_for_tenant`]
+    ///
+    /// [`Client::delete_webhook_for_tenant`]: super::Client::delete_webhook_for_tenant
     #[derive(Debug, Clone)]
     pub struct DeleteWebhookForTenant<'a> {
         client: &'a super::Client,
@@ -3831,9 +3831,9 @@ pub mod builder {
             }
         }
     }
-    /**Builder for [`Client::list_delivery_attempts_for_tenant`]
-
-    [`Client::list_delivery_attempts_for_tenant`]: super::Client::list_delivery_attempts_for_tenant*/
+    /// Builder for [`Client::list_delivery_attempts_for_tenant`]
+    ///
+    /// [`Client::list_delivery_attempts_for_tenant`]: super::Client::list_delivery_attempts_for_tenant
     #[derive(Debug, Clone)]
     pub struct ListDeliveryAttemptsForTenant<'a> {
         client: &'a super::Client,
@@ -3962,9 +3962,9 @@ pub mod builder {
             }
         }
     }
-    /**Builder for [`Client::rotate_webhook_signing_secret_for_tenant`]
-
-    [`Client::rotate_webhook_signing_secret_for_tenant`]: super::Client::rotate_webhook_signing_secret_for_tenant*/
+    /// Builder for [`Client::rotate_webhook_signing_secret_for_tenant`]
+    ///
+    /// [`Client::rotate_webhook_signing_secret_for_tenant`]: super::Client::rotate_webhook_signing_secret_for_tenant
     #[derive(Debug, Clone)]
     pub struct RotateWebhookSigningSecretForTenant<'a> {
         client: &'a super::Client,
@@ -4054,9 +4054,9 @@ pub mod builder {
             }
         }
     }
-    /**Builder for [`Client::publish_event_for_tenant`]
-
-    [`Client::publish_event_for_tenant`]: super::Client::publish_event_for_tenant*/
+    /// Builder for [`Client::publish_event_for_tenant`]
+    ///
+    /// [`Client::publish_event_for_tenant`]: super::Client::publish_event_for_tenant
     #[derive(Debug, Clone)]
     pub struct PublishEventForTenant<'a> {
         client: &'a super::Client,
