@@ -23,6 +23,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
@@ -64,7 +65,37 @@ pub struct SqliteStore {
     /// Read-only traffic. For an in-memory database this is the writer pool itself,
     /// since separate connections would not share the data.
     readers: SqlitePool,
+    /// Publishes go to one task that commits whatever has queued up in one
+    /// transaction (group commit); see [`publish_loop`].
+    publisher: mpsc::Sender<PublishJob>,
 }
+
+/// A publish waiting for the group commit.
+struct PublishJob {
+    project_id: Uuid,
+    event_type: String,
+    data: String,
+    idempotency_key: Option<String>,
+    idempotency_since: DateTime<Utc>,
+    reply: oneshot::Sender<StoreResult<Published>>,
+}
+
+impl PublishJob {
+    fn event(&self) -> PublishEvent<'_> {
+        PublishEvent {
+            project_id: self.project_id,
+            event_type: &self.event_type,
+            data: &self.data,
+            idempotency_key: self.idempotency_key.as_deref(),
+            idempotency_since: self.idempotency_since,
+        }
+    }
+}
+
+/// Most publishes committed in one transaction.
+const MAX_PUBLISH_BATCH: usize = 256;
+/// Rows per multi-row INSERT (5 or 4 bound values each; well under SQLite's limit).
+const ROWS_PER_INSERT: usize = 128;
 
 impl SqliteStore {
     /// Opens (creating it and its directory if missing) the database at `url`, which is
@@ -121,7 +152,13 @@ impl SqliteStore {
                 .connect_with(base)
                 .await?
         };
-        Ok(Self { writer, readers })
+        let (publisher, jobs) = mpsc::channel(4 * MAX_PUBLISH_BATCH);
+        tokio::spawn(publish_loop(writer.clone(), jobs));
+        Ok(Self {
+            writer,
+            readers,
+            publisher,
+        })
     }
 
     /// Closes both pools, waiting for connections in use to come back. The writer
@@ -601,81 +638,18 @@ impl WebhookStore for SqliteStore {
     }
 
     async fn publish_event(&self, event: PublishEvent<'_>) -> StoreResult<Published> {
-        let now = now_micros();
-        let mut tx = self.write_tx().await?;
-
-        if let Some(key) = event.idempotency_key {
-            let seen = sqlx::query(
-                "SELECT id, created_at FROM events WHERE project_id = ?1 AND idempotency_key = ?2",
-            )
-            .bind(event.project_id)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = seen {
-                let first_id: Uuid = row.try_get("id")?;
-                let first_at = get_time(&row, "created_at")?;
-                if first_at >= truncate_micros(event.idempotency_since) {
-                    let deliveries: i64 =
-                        sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE event_id = ?1")
-                            .bind(first_id)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                    return Ok(Published {
-                        event_id: first_id,
-                        deliveries,
-                        created_at: first_at,
-                        duplicate: true,
-                    });
-                }
-                // The earlier use of the key is past its retention window: it no
-                // longer deduplicates, and must not block the unique index.
-                sqlx::query("UPDATE events SET idempotency_key = NULL WHERE id = ?1")
-                    .bind(first_id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-
-        let event_id = Uuid::now_v7();
-        sqlx::query(
-            "INSERT INTO events (id, project_id, event_type, data, idempotency_key, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .bind(event_id)
-        .bind(event.project_id)
-        .bind(event.event_type)
-        .bind(event.data)
-        .bind(event.idempotency_key)
-        .bind(micros(now))
-        .execute(&mut *tx)
-        .await?;
-
-        // (project, event type) names at most one webhook, so one pre-generated id
-        // covers the at most one row this inserts.
-        let deliveries = sqlx::query(
-            "INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, status, \
-                 attempts_made, next_attempt_at, created_at, updated_at) \
-             SELECT ?1, ?2, w.id, w.project_id, w.event_type, 'pending', 0, ?3, ?3, ?3 \
-             FROM webhooks w \
-             WHERE w.project_id = ?4 AND w.event_type = ?5 AND w.is_active = 1",
-        )
-        .bind(Uuid::now_v7())
-        .bind(event_id)
-        .bind(micros(now))
-        .bind(event.project_id)
-        .bind(event.event_type)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-
-        tx.commit().await?;
-        Ok(Published {
-            event_id,
-            deliveries: i64::try_from(deliveries).unwrap_or(i64::MAX),
-            created_at: now,
-            duplicate: false,
-        })
+        let (reply, answer) = oneshot::channel();
+        let job = PublishJob {
+            project_id: event.project_id,
+            event_type: event.event_type.to_owned(),
+            data: event.data.to_owned(),
+            idempotency_key: event.idempotency_key.map(str::to_owned),
+            idempotency_since: event.idempotency_since,
+            reply,
+        };
+        let closed = || StoreError::Database(sqlx::Error::PoolClosed);
+        self.publisher.send(job).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 
     async fn claim_due(&self, max: usize, lease: Duration) -> StoreResult<Vec<ClaimedDelivery>> {
@@ -939,4 +913,197 @@ mod unit {
             assert!(schema.contains(&format!("'{status}'")), "{status}");
         }
     }
+}
+/// One publish inside the batch transaction `tx`: the idempotency check, the event,
+/// and its delivery.
+async fn publish_one(
+    tx: &mut Transaction<'static, Sqlite>,
+    event: PublishEvent<'_>,
+    now: DateTime<Utc>,
+) -> StoreResult<Published> {
+    if let Some(key) = event.idempotency_key {
+        let seen = sqlx::query(
+            "SELECT id, created_at FROM events WHERE project_id = ?1 AND idempotency_key = ?2",
+        )
+        .bind(event.project_id)
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(row) = seen {
+            let first_id: Uuid = row.try_get("id")?;
+            let first_at = get_time(&row, "created_at")?;
+            if first_at >= truncate_micros(event.idempotency_since) {
+                let deliveries: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE event_id = ?1")
+                        .bind(first_id)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                return Ok(Published {
+                    event_id: first_id,
+                    deliveries,
+                    created_at: first_at,
+                    duplicate: true,
+                });
+            }
+            // The earlier use of the key is past its retention window: it no
+            // longer deduplicates, and must not block the unique index.
+            sqlx::query("UPDATE events SET idempotency_key = NULL WHERE id = ?1")
+                .bind(first_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+
+    let event_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO events (id, project_id, event_type, data, idempotency_key, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .bind(event_id)
+    .bind(event.project_id)
+    .bind(event.event_type)
+    .bind(event.data)
+    .bind(event.idempotency_key)
+    .bind(micros(now))
+    .execute(&mut **tx)
+    .await?;
+
+    // (project, event type) names at most one webhook, so one pre-generated id
+    // covers the at most one row this inserts.
+    let deliveries = sqlx::query(
+        "INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, status, \
+             attempts_made, next_attempt_at, created_at, updated_at) \
+         SELECT ?1, ?2, w.id, w.project_id, w.event_type, 'pending', 0, ?3, ?3, ?3 \
+         FROM webhooks w \
+         WHERE w.project_id = ?4 AND w.event_type = ?5 AND w.is_active = 1",
+    )
+    .bind(Uuid::now_v7())
+    .bind(event_id)
+    .bind(micros(now))
+    .bind(event.project_id)
+    .bind(event.event_type)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+
+    Ok(Published {
+        event_id,
+        deliveries: i64::try_from(deliveries).unwrap_or(i64::MAX),
+        created_at: now,
+        duplicate: false,
+    })
+}
+
+/// The group commit: takes every publish that has queued up (at most
+/// [`MAX_PUBLISH_BATCH`]) and commits them in one transaction, then answers each. Under
+/// load this turns hundreds of small transactions into a few large ones; alone, a
+/// publish still commits at once. If the batch fails, each publish is retried on its
+/// own so one bad publish cannot fail the others.
+async fn publish_loop(writer: SqlitePool, mut jobs: mpsc::Receiver<PublishJob>) {
+    let mut batch = Vec::with_capacity(MAX_PUBLISH_BATCH);
+    while jobs.recv_many(&mut batch, MAX_PUBLISH_BATCH).await > 0 {
+        match publish_batch(&writer, &batch).await {
+            Ok(results) => {
+                for (job, result) in batch.drain(..).zip(results) {
+                    let _ = job.reply.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, batch = batch.len(), "group commit failed; publishing one by one");
+                for job in batch.drain(..) {
+                    let result = publish_alone(&writer, &job).await;
+                    let _ = job.reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+async fn publish_alone(writer: &SqlitePool, job: &PublishJob) -> StoreResult<Published> {
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    let published = publish_one(&mut tx, job.event(), now_micros()).await?;
+    tx.commit().await?;
+    Ok(published)
+}
+
+async fn publish_batch(writer: &SqlitePool, jobs: &[PublishJob]) -> StoreResult<Vec<Published>> {
+    let now = now_micros();
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    let mut results: Vec<Option<Published>> = vec![None; jobs.len()];
+
+    // Publishes with an idempotency key need their check; they go one at a time (in
+    // order, so two with the same key in one batch still dedupe).
+    for (i, job) in jobs.iter().enumerate() {
+        if job.idempotency_key.is_some() {
+            results[i] = Some(publish_one(&mut tx, job.event(), now).await?);
+        }
+    }
+
+    // The rest in multi-row statements: the events, then one delivery per event whose
+    // (project, event type) has an active webhook.
+    let plain: Vec<(usize, Uuid, Uuid)> = jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, job)| job.idempotency_key.is_none())
+        .map(|(i, _)| (i, Uuid::now_v7(), Uuid::now_v7()))
+        .collect();
+    let mut delivered = std::collections::HashSet::new();
+    for chunk in plain.chunks(ROWS_PER_INSERT) {
+        let mut events = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO events (id, project_id, event_type, data, idempotency_key, created_at) ",
+        );
+        events.push_values(chunk, |mut row, (i, event_id, _)| {
+            let job = &jobs[*i];
+            row.push_bind(*event_id)
+                .push_bind(job.project_id)
+                .push_bind(job.event_type.as_str())
+                .push_bind(job.data.as_str())
+                .push_bind(None::<String>)
+                .push_bind(micros(now));
+        });
+        events.build().execute(&mut *tx).await?;
+
+        let mut deliveries = QueryBuilder::<Sqlite>::new("WITH v(did, eid, pid, et) AS (");
+        deliveries.push_values(chunk, |mut row, (i, event_id, delivery_id)| {
+            let job = &jobs[*i];
+            row.push_bind(*delivery_id)
+                .push_bind(*event_id)
+                .push_bind(job.project_id)
+                .push_bind(job.event_type.as_str());
+        });
+        deliveries
+            .push(
+                ") INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, \
+                     status, attempts_made, next_attempt_at, created_at, updated_at) \
+                 SELECT v.did, v.eid, w.id, w.project_id, w.event_type, 'pending', 0, ",
+            )
+            .push_bind(micros(now))
+            .push(", ")
+            .push_bind(micros(now))
+            .push(", ")
+            .push_bind(micros(now))
+            .push(
+                " FROM v JOIN webhooks w \
+                   ON w.project_id = v.pid AND w.event_type = v.et AND w.is_active = 1 \
+                 RETURNING event_id",
+            );
+        for row in deliveries.build().fetch_all(&mut *tx).await? {
+            let event_id: Uuid = row.try_get("event_id")?;
+            delivered.insert(event_id);
+        }
+    }
+    tx.commit().await?;
+
+    for (i, event_id, _) in plain {
+        results[i] = Some(Published {
+            event_id,
+            deliveries: i64::from(delivered.contains(&event_id)),
+            created_at: now,
+            duplicate: false,
+        });
+    }
+    results
+        .into_iter()
+        .map(|r| r.ok_or_else(|| StoreError::Conflict("publish left unanswered".into())))
+        .collect()
 }
