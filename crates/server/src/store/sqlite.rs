@@ -22,7 +22,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -46,8 +46,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// long wait means the database is stuck, and an error is more useful than a hang.
 const WRITER_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Bound on the number of ids bound into one `IN (...)` list.
-const MAX_IDS_PER_STATEMENT: usize = 500;
+/// How often the WAL is checkpointed (see [`checkpoint_loop`]).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 const WEBHOOK_COLUMNS: &str =
     "id, project_id, event_type, webhook_url, auth_header, is_active, created_at, updated_at";
@@ -126,6 +126,10 @@ impl SqliteStore {
             .clone()
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
+            // Checkpoints run on their own connection (checkpoint_loop), not inside
+            // whichever commit happens to cross the WAL size threshold, where they
+            // would stall the one writer for milliseconds.
+            .pragma("wal_autocheckpoint", if in_memory { "1000" } else { "0" })
             .optimize_on_close(true, None);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -149,9 +153,13 @@ impl SqliteStore {
             SqlitePoolOptions::new()
                 .max_connections(READERS)
                 .test_before_acquire(false)
-                .connect_with(base)
+                .connect_with(base.clone())
                 .await?
         };
+        if !in_memory {
+            let checkpointer = sqlx::SqliteConnection::connect_with(&base).await?;
+            tokio::spawn(checkpoint_loop(checkpointer, writer.clone()));
+        }
         let (publisher, jobs) = mpsc::channel(4 * MAX_PUBLISH_BATCH);
         tokio::spawn(publish_loop(writer.clone(), jobs));
         Ok(Self {
@@ -659,55 +667,43 @@ impl WebhookStore for SqliteStore {
         let now = now_micros();
         let expires = add_duration(now, lease);
         let token = Uuid::new_v4();
-        let mut tx = self.write_tx().await?;
-
-        // Read and lease inside one IMMEDIATE transaction: no other writer (in this
-        // process or another) can claim the same rows in between.
+        // One statement (so one implicit transaction and one round trip to the writer):
+        // lease the oldest due rows and return everything needed to send them, through
+        // correlated subqueries in RETURNING. next_attempt_at moves to the lease expiry:
+        // the row drops out of the due range while leased and comes back by itself if
+        // the lease runs out.
         let rows = sqlx::query(
-            "SELECT d.id, d.event_id, d.webhook_id, d.project_id, d.event_type, d.attempts_made, \
-                    e.created_at AS event_created_at, e.data, \
-                    w.webhook_url, w.auth_header, w.signing_secret, \
-                    CASE WHEN w.previous_secret_expires_at > ?1 THEN w.previous_secret END \
-                        AS previous_secret \
-             FROM deliveries d \
-             CROSS JOIN webhooks w ON w.id = d.webhook_id \
-             CROSS JOIN events e ON e.id = d.event_id \
-             WHERE d.status = 'pending' AND d.next_attempt_at <= ?1 \
-               AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= ?1) \
-               AND w.is_active = 1 \
-             ORDER BY d.next_attempt_at, d.id \
-             LIMIT ?2",
+            "UPDATE deliveries SET lease_token = ?1, lease_expires_at = ?2, \
+                 next_attempt_at = ?2, updated_at = ?3 \
+             WHERE id IN ( \
+                 SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+                 WHERE d.status = 'pending' AND d.next_attempt_at <= ?3 \
+                   AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= ?3) \
+                   AND w.is_active = 1 \
+                 ORDER BY d.next_attempt_at, d.id \
+                 LIMIT ?4) \
+             RETURNING id, event_id, webhook_id, project_id, event_type, attempts_made, \
+                 (SELECT e.created_at FROM events e WHERE e.id = event_id) AS event_created_at, \
+                 (SELECT e.data FROM events e WHERE e.id = event_id) AS data, \
+                 (SELECT w.webhook_url FROM webhooks w WHERE w.id = webhook_id) AS webhook_url, \
+                 (SELECT w.auth_header FROM webhooks w WHERE w.id = webhook_id) AS auth_header, \
+                 (SELECT w.signing_secret FROM webhooks w WHERE w.id = webhook_id) \
+                     AS signing_secret, \
+                 (SELECT CASE WHEN w.previous_secret_expires_at > ?3 THEN w.previous_secret END \
+                     FROM webhooks w WHERE w.id = webhook_id) AS previous_secret",
         )
+        .bind(token)
+        .bind(micros(expires))
         .bind(micros(now))
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.writer)
         .await?;
-        let claimed = rows
+        let mut claimed = rows
             .iter()
             .map(|row| claimed_from(row, token))
             .collect::<StoreResult<Vec<_>>>()?;
-
-        for chunk in claimed.chunks(MAX_IDS_PER_STATEMENT) {
-            // next_attempt_at moves to the lease expiry: the row drops out of the due
-            // range while leased and comes back by itself if the lease runs out.
-            let mut update = QueryBuilder::<Sqlite>::new("UPDATE deliveries SET lease_token = ");
-            update
-                .push_bind(token)
-                .push(", lease_expires_at = ")
-                .push_bind(micros(expires))
-                .push(", next_attempt_at = ")
-                .push_bind(micros(expires))
-                .push(", updated_at = ")
-                .push_bind(micros(now))
-                .push(" WHERE id IN (");
-            let mut ids = update.separated(", ");
-            for claim in chunk {
-                ids.push_bind(claim.delivery_id);
-            }
-            update.push(")");
-            update.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
+        // RETURNING order is unspecified; hand them out oldest event first.
+        claimed.sort_by_key(|c| (c.event_created_at, c.delivery_id));
         Ok(claimed)
     }
 
@@ -1106,4 +1102,22 @@ async fn publish_batch(writer: &SqlitePool, jobs: &[PublishJob]) -> StoreResult<
         .into_iter()
         .map(|r| r.ok_or_else(|| StoreError::Conflict("publish left unanswered".into())))
         .collect()
+}
+
+/// Checkpoints the WAL into the database file every [`CHECKPOINT_EVERY`], in PASSIVE
+/// mode: it copies what no reader still needs and never waits for (nor blocks) the
+/// writer, so the WAL stays small without a commit ever paying for it. Stops when the
+/// store's writer pool closes.
+async fn checkpoint_loop(mut conn: sqlx::SqliteConnection, writer: SqlitePool) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !writer.is_closed() {
+        tick.tick().await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    }
 }
