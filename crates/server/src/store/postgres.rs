@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
@@ -53,7 +54,22 @@ const ATTEMPT_COLUMNS: &str = "id, delivery_id, event_id, project_id, event_type
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Publishes without an idempotency key go to one task that inserts whatever has
+    /// queued up in one statement (group commit); see [`publish_loop`].
+    publisher: mpsc::Sender<PublishJob>,
 }
+
+/// A publish waiting for the group commit.
+#[derive(Debug)]
+struct PublishJob {
+    project_id: Uuid,
+    event_type: String,
+    data: String,
+    reply: oneshot::Sender<StoreResult<Published>>,
+}
+
+/// Most publishes inserted by one statement.
+const MAX_PUBLISH_BATCH: usize = 256;
 
 impl PgStore {
     /// Connects to `url` (`postgres://...`) with [`DEFAULT_MAX_CONNECTIONS`] and runs
@@ -85,7 +101,9 @@ impl PgStore {
             .max_connections(max_connections.max(1))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        let (publisher, jobs) = mpsc::channel(4 * MAX_PUBLISH_BATCH);
+        tokio::spawn(publish_loop(pool.clone(), jobs));
+        Ok(Self { pool, publisher })
     }
 
     /// The underlying pool, for features that need their own connection to the same
@@ -535,93 +553,19 @@ impl WebhookStore for PgStore {
     }
 
     async fn publish_event(&self, event: PublishEvent<'_>) -> StoreResult<Published> {
-        let since = truncate_micros(event.idempotency_since);
-        for _ in 0..PUBLISH_ATTEMPTS {
-            let now = now_micros();
-            let event_id = Uuid::now_v7();
-            // One statement, hence one transaction and one round trip on the hot path.
-            // A conflicting idempotency key inserts nothing (and so no delivery); the
-            // unique index makes a concurrent publisher with the same key wait for
-            // this one and then see the conflict. (project, event type) names at most
-            // one webhook, so one pre-generated delivery id suffices.
-            let row = sqlx::query(
-                "WITH ev AS ( \
-                     INSERT INTO events (id, project_id, event_type, data, idempotency_key, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) \
-                     ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL \
-                     DO NOTHING \
-                     RETURNING id \
-                 ), d AS ( \
-                     INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, \
-                         status, attempts_made, next_attempt_at, created_at, updated_at) \
-                     SELECT $7, ev.id, w.id, w.project_id, w.event_type, 'pending', 0, $6, $6, $6 \
-                     FROM ev JOIN webhooks w \
-                       ON w.project_id = $2 AND w.event_type = $3 AND w.is_active \
-                     RETURNING 1 \
-                 ) \
-                 SELECT (SELECT count(*) FROM ev) AS inserted, (SELECT count(*) FROM d) AS deliveries",
-            )
-            .bind(event_id)
-            .bind(event.project_id)
-            .bind(event.event_type)
-            .bind(event.data)
-            .bind(event.idempotency_key)
-            .bind(now)
-            .bind(Uuid::now_v7())
-            .fetch_one(&self.pool)
-            .await?;
-            let inserted: i64 = row.try_get("inserted")?;
-            if inserted > 0 {
-                return Ok(Published {
-                    event_id,
-                    deliveries: row.try_get("deliveries")?,
-                    created_at: now,
-                    duplicate: false,
-                });
-            }
-
-            // Only a key can conflict; it is present here.
-            let Some(key) = event.idempotency_key else {
-                return Err(StoreError::Conflict(
-                    "event insert conflicted without a key".into(),
-                ));
+        if event.idempotency_key.is_none() {
+            let (reply, answer) = oneshot::channel();
+            let job = PublishJob {
+                project_id: event.project_id,
+                event_type: event.event_type.to_owned(),
+                data: event.data.to_owned(),
+                reply,
             };
-            let seen = sqlx::query(
-                "SELECT e.id, e.created_at, \
-                     (SELECT count(*) FROM deliveries d WHERE d.event_id = e.id) AS deliveries \
-                 FROM events e WHERE e.project_id = $1 AND e.idempotency_key = $2",
-            )
-            .bind(event.project_id)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
-            // No row means a concurrent publisher cleared the key in between: go round.
-            if let Some(row) = seen {
-                let created_at: DateTime<Utc> = row.try_get("created_at")?;
-                if created_at >= since {
-                    return Ok(Published {
-                        event_id: row.try_get("id")?,
-                        deliveries: row.try_get("deliveries")?,
-                        created_at,
-                        duplicate: true,
-                    });
-                }
-                // The earlier use of the key is past its retention window: it no
-                // longer deduplicates, and must not block the unique index.
-                sqlx::query(
-                    "UPDATE events SET idempotency_key = NULL \
-                     WHERE project_id = $1 AND idempotency_key = $2 AND created_at < $3",
-                )
-                .bind(event.project_id)
-                .bind(key)
-                .bind(since)
-                .execute(&self.pool)
-                .await?;
-            }
+            let closed = || StoreError::Database(sqlx::Error::PoolClosed);
+            self.publisher.send(job).await.map_err(|_| closed())?;
+            return answer.await.map_err(|_| closed())?;
         }
-        Err(StoreError::Conflict(
-            "idempotency key kept changing under concurrent publishes".into(),
-        ))
+        publish_one(&self.pool, event).await
     }
 
     async fn claim_due(&self, max: usize, lease: Duration) -> StoreResult<Vec<ClaimedDelivery>> {
@@ -909,4 +853,176 @@ impl WebhookStore for PgStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// One publish in its own statement: the path for publishes with an idempotency key,
+/// which need their check, and the fallback when a group commit fails.
+async fn publish_one(pool: &PgPool, event: PublishEvent<'_>) -> StoreResult<Published> {
+    let since = truncate_micros(event.idempotency_since);
+    for _ in 0..PUBLISH_ATTEMPTS {
+        let now = now_micros();
+        let event_id = Uuid::now_v7();
+        // One statement, hence one transaction and one round trip on the hot path.
+        // A conflicting idempotency key inserts nothing (and so no delivery); the
+        // unique index makes a concurrent publisher with the same key wait for
+        // this one and then see the conflict. (project, event type) names at most
+        // one webhook, so one pre-generated delivery id suffices.
+        let row = sqlx::query(
+            "WITH ev AS ( \
+                 INSERT INTO events (id, project_id, event_type, data, idempotency_key, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL \
+                 DO NOTHING \
+                 RETURNING id \
+             ), d AS ( \
+                 INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, \
+                     status, attempts_made, next_attempt_at, created_at, updated_at) \
+                 SELECT $7, ev.id, w.id, w.project_id, w.event_type, 'pending', 0, $6, $6, $6 \
+                 FROM ev JOIN webhooks w \
+                   ON w.project_id = $2 AND w.event_type = $3 AND w.is_active \
+                 RETURNING 1 \
+             ) \
+             SELECT (SELECT count(*) FROM ev) AS inserted, (SELECT count(*) FROM d) AS deliveries",
+        )
+        .bind(event_id)
+        .bind(event.project_id)
+        .bind(event.event_type)
+        .bind(event.data)
+        .bind(event.idempotency_key)
+        .bind(now)
+        .bind(Uuid::now_v7())
+        .fetch_one(pool)
+        .await?;
+        let inserted: i64 = row.try_get("inserted")?;
+        if inserted > 0 {
+            return Ok(Published {
+                event_id,
+                deliveries: row.try_get("deliveries")?,
+                created_at: now,
+                duplicate: false,
+            });
+        }
+
+        // Only a key can conflict; it is present here.
+        let Some(key) = event.idempotency_key else {
+            return Err(StoreError::Conflict(
+                "event insert conflicted without a key".into(),
+            ));
+        };
+        let seen = sqlx::query(
+            "SELECT e.id, e.created_at, \
+                 (SELECT count(*) FROM deliveries d WHERE d.event_id = e.id) AS deliveries \
+             FROM events e WHERE e.project_id = $1 AND e.idempotency_key = $2",
+        )
+        .bind(event.project_id)
+        .bind(key)
+        .fetch_optional(pool)
+        .await?;
+        // No row means a concurrent publisher cleared the key in between: go round.
+        if let Some(row) = seen {
+            let created_at: DateTime<Utc> = row.try_get("created_at")?;
+            if created_at >= since {
+                return Ok(Published {
+                    event_id: row.try_get("id")?,
+                    deliveries: row.try_get("deliveries")?,
+                    created_at,
+                    duplicate: true,
+                });
+            }
+            // The earlier use of the key is past its retention window: it no
+            // longer deduplicates, and must not block the unique index.
+            sqlx::query(
+                "UPDATE events SET idempotency_key = NULL \
+                 WHERE project_id = $1 AND idempotency_key = $2 AND created_at < $3",
+            )
+            .bind(event.project_id)
+            .bind(key)
+            .bind(since)
+            .execute(pool)
+            .await?;
+        }
+    }
+    Err(StoreError::Conflict(
+        "idempotency key kept changing under concurrent publishes".into(),
+    ))
+}
+
+/// The group commit: every keyless publish that has queued up (at most
+/// [`MAX_PUBLISH_BATCH`]) goes into one statement, hence one transaction and one WAL
+/// flush, then each caller gets its answer. Alone, a publish still commits at once. If
+/// the batch fails, each publish is retried on its own so one cannot fail the others.
+async fn publish_loop(pool: PgPool, mut jobs: mpsc::Receiver<PublishJob>) {
+    let mut batch = Vec::with_capacity(MAX_PUBLISH_BATCH);
+    while jobs.recv_many(&mut batch, MAX_PUBLISH_BATCH).await > 0 {
+        match publish_batch(&pool, &batch).await {
+            Ok(results) => {
+                for (job, result) in batch.drain(..).zip(results) {
+                    let _ = job.reply.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, batch = batch.len(), "group commit failed; publishing one by one");
+                for job in batch.drain(..) {
+                    let result = publish_one(
+                        &pool,
+                        PublishEvent {
+                            project_id: job.project_id,
+                            event_type: &job.event_type,
+                            data: &job.data,
+                            idempotency_key: None,
+                            idempotency_since: Utc::now(),
+                        },
+                    )
+                    .await;
+                    let _ = job.reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+async fn publish_batch(pool: &PgPool, jobs: &[PublishJob]) -> StoreResult<Vec<Published>> {
+    let now = now_micros();
+    let event_ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::now_v7()).collect();
+    let delivery_ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::now_v7()).collect();
+    let projects: Vec<Uuid> = jobs.iter().map(|j| j.project_id).collect();
+    let types: Vec<&str> = jobs.iter().map(|j| j.event_type.as_str()).collect();
+    let data: Vec<&str> = jobs.iter().map(|j| j.data.as_str()).collect();
+    // Both inserts run in one statement; the delivery insert reads the batch from `v`,
+    // and foreign keys are checked at the end of the statement.
+    let delivered: Vec<Uuid> = sqlx::query_scalar(
+        "WITH v(eid, did, pid, et, data) AS ( \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[]) \
+         ), ev AS ( \
+             INSERT INTO events (id, project_id, event_type, data, idempotency_key, created_at) \
+             SELECT eid, pid, et, data, NULL, $6 FROM v \
+             RETURNING id \
+         ), d AS ( \
+             INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, \
+                 status, attempts_made, next_attempt_at, created_at, updated_at) \
+             SELECT v.did, ev.id, w.id, w.project_id, w.event_type, 'pending', 0, $6, $6, $6 \
+             FROM ev JOIN v ON v.eid = ev.id \
+             JOIN webhooks w ON w.project_id = v.pid AND w.event_type = v.et AND w.is_active \
+             RETURNING event_id \
+         ) \
+         SELECT event_id FROM d",
+    )
+    .bind(&event_ids)
+    .bind(&delivery_ids)
+    .bind(&projects)
+    .bind(&types)
+    .bind(&data)
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
+    let delivered: std::collections::HashSet<Uuid> = delivered.into_iter().collect();
+    Ok(event_ids
+        .into_iter()
+        .map(|event_id| Published {
+            event_id,
+            deliveries: i64::from(delivered.contains(&event_id)),
+            created_at: now,
+            duplicate: false,
+        })
+        .collect())
 }
