@@ -923,32 +923,6 @@ impl WebhookStore for SqliteStore {
     }
 }
 
-#[cfg(test)]
-mod unit {
-    use super::*;
-    use crate::store::delivery_status;
-
-    #[test]
-    fn instants_round_trip_at_microsecond_precision() {
-        let t = now_micros();
-        assert_eq!(instant(micros(t), "t").unwrap(), t);
-        assert!(instant(i64::MAX, "t").is_err());
-    }
-
-    #[test]
-    fn delivery_status_names_match_the_schema() {
-        // The CHECK constraint in the migration lists these; a typo would only show up
-        // as a constraint failure at run time.
-        let schema = include_str!("../../migrations/sqlite/0001_initial.sql");
-        for status in [
-            delivery_status::PENDING,
-            delivery_status::SUCCEEDED,
-            delivery_status::FAILED,
-        ] {
-            assert!(schema.contains(&format!("'{status}'")), "{status}");
-        }
-    }
-}
 /// One publish inside the batch transaction `tx`: the idempotency check, the event,
 /// and its delivery.
 async fn publish_one(
@@ -1157,6 +1131,33 @@ async fn checkpoint_loop(mut conn: sqlx::SqliteConnection, writer: SqlitePool) {
             .await
         {
             tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use crate::store::delivery_status;
+
+    #[test]
+    fn instants_round_trip_at_microsecond_precision() {
+        let t = now_micros();
+        assert_eq!(instant(micros(t), "t").unwrap(), t);
+        assert!(instant(i64::MAX, "t").is_err());
+    }
+
+    #[test]
+    fn delivery_status_names_match_the_schema() {
+        // The CHECK constraint in the migration lists these; a typo would only show up
+        // as a constraint failure at run time.
+        let schema = include_str!("../../migrations/sqlite/0001_initial.sql");
+        for status in [
+            delivery_status::PENDING,
+            delivery_status::SUCCEEDED,
+            delivery_status::FAILED,
+        ] {
+            assert!(schema.contains(&format!("'{status}'")), "{status}");
         }
     }
 }
