@@ -431,6 +431,58 @@ impl FailureStreak {
     }
 }
 
+/// How long a found API key is trusted without asking the database again.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Recently found API keys, so authenticating a request does not cost a query every
+/// time. An entry lives at most [`KEY_CACHE_TTL`]; revoking a key through the same
+/// store drops its entry at once, so only a revocation made by another process (the
+/// CLI, another server) can take up to that long to apply. Only keys that exist are
+/// cached, so the cache is bounded by the number of keys, not by what callers send;
+/// it is cleared if it ever grows past [`KeyCache::MAX_ENTRIES`].
+#[derive(Default)]
+pub(crate) struct KeyCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (KeyOwner, std::time::Instant)>>,
+}
+
+impl fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyCache")
+    }
+}
+
+impl KeyCache {
+    const MAX_ENTRIES: usize = 100_000;
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (KeyOwner, std::time::Instant)>>
+    {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn get(&self, lookup_id: &str) -> Option<KeyOwner> {
+        let entries = self.lock();
+        let (owner, at) = entries.get(lookup_id)?;
+        (at.elapsed() < KEY_CACHE_TTL).then(|| owner.clone())
+    }
+
+    pub(crate) fn put(&self, lookup_id: &str, owner: &KeyOwner) {
+        let mut entries = self.lock();
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(
+            lookup_id.to_owned(),
+            (owner.clone(), std::time::Instant::now()),
+        );
+    }
+
+    pub(crate) fn forget(&self, key_id: Uuid) {
+        self.lock().retain(|_, (owner, _)| owner.key_id != key_id);
+    }
+}
+
 /// Opens the store a URL names: `sqlite://path` (created if missing) or
 /// `postgres://...`, and runs the embedded migrations.
 pub async fn connect(url: &str) -> StoreResult<std::sync::Arc<dyn WebhookStore>> {
@@ -440,5 +492,36 @@ pub async fn connect(url: &str) -> StoreResult<std::sync::Arc<dyn WebhookStore>>
         Ok(std::sync::Arc::new(
             sqlite::SqliteStore::connect(url).await?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod key_cache_tests {
+    use super::*;
+
+    fn owner(key_id: Uuid) -> KeyOwner {
+        KeyOwner {
+            key_id,
+            tenant_id: Uuid::now_v7(),
+            project_id: Uuid::now_v7(),
+            secret_hash: "00".repeat(32),
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn entries_expire_and_revocation_forgets_at_once() {
+        let cache = KeyCache::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        cache.put("aaaaaaaaaaaa", &owner(a));
+        cache.put("bbbbbbbbbbbb", &owner(b));
+        assert_eq!(cache.get("aaaaaaaaaaaa").map(|o| o.key_id), Some(a));
+        assert!(cache.get("cccccccccccc").is_none());
+        cache.forget(a);
+        assert!(cache.get("aaaaaaaaaaaa").is_none());
+        assert_eq!(cache.get("bbbbbbbbbbbb").map(|o| o.key_id), Some(b));
+        // Age the entry past the TTL.
+        cache.lock().get_mut("bbbbbbbbbbbb").unwrap().1 -= KEY_CACHE_TTL;
+        assert!(cache.get("bbbbbbbbbbbb").is_none());
     }
 }

@@ -28,9 +28,9 @@ use uuid::Uuid;
 
 use super::{
     add_duration, now_micros, status_after, truncate_micros, ApiKeyRecord, Attempt, AttemptPage,
-    AttemptStatus, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyOwner,
-    Project, PublishEvent, Published, QueueStats, SigningSecret, StoreError, StoreResult, Tenant,
-    UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
+    AttemptStatus, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyCache,
+    KeyOwner, Project, PublishEvent, Published, QueueStats, SigningSecret, StoreError, StoreResult,
+    Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -68,6 +68,7 @@ pub struct SqliteStore {
     /// Publishes go to one task that commits whatever has queued up in one
     /// transaction (group commit); see [`publish_loop`].
     publisher: mpsc::Sender<PublishJob>,
+    keys: std::sync::Arc<KeyCache>,
 }
 
 /// A publish waiting for the group commit.
@@ -166,6 +167,7 @@ impl SqliteStore {
             writer,
             readers,
             publisher,
+            keys: std::sync::Arc::default(),
         })
     }
 
@@ -329,6 +331,30 @@ async fn cancel_pending(
     Ok(())
 }
 
+impl SqliteStore {
+    async fn find_api_key_uncached(&self, lookup_id: &str) -> StoreResult<Option<KeyOwner>> {
+        let row = sqlx::query(
+            "SELECT k.id, p.tenant_id, k.project_id, k.secret_hash, \
+                    k.revoked_at IS NOT NULL AS revoked \
+             FROM api_keys k JOIN projects p ON p.id = k.project_id \
+             WHERE k.lookup_id = ?1",
+        )
+        .bind(lookup_id)
+        .fetch_optional(&self.readers)
+        .await?;
+        row.map(|row| {
+            Ok(KeyOwner {
+                key_id: row.try_get("id")?,
+                tenant_id: row.try_get("tenant_id")?,
+                project_id: row.try_get("project_id")?,
+                secret_hash: row.try_get("secret_hash")?,
+                revoked: row.try_get("revoked")?,
+            })
+        })
+        .transpose()
+    }
+}
+
 #[async_trait]
 impl WebhookStore for SqliteStore {
     async fn create_tenant(&self, name: &str) -> StoreResult<Tenant> {
@@ -453,29 +479,19 @@ impl WebhookStore for SqliteStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        self.keys.forget(key_id);
         Ok(())
     }
 
     async fn find_api_key(&self, lookup_id: &str) -> StoreResult<Option<KeyOwner>> {
-        let row = sqlx::query(
-            "SELECT k.id, p.tenant_id, k.project_id, k.secret_hash, \
-                    k.revoked_at IS NOT NULL AS revoked \
-             FROM api_keys k JOIN projects p ON p.id = k.project_id \
-             WHERE k.lookup_id = ?1",
-        )
-        .bind(lookup_id)
-        .fetch_optional(&self.readers)
-        .await?;
-        row.map(|row| {
-            Ok(KeyOwner {
-                key_id: row.try_get("id")?,
-                tenant_id: row.try_get("tenant_id")?,
-                project_id: row.try_get("project_id")?,
-                secret_hash: row.try_get("secret_hash")?,
-                revoked: row.try_get("revoked")?,
-            })
-        })
-        .transpose()
+        if let Some(owner) = self.keys.get(lookup_id) {
+            return Ok(Some(owner));
+        }
+        let found = self.find_api_key_uncached(lookup_id).await?;
+        if let Some(owner) = &found {
+            self.keys.put(lookup_id, owner);
+        }
+        Ok(found)
     }
 
     async fn is_empty(&self) -> StoreResult<bool> {
