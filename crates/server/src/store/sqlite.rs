@@ -46,6 +46,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// long wait means the database is stuck, and an error is more useful than a hang.
 const WRITER_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Outcomes per multi-row statement in `record_outcomes` (14 values per attempt row;
+/// SQLite accepts 32,766 bound values per statement).
+const RECORD_CHUNK: usize = 128;
+
 /// How often the WAL is checkpointed (see [`checkpoint_loop`]).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
@@ -773,72 +777,101 @@ impl WebhookStore for SqliteStore {
         let now = now_micros();
         let mut tx = self.write_tx().await?;
 
-        // Webhook id -> the applied attempts (time, status), to replay into its streak.
-        let mut applied: BTreeMap<Uuid, Vec<(DateTime<Utc>, AttemptStatus)>> = BTreeMap::new();
-        for outcome in outcomes {
-            let a = &outcome.attempt;
+        // Multi-row statements, a chunk at a time: one round trip to SQLite's
+        // connection thread per chunk instead of two per outcome.
+        let mut live: BTreeMap<Uuid, Uuid> = BTreeMap::new();
+        for chunk in outcomes.chunks(RECORD_CHUNK) {
             // Ignoring an attempt id already stored makes a retried batch (after a
             // commit whose acknowledgement was lost) harmless: its leases are gone by
             // then, so nothing is counted twice either.
-            sqlx::query(&format!(
-                "INSERT INTO attempts ({ATTEMPT_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
-                 ON CONFLICT (id) DO NOTHING"
-            ))
-            .bind(a.id)
-            .bind(a.delivery_id)
-            .bind(a.event_id)
-            .bind(a.project_id)
-            .bind(&a.event_type)
-            .bind(&a.webhook_url)
-            .bind(a.response_code)
-            .bind(a.duration_ms)
-            .bind(a.attempt_number)
-            .bind(a.status.as_str())
-            .bind(&a.request_body)
-            .bind(&a.response_body)
-            .bind(&a.error_message)
-            .bind(micros(truncate_micros(a.created_at)))
-            .execute(&mut *tx)
-            .await?;
+            let mut attempts =
+                QueryBuilder::<Sqlite>::new(format!("INSERT INTO attempts ({ATTEMPT_COLUMNS}) "));
+            attempts.push_values(chunk, |mut row, outcome| {
+                let a = &outcome.attempt;
+                row.push_bind(a.id)
+                    .push_bind(a.delivery_id)
+                    .push_bind(a.event_id)
+                    .push_bind(a.project_id)
+                    .push_bind(a.event_type.as_str())
+                    .push_bind(a.webhook_url.as_str())
+                    .push_bind(a.response_code)
+                    .push_bind(a.duration_ms)
+                    .push_bind(a.attempt_number)
+                    .push_bind(a.status.as_str())
+                    .push_bind(a.request_body.as_slice())
+                    .push_bind(a.response_body.as_deref())
+                    .push_bind(a.error_message.as_deref())
+                    .push_bind(micros(truncate_micros(a.created_at)));
+            });
+            attempts.push(" ON CONFLICT (id) DO NOTHING");
+            attempts.build().execute(&mut *tx).await?;
 
-            let webhook: Option<Uuid> = sqlx::query_scalar(
-                "UPDATE deliveries SET status = ?1, \
-                     next_attempt_at = COALESCE(?2, next_attempt_at), \
+            // Finish or reschedule the deliveries whose lease still holds.
+            let mut update = QueryBuilder::<Sqlite>::new(
+                "UPDATE deliveries SET status = u.status, \
+                     next_attempt_at = COALESCE(u.retry_at, deliveries.next_attempt_at), \
                      attempts_made = attempts_made + 1, \
-                     lease_token = NULL, lease_expires_at = NULL, updated_at = ?3 \
-                 WHERE id = ?4 AND lease_token = ?5 AND status = 'pending' \
-                 RETURNING webhook_id",
-            )
-            .bind(status_after(outcome))
-            .bind(outcome.retry_at.map(|t| micros(truncate_micros(t))))
-            .bind(micros(now))
-            .bind(outcome.delivery_id)
-            .bind(outcome.lease_token)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(webhook) = webhook {
-                applied
-                    .entry(webhook)
-                    .or_default()
-                    .push((truncate_micros(a.created_at), a.status));
+                     lease_token = NULL, lease_expires_at = NULL, updated_at = ",
+            );
+            update.push_bind(micros(now)).push(
+                " FROM (SELECT column1 AS id, column2 AS token, column3 AS status, \
+                     column4 AS retry_at FROM (",
+            );
+            update.push_values(chunk, |mut row, outcome| {
+                row.push_bind(outcome.delivery_id)
+                    .push_bind(outcome.lease_token)
+                    .push_bind(status_after(outcome))
+                    .push_bind(outcome.retry_at.map(|t| micros(truncate_micros(t))));
+            });
+            update.push(
+                ")) AS u \
+                 WHERE deliveries.id = u.id AND deliveries.lease_token = u.token \
+                   AND deliveries.status = 'pending' \
+                 RETURNING deliveries.id, deliveries.webhook_id",
+            );
+            for row in update.build().fetch_all(&mut *tx).await? {
+                live.insert(row.try_get("id")?, row.try_get("webhook_id")?);
+            }
+        }
+
+        // Webhook id -> the applied attempts (time, status), to replay into its streak.
+        let mut applied: BTreeMap<Uuid, Vec<(DateTime<Utc>, AttemptStatus)>> = BTreeMap::new();
+        for outcome in outcomes {
+            if let Some(webhook) = live.get(&outcome.delivery_id) {
+                applied.entry(*webhook).or_default().push((
+                    truncate_micros(outcome.attempt.created_at),
+                    outcome.attempt.status,
+                ));
+            }
+        }
+        let mut streaks: BTreeMap<Uuid, FailureStreak> = BTreeMap::new();
+        if !applied.is_empty() {
+            let mut select = QueryBuilder::<Sqlite>::new(
+                "SELECT id, consecutive_failures, first_failure_at, is_active \
+                 FROM webhooks WHERE id IN (",
+            );
+            let mut ids = select.separated(", ");
+            for id in applied.keys() {
+                ids.push_bind(*id);
+            }
+            select.push(")");
+            for row in select.build().fetch_all(&mut *tx).await? {
+                streaks.insert(
+                    row.try_get("id")?,
+                    FailureStreak {
+                        consecutive_failures: row.try_get("consecutive_failures")?,
+                        first_failure_at: get_opt_time(&row, "first_failure_at")?,
+                        is_active: row.try_get("is_active")?,
+                    },
+                );
             }
         }
 
         let mut disabled = Vec::new();
         for (webhook_id, mut attempts) in applied {
-            let row = sqlx::query(
-                "SELECT consecutive_failures, first_failure_at, is_active \
-                 FROM webhooks WHERE id = ?1",
-            )
-            .bind(webhook_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = row else { continue };
-            let mut streak = FailureStreak {
-                consecutive_failures: row.try_get("consecutive_failures")?,
-                first_failure_at: get_opt_time(&row, "first_failure_at")?,
-                is_active: row.try_get("is_active")?,
+            // A webhook deleted meanwhile has no streak left to keep.
+            let Some(mut streak) = streaks.get(&webhook_id).copied() else {
+                continue;
             };
             let before = streak;
             attempts.sort_by_key(|(at, _)| *at);
