@@ -53,6 +53,10 @@ pub struct WorkerConfig {
 pub struct Waker {
     local: Notify,
     remote: std::sync::OnceLock<Arc<Notify>>,
+    /// Set while this process's workers have no free slot: only then is help from the
+    /// other processes worth a cross-process signal. A worker with free slots claims
+    /// new deliveries itself within a millisecond of the local wake-up.
+    saturated: std::sync::atomic::AtomicBool,
 }
 
 impl Waker {
@@ -65,9 +69,16 @@ impl Waker {
     /// process's.
     pub fn announce(&self) {
         self.wake();
-        if let Some(remote) = self.remote.get() {
-            remote.notify_one();
+        if self.saturated.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(remote) = self.remote.get() {
+                remote.notify_one();
+            }
         }
+    }
+
+    fn set_saturated(&self, saturated: bool) {
+        self.saturated
+            .store(saturated, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Attaches the cross-process relay (done once, at start).
@@ -132,6 +143,7 @@ impl DeliveryWorker {
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             let free = slots.available_permits();
+            self.waker.set_saturated(free == 0);
             if free == 0 {
                 // Slots come back when outcomes are recorded, not when tasks end.
                 tokio::select! {
@@ -157,6 +169,8 @@ impl DeliveryWorker {
                     continue;
                 }
             };
+            // A full batch suggests more is due than this process can take.
+            self.waker.set_saturated(claimed.len() == free);
             if claimed.is_empty() {
                 let sleep = self.idle_sleep().await;
                 tokio::select! {
