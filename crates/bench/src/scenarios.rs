@@ -176,6 +176,46 @@ impl Fleet {
         self.servers.iter().map(ServerProcess::usage).collect()
     }
 
+    /// Scrapes `/metrics` of every server and sums a few counters, so a run shows the
+    /// server's own account of what happened next to the benchmark's.
+    async fn scrape_metrics(&self) -> String {
+        const SHOWN: [(&str, &str); 4] = [
+            ("sonzai_events_published_total ", "published"),
+            (
+                "sonzai_delivery_attempts_total{outcome=\"success\"} ",
+                "attempts ok",
+            ),
+            (
+                "sonzai_delivery_attempts_total{outcome=\"failed\"} ",
+                "failed",
+            ),
+            ("sonzai_delivery_queue_depth ", "queue depth"),
+        ];
+        let Ok(client) = load::client() else {
+            return "unavailable".to_owned();
+        };
+        let mut totals = [0.0f64; SHOWN.len()];
+        for server in &self.servers {
+            let Ok(response) = client.get(format!("{}/metrics", server.base)).send().await else {
+                return "unavailable".to_owned();
+            };
+            let text = response.text().await.unwrap_or_default();
+            for line in text.lines() {
+                for (i, (prefix, _)) in SHOWN.iter().enumerate() {
+                    if let Some(value) = line.strip_prefix(prefix) {
+                        totals[i] += value.trim().parse::<f64>().unwrap_or(0.0);
+                    }
+                }
+            }
+        }
+        SHOWN
+            .iter()
+            .zip(totals)
+            .map(|((_, label), total)| format!("{label} {total}"))
+            .collect::<Vec<_>>()
+            .join(" · ")
+    }
+
     /// Every (project, server) pair, interleaved so that consecutive events go to
     /// different servers and, over a full cycle, every project reaches every server.
     fn targets(&self) -> Vec<Target> {
@@ -286,6 +326,7 @@ async fn deliveries(
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let after = fleet.usage()?;
+    let metrics = fleet.scrape_metrics().await;
     let bench_after = Usage::of("self")?;
     let phase = measured_from.elapsed();
     let arrivals = receiver.arrivals();
@@ -366,6 +407,7 @@ async fn deliveries(
     }
     block.line("delivery integrity", integrity);
     block.servers(&servers, phase);
+    block.line("server /metrics", metrics);
     let bench_cpu = bench_after.cpu_since(&bench_before, settings.ticks_per_second);
     block.line(
         "bench process",
@@ -414,6 +456,7 @@ async fn api_calls(settings: &Settings, calls: u64) -> anyhow::Result<Block> {
     }
     let list_wall = list_started.elapsed();
     let after = fleet.usage()?;
+    let metrics = fleet.scrape_metrics().await;
     let phase = measured_from.elapsed();
     let servers = server_usage(&fleet, &before, &after, settings.ticks_per_second);
     let setup = fleet.setup;
@@ -442,5 +485,6 @@ async fn api_calls(settings: &Settings, calls: u64) -> anyhow::Result<Block> {
     );
     block.line("list rate", report::rate(calls, list_wall));
     block.servers(&servers, phase);
+    block.line("server /metrics", metrics);
     Ok(block)
 }
