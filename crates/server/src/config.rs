@@ -234,6 +234,18 @@ pub struct Config {
     )]
     pub workers: usize,
 
+    /// Most deliveries in flight to one webhook at once (per server process); default
+    /// half of --workers. A receiver that hangs or crawls can then hold at most this
+    /// many slots, and the others keep delivering to everyone else.
+    #[arg(
+        long,
+        env = "SONZAI_MAX_IN_FLIGHT_PER_WEBHOOK",
+        value_name = "N",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000),
+        help_heading = "Delivery"
+    )]
+    pub max_in_flight_per_webhook: Option<usize>,
+
     /// Time limit of one delivery attempt (connect, send, and read the response); a
     /// receiver slower than this counts as failed and is retried.
     #[arg(
@@ -323,6 +335,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             database: DatabaseArgs::default(),
             workers: 256,
+            max_in_flight_per_webhook: None,
             delivery_timeout: Duration::from_secs(10),
             retry_schedule: DEFAULT_RETRY_SCHEDULE.to_owned(),
             disable_after_failures: 20,
@@ -351,6 +364,13 @@ impl Config {
             allow_private_targets: true,
             ..Self::default()
         }
+    }
+
+    /// The per-webhook in-flight limit in force: the flag, or half of `workers`.
+    pub fn per_webhook_limit(&self) -> usize {
+        self.max_in_flight_per_webhook
+            .unwrap_or(self.workers / 2)
+            .clamp(1, self.workers.max(1))
     }
 
     /// The database URL to open; see [`DatabaseArgs::url`].
@@ -662,6 +682,10 @@ mod tests {
             ("database_url", "DATABASE_URL"),
             ("data_dir", "SONZAI_DATA_DIR"),
             ("workers", "SONZAI_WORKERS"),
+            (
+                "max_in_flight_per_webhook",
+                "SONZAI_MAX_IN_FLIGHT_PER_WEBHOOK",
+            ),
             ("delivery_timeout", "SONZAI_DELIVERY_TIMEOUT"),
             ("retry_schedule", "SONZAI_RETRY_SCHEDULE"),
             ("disable_after_failures", "SONZAI_DISABLE_AFTER_FAILURES"),

@@ -145,6 +145,7 @@ pub async fn start_with_store(
             disable: config.disable_policy(),
             idle_poll: Duration::from_secs(1),
             shutdown_grace: config.shutdown_grace,
+            per_webhook_limit: config.per_webhook_limit(),
         },
         engine.waker.clone(),
         engine.metrics.clone(),

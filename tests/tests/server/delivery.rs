@@ -883,3 +883,47 @@ async fn metrics_count_deliveries_and_health_endpoints_answer() {
         server.shutdown().await;
     }
 }
+
+/// A receiver that hangs, with a backlog bigger than all the worker slots, must not hold
+/// up deliveries to another webhook: it may occupy at most its per-webhook share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_with_a_backlog_does_not_hold_up_the_others() {
+    for db in support::backends().await {
+        let on = backend_note(&db);
+        let mut config = support::test_config(&db);
+        config.workers = 8;
+        config.max_in_flight_per_webhook = Some(2);
+        config.delivery_timeout = Duration::from_secs(5);
+        let server = TestServer::start_with(&db, config).await;
+        let slow = Receiver::start().await;
+        slow.set_default(Answer::status(200).after(Duration::from_secs(4)));
+        let fast = Receiver::start().await;
+        upsert(&server, "slow.backlog", &slow.url("/slow"), None).await;
+        upsert(&server, "fast.lane", &fast.url("/fast"), None).await;
+
+        // Four times the worker slots for the hanging receiver, then one for the other.
+        for i in 0..32 {
+            publish(&server, "slow.backlog", json!({ "i": i })).await;
+        }
+        assert!(
+            slow.wait_for(2, Duration::from_secs(3)).await >= 2,
+            "{on}: the slow receiver got its first deliveries"
+        );
+        let published = std::time::Instant::now();
+        publish(&server, "fast.lane", json!({})).await;
+        assert_eq!(
+            fast.wait_for(1, Duration::from_secs(2)).await,
+            1,
+            "{on}: the other webhook's delivery waited behind the hanging receiver"
+        );
+        let waited = published.elapsed();
+        // The hanging receiver never holds more than its share of the slots.
+        assert!(
+            slow.count() <= 2,
+            "{on}: {} deliveries in flight to one webhook with a limit of 2",
+            slow.count()
+        );
+        println!("{on}: other webhook delivered {waited:?} after publish while one receiver hangs");
+        server.shutdown().await;
+    }
+}

@@ -52,7 +52,10 @@ impl TestDb {
     /// A fresh schema on the PostgreSQL of `TEST_DATABASE_URL`, or `None` (with a note
     /// on stderr) when it is not set.
     pub async fn postgres() -> Option<TestDb> {
-        let Ok(base) = std::env::var("TEST_DATABASE_URL") else {
+        let Some(base) = std::env::var("TEST_DATABASE_URL")
+            .ok()
+            .filter(|url| !url.is_empty())
+        else {
             eprintln!("skipping PostgreSQL: TEST_DATABASE_URL not set");
             return None;
         };

@@ -44,6 +44,41 @@ pub struct WorkerConfig {
     pub idle_poll: Duration,
     /// How long shutdown waits for in-flight deliveries.
     pub shutdown_grace: Duration,
+    /// Most deliveries in flight to one webhook. Beyond it, claimed deliveries of that
+    /// webhook are handed back due [`DEFER_AT_LIMIT`] later, so a hanging receiver
+    /// with a backlog cannot take every slot.
+    pub per_webhook_limit: usize,
+}
+
+/// How long a delivery to a webhook at its in-flight limit waits before it is claimed
+/// again: short, so a webhook that is merely busy loses little throughput.
+pub const DEFER_AT_LIMIT: Duration = Duration::from_millis(100);
+
+/// In-flight deliveries per webhook.
+#[derive(Default)]
+struct PerWebhook(Mutex<HashMap<Uuid, usize>>);
+
+impl PerWebhook {
+    /// Takes a place for `webhook` unless it already has `limit` in flight.
+    fn try_take(&self, webhook: Uuid, limit: usize) -> bool {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(webhook).or_default();
+        if *count >= limit {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn give_back(&self, webhook: Uuid) {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&webhook) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&webhook);
+            }
+        }
+    }
 }
 
 /// The engine's shared wake-up signal: publishing pokes it so workers claim at once.
@@ -128,6 +163,7 @@ impl DeliveryWorker {
     pub async fn run(self, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let in_flight: InFlight = Arc::default();
+        let per_webhook = Arc::new(PerWebhook::default());
         let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel::<Finished>();
         let recorder = tokio::spawn(record_loop(
             self.store.clone(),
@@ -180,8 +216,14 @@ impl DeliveryWorker {
                 }
                 continue;
             }
+            let mut deferred = Vec::new();
             for delivery in claimed {
+                if !per_webhook.try_take(delivery.webhook_id, self.config.per_webhook_limit) {
+                    deferred.push((delivery.delivery_id, delivery.lease_token));
+                    continue;
+                }
                 let Ok(permit) = slots.clone().acquire_owned().await else {
+                    per_webhook.give_back(delivery.webhook_id);
                     break;
                 };
                 in_flight
@@ -192,8 +234,10 @@ impl DeliveryWorker {
                 let schedule = self.config.schedule.clone();
                 let tx = outcomes_tx.clone();
                 let metrics = self.metrics.clone();
+                let per_webhook = per_webhook.clone();
                 tasks.spawn(async move {
                     let outcome = deliver(&dispatcher, &schedule, &delivery, &metrics).await;
+                    per_webhook.give_back(delivery.webhook_id);
                     // The recorder outlives every delivery task; a send can only fail
                     // after an abort, and then the lease is handed back instead. The slot
                     // is freed only once the outcome is recorded, so a process
@@ -201,6 +245,13 @@ impl DeliveryWorker {
                     // the duplicates a crash can cause to `concurrency`.
                     let _ = tx.send((outcome, permit));
                 });
+            }
+            if !deferred.is_empty() {
+                let due =
+                    Utc::now() + chrono::Duration::from_std(DEFER_AT_LIMIT).unwrap_or_default();
+                if let Err(e) = self.store.release(&deferred, due).await {
+                    tracing::warn!(error = %e, count = deferred.len(), "deferring deliveries failed; their leases will expire");
+                }
             }
         }
 
@@ -226,7 +277,7 @@ impl DeliveryWorker {
                 count = unfinished.len(),
                 "handing back unfinished deliveries"
             );
-            if let Err(e) = self.store.release(&unfinished).await {
+            if let Err(e) = self.store.release(&unfinished, Utc::now()).await {
                 tracing::error!(error = %e, "handing back deliveries failed; their leases will expire");
             }
         }

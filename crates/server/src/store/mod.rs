@@ -327,9 +327,11 @@ pub trait WebhookStore: Send + Sync + 'static {
         outcomes: &[DeliveryOutcome],
         policy: DisablePolicy,
     ) -> StoreResult<Vec<Uuid>>;
-    /// Hands claimed deliveries back (graceful shutdown): clears their leases so any
-    /// worker can claim them at once.
-    async fn release(&self, claims: &[(Uuid, Uuid)]) -> StoreResult<()>;
+    /// Hands claimed deliveries back, due again at `due` (graceful shutdown hands them
+    /// back due now; a worker deferring deliveries to a webhook at its in-flight limit
+    /// hands them back due a moment later). Clears their leases; an attempt is not
+    /// counted.
+    async fn release(&self, claims: &[(Uuid, Uuid)], due: DateTime<Utc>) -> StoreResult<()>;
     /// The earliest `next_attempt_at` among pending deliveries, if any, so a worker
     /// knows how long it may sleep.
     async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>>;

@@ -805,32 +805,37 @@ impl WebhookStore for PgStore {
         Ok(disabled)
     }
 
-    async fn release(&self, claims: &[(Uuid, Uuid)]) -> StoreResult<()> {
+    async fn release(&self, claims: &[(Uuid, Uuid)], due: DateTime<Utc>) -> StoreResult<()> {
         if claims.is_empty() {
             return Ok(());
         }
         // One autocommit statement per delivery: a release never holds more than one
         // row lock, so it cannot deadlock with a cancellation that updates the same
-        // deliveries in another order. Releases happen at shutdown, off the hot path.
+        // deliveries in another order. Releases are rare (shutdown, a webhook at its
+        // in-flight limit), off the hot path.
         let now = now_micros();
+        let due = truncate_micros(due);
         for (delivery_id, lease_token) in claims {
             sqlx::query(
                 "UPDATE deliveries SET lease_token = NULL, lease_expires_at = NULL, \
-                     next_attempt_at = $1, updated_at = $1 \
+                     next_attempt_at = $4, updated_at = $1 \
                  WHERE id = $2 AND lease_token = $3 AND status = 'pending'",
             )
             .bind(now)
             .bind(delivery_id)
             .bind(lease_token)
+            .bind(due)
             .execute(&self.pool)
             .await?;
         }
-        // Tell the other processes the handed-back deliveries are claimable now,
-        // instead of at their next idle poll.
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(super::notify::CHANNEL)
-            .execute(&self.pool)
-            .await?;
+        if due <= now {
+            // Tell the other processes the handed-back deliveries are claimable now,
+            // instead of at their next idle poll.
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(super::notify::CHANNEL)
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(())
     }
 

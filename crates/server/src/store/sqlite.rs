@@ -904,21 +904,23 @@ impl WebhookStore for SqliteStore {
         Ok(disabled)
     }
 
-    async fn release(&self, claims: &[(Uuid, Uuid)]) -> StoreResult<()> {
+    async fn release(&self, claims: &[(Uuid, Uuid)], due: DateTime<Utc>) -> StoreResult<()> {
         if claims.is_empty() {
             return Ok(());
         }
         let now = micros(now_micros());
+        let due = micros(truncate_micros(due));
         let mut tx = self.write_tx().await?;
         for (delivery_id, lease_token) in claims {
             sqlx::query(
                 "UPDATE deliveries SET lease_token = NULL, lease_expires_at = NULL, \
-                     next_attempt_at = ?1, updated_at = ?1 \
+                     next_attempt_at = ?4, updated_at = ?1 \
                  WHERE id = ?2 AND lease_token = ?3 AND status = 'pending'",
             )
             .bind(now)
             .bind(delivery_id)
             .bind(lease_token)
+            .bind(due)
             .execute(&mut *tx)
             .await?;
         }

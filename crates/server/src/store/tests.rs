@@ -1168,9 +1168,9 @@ async fn release_makes_claims_available_at_once(db: Arc<TestDb>) {
 
     let claims = s.claim_due(10, LEASE).await.unwrap();
     assert_eq!(claims.len(), 2);
-    s.release(&[]).await.unwrap();
+    s.release(&[], Utc::now()).await.unwrap();
     // A token that does not match releases nothing.
-    s.release(&[(claims[0].delivery_id, Uuid::new_v4())])
+    s.release(&[(claims[0].delivery_id, Uuid::new_v4())], Utc::now())
         .await
         .unwrap();
     assert!(s.claim_due(10, LEASE).await.unwrap().is_empty());
@@ -1179,7 +1179,7 @@ async fn release_makes_claims_available_at_once(db: Arc<TestDb>) {
         .iter()
         .map(|c| (c.delivery_id, c.lease_token))
         .collect();
-    s.release(&handed_back).await.unwrap();
+    s.release(&handed_back, Utc::now()).await.unwrap();
     let reclaimed = s.claim_due(10, LEASE).await.unwrap();
     let before: HashSet<Uuid> = claims.iter().map(|c| c.delivery_id).collect();
     let after: HashSet<Uuid> = reclaimed.iter().map(|c| c.delivery_id).collect();
@@ -1190,6 +1190,20 @@ async fn release_makes_claims_available_at_once(db: Arc<TestDb>) {
     let stale = outcome(&claims[0], AttemptStatus::Success, now_micros(), None);
     record(s, &[stale], NEVER_DISABLE).await;
     assert_eq!(pending(s).await, 2);
+
+    // Handed back due later (a deferral): not claimable before that, claimable after.
+    let deferred: Vec<(Uuid, Uuid)> = reclaimed
+        .iter()
+        .map(|c| (c.delivery_id, c.lease_token))
+        .collect();
+    s.release(&deferred, Utc::now() + chrono::Duration::milliseconds(300))
+        .await
+        .unwrap();
+    assert!(s.claim_due(10, LEASE).await.unwrap().is_empty());
+    let due = s.next_due().await.unwrap().expect("pending deliveries");
+    assert!(due > Utc::now());
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    assert_eq!(s.claim_due(10, LEASE).await.unwrap().len(), 2);
 }
 
 async fn attempts_page_newest_first(db: Arc<TestDb>) {
