@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::dispatch::{Dispatcher, OutgoingRequest};
+use super::lanes::{Admission, Lanes};
 use super::retry::RetrySchedule;
 use super::sign;
 use crate::metrics::Metrics;
@@ -44,42 +45,14 @@ pub struct WorkerConfig {
     pub idle_poll: Duration,
     /// How long shutdown waits for in-flight deliveries.
     pub shutdown_grace: Duration,
-    /// Most deliveries in flight to one webhook. Beyond it, claimed deliveries of that
-    /// webhook are handed back due [`DEFER_AT_LIMIT`] later, so a hanging receiver
-    /// with a backlog cannot take every slot.
+    /// Most deliveries in flight to one webhook (see [`super::lanes`]), so a hanging
+    /// receiver with a backlog cannot take every slot.
     pub per_webhook_limit: usize,
 }
 
-/// How long a delivery to a webhook at its in-flight limit waits before it is claimed
-/// again: short, so a webhook that is merely busy loses little throughput.
+/// How long a delivery handed back because its webhook's lane and parking are full
+/// waits before it can be claimed again.
 pub const DEFER_AT_LIMIT: Duration = Duration::from_millis(100);
-
-/// In-flight deliveries per webhook.
-#[derive(Default)]
-struct PerWebhook(Mutex<HashMap<Uuid, usize>>);
-
-impl PerWebhook {
-    /// Takes a place for `webhook` unless it already has `limit` in flight.
-    fn try_take(&self, webhook: Uuid, limit: usize) -> bool {
-        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(webhook).or_default();
-        if *count >= limit {
-            return false;
-        }
-        *count += 1;
-        true
-    }
-
-    fn give_back(&self, webhook: Uuid) {
-        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&webhook) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&webhook);
-            }
-        }
-    }
-}
 
 /// The engine's shared wake-up signal: publishing pokes it so workers claim at once.
 /// [`Waker::announce`] also tells the other server processes (PostgreSQL), through a
@@ -163,7 +136,9 @@ impl DeliveryWorker {
     pub async fn run(self, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let in_flight: InFlight = Arc::default();
-        let per_webhook = Arc::new(PerWebhook::default());
+        let lanes = Arc::new(Lanes::new(self.config.per_webhook_limit, self.config.lease));
+        // Poked when a delivery finishes, so parked deliveries of its webhook can go.
+        let lane_freed = Arc::new(Notify::new());
         let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel::<Finished>();
         let recorder = tokio::spawn(record_loop(
             self.store.clone(),
@@ -175,9 +150,45 @@ impl DeliveryWorker {
         ));
         let mut tasks = JoinSet::new();
         let mut backoff = Duration::from_millis(50);
+        let start =
+            |delivery: ClaimedDelivery, permit: OwnedSemaphorePermit, tasks: &mut JoinSet<()>| {
+                in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(delivery.delivery_id, delivery.lease_token);
+                let dispatcher = self.dispatcher.clone();
+                let schedule = self.config.schedule.clone();
+                let tx = outcomes_tx.clone();
+                let metrics = self.metrics.clone();
+                let lanes = lanes.clone();
+                let lane_freed = lane_freed.clone();
+                tasks.spawn(async move {
+                    let outcome = deliver(&dispatcher, &schedule, &delivery, &metrics).await;
+                    lanes.finish(delivery.webhook_id);
+                    lane_freed.notify_one();
+                    // The recorder outlives every delivery task; a send can only fail after
+                    // an abort, and then the lease is handed back instead. The slot is
+                    // freed only once the outcome is recorded, so a process never holds
+                    // more unrecorded claims than it has slots: that bounds the duplicates
+                    // a crash can cause to `concurrency`.
+                    let _ = tx.send((outcome, permit));
+                });
+            };
 
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
+
+            // Parked deliveries whose webhook has room go first; overdue ones go back.
+            let (ready, stale) = lanes.ready(slots.available_permits());
+            for delivery in ready {
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => start(delivery, permit, &mut tasks),
+                    // Cannot happen (at most the free slots are ready); hand it back.
+                    Err(_) => self.hand_back(&[delivery], Utc::now()).await,
+                }
+            }
+            self.hand_back(&stale, Utc::now()).await;
+
             let free = slots.available_permits();
             self.waker.set_saturated(free == 0);
             if free == 0 {
@@ -207,50 +218,30 @@ impl DeliveryWorker {
             };
             // A full batch suggests more is due than this process can take.
             self.waker.set_saturated(claimed.len() == free);
-            if claimed.is_empty() {
+            let claimed_any = !claimed.is_empty();
+            let mut full = Vec::new();
+            for delivery in claimed {
+                match lanes.admit(delivery) {
+                    Admission::Go(delivery) => match slots.clone().try_acquire_owned() {
+                        Ok(permit) => start(delivery, permit, &mut tasks),
+                        Err(_) => {
+                            lanes.finish(delivery.webhook_id);
+                            full.push(delivery);
+                        }
+                    },
+                    Admission::Parked => {}
+                    Admission::HandBack(delivery) => full.push(delivery),
+                }
+            }
+            let later = Utc::now() + chrono::Duration::from_std(DEFER_AT_LIMIT).unwrap_or_default();
+            self.hand_back(&full, later).await;
+            if !claimed_any {
                 let sleep = self.idle_sleep().await;
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = self.waker.woken() => {}
+                    _ = lane_freed.notified(), if lanes.parked() > 0 => {}
                     _ = tokio::time::sleep(sleep) => {}
-                }
-                continue;
-            }
-            let mut deferred = Vec::new();
-            for delivery in claimed {
-                if !per_webhook.try_take(delivery.webhook_id, self.config.per_webhook_limit) {
-                    deferred.push((delivery.delivery_id, delivery.lease_token));
-                    continue;
-                }
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    per_webhook.give_back(delivery.webhook_id);
-                    break;
-                };
-                in_flight
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(delivery.delivery_id, delivery.lease_token);
-                let dispatcher = self.dispatcher.clone();
-                let schedule = self.config.schedule.clone();
-                let tx = outcomes_tx.clone();
-                let metrics = self.metrics.clone();
-                let per_webhook = per_webhook.clone();
-                tasks.spawn(async move {
-                    let outcome = deliver(&dispatcher, &schedule, &delivery, &metrics).await;
-                    per_webhook.give_back(delivery.webhook_id);
-                    // The recorder outlives every delivery task; a send can only fail
-                    // after an abort, and then the lease is handed back instead. The slot
-                    // is freed only once the outcome is recorded, so a process
-                    // never holds more unrecorded claims than it has slots: that bounds
-                    // the duplicates a crash can cause to `concurrency`.
-                    let _ = tx.send((outcome, permit));
-                });
-            }
-            if !deferred.is_empty() {
-                let due =
-                    Utc::now() + chrono::Duration::from_std(DEFER_AT_LIMIT).unwrap_or_default();
-                if let Err(e) = self.store.release(&deferred, due).await {
-                    tracing::warn!(error = %e, count = deferred.len(), "deferring deliveries failed; their leases will expire");
                 }
             }
         }
@@ -267,11 +258,17 @@ impl DeliveryWorker {
         drop(outcomes_tx);
         // The recorder writes what was sent to it and exits when the channel closes.
         let _ = recorder.await;
-        let unfinished: Vec<(Uuid, Uuid)> = in_flight
+        let mut unfinished: Vec<(Uuid, Uuid)> = in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .drain()
             .collect();
+        unfinished.extend(
+            lanes
+                .drain_parked()
+                .iter()
+                .map(|d| (d.delivery_id, d.lease_token)),
+        );
         if !unfinished.is_empty() {
             tracing::info!(
                 count = unfinished.len(),
@@ -280,6 +277,21 @@ impl DeliveryWorker {
             if let Err(e) = self.store.release(&unfinished, Utc::now()).await {
                 tracing::error!(error = %e, "handing back deliveries failed; their leases will expire");
             }
+        }
+    }
+
+    /// Hands claimed deliveries back to the store, due at `due`. On failure their
+    /// leases simply expire and they are claimed again then.
+    async fn hand_back(&self, deliveries: &[ClaimedDelivery], due: chrono::DateTime<Utc>) {
+        if deliveries.is_empty() {
+            return;
+        }
+        let claims: Vec<(Uuid, Uuid)> = deliveries
+            .iter()
+            .map(|d| (d.delivery_id, d.lease_token))
+            .collect();
+        if let Err(e) = self.store.release(&claims, due).await {
+            tracing::warn!(error = %e, count = claims.len(), "handing back deliveries failed; their leases will expire");
         }
     }
 
