@@ -235,8 +235,8 @@ pub struct Config {
     pub workers: usize,
 
     /// Most deliveries in flight to one webhook at once (per server process); default
-    /// half of --workers. A receiver that hangs or crawls can then hold at most this
-    /// many slots, and the others keep delivering to everyone else.
+    /// three quarters of --workers. A receiver that hangs or crawls can then hold at most
+    /// this many slots, and the rest keep delivering to everyone else.
     #[arg(
         long,
         env = "SONZAI_MAX_IN_FLIGHT_PER_WEBHOOK",
@@ -366,10 +366,11 @@ impl Config {
         }
     }
 
-    /// The per-webhook in-flight limit in force: the flag, or half of `workers`.
+    /// The per-webhook in-flight limit in force: the flag, or three quarters of
+    /// `workers` (a quarter stays free for the other webhooks).
     pub fn per_webhook_limit(&self) -> usize {
         self.max_in_flight_per_webhook
-            .unwrap_or(self.workers / 2)
+            .unwrap_or(self.workers * 3 / 4)
             .clamp(1, self.workers.max(1))
     }
 
@@ -714,6 +715,19 @@ mod tests {
             assert!(arg.get_help().is_some(), "--{} has no help", arg.get_id());
         }
         assert!(expected.is_empty(), "not bound: {expected:?}");
+    }
+
+    #[test]
+    fn per_webhook_limit_defaults_to_three_quarters_of_the_workers() {
+        let mut config = Config::default();
+        assert_eq!(config.per_webhook_limit(), 192);
+        config.workers = 1;
+        assert_eq!(config.per_webhook_limit(), 1);
+        config.max_in_flight_per_webhook = Some(1000);
+        assert_eq!(config.per_webhook_limit(), 1, "never above --workers");
+        config.workers = 64;
+        config.max_in_flight_per_webhook = Some(8);
+        assert_eq!(config.per_webhook_limit(), 8);
     }
 
     #[test]
