@@ -2,7 +2,8 @@
 //!
 //! One claimer task takes due deliveries from the store in batches (under a lease) as
 //! long as it has free slots; each delivery is sent on its own task, bounded by a
-//! semaphore, so a slow or dead receiver holds one slot and nothing else. Outcomes go
+//! semaphore, and each webhook has at most its lane's share of the slots
+//! ([`super::lanes`]), so a slow or dead receiver cannot hold up the others. Outcomes go
 //! to one recorder task that writes them in batches (one transaction per batch), which
 //! is what lets SQLite keep up with thousands of deliveries a second.
 //!
