@@ -480,6 +480,23 @@ impl KeyCache {
         );
     }
 
+    /// The cached owner of `lookup_id`, or the result of `fetch` (cached when found).
+    /// `fetch` only runs on a miss.
+    pub(crate) async fn get_or_fetch(
+        &self,
+        lookup_id: &str,
+        fetch: impl std::future::Future<Output = StoreResult<Option<KeyOwner>>>,
+    ) -> StoreResult<Option<KeyOwner>> {
+        if let Some(owner) = self.get(lookup_id) {
+            return Ok(Some(owner));
+        }
+        let found = fetch.await?;
+        if let Some(owner) = &found {
+            self.put(lookup_id, owner);
+        }
+        Ok(found)
+    }
+
     pub(crate) fn forget(&self, key_id: Uuid) {
         self.lock().retain(|_, (owner, _)| owner.key_id != key_id);
     }

@@ -392,14 +392,9 @@ impl WebhookStore for PgStore {
     }
 
     async fn find_api_key(&self, lookup_id: &str) -> StoreResult<Option<KeyOwner>> {
-        if let Some(owner) = self.keys.get(lookup_id) {
-            return Ok(Some(owner));
-        }
-        let found = self.find_api_key_uncached(lookup_id).await?;
-        if let Some(owner) = &found {
-            self.keys.put(lookup_id, owner);
-        }
-        Ok(found)
+        self.keys
+            .get_or_fetch(lookup_id, self.find_api_key_uncached(lookup_id))
+            .await
     }
 
     async fn is_empty(&self) -> StoreResult<bool> {
