@@ -5,7 +5,6 @@
 
 use std::fmt::Write as _;
 
-use heck::ToShoutySnakeCase;
 use serde_json::Value;
 
 use crate::model::{IntRules, Operation, Param, Property, SchemaDef, Spec, StringRules, Ty};
@@ -785,14 +784,5 @@ pub fn server(spec: &Spec) -> String {
         lit(&spec.security_scheme.name)
     );
     pattern_statics(&mut out, &patterns);
-    let _ = ops_doc_names(spec);
     out
-}
-
-/// The snake-case constant name of each operation id (used in tests and docs).
-fn ops_doc_names(spec: &Spec) -> Vec<String> {
-    spec.operations
-        .iter()
-        .map(|o| o.id.to_shouty_snake_case())
-        .collect()
 }

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+mod group_commit;
 pub mod notify;
 pub mod postgres;
 pub mod sqlite;

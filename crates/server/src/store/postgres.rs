@@ -21,9 +21,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::{
     add_duration, now_micros, status_after, truncate_micros, ApiKeyRecord, Attempt, AttemptPage,
     AttemptStatus, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyCache,
@@ -54,23 +54,11 @@ const ATTEMPT_COLUMNS: &str = "id, delivery_id, event_id, project_id, event_type
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// Publishes without an idempotency key go to one task that inserts whatever has
-    /// queued up in one statement (group commit); see [`publish_loop`].
-    publisher: mpsc::Sender<PublishJob>,
+    /// Publishes without an idempotency key go through the group commit
+    /// ([`super::group_commit`]).
+    publisher: GroupCommit,
     keys: std::sync::Arc<KeyCache>,
 }
-
-/// A publish waiting for the group commit.
-#[derive(Debug)]
-struct PublishJob {
-    project_id: Uuid,
-    event_type: String,
-    data: String,
-    reply: oneshot::Sender<StoreResult<Published>>,
-}
-
-/// Most publishes inserted by one statement.
-const MAX_PUBLISH_BATCH: usize = 256;
 
 impl PgStore {
     /// Connects to `url` (`postgres://...`) with [`DEFAULT_MAX_CONNECTIONS`] and runs
@@ -102,8 +90,7 @@ impl PgStore {
             .max_connections(max_connections.max(1))
             .connect_with(options)
             .await?;
-        let (publisher, jobs) = mpsc::channel(4 * MAX_PUBLISH_BATCH);
-        tokio::spawn(publish_loop(pool.clone(), jobs));
+        let publisher = GroupCommit::spawn(PgCommitter(pool.clone()));
         Ok(Self {
             pool,
             publisher,
@@ -568,16 +555,7 @@ impl WebhookStore for PgStore {
 
     async fn publish_event(&self, event: PublishEvent<'_>) -> StoreResult<Published> {
         if event.idempotency_key.is_none() {
-            let (reply, answer) = oneshot::channel();
-            let job = PublishJob {
-                project_id: event.project_id,
-                event_type: event.event_type.to_owned(),
-                data: event.data.to_owned(),
-                reply,
-            };
-            let closed = || StoreError::Database(sqlx::Error::PoolClosed);
-            self.publisher.send(job).await.map_err(|_| closed())?;
-            return answer.await.map_err(|_| closed())?;
+            return self.publisher.publish(event).await;
         }
         publish_one(&self.pool, event).await
     }
@@ -966,37 +944,19 @@ async fn publish_one(pool: &PgPool, event: PublishEvent<'_>) -> StoreResult<Publ
     ))
 }
 
-/// The group commit: every keyless publish that has queued up (at most
-/// [`MAX_PUBLISH_BATCH`]) goes into one statement, hence one transaction and one WAL
-/// flush, then each caller gets its answer. Alone, a publish still commits at once. If
-/// the batch fails, each publish is retried on its own so one cannot fail the others.
-async fn publish_loop(pool: PgPool, mut jobs: mpsc::Receiver<PublishJob>) {
-    let mut batch = Vec::with_capacity(MAX_PUBLISH_BATCH);
-    while jobs.recv_many(&mut batch, MAX_PUBLISH_BATCH).await > 0 {
-        match publish_batch(&pool, &batch).await {
-            Ok(results) => {
-                for (job, result) in batch.drain(..).zip(results) {
-                    let _ = job.reply.send(Ok(result));
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, batch = batch.len(), "group commit failed; publishing one by one");
-                for job in batch.drain(..) {
-                    let result = publish_one(
-                        &pool,
-                        PublishEvent {
-                            project_id: job.project_id,
-                            event_type: &job.event_type,
-                            data: &job.data,
-                            idempotency_key: None,
-                            idempotency_since: Utc::now(),
-                        },
-                    )
-                    .await;
-                    let _ = job.reply.send(result);
-                }
-            }
-        }
+/// The PostgreSQL side of the group commit: keyless publishes only (publishes with an
+/// idempotency key take [`publish_one`], which checks the key), all in one statement,
+/// hence one transaction and one WAL flush.
+struct PgCommitter(PgPool);
+
+#[async_trait]
+impl Committer for PgCommitter {
+    async fn commit_batch(&self, jobs: &[PublishJob]) -> StoreResult<Vec<Published>> {
+        publish_batch(&self.0, jobs).await
+    }
+
+    async fn commit_one(&self, job: &PublishJob) -> StoreResult<Published> {
+        publish_one(&self.0, job.event()).await
     }
 }
 

@@ -23,9 +23,9 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, Transaction};
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::{
     add_duration, now_micros, status_after, truncate_micros, ApiKeyRecord, Attempt, AttemptPage,
     AttemptStatus, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyCache,
@@ -69,36 +69,11 @@ pub struct SqliteStore {
     /// Read-only traffic. For an in-memory database this is the writer pool itself,
     /// since separate connections would not share the data.
     readers: SqlitePool,
-    /// Publishes go to one task that commits whatever has queued up in one
-    /// transaction (group commit); see [`publish_loop`].
-    publisher: mpsc::Sender<PublishJob>,
+    /// Publishes go through the group commit ([`super::group_commit`]).
+    publisher: GroupCommit,
     keys: std::sync::Arc<KeyCache>,
 }
 
-/// A publish waiting for the group commit.
-struct PublishJob {
-    project_id: Uuid,
-    event_type: String,
-    data: String,
-    idempotency_key: Option<String>,
-    idempotency_since: DateTime<Utc>,
-    reply: oneshot::Sender<StoreResult<Published>>,
-}
-
-impl PublishJob {
-    fn event(&self) -> PublishEvent<'_> {
-        PublishEvent {
-            project_id: self.project_id,
-            event_type: &self.event_type,
-            data: &self.data,
-            idempotency_key: self.idempotency_key.as_deref(),
-            idempotency_since: self.idempotency_since,
-        }
-    }
-}
-
-/// Most publishes committed in one transaction.
-const MAX_PUBLISH_BATCH: usize = 256;
 /// Rows per multi-row INSERT (5 or 4 bound values each; well under SQLite's limit).
 const ROWS_PER_INSERT: usize = 128;
 
@@ -165,8 +140,7 @@ impl SqliteStore {
             let checkpointer = sqlx::SqliteConnection::connect_with(&base).await?;
             tokio::spawn(checkpoint_loop(checkpointer, writer.clone()));
         }
-        let (publisher, jobs) = mpsc::channel(4 * MAX_PUBLISH_BATCH);
-        tokio::spawn(publish_loop(writer.clone(), jobs));
+        let publisher = GroupCommit::spawn(SqliteCommitter(writer.clone()));
         Ok(Self {
             writer,
             readers,
@@ -700,18 +674,7 @@ impl WebhookStore for SqliteStore {
     }
 
     async fn publish_event(&self, event: PublishEvent<'_>) -> StoreResult<Published> {
-        let (reply, answer) = oneshot::channel();
-        let job = PublishJob {
-            project_id: event.project_id,
-            event_type: event.event_type.to_owned(),
-            data: event.data.to_owned(),
-            idempotency_key: event.idempotency_key.map(str::to_owned),
-            idempotency_since: event.idempotency_since,
-            reply,
-        };
-        let closed = || StoreError::Database(sqlx::Error::PoolClosed);
-        self.publisher.send(job).await.map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        self.publisher.publish(event).await
     }
 
     async fn claim_due(&self, max: usize, lease: Duration) -> StoreResult<Vec<ClaimedDelivery>> {
@@ -1049,36 +1012,21 @@ async fn publish_one(
     })
 }
 
-/// The group commit: takes every publish that has queued up (at most
-/// [`MAX_PUBLISH_BATCH`]) and commits them in one transaction, then answers each. Under
-/// load this turns hundreds of small transactions into a few large ones; alone, a
-/// publish still commits at once. If the batch fails, each publish is retried on its
-/// own so one bad publish cannot fail the others.
-async fn publish_loop(writer: SqlitePool, mut jobs: mpsc::Receiver<PublishJob>) {
-    let mut batch = Vec::with_capacity(MAX_PUBLISH_BATCH);
-    while jobs.recv_many(&mut batch, MAX_PUBLISH_BATCH).await > 0 {
-        match publish_batch(&writer, &batch).await {
-            Ok(results) => {
-                for (job, result) in batch.drain(..).zip(results) {
-                    let _ = job.reply.send(Ok(result));
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, batch = batch.len(), "group commit failed; publishing one by one");
-                for job in batch.drain(..) {
-                    let result = publish_alone(&writer, &job).await;
-                    let _ = job.reply.send(result);
-                }
-            }
-        }
-    }
-}
+/// The SQLite side of the group commit, on the one writer connection.
+struct SqliteCommitter(SqlitePool);
 
-async fn publish_alone(writer: &SqlitePool, job: &PublishJob) -> StoreResult<Published> {
-    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-    let published = publish_one(&mut tx, job.event(), now_micros()).await?;
-    tx.commit().await?;
-    Ok(published)
+#[async_trait]
+impl Committer for SqliteCommitter {
+    async fn commit_batch(&self, jobs: &[PublishJob]) -> StoreResult<Vec<Published>> {
+        publish_batch(&self.0, jobs).await
+    }
+
+    async fn commit_one(&self, job: &PublishJob) -> StoreResult<Published> {
+        let mut tx = self.0.begin_with("BEGIN IMMEDIATE").await?;
+        let published = publish_one(&mut tx, job.event(), now_micros()).await?;
+        tx.commit().await?;
+        Ok(published)
+    }
 }
 
 async fn publish_batch(writer: &SqlitePool, jobs: &[PublishJob]) -> StoreResult<Vec<Published>> {
