@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use uuid::Uuid;
 
+use crate::delivery::health::WorkerHealth;
 use crate::delivery::worker::Waker;
 use crate::metrics::Metrics;
 use crate::store::{PublishEvent, Published, StoreResult, WebhookStore};
@@ -16,6 +17,8 @@ pub struct Engine {
     pub store: Arc<dyn WebhookStore>,
     pub waker: Arc<Waker>,
     pub metrics: Arc<Metrics>,
+    /// Whether the delivery loop is making progress (for `/readyz`).
+    pub health: Arc<WorkerHealth>,
     /// How long an idempotency key is remembered.
     pub idempotency_window: Duration,
 }
@@ -26,6 +29,7 @@ impl Engine {
             store,
             waker: Arc::default(),
             metrics: Arc::default(),
+            health: Arc::default(),
             idempotency_window,
         }
     }

@@ -74,6 +74,11 @@ pub struct Metrics {
     /// attempt duration
     attempt_duration: Mutex<Histogram>,
     webhooks_disabled: AtomicU64,
+    /// outcomes stored without their response body or error text (the store refused them)
+    attempts_stripped: AtomicU64,
+    /// outcomes the store refused even stripped; their deliveries are tried again
+    /// when the lease runs out
+    attempts_unrecorded: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -114,6 +119,14 @@ impl Metrics {
     pub fn webhooks_disabled(&self, n: usize) {
         self.webhooks_disabled
             .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn attempts_stripped(&self, n: u64) {
+        self.attempts_stripped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn attempts_unrecorded(&self, n: u64) {
+        self.attempts_unrecorded.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The exposition text; `queue` comes from the store at scrape time.
@@ -161,6 +174,16 @@ impl Metrics {
             out,
             "# HELP sonzai_webhooks_disabled_total Webhooks disabled for failing.\n# TYPE sonzai_webhooks_disabled_total counter\nsonzai_webhooks_disabled_total {}",
             self.webhooks_disabled.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sonzai_attempts_stripped_total Attempts the store refused as given, recorded without response body and error text.\n# TYPE sonzai_attempts_stripped_total counter\nsonzai_attempts_stripped_total {}",
+            self.attempts_stripped.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sonzai_attempts_unrecorded_total Attempts the store refused even stripped (logged; the delivery is tried again after its lease).\n# TYPE sonzai_attempts_unrecorded_total counter\nsonzai_attempts_unrecorded_total {}",
+            self.attempts_unrecorded.load(Ordering::Relaxed)
         );
         if let Some(q) = queue {
             let _ = writeln!(

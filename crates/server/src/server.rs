@@ -149,6 +149,7 @@ pub async fn start_with_store(
         },
         engine.waker.clone(),
         engine.metrics.clone(),
+        engine.health.clone(),
     );
     if let Some(url) = config.database.database_url.as_deref() {
         if url.starts_with("postgres") {
@@ -263,6 +264,17 @@ async fn healthz() -> &'static str {
 async fn readyz(State(shared): State<Shared>) -> Response {
     if !shared.workers_running.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "workers stopped\n").into_response();
+    }
+    if let Some(stuck) = shared
+        .engine
+        .health
+        .stuck(crate::delivery::health::STUCK_AFTER)
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", stuck.as_str()),
+        )
+            .into_response();
     }
     match shared.engine.store.ping().await {
         Ok(()) => "ready\n".into_response(),

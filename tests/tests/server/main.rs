@@ -5,5 +5,6 @@
 mod contract;
 mod delivery;
 mod durability;
+mod hostile;
 mod scaleout;
 mod support;

@@ -3,6 +3,7 @@
 
 pub mod dispatch;
 pub mod guard;
+pub mod health;
 pub mod lanes;
 pub mod retry;
 pub mod sign;

@@ -22,12 +22,14 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::dispatch::{Dispatcher, OutgoingRequest};
+use super::health::WorkerHealth;
 use super::lanes::{Admission, Lanes};
 use super::retry::RetrySchedule;
 use super::sign;
 use crate::metrics::Metrics;
 use crate::store::{
-    Attempt, AttemptStatus, ClaimedDelivery, DeliveryOutcome, DisablePolicy, WebhookStore,
+    storable_text, Attempt, AttemptStatus, ClaimedDelivery, DeliveryOutcome, DisablePolicy,
+    WebhookStore,
 };
 
 /// Settings of a [`DeliveryWorker`].
@@ -106,6 +108,7 @@ pub struct DeliveryWorker {
     config: WorkerConfig,
     waker: Arc<Waker>,
     metrics: Arc<Metrics>,
+    health: Arc<WorkerHealth>,
 }
 
 /// Claims being worked on: delivery id → lease token.
@@ -116,6 +119,10 @@ type Finished = (DeliveryOutcome, OwnedSemaphorePermit);
 
 const MAX_RECORD_BATCH: usize = 512;
 
+/// After the shutdown grace, how long the last writes (outcomes of deliveries that
+/// finished in time, then the hand-back of the rest) may still take.
+const RECORD_AFTER_GRACE: Duration = Duration::from_secs(1);
+
 impl DeliveryWorker {
     pub fn new(
         store: Arc<dyn WebhookStore>,
@@ -123,6 +130,7 @@ impl DeliveryWorker {
         config: WorkerConfig,
         waker: Arc<Waker>,
         metrics: Arc<Metrics>,
+        health: Arc<WorkerHealth>,
     ) -> Self {
         Self {
             store,
@@ -130,6 +138,7 @@ impl DeliveryWorker {
             config,
             waker,
             metrics,
+            health,
         }
     }
 
@@ -141,12 +150,18 @@ impl DeliveryWorker {
         // Poked when a delivery finishes, so parked deliveries of its webhook can go.
         let lane_freed = Arc::new(Notify::new());
         let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel::<Finished>();
+        // Set when shutdown starts: past it, the recorder stops retrying writes.
+        let deadline = Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
         let recorder = tokio::spawn(record_loop(
-            self.store.clone(),
+            Recorder {
+                store: self.store.clone(),
+                policy: self.config.disable,
+                metrics: self.metrics.clone(),
+                health: self.health.clone(),
+                deadline: deadline.clone(),
+            },
             outcomes_rx,
-            self.config.disable,
             in_flight.clone(),
-            self.metrics.clone(),
             self.waker.clone(),
         ));
         let mut tasks = JoinSet::new();
@@ -202,8 +217,10 @@ impl DeliveryWorker {
                     }
                 }
             }
+            self.health.claiming();
             let claimed = match self.store.claim_due(free, self.config.lease).await {
                 Ok(claimed) => {
+                    self.health.claimed();
                     backoff = Duration::from_millis(50);
                     claimed
                 }
@@ -248,17 +265,27 @@ impl DeliveryWorker {
         }
 
         // Drain: let in-flight deliveries finish within the grace period.
-        let drained = tokio::time::timeout(self.config.shutdown_grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let end = tokio::time::Instant::now() + self.config.shutdown_grace;
+        let _ = deadline.set(end);
+        let drained =
+            tokio::time::timeout_at(end, async { while tasks.join_next().await.is_some() {} })
+                .await;
         if drained.is_err() {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
         drop(outcomes_tx);
         // The recorder writes what was sent to it and exits when the channel closes.
-        let _ = recorder.await;
+        // A write still failing or hanging at the end of the grace is given up: those
+        // deliveries stay leased and are sent again once the lease runs out.
+        let mut recorder = recorder;
+        if tokio::time::timeout_at(end + RECORD_AFTER_GRACE, &mut recorder)
+            .await
+            .is_err()
+        {
+            tracing::error!("recording the last outcomes did not finish within the shutdown grace; their deliveries will be sent again after the lease");
+            recorder.abort();
+        }
         let mut unfinished: Vec<(Uuid, Uuid)> = in_flight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -275,8 +302,19 @@ impl DeliveryWorker {
                 count = unfinished.len(),
                 "handing back unfinished deliveries"
             );
-            if let Err(e) = self.store.release(&unfinished, Utc::now()).await {
-                tracing::error!(error = %e, "handing back deliveries failed; their leases will expire");
+            match tokio::time::timeout(
+                RECORD_AFTER_GRACE,
+                self.store.release(&unfinished, Utc::now()),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "handing back deliveries failed; their leases will expire")
+                }
+                Err(_) => {
+                    tracing::error!("handing back deliveries timed out; their leases will expire")
+                }
             }
         }
     }
@@ -376,57 +414,149 @@ pub async fn deliver(
             attempt_number,
             status,
             request_body: body.to_vec(),
-            response_body: result.response_body,
-            error_message: result.error,
+            response_body: result.response_body.map(storable_text),
+            error_message: result.error.map(storable_text),
             created_at: started_at,
         },
         retry_at,
     }
 }
 
-/// Writes outcomes in batches: whatever has arrived since the last write goes into
-/// the next transaction. A failed write is retried (with backoff) so no attempt that
-/// was made is lost while the process lives; if it dies first, the lease expires and
-/// the delivery is sent again (at-least-once).
-///
-/// A batch that schedules retries wakes the claimer: it went to sleep while those
-/// deliveries were leased (due only at lease expiry), so without the wake-up a retry
-/// due sooner would wait for the next idle poll instead of its schedule.
-async fn record_loop(
+/// What the recorder needs besides its channel.
+struct Recorder {
     store: Arc<dyn WebhookStore>,
-    mut rx: mpsc::UnboundedReceiver<Finished>,
     policy: DisablePolicy,
-    in_flight: InFlight,
     metrics: Arc<Metrics>,
-    waker: Arc<Waker>,
-) {
-    let mut received = Vec::with_capacity(MAX_RECORD_BATCH);
-    let mut batch = Vec::with_capacity(MAX_RECORD_BATCH);
-    while rx.recv_many(&mut received, MAX_RECORD_BATCH).await > 0 {
-        let (outcomes, permits): (Vec<_>, Vec<_>) = received.drain(..).unzip();
-        batch.extend(outcomes);
+    health: Arc<WorkerHealth>,
+    /// Set when shutdown starts; transient failures are retried until then.
+    deadline: Arc<std::sync::OnceLock<tokio::time::Instant>>,
+}
+
+/// Why a write was given up.
+enum GaveUp {
+    /// The store refuses this data whatever happens (bad bytes, a broken constraint).
+    Permanent(crate::store::StoreError),
+    /// Shutdown's deadline passed while the database was failing.
+    Deadline,
+}
+
+impl Recorder {
+    /// Writes `batch`, retrying transient failures (with backoff) until shutdown's
+    /// deadline. A permanent failure is returned at once: retrying it would block
+    /// every slot behind one bad row.
+    async fn write(&self, batch: &[DeliveryOutcome]) -> Result<Vec<Uuid>, GaveUp> {
         let mut backoff = Duration::from_millis(20);
         loop {
-            match store.record_outcomes(&batch, policy).await {
+            self.health.recording();
+            match self.store.record_outcomes(batch, self.policy).await {
                 Ok(disabled) => {
-                    for webhook_id in &disabled {
-                        tracing::warn!(%webhook_id, "webhook disabled after repeated failures");
-                    }
-                    metrics.webhooks_disabled(disabled.len());
-                    break;
+                    self.health.recorded();
+                    return Ok(disabled);
                 }
+                Err(e) if !e.is_transient() => return Err(GaveUp::Permanent(e)),
                 Err(e) => {
                     tracing::error!(error = %e, batch = batch.len(), "recording attempts failed; retrying");
+                    if let Some(deadline) = self.deadline.get() {
+                        if tokio::time::Instant::now() + backoff > *deadline {
+                            return Err(GaveUp::Deadline);
+                        }
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
+    }
+
+    /// Writes a batch; when the store refuses it for good, writes its outcomes one by
+    /// one, so one bad row costs only itself. A row refused alone is written again
+    /// without the receiver's text (response body, error message); one refused even
+    /// then is logged and counted, and its delivery is sent again when its lease runs
+    /// out. Returns the webhooks disabled and the outcomes that were written.
+    async fn record(&self, batch: Vec<DeliveryOutcome>) -> (Vec<Uuid>, Vec<Uuid>) {
+        let error = match self.write(&batch).await {
+            Ok(disabled) => {
+                return (disabled, batch.iter().map(|o| o.delivery_id).collect());
+            }
+            Err(GaveUp::Deadline) => return (Vec::new(), Vec::new()),
+            Err(GaveUp::Permanent(e)) => e,
+        };
+        tracing::error!(error = %error, batch = batch.len(), "the store refused a batch of attempts; recording them one by one");
+        let mut disabled = Vec::new();
+        let mut written = Vec::new();
+        for outcome in batch {
+            let error = match self.write(std::slice::from_ref(&outcome)).await {
+                Ok(d) => {
+                    disabled.extend(d);
+                    written.push(outcome.delivery_id);
+                    continue;
+                }
+                Err(GaveUp::Deadline) => continue,
+                Err(GaveUp::Permanent(e)) => e,
+            };
+            let mut stripped = outcome;
+            stripped.attempt.response_body = None;
+            stripped.attempt.error_message = Some(format!(
+                "the receiver's answer could not be stored ({})",
+                if stripped.attempt.response_code == 0 {
+                    "error text refused by the database"
+                } else {
+                    "response body refused by the database"
+                }
+            ));
+            match self.write(std::slice::from_ref(&stripped)).await {
+                Ok(d) => {
+                    tracing::warn!(error = %error, delivery_id = %stripped.delivery_id, "attempt recorded without the receiver's text, which the store refused");
+                    self.metrics.attempts_stripped(1);
+                    disabled.extend(d);
+                    written.push(stripped.delivery_id);
+                }
+                Err(GaveUp::Deadline) => {}
+                Err(GaveUp::Permanent(e)) => {
+                    tracing::error!(error = %e, delivery_id = %stripped.delivery_id, event_id = %stripped.attempt.event_id, "attempt could not be recorded; the delivery will be sent again after its lease");
+                    self.metrics.attempts_unrecorded(1);
+                    // The claim is dropped from the books: the row is refused, not
+                    // pending, so the loop must not wait on it.
+                    written.push(stripped.delivery_id);
+                }
+            }
+        }
+        // A batch refused as a whole still made progress: the loop is not stuck.
+        self.health.recorded();
+        (disabled, written)
+    }
+}
+
+/// Writes outcomes in batches: whatever has arrived since the last write goes into
+/// the next transaction. A transient failure is retried (with backoff) so no attempt
+/// that was made is lost while the process lives; if it dies first, the lease expires
+/// and the delivery is sent again (at-least-once). A batch the store refuses for good
+/// is split up ([`Recorder::record`]), so a receiver's answer can never stop the loop.
+///
+/// A batch that schedules retries wakes the claimer: it went to sleep while those
+/// deliveries were leased (due only at lease expiry), so without the wake-up a retry
+/// due sooner would wait for the next idle poll instead of its schedule.
+async fn record_loop(
+    recorder: Recorder,
+    mut rx: mpsc::UnboundedReceiver<Finished>,
+    in_flight: InFlight,
+    waker: Arc<Waker>,
+) {
+    let mut received = Vec::with_capacity(MAX_RECORD_BATCH);
+    while rx.recv_many(&mut received, MAX_RECORD_BATCH).await > 0 {
+        let (batch, permits): (Vec<_>, Vec<_>) = received.drain(..).unzip();
         let retries = batch.iter().any(|outcome| outcome.retry_at.is_some());
+        let (disabled, written) = recorder.record(batch).await;
+        for webhook_id in &disabled {
+            tracing::warn!(%webhook_id, "webhook disabled after repeated failures");
+        }
+        recorder.metrics.webhooks_disabled(disabled.len());
         {
+            // Outcomes not written (shutdown's deadline passed) stay in flight, so
+            // shutdown hands their claims back.
             let mut map = in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            for outcome in batch.drain(..) {
-                map.remove(&outcome.delivery_id);
+            for delivery_id in written {
+                map.remove(&delivery_id);
             }
         }
         drop(permits);

@@ -35,6 +35,41 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+impl StoreError {
+    /// True when the same statement may succeed if tried again: the connection or
+    /// the pool failed, the transaction lost a conflict, or the server is busy or
+    /// shutting down. Everything else (bad data, a broken constraint) fails the same
+    /// way every time, so retrying it would only wedge the caller.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                // PostgreSQL SQLSTATE classes: 08 connection, 40 rollback (serialization,
+                // deadlock), 53 insufficient resources, 57 operator intervention, 58
+                // system error. SQLite primary codes: 5 BUSY, 6 LOCKED (extended codes
+                // keep the primary one in their low byte).
+                let sqlstate_transient =
+                    code.len() == 5 && ["08", "40", "53", "57", "58"].contains(&&code[..2]);
+                let sqlite_transient = code.len() < 5
+                    && code
+                        .parse::<u32>()
+                        .map(|c| matches!(c & 0xff, 5 | 6))
+                        .unwrap_or(false);
+                sqlstate_transient || sqlite_transient
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A webhook signing secret (`whsec_` + base64 of 32 random bytes). Its `Debug` never
 /// shows the value, so it cannot end up in a log by accident.
 #[derive(Clone, PartialEq, Eq)]
@@ -368,6 +403,18 @@ pub(crate) fn add_duration(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
     let d = chrono::Duration::from_std(d.min(CENTURY)).unwrap_or(chrono::Duration::zero());
     truncate_micros(t + d)
+}
+
+/// Text from a receiver (a response body, an error naming what it sent) as both
+/// backends can store it: PostgreSQL's `text` refuses NUL, so each NUL becomes
+/// U+FFFD, the same replacement character that stands for bytes that are not UTF-8
+/// (the body was decoded lossily before it got here). Everything else is kept as is.
+pub fn storable_text(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{fffd}")
+    } else {
+        text
+    }
 }
 
 /// Delivery states as stored (`deliveries.status`).
