@@ -111,6 +111,9 @@ pub struct DispatchResult {
     /// deadline. A 2xx whose body stalls past the deadline counts as failed:
     /// delivery is at-least-once, and a duplicate is cheaper than a loss.
     pub success: bool,
+    /// The receiver did not answer (or finish its answer) within the timeout: the
+    /// worker gives such a webhook fewer slots until it answers again.
+    pub timed_out: bool,
 }
 
 impl DispatchResult {
@@ -121,7 +124,13 @@ impl DispatchResult {
             response_body: None,
             error: Some(error),
             success: false,
+            timed_out: false,
         }
+    }
+
+    fn timed_out(mut self, timed_out: bool) -> Self {
+        self.timed_out = timed_out;
+        self
     }
 }
 
@@ -233,12 +242,18 @@ impl Dispatcher {
         *request.body_mut() = Some(req.body.clone().into());
 
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut response =
-            match tokio::time::timeout_at(deadline, self.client.execute(request)).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(e)) => return DispatchResult::no_response(started, self.describe(&e)),
-                Err(_) => return DispatchResult::no_response(started, self.timeout_message()),
-            };
+        let mut response = match tokio::time::timeout_at(deadline, self.client.execute(request))
+            .await
+        {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                return DispatchResult::no_response(started, self.describe(&e))
+                    .timed_out(e.is_timeout())
+            }
+            Err(_) => {
+                return DispatchResult::no_response(started, self.timeout_message()).timed_out(true)
+            }
+        };
 
         let status = response.status();
         let location = status.is_redirection().then(|| {
@@ -257,6 +272,7 @@ impl Dispatcher {
         );
         let mut truncated = false;
         let mut body_error = None;
+        let mut body_timed_out = false;
         // Every chunk read is bounded by the deadline; the loop ends at the end of
         // the body, at the cap, at the deadline or on an error.
         loop {
@@ -283,6 +299,7 @@ impl Dispatcher {
                         "{} (reading the response body)",
                         self.timeout_message()
                     ));
+                    body_timed_out = true;
                     break;
                 }
             }
@@ -302,6 +319,7 @@ impl Dispatcher {
             response_body,
             success: status.is_success() && error.is_none(),
             error,
+            timed_out: body_timed_out,
         }
     }
 

@@ -57,6 +57,10 @@ pub struct WorkerConfig {
 /// waits before it can be claimed again.
 pub const DEFER_AT_LIMIT: Duration = Duration::from_millis(100);
 
+/// The same for a webhook whose attempts time out: its few places free up only as
+/// slowly as its receiver fails, so its backlog need not be looked at more often.
+pub const DEFER_SLOWED: Duration = Duration::from_secs(1);
+
 /// The engine's shared wake-up signal: publishing pokes it so workers claim at once.
 /// [`Waker::announce`] also tells the other server processes (PostgreSQL), through a
 /// coalescing relay so a burst of publishes costs one cross-process signal.
@@ -146,7 +150,11 @@ impl DeliveryWorker {
     pub async fn run(self, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let in_flight: InFlight = Arc::default();
-        let lanes = Arc::new(Lanes::new(self.config.per_webhook_limit, self.config.lease));
+        let lanes = Arc::new(Lanes::new(
+            self.config.per_webhook_limit,
+            self.config.concurrency.max(1),
+            self.config.lease,
+        ));
         // Poked when a delivery finishes, so parked deliveries of its webhook can go.
         let lane_freed = Arc::new(Notify::new());
         let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel::<Finished>();
@@ -179,8 +187,9 @@ impl DeliveryWorker {
                 let lanes = lanes.clone();
                 let lane_freed = lane_freed.clone();
                 tasks.spawn(async move {
-                    let outcome = deliver(&dispatcher, &schedule, &delivery, &metrics).await;
-                    lanes.finish(delivery.webhook_id);
+                    let (outcome, timed_out) =
+                        deliver(&dispatcher, &schedule, &delivery, &metrics).await;
+                    lanes.finish(delivery.webhook_id, delivery.project_id, timed_out);
                     lane_freed.notify_one();
                     // The recorder outlives every delivery task; a send can only fail after
                     // an abort, and then the lease is handed back instead. The slot is
@@ -218,7 +227,12 @@ impl DeliveryWorker {
                 }
             }
             self.health.claiming();
-            let claimed = match self.store.claim_due(free, self.config.lease).await {
+            let full_projects = lanes.full_projects();
+            let claimed = match self
+                .store
+                .claim_due_skipping(free, self.config.lease, &full_projects)
+                .await
+            {
                 Ok(claimed) => {
                     self.health.claimed();
                     backoff = Duration::from_millis(50);
@@ -237,28 +251,45 @@ impl DeliveryWorker {
             // A full batch suggests more is due than this process can take.
             self.waker.set_saturated(claimed.len() == free);
             let claimed_any = !claimed.is_empty();
-            let mut full = Vec::new();
+            let mut progressed = false;
+            let (mut full, mut slowed) = (Vec::new(), Vec::new());
             for delivery in claimed {
                 match lanes.admit(delivery) {
                     Admission::Go(delivery) => match slots.clone().try_acquire_owned() {
-                        Ok(permit) => start(delivery, permit, &mut tasks),
+                        Ok(permit) => {
+                            progressed = true;
+                            start(delivery, permit, &mut tasks)
+                        }
                         Err(_) => {
-                            lanes.finish(delivery.webhook_id);
+                            lanes.finish(delivery.webhook_id, delivery.project_id, false);
                             full.push(delivery);
                         }
                     },
-                    Admission::Parked => {}
+                    Admission::Parked => progressed = true,
+                    Admission::HandBack(delivery) if lanes.is_slowed(delivery.webhook_id) => {
+                        slowed.push(delivery)
+                    }
                     Admission::HandBack(delivery) => full.push(delivery),
                 }
             }
-            let later = Utc::now() + chrono::Duration::from_std(DEFER_AT_LIMIT).unwrap_or_default();
-            self.hand_back(&full, later).await;
-            if !claimed_any {
-                let sleep = self.idle_sleep().await;
+            let now = Utc::now();
+            let defer = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or_default();
+            self.hand_back(&full, defer(DEFER_AT_LIMIT)).await;
+            self.hand_back(&slowed, defer(DEFER_SLOWED)).await;
+            if !claimed_any || !progressed {
+                // Nothing claimed, or only what had to go back: wait for news rather
+                // than claim the same full webhooks again at once.
+                let mut sleep = self.idle_sleep().await;
+                if !full_projects.is_empty() || (claimed_any && !progressed) {
+                    // What is due may be only what was left out or handed back; a
+                    // finished delivery (lane_freed) is what makes room for it.
+                    sleep = sleep.max(DEFER_AT_LIMIT);
+                }
+                let waiting = lanes.parked() > 0 || !full_projects.is_empty();
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = self.waker.woken() => {}
-                    _ = lane_freed.notified(), if lanes.parked() > 0 => {}
+                    _ = lane_freed.notified(), if waiting => {}
                     _ = tokio::time::sleep(sleep) => {}
                 }
             }
@@ -348,13 +379,14 @@ impl DeliveryWorker {
     }
 }
 
-/// Sends one delivery and decides what happens next.
+/// Sends one delivery and decides what happens next; also says whether the receiver
+/// timed out.
 pub async fn deliver(
     dispatcher: &Dispatcher,
     schedule: &RetrySchedule,
     d: &ClaimedDelivery,
     metrics: &Metrics,
-) -> DeliveryOutcome {
+) -> (DeliveryOutcome, bool) {
     let body = sign::delivery_body(d);
     let headers = sign::delivery_headers(d, &body, Utc::now().timestamp());
     let started_at = Utc::now();
@@ -399,7 +431,8 @@ pub async fn deliver(
         retry = retry_at.is_some(),
         "delivery attempt"
     );
-    DeliveryOutcome {
+    let timed_out = result.timed_out;
+    let outcome = DeliveryOutcome {
         delivery_id: d.delivery_id,
         lease_token: d.lease_token,
         attempt: Attempt {
@@ -419,7 +452,8 @@ pub async fn deliver(
             created_at: started_at,
         },
         retry_at,
-    }
+    };
+    (outcome, timed_out)
 }
 
 /// What the recorder needs besides its channel.

@@ -351,7 +351,21 @@ pub trait WebhookStore: Send + Sync + 'static {
     async fn publish_event(&self, event: PublishEvent<'_>) -> StoreResult<Published>;
     /// Claims up to `max` pending deliveries that are due and not leased by a live
     /// claim (or whose lease has expired), oldest due first, leasing them for `lease`.
-    async fn claim_due(&self, max: usize, lease: Duration) -> StoreResult<Vec<ClaimedDelivery>>;
+    async fn claim_due(&self, max: usize, lease: Duration) -> StoreResult<Vec<ClaimedDelivery>> {
+        self.claim_due_skipping(max, lease, &[]).await
+    }
+    /// [`WebhookStore::claim_due`], shared fairly among projects and leaving out
+    /// `skip` (projects this process has no room for): each project with due work (the
+    /// first [`FAIR_CLAIM_PROJECTS`] found) gets an equal part of `max`, oldest due
+    /// first within it, so one project's backlog cannot keep another's fresh events
+    /// waiting. When more projects have pending work than that, the rest of `max` goes
+    /// oldest due first across all of them, so none is starved.
+    async fn claim_due_skipping(
+        &self,
+        max: usize,
+        lease: Duration,
+        skip: &[Uuid],
+    ) -> StoreResult<Vec<ClaimedDelivery>>;
     /// Records a batch of outcomes in one transaction: inserts each attempt, finishes or
     /// reschedules the delivery and releases its lease, and updates the webhook's
     /// failure streak, disabling it (and cancelling its pending deliveries) when the
@@ -415,6 +429,19 @@ pub fn storable_text(text: String) -> String {
     } else {
         text
     }
+}
+
+/// How many projects with pending deliveries a claim looks at one by one (see
+/// [`WebhookStore::claim_due_skipping`]). Each costs two index probes.
+pub const FAIR_CLAIM_PROJECTS: usize = 256;
+
+/// Where a claim takes deliveries from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ClaimFrom<'a> {
+    /// Up to `share` from each of these projects, oldest due first within each.
+    Projects(&'a [Uuid], usize),
+    /// Oldest due first across all projects but these.
+    Oldest(&'a [Uuid]),
 }
 
 /// Delivery states as stored (`deliveries.status`).

@@ -26,9 +26,9 @@ use uuid::Uuid;
 use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::{
     add_duration, now_micros, status_after, truncate_micros, ApiKeyRecord, Attempt, AttemptPage,
-    AttemptStatus, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyCache,
-    KeyOwner, Project, PublishEvent, Published, QueueStats, SigningSecret, StoreError, StoreResult,
-    Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
+    AttemptStatus, ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak,
+    KeyCache, KeyOwner, Project, PublishEvent, Published, QueueStats, SigningSecret, StoreError,
+    StoreResult, Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -227,6 +227,84 @@ async fn cancel_pending(
 }
 
 impl PgStore {
+    /// Leases up to `max` due deliveries, from `from`, and returns everything needed
+    /// to send them.
+    async fn claim(
+        &self,
+        from: ClaimFrom<'_>,
+        max: usize,
+        lease: Duration,
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let now = now_micros();
+        let expires = add_duration(now, lease);
+        // SKIP LOCKED: rows another claimer is leasing right now are passed over, not
+        // waited for. Under READ COMMITTED, a row leased and committed by another
+        // claimer after this statement's snapshot is re-checked against the WHERE
+        // clause once locked, and dropped because it is no longer due. NO KEY UPDATE
+        // (the key is not changed) does not conflict with the key-share locks that
+        // inserting attempts takes on the delivery. The EXISTS sub-select locks
+        // nothing, so claimers never queue behind a webhook row either.
+        // next_attempt_at moves to the lease expiry: the row drops out of the due
+        // range while leased and comes back by itself if the lease runs out.
+        const DUE: &str = "d.status = 'pending' AND d.next_attempt_at <= $1 \
+             AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $1) \
+             AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.is_active)";
+        let (due, projects, share): (String, &[Uuid], Option<usize>) = match from {
+            // A part for each project: one index range per project, in due order.
+            ClaimFrom::Projects(projects, share) => (
+                format!(
+                    "SELECT x.id FROM unnest($5::uuid[]) AS p(pid) CROSS JOIN LATERAL ( \
+                         SELECT d.id FROM deliveries d WHERE d.project_id = p.pid AND {DUE} \
+                         ORDER BY d.next_attempt_at, d.id LIMIT $6 \
+                         FOR NO KEY UPDATE OF d SKIP LOCKED) x \
+                     LIMIT $2"
+                ),
+                projects,
+                Some(share),
+            ),
+            ClaimFrom::Oldest(skip) => (
+                format!(
+                    "SELECT d.id FROM deliveries d WHERE {DUE} \
+                       AND NOT (d.project_id = ANY($5)) AND $6 > 0 \
+                     ORDER BY d.next_attempt_at, d.id LIMIT $2 \
+                     FOR NO KEY UPDATE OF d SKIP LOCKED"
+                ),
+                skip,
+                None,
+            ),
+        };
+        let sql = format!(
+            "WITH due AS MATERIALIZED ({due}), claimed AS ( \
+                 UPDATE deliveries d SET lease_token = $3, lease_expires_at = $4, \
+                     next_attempt_at = $4, updated_at = $1 \
+                 FROM due WHERE d.id = due.id \
+                 RETURNING d.id, d.event_id, d.webhook_id, d.project_id, d.event_type, \
+                     d.attempts_made, d.lease_token \
+             ) \
+             SELECT c.id, c.event_id, c.webhook_id, c.project_id, c.event_type, \
+                 c.attempts_made, c.lease_token, \
+                 e.created_at AS event_created_at, e.data, \
+                 w.webhook_url, w.auth_header, w.signing_secret, \
+                 CASE WHEN w.previous_secret_expires_at > $1 THEN w.previous_secret END \
+                     AS previous_secret \
+             FROM claimed c \
+             JOIN events e ON e.id = c.event_id \
+             JOIN webhooks w ON w.id = c.webhook_id \
+             ORDER BY c.id"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(now)
+            .bind(i64::try_from(max).unwrap_or(i64::MAX))
+            .bind(Uuid::new_v4())
+            .bind(expires)
+            .bind(projects);
+        if let Some(share) = share {
+            query = query.bind(i64::try_from(share).unwrap_or(i64::MAX));
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(claimed_from).collect()
+    }
+
     async fn find_api_key_uncached(&self, lookup_id: &str) -> StoreResult<Option<KeyOwner>> {
         let row = sqlx::query(
             "SELECT k.id, p.tenant_id, k.project_id, k.secret_hash, \
@@ -560,55 +638,57 @@ impl WebhookStore for PgStore {
         publish_one(&self.pool, event).await
     }
 
-    async fn claim_due(&self, max: usize, lease: Duration) -> StoreResult<Vec<ClaimedDelivery>> {
+    async fn claim_due_skipping(
+        &self,
+        max: usize,
+        lease: Duration,
+        skip: &[Uuid],
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
         if max == 0 {
             return Ok(Vec::new());
         }
         let now = now_micros();
-        let expires = add_duration(now, lease);
-        // SKIP LOCKED: rows another claimer is leasing right now are passed over, not
-        // waited for. Under READ COMMITTED, a row leased and committed by another
-        // claimer after this statement's snapshot is re-checked against the WHERE
-        // clause once locked, and dropped because it is no longer due. NO KEY UPDATE
-        // (the key is not changed) does not conflict with the key-share locks that
-        // inserting attempts takes on the delivery. The EXISTS sub-select locks
-        // nothing, so claimers never queue behind a webhook row either.
-        // next_attempt_at moves to the lease expiry: the row drops out of the due
-        // range while leased and comes back by itself if the lease runs out.
-        let rows = sqlx::query(
-            "WITH due AS MATERIALIZED ( \
-                 SELECT d.id FROM deliveries d \
-                 WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
-                   AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $1) \
-                   AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.is_active) \
-                 ORDER BY d.next_attempt_at, d.id \
-                 LIMIT $2 \
-                 FOR NO KEY UPDATE OF d SKIP LOCKED \
-             ), claimed AS ( \
-                 UPDATE deliveries d SET lease_token = $3, lease_expires_at = $4, \
-                     next_attempt_at = $4, updated_at = $1 \
-                 FROM due WHERE d.id = due.id \
-                 RETURNING d.id, d.event_id, d.webhook_id, d.project_id, d.event_type, \
-                     d.attempts_made, d.lease_token \
+        // The projects with due work: a skip scan over deliveries_project_due (one
+        // probe to the next project, one for its oldest pending delivery), reading
+        // nothing else, locking nothing.
+        let scanned: Vec<(Uuid, bool)> = sqlx::query_as(
+            "WITH RECURSIVE p(pid, n) AS ( \
+                 SELECT (SELECT project_id FROM deliveries WHERE status = 'pending' \
+                         ORDER BY project_id LIMIT 1), 1 \
+                 UNION ALL \
+                 SELECT (SELECT d.project_id FROM deliveries d \
+                         WHERE d.status = 'pending' AND d.project_id > p.pid \
+                         ORDER BY d.project_id LIMIT 1), p.n + 1 \
+                 FROM p WHERE p.pid IS NOT NULL AND p.n <= $2 \
              ) \
-             SELECT c.id, c.event_id, c.webhook_id, c.project_id, c.event_type, \
-                 c.attempts_made, c.lease_token, \
-                 e.created_at AS event_created_at, e.data, \
-                 w.webhook_url, w.auth_header, w.signing_secret, \
-                 CASE WHEN w.previous_secret_expires_at > $1 THEN w.previous_secret END \
-                     AS previous_secret \
-             FROM claimed c \
-             JOIN events e ON e.id = c.event_id \
-             JOIN webhooks w ON w.id = c.webhook_id \
-             ORDER BY c.id",
+             SELECT p.pid, (SELECT min(d.next_attempt_at) FROM deliveries d \
+                     WHERE d.status = 'pending' AND d.project_id = p.pid) <= $1 \
+             FROM p WHERE p.pid IS NOT NULL",
         )
         .bind(now)
-        .bind(i64::try_from(max).unwrap_or(i64::MAX))
-        .bind(Uuid::new_v4())
-        .bind(expires)
+        .bind(i64::try_from(FAIR_CLAIM_PROJECTS).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(claimed_from).collect()
+        let truncated = scanned.len() > FAIR_CLAIM_PROJECTS;
+        let due: Vec<Uuid> = scanned
+            .into_iter()
+            .take(FAIR_CLAIM_PROJECTS)
+            .filter_map(|(project, due)| (due && !skip.contains(&project)).then_some(project))
+            .collect();
+        let mut claimed = Vec::new();
+        if !due.is_empty() {
+            let share = max.div_ceil(due.len());
+            claimed = self
+                .claim(ClaimFrom::Projects(&due, share), max, lease)
+                .await?;
+        }
+        if truncated && claimed.len() < max {
+            let rest = self
+                .claim(ClaimFrom::Oldest(skip), max - claimed.len(), lease)
+                .await?;
+            claimed.extend(rest);
+        }
+        Ok(claimed)
     }
 
     async fn record_outcomes(

@@ -28,9 +28,9 @@ use uuid::Uuid;
 use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::{
     add_duration, now_micros, status_after, truncate_micros, ApiKeyRecord, Attempt, AttemptPage,
-    AttemptStatus, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyCache,
-    KeyOwner, Project, PublishEvent, Published, QueueStats, SigningSecret, StoreError, StoreResult,
-    Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
+    AttemptStatus, ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak,
+    KeyCache, KeyOwner, Project, PublishEvent, Published, QueueStats, SigningSecret, StoreError,
+    StoreResult, Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -310,6 +310,88 @@ async fn cancel_pending(
 }
 
 impl SqliteStore {
+    /// Leases up to `max` due deliveries, from `from`, in one statement (one implicit
+    /// transaction, one round trip to the writer), returning everything needed to send
+    /// them through correlated subqueries in RETURNING. next_attempt_at moves to the
+    /// lease expiry: the row drops out of the due range while leased and comes back by
+    /// itself if the lease runs out.
+    async fn claim(
+        &self,
+        from: ClaimFrom<'_>,
+        max: usize,
+        lease: Duration,
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let now = micros(now_micros());
+        let expires = micros(add_duration(now_micros(), lease));
+        let token = Uuid::new_v4();
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        let mut q = QueryBuilder::<Sqlite>::new("UPDATE deliveries SET lease_token = ");
+        q.push_bind(token)
+            .push(", lease_expires_at = ")
+            .push_bind(expires)
+            .push(", next_attempt_at = ")
+            .push_bind(expires)
+            .push(", updated_at = ")
+            .push_bind(now)
+            .push(" WHERE id IN (SELECT id FROM (");
+        let due = |q: &mut QueryBuilder<'_, Sqlite>| {
+            q.push(
+                "SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+                 WHERE d.status = 'pending' AND w.is_active = 1 AND d.next_attempt_at <= ",
+            )
+            .push_bind(now)
+            .push(" AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= ")
+            .push_bind(now)
+            .push(")");
+        };
+        match from {
+            // A part for each project: one index range per project, in due order.
+            ClaimFrom::Projects(projects, share) => {
+                for (i, project) in projects.iter().enumerate() {
+                    if i > 0 {
+                        q.push(" UNION ALL ");
+                    }
+                    q.push("SELECT id FROM (");
+                    due(&mut q);
+                    q.push(" AND d.project_id = ")
+                        .push_bind(*project)
+                        .push(" ORDER BY d.next_attempt_at, d.id LIMIT ")
+                        .push_bind(i64::try_from(share).unwrap_or(i64::MAX))
+                        .push(")");
+                }
+            }
+            ClaimFrom::Oldest(skip) => {
+                due(&mut q);
+                if !skip.is_empty() {
+                    q.push(" AND d.project_id NOT IN (");
+                    let mut list = q.separated(", ");
+                    for project in skip {
+                        list.push_bind(*project);
+                    }
+                    q.push(")");
+                }
+                q.push(" ORDER BY d.next_attempt_at, d.id LIMIT ")
+                    .push_bind(max);
+            }
+        }
+        q.push(") LIMIT ")
+            .push_bind(max)
+            .push(
+                ") RETURNING id, event_id, webhook_id, project_id, event_type, attempts_made, \
+                 (SELECT e.created_at FROM events e WHERE e.id = event_id) AS event_created_at, \
+                 (SELECT e.data FROM events e WHERE e.id = event_id) AS data, \
+                 (SELECT w.webhook_url FROM webhooks w WHERE w.id = webhook_id) AS webhook_url, \
+                 (SELECT w.auth_header FROM webhooks w WHERE w.id = webhook_id) AS auth_header, \
+                 (SELECT w.signing_secret FROM webhooks w WHERE w.id = webhook_id) \
+                     AS signing_secret, \
+                 (SELECT CASE WHEN w.previous_secret_expires_at > ",
+            )
+            .push_bind(now)
+            .push(" THEN w.previous_secret END FROM webhooks w WHERE w.id = webhook_id) AS previous_secret");
+        let rows = q.build().fetch_all(&self.writer).await?;
+        rows.iter().map(|row| claimed_from(row, token)).collect()
+    }
+
     async fn find_api_key_uncached(&self, lookup_id: &str) -> StoreResult<Option<KeyOwner>> {
         let row = sqlx::query(
             "SELECT k.id, p.tenant_id, k.project_id, k.secret_hash, \
@@ -677,48 +759,55 @@ impl WebhookStore for SqliteStore {
         self.publisher.publish(event).await
     }
 
-    async fn claim_due(&self, max: usize, lease: Duration) -> StoreResult<Vec<ClaimedDelivery>> {
+    async fn claim_due_skipping(
+        &self,
+        max: usize,
+        lease: Duration,
+        skip: &[Uuid],
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
         if max == 0 {
             return Ok(Vec::new());
         }
         let now = now_micros();
-        let expires = add_duration(now, lease);
-        let token = Uuid::new_v4();
-        // One statement (so one implicit transaction and one round trip to the writer):
-        // lease the oldest due rows and return everything needed to send them, through
-        // correlated subqueries in RETURNING. next_attempt_at moves to the lease expiry:
-        // the row drops out of the due range while leased and comes back by itself if
-        // the lease runs out.
-        let rows = sqlx::query(
-            "UPDATE deliveries SET lease_token = ?1, lease_expires_at = ?2, \
-                 next_attempt_at = ?2, updated_at = ?3 \
-             WHERE id IN ( \
-                 SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
-                 WHERE d.status = 'pending' AND d.next_attempt_at <= ?3 \
-                   AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= ?3) \
-                   AND w.is_active = 1 \
-                 ORDER BY d.next_attempt_at, d.id \
-                 LIMIT ?4) \
-             RETURNING id, event_id, webhook_id, project_id, event_type, attempts_made, \
-                 (SELECT e.created_at FROM events e WHERE e.id = event_id) AS event_created_at, \
-                 (SELECT e.data FROM events e WHERE e.id = event_id) AS data, \
-                 (SELECT w.webhook_url FROM webhooks w WHERE w.id = webhook_id) AS webhook_url, \
-                 (SELECT w.auth_header FROM webhooks w WHERE w.id = webhook_id) AS auth_header, \
-                 (SELECT w.signing_secret FROM webhooks w WHERE w.id = webhook_id) \
-                     AS signing_secret, \
-                 (SELECT CASE WHEN w.previous_secret_expires_at > ?3 THEN w.previous_secret END \
-                     FROM webhooks w WHERE w.id = webhook_id) AS previous_secret",
+        // The projects with due work: a skip scan over deliveries_project_due (one
+        // probe to the next project, one for its oldest pending delivery).
+        let scanned: Vec<(Uuid, bool)> = sqlx::query_as(
+            "WITH RECURSIVE p(pid, n) AS ( \
+                 SELECT (SELECT project_id FROM deliveries WHERE status = 'pending' \
+                         ORDER BY project_id LIMIT 1), 1 \
+                 UNION ALL \
+                 SELECT (SELECT d.project_id FROM deliveries d \
+                         WHERE d.status = 'pending' AND d.project_id > p.pid \
+                         ORDER BY d.project_id LIMIT 1), p.n + 1 \
+                 FROM p WHERE p.pid IS NOT NULL AND p.n <= ?2 \
+             ) \
+             SELECT p.pid, (SELECT min(d.next_attempt_at) FROM deliveries d \
+                     WHERE d.status = 'pending' AND d.project_id = p.pid) <= ?1 \
+             FROM p WHERE p.pid IS NOT NULL",
         )
-        .bind(token)
-        .bind(micros(expires))
         .bind(micros(now))
-        .bind(i64::try_from(max).unwrap_or(i64::MAX))
-        .fetch_all(&self.writer)
+        .bind(i64::try_from(FAIR_CLAIM_PROJECTS).unwrap_or(i64::MAX))
+        .fetch_all(&self.readers)
         .await?;
-        let mut claimed = rows
-            .iter()
-            .map(|row| claimed_from(row, token))
-            .collect::<StoreResult<Vec<_>>>()?;
+        let truncated = scanned.len() > FAIR_CLAIM_PROJECTS;
+        let due: Vec<Uuid> = scanned
+            .into_iter()
+            .take(FAIR_CLAIM_PROJECTS)
+            .filter_map(|(project, due)| (due && !skip.contains(&project)).then_some(project))
+            .collect();
+        let mut claimed = Vec::new();
+        if !due.is_empty() {
+            let share = max.div_ceil(due.len());
+            claimed = self
+                .claim(ClaimFrom::Projects(&due, share), max, lease)
+                .await?;
+        }
+        if truncated && claimed.len() < max {
+            let rest = self
+                .claim(ClaimFrom::Oldest(skip), max - claimed.len(), lease)
+                .await?;
+            claimed.extend(rest);
+        }
         // RETURNING order is unspecified; hand them out oldest event first.
         claimed.sort_by_key(|c| (c.event_created_at, c.delivery_id));
         Ok(claimed)

@@ -213,6 +213,7 @@ store_cases!(
     publish_targets_active_webhooks_only,
     idempotency_key_within_and_after_window,
     claim_takes_due_deliveries_oldest_first_under_lease,
+    claims_share_out_among_projects_and_skip_full_ones,
     expired_lease_is_reclaimed_and_old_outcome_is_stale,
     concurrent_claimers_never_share_a_delivery,
     outcomes_finish_retry_and_number_attempts,
@@ -815,6 +816,51 @@ async fn idempotency_key_within_and_after_window(db: Arc<TestDb>) {
     let y = publish(s, p.id, "session.end").await;
     assert_ne!(x.event_id, y.event_id);
     assert!(!x.duplicate && !y.duplicate);
+}
+
+/// A project with a backlog gets no more than its part of a claim: another project's
+/// later deliveries come in the same claim, and a project the worker has no room for
+/// is left out altogether.
+async fn claims_share_out_among_projects_and_skip_full_ones(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let noisy = new_project(s).await;
+    let quiet = new_project(s).await;
+    upsert(s, noisy.id, "backlog", "https://noisy.example/hook").await;
+    upsert(s, quiet.id, "fresh", "https://quiet.example/hook").await;
+    for _ in 0..40 {
+        publish(s, noisy.id, "backlog").await;
+    }
+    let mut fresh = HashSet::new();
+    for _ in 0..3 {
+        fresh.insert(publish(s, quiet.id, "fresh").await.event_id);
+    }
+
+    let claimed = s.claim_due(10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 8, "5 of the backlog and the 3 fresh ones");
+    let quiet_claimed: HashSet<Uuid> = claimed
+        .iter()
+        .filter(|c| c.project_id == quiet.id)
+        .map(|c| c.event_id)
+        .collect();
+    assert_eq!(
+        quiet_claimed, fresh,
+        "the backlog did not hold up the fresh events"
+    );
+    assert_eq!(
+        claimed.iter().filter(|c| c.project_id == noisy.id).count(),
+        5
+    );
+
+    for _ in 0..2 {
+        publish(s, quiet.id, "fresh").await;
+    }
+    let claimed = s.claim_due_skipping(10, LEASE, &[noisy.id]).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert!(claimed.iter().all(|c| c.project_id == quiet.id));
+    // Alone with due work, a project may take the whole claim.
+    let claimed = s.claim_due(100, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 35);
+    assert!(s.claim_due(10, LEASE).await.unwrap().is_empty());
 }
 
 async fn claim_takes_due_deliveries_oldest_first_under_lease(db: Arc<TestDb>) {
@@ -1477,7 +1523,8 @@ async fn postgres_concurrent_startups_migrate_once() {
             .fetch_one(stores[0].pool())
             .await
             .unwrap();
-        assert_eq!(applied, 1);
+        // Each migration once, not once per process.
+        assert_eq!(applied, 2);
         for store in stores {
             store.close().await;
         }
