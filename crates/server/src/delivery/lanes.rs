@@ -176,12 +176,9 @@ impl Lanes {
             .map(|(id, _)| *id)
             .collect();
         for webhook in webhooks {
-            loop {
-                let Some((front, parked_at)) =
-                    state.lanes.get(&webhook).and_then(|l| l.parked.front())
-                else {
-                    break;
-                };
+            while let Some((front, parked_at)) =
+                state.lanes.get(&webhook).and_then(|l| l.parked.front())
+            {
                 let project = front.project_id;
                 if parked_at.elapsed() > self.max_park {
                     if let Some((d, _)) = state
