@@ -356,3 +356,127 @@ async fn a_stuck_recorder_makes_readyz_unready_and_shutdown_stays_bounded() {
     // Grace (1 s) + the final write's allowance (1 s) + the hand-back's (1 s) + slack.
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
 }
+
+/// Publishes one event of `event_type` for `key` and waits until the receiver has one
+/// more request; answers how long that took.
+async fn publish_and_time(
+    server: &TestServer,
+    key: &str,
+    event_type: &str,
+    receiver: &Receiver,
+    i: usize,
+) -> Duration {
+    let before = receiver.count();
+    let started = Instant::now();
+    publish(server, key, event_type, json!({ "i": i })).await;
+    receiver.wait_for(before + 1, Duration::from_secs(10)).await;
+    started.elapsed()
+}
+
+/// A project whose four webhooks hang, fed faster than its receivers time out, may
+/// hold its share of the slots and no more: another project's deliveries go at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_with_hanging_receivers_does_not_delay_another() {
+    for db in support::backends().await {
+        let on = on(&db);
+        let mut config = support::test_config(&db);
+        config.workers = 16;
+        config.delivery_timeout = Duration::from_secs(3);
+        let server = TestServer::start_with(&db, config).await;
+        let noisy = server.tenant.key.clone();
+        let quiet = support::create_tenant(server.store.as_ref(), "quiet").await;
+        let hanging = Receiver::start().await;
+        hanging.set_default(Answer::status(200).after(Duration::from_secs(30)));
+        for i in 0..4 {
+            upsert(&server, &noisy, &format!("hang.{i}"), &hanging.url("/hang")).await;
+        }
+        let fine = Receiver::start().await;
+        upsert(&server, &quiet.key, "quiet.event", &fine.url("/quiet")).await;
+
+        for i in 0..80 {
+            publish(
+                &server,
+                &noisy,
+                &format!("hang.{}", i % 4),
+                json!({ "i": i }),
+            )
+            .await;
+        }
+        hanging.wait_for(8, Duration::from_secs(5)).await;
+        let mut waited = Vec::new();
+        for i in 0..10 {
+            waited.push(publish_and_time(&server, &quiet.key, "quiet.event", &fine, i).await);
+        }
+        waited.sort();
+        println!("{on}: quiet project's deliveries while another's receivers hang: {waited:?}");
+        assert_eq!(fine.count(), 10, "{on}");
+        assert!(
+            waited[9] < Duration::from_secs(1),
+            "{on}: the quiet project waited behind the hanging one: {waited:?}"
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(15), server.shutdown()).await;
+    }
+}
+
+/// A project with a backlog of due deliveries to a slow receiver does not queue
+/// another project's fresh events behind that backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_in_one_project_does_not_queue_another_projects_fresh_events() {
+    for db in support::backends().await {
+        let on = on(&db);
+        let mut config = support::test_config(&db);
+        config.workers = 8;
+        let server = TestServer::start_with(&db, config).await;
+        let noisy = server.tenant.key.clone();
+        let quiet = support::create_tenant(server.store.as_ref(), "quiet").await;
+        let slow = Receiver::start().await;
+        slow.set_default(Answer::status(200).after(Duration::from_millis(50)));
+        upsert(&server, &noisy, "backlog.event", &slow.url("/slow")).await;
+        let fine = Receiver::start().await;
+        upsert(&server, &quiet.key, "quiet.event", &fine.url("/quiet")).await;
+
+        // At most 6 of 8 slots at 50 ms each: 120 deliveries a second, so this
+        // backlog takes about 8 s to drain.
+        let publishers: Vec<_> = (0..4)
+            .map(|p| {
+                let client = server.client_for(&noisy);
+                tokio::spawn(async move {
+                    for i in 0..250 {
+                        client
+                            .publish_event_for_tenant()
+                            .body(
+                                types::PublishEventForTenantInputBody::builder()
+                                    .event_type("backlog.event")
+                                    .data(json!({ "p": p, "i": i })),
+                            )
+                            .send()
+                            .await
+                            .expect("publish backlog");
+                    }
+                })
+            })
+            .collect();
+        for publisher in publishers {
+            publisher.await.expect("publisher");
+        }
+        let mut waited = Vec::new();
+        for i in 0..10 {
+            waited.push(publish_and_time(&server, &quiet.key, "quiet.event", &fine, i).await);
+        }
+        waited.sort();
+        let backlog_left = 1000usize.saturating_sub(slow.count());
+        println!(
+            "{on}: quiet project's deliveries behind a backlog ({backlog_left} left): {waited:?}"
+        );
+        assert_eq!(fine.count(), 10, "{on}");
+        assert!(
+            backlog_left > 100,
+            "{on}: the backlog was gone too soon to tell"
+        );
+        assert!(
+            waited[9] < Duration::from_millis(500),
+            "{on}: the quiet project's events waited behind the backlog: {waited:?}"
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(15), server.shutdown()).await;
+    }
+}
