@@ -1447,7 +1447,7 @@ async fn attempts_page_ends_at_its_byte_budget(db: Arc<TestDb>) {
             1,
         )
         .await;
-        assert_eq!(one.attempts, [expected.clone()]);
+        assert_eq!(one.attempts, std::slice::from_ref(expected));
         assert_eq!(one.has_more, offset + 1 < all.len(), "offset {offset}");
     }
     // The limit still applies within the budget, and says more follow.
