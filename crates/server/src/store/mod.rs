@@ -385,7 +385,7 @@ pub trait WebhookStore: Send + Sync + 'static {
     // --- attempts ------------------------------------------------------------------
     /// Attempts of (project, event type), newest first. Includes attempts of webhooks
     /// since deleted. The page ends early, with `has_more`, once the attempts'
-    /// estimated size ([`ATTEMPT_COST_SQL`]) would pass `max_bytes`; its first attempt
+    /// estimated size (`ATTEMPT_COST_SQL`) would pass `max_bytes`; its first attempt
     /// is listed whatever its size. Bodies past the budget are not read.
     async fn list_attempts(
         &self,
