@@ -421,7 +421,7 @@ pub mod types {
     pub struct ListDeliveryAttemptsOutputBody {
         #[serde(deserialize_with = "::std::option::Option::deserialize")]
         pub attempts: ::std::option::Option<::std::vec::Vec<WebhookDeliveryAttempt>>,
-        ///Cursor paging (extension): whether another page follows.
+        ///Cursor paging (extension): whether another page follows. A page can end before `limit` or `page_size` attempts when it reaches the byte budget of one page; follow `next_cursor` to continue.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub has_more: ::std::option::Option<bool>,
         ///Cursor paging (extension): pass as `cursor` to get the next page.
@@ -2777,6 +2777,8 @@ impl Client {
     }
     /// Register or update a webhook
     ///
+    /// Creates the webhook of this event type, or replaces it. A project has at most a set number of webhooks (a server setting, 1,000 by default): creating one more answers 409 with a problem saying so; replacing an existing one is always allowed.
+    ///
     /// Sends a `PUT` request to `/projects/{projectId}/webhooks/{eventType}`
     ///
     /// Arguments:
@@ -2812,6 +2814,8 @@ impl Client {
         builder::DeleteWebhook::new(self)
     }
     /// List webhook delivery attempts
+    ///
+    /// Newest first. A page holds at most `limit` (or `page_size`) attempts, and ends sooner when its attempts would pass the byte budget of one page (a server setting, 8 MiB of JSON by default): then `has_more` is true and `next_cursor` continues right after the last attempt listed, also when the page was asked for by `offset`. A page holds at least one attempt whenever one is left.
     ///
     /// Sends a `GET` request to `/projects/{projectId}/webhooks/{eventType}/attempts`
     ///
@@ -2888,6 +2892,8 @@ impl Client {
     }
     /// Register or update a webhook (tenant-scoped)
     ///
+    /// Creates the webhook of this event type, or replaces it. A project has at most a set number of webhooks (a server setting, 1,000 by default): creating one more answers 409 with a problem saying so; replacing an existing one is always allowed.
+    ///
     /// Sends a `PUT` request to `/webhooks/{eventType}`
     ///
     /// Arguments:
@@ -2919,6 +2925,8 @@ impl Client {
         builder::DeleteWebhookForTenant::new(self)
     }
     /// List webhook delivery attempts (tenant-scoped)
+    ///
+    /// Newest first. A page holds at most `limit` (or `page_size`) attempts, and ends sooner when its attempts would pass the byte budget of one page (a server setting, 8 MiB of JSON by default): then `has_more` is true and `next_cursor` continues right after the last attempt listed, also when the page was asked for by `offset`. A page holds at least one attempt whenever one is left.
     ///
     /// Sends a `GET` request to `/webhooks/{eventType}/attempts`
     ///

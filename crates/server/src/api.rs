@@ -18,22 +18,48 @@ use sonzai_webhooks_api::{
 use uuid::Uuid;
 
 use crate::auth::{self, Caller};
+use crate::config::Config;
 use crate::delivery::guard::{self, TargetPolicy};
 use crate::engine::Engine;
 use crate::store::{self, AttemptPage, SigningSecret, StoreError, UpsertOutcome, UpsertWebhook};
 
+/// How much one caller can make the API take in, hold or answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Bytes of JSON one page of attempts may take; the page ends early past it.
+    pub max_attempts_page_bytes: usize,
+    /// Most webhooks one project may have.
+    pub max_webhooks_per_project: usize,
+}
+
+impl From<&Config> for Limits {
+    fn from(config: &Config) -> Self {
+        Self {
+            max_body_bytes: config.max_body_bytes,
+            max_attempts_page_bytes: config.max_attempts_page_bytes,
+            max_webhooks_per_project: config.max_webhooks_per_project,
+        }
+    }
+}
+
+/// What a page of attempts weighs besides its attempts: `$schema`, the keys,
+/// `has_more` and a cursor, rounded up, so the whole answer stays within the budget.
+const ATTEMPTS_PAGE_ENVELOPE_BYTES: usize = 256;
+
 pub struct Api {
     engine: Arc<Engine>,
     policy: TargetPolicy,
-    max_body_bytes: usize,
+    limits: Limits,
 }
 
 impl Api {
-    pub fn new(engine: Arc<Engine>, policy: TargetPolicy, max_body_bytes: usize) -> Self {
+    pub fn new(engine: Arc<Engine>, policy: TargetPolicy, limits: Limits) -> Self {
         Self {
             engine,
             policy,
-            max_body_bytes,
+            limits,
         }
     }
 
@@ -111,6 +137,7 @@ impl Api {
                 webhook_url,
                 auth_header,
                 new_secret: &secret,
+                max_webhooks: self.limits.max_webhooks_per_project,
             })
             .await
             .map_err(store_problem)?;
@@ -183,29 +210,49 @@ impl Api {
                 let (created_at, id) = decode_cursor(cursor)
                     .ok_or_else(|| Problem::invalid("query.cursor", "unknown or damaged cursor"))?;
                 AttemptPage::After {
-                    limit: size + 1,
+                    limit: size,
                     created_at,
                     id,
                 }
             }
             None => AttemptPage::Offset {
-                limit: size + 1,
+                limit: size,
                 offset: paging.offset,
             },
         };
-        let mut rows = self
+        let budget = self.limits.max_attempts_page_bytes;
+        let listed = self
             .store()
-            .list_attempts(project_id, event_type, page)
+            .list_attempts(project_id, event_type, page, budget)
             .await
             .map_err(store_problem)?;
-        let has_more = rows.len() as i64 > size;
-        rows.truncate(usize::try_from(size).unwrap_or(0));
+        // The store sized the page from stored lengths; escaping can make the JSON
+        // larger, so the page is measured exactly here and cut again if need be. The
+        // first attempt stays whatever its size, so every page makes progress.
+        let mut has_more = listed.has_more;
+        let mut attempts = Vec::with_capacity(listed.attempts.len());
+        let mut used = ATTEMPTS_PAGE_ENVELOPE_BYTES;
+        for attempt in listed.attempts {
+            let model = attempt_model(attempt);
+            // One more for the comma between array items.
+            let size = json_len(&model) + 1;
+            if !attempts.is_empty() && used + size > budget {
+                has_more = true;
+                break;
+            }
+            used += size;
+            attempts.push(model);
+        }
         let next_cursor = has_more
-            .then(|| rows.last().map(|a| encode_cursor(a.created_at, a.id)))
+            .then(|| {
+                attempts
+                    .last()
+                    .map(|a| encode_cursor(a.created_at, a.attempt_id))
+            })
             .flatten();
         Ok(ListDeliveryAttemptsOutputBody {
             schema: None,
-            attempts: Some(rows.into_iter().map(attempt_model).collect()),
+            attempts: Some(attempts),
             has_more: Some(has_more),
             next_cursor,
         })
@@ -284,6 +331,24 @@ fn decode_cursor(cursor: &str) -> Option<(chrono::DateTime<chrono::Utc>, Uuid)> 
     ))
 }
 
+/// The length of `value` as JSON, without keeping the text.
+fn json_len(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, and the models always serialize.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 fn webhook_not_found(event_type: &str) -> Problem {
     Problem::not_found(format!("no webhook for event type {event_type}"))
 }
@@ -352,7 +417,7 @@ impl WebhooksApi for Api {
     }
 
     fn max_body_bytes(&self) -> usize {
-        self.max_body_bytes
+        self.limits.max_body_bytes
     }
 
     async fn list_webhooks(

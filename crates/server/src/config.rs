@@ -32,6 +32,13 @@ pub const DEFAULT_RETRY_SCHEDULE: &str = "5s,5m,30m,2h,5h,10h,10h";
 /// Default cap on request bodies: large enough for any reasonable event payload,
 /// small enough that a misbehaving client cannot make the server buffer megabytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+/// Default budget of one page of attempts: a few dozen attempts with the largest
+/// bodies, so one request (or a handful at once) cannot make the server hold hundreds
+/// of megabytes.
+pub const DEFAULT_MAX_ATTEMPTS_PAGE_BYTES: usize = 8 * 1024 * 1024;
+/// Default cap on the webhooks of one project: far more event types than a project
+/// subscribes to, while keeping its webhook list a bounded answer.
+pub const DEFAULT_MAX_WEBHOOKS_PER_PROJECT: usize = 1_000;
 
 /// Where the store lives. Shared by `serve` and the admin subcommands so that both
 /// open the same database with the same flags.
@@ -220,6 +227,31 @@ pub struct Config {
     )]
     pub shutdown_grace: Duration,
 
+    /// Most bytes of JSON one page of delivery attempts may take. A page that would
+    /// pass it ends early with `has_more` and a `next_cursor` to continue from; a page
+    /// always holds at least one attempt.
+    #[arg(
+        long,
+        env = "SONZAI_MAX_ATTEMPTS_PAGE_BYTES",
+        value_name = "BYTES",
+        default_value_t = DEFAULT_MAX_ATTEMPTS_PAGE_BYTES,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..),
+        help_heading = "Limits"
+    )]
+    pub max_attempts_page_bytes: usize,
+
+    /// Most webhooks one project may have. Creating one more answers 409; updating an
+    /// existing one is always allowed.
+    #[arg(
+        long,
+        env = "SONZAI_MAX_WEBHOOKS_PER_PROJECT",
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_WEBHOOKS_PER_PROJECT,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..),
+        help_heading = "Limits"
+    )]
+    pub max_webhooks_per_project: usize,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
 
@@ -333,6 +365,8 @@ impl Default for Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             idempotency_window: Duration::from_secs(24 * 3600),
             shutdown_grace: Duration::from_secs(10),
+            max_attempts_page_bytes: DEFAULT_MAX_ATTEMPTS_PAGE_BYTES,
+            max_webhooks_per_project: DEFAULT_MAX_WEBHOOKS_PER_PROJECT,
             database: DatabaseArgs::default(),
             workers: 256,
             max_in_flight_per_webhook: None,
@@ -605,6 +639,8 @@ mod tests {
         assert_eq!(parsed.config.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(parsed.config.retry_schedule, DEFAULT_RETRY_SCHEDULE);
         assert_eq!(parsed.config.max_body_bytes, 262_144);
+        assert_eq!(parsed.config.max_attempts_page_bytes, 8_388_608);
+        assert_eq!(parsed.config.max_webhooks_per_project, 1_000);
         assert!(!parsed.config.allow_private_targets);
     }
 
@@ -641,6 +677,10 @@ mod tests {
             "debug",
             "--shutdown-grace",
             "3s",
+            "--max-attempts-page-bytes",
+            "65536",
+            "--max-webhooks-per-project",
+            "5",
         ])
         .unwrap();
         let c = parsed.config;
@@ -662,6 +702,8 @@ mod tests {
         assert_eq!(c.max_body_bytes, 1024);
         assert_eq!(c.idempotency_window, Duration::from_secs(7200));
         assert_eq!(c.shutdown_grace, Duration::from_secs(3));
+        assert_eq!(c.max_attempts_page_bytes, 65_536);
+        assert_eq!(c.max_webhooks_per_project, 5);
         assert_eq!(parsed.log.log_format, LogFormat::Json);
         assert_eq!(parsed.log.log, "debug");
     }
@@ -698,6 +740,11 @@ mod tests {
             ("log_format", "SONZAI_LOG_FORMAT"),
             ("log", "SONZAI_LOG"),
             ("shutdown_grace", "SONZAI_SHUTDOWN_GRACE"),
+            ("max_attempts_page_bytes", "SONZAI_MAX_ATTEMPTS_PAGE_BYTES"),
+            (
+                "max_webhooks_per_project",
+                "SONZAI_MAX_WEBHOOKS_PER_PROJECT",
+            ),
         ];
         for arg in command.get_arguments() {
             if arg.get_id() == "help" {
@@ -734,6 +781,8 @@ mod tests {
     fn out_of_range_numbers_are_refused() {
         assert!(parse(&["serve", "--workers", "0"]).is_err());
         assert!(parse(&["serve", "--max-body-bytes", "0"]).is_err());
+        assert!(parse(&["serve", "--max-attempts-page-bytes", "0"]).is_err());
+        assert!(parse(&["serve", "--max-webhooks-per-project", "0"]).is_err());
         assert!(parse(&["serve", "--disable-after-failures", "0"]).is_err());
         assert!(parse(&["serve", "--listen", "localhost"]).is_err());
         assert!(parse(&["serve", "--lease", "30"]).is_err());

@@ -166,7 +166,7 @@ pub async fn start_with_store(
         })
     };
 
-    let api = Api::new(engine.clone(), policy, config.max_body_bytes);
+    let api = Api::new(engine.clone(), policy, config.into());
     let app = app(
         Arc::new(api),
         Shared {

@@ -24,6 +24,8 @@ use reqwest::header::{HeaderMap, HeaderName};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sonzai_webhooks_client::{types, Client, Error, ResponseValue};
+use sonzai_webhooks_server::config::Config;
+use sonzai_webhooks_server::store::AttemptPage;
 use sonzai_webhooks_verify::Verifier;
 use uuid::Uuid;
 
@@ -522,8 +524,12 @@ struct Harness {
 
 impl Harness {
     async fn start(db: &TestDb) -> Harness {
+        Self::start_with(db, support::test_config(db)).await
+    }
+
+    async fn start_with(db: &TestDb, config: Config) -> Harness {
         eprintln!("contract: {:?}", db.backend);
-        let server = TestServer::start(db).await;
+        let server = TestServer::start_with(db, config).await;
         let proxy = Proxy::start(server.addr).await;
         Harness {
             backend: db.backend,
@@ -2804,6 +2810,309 @@ async fn a_method_a_path_does_not_have_is_a_problem() {
                 .unwrap_or_default();
             assert!(allow.contains(allowed), "{path}: Allow is {allow:?}");
         }
+        h.finish().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 11. Limits: what one caller can make the server hold
+// ---------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_pages_stop_at_the_byte_budget() {
+    const EVENTS: usize = 12;
+    const BUDGET: usize = 1_000_000;
+    /// What a page may take besides its attempts, as the server reckons it.
+    const ENVELOPE: usize = 256;
+    for db in support::backends().await {
+        let mut config = support::test_config(&db);
+        config.max_attempts_page_bytes = BUDGET;
+        let h = Harness::start_with(&db, config).await;
+        let receiver = Receiver::start().await;
+        // 32 KiB of quotes and backslashes, stored as they are and escaped to twice
+        // that in a listing: the page must be measured as JSON, not as stored.
+        receiver.set_default(Answer::status(200).body("\"\\".repeat(16 * 1024)));
+        h.register("big.event", &receiver.url("/big")).await;
+        for n in 0..EVENTS {
+            // 40 to 160 KB of request body, so pages end at different places.
+            let filler = "x".repeat(40_000 * (1 + n % 4));
+            h.publish("big.event", json!({"n": n, "filler": filler}))
+                .await;
+        }
+        assert_eq!(receiver.wait_for(EVENTS, WAIT).await, EVENTS);
+
+        // The truth, from the store without a budget, once every attempt is recorded.
+        let project = h.project();
+        let deadline = Instant::now() + WAIT;
+        let expected = loop {
+            let listed = h
+                .server
+                .store
+                .list_attempts(
+                    project,
+                    "big.event",
+                    AttemptPage::Offset {
+                        limit: 500,
+                        offset: 0,
+                    },
+                    usize::MAX,
+                )
+                .await
+                .expect("store listing");
+            if listed.attempts.len() >= EVENTS || Instant::now() >= deadline {
+                assert_eq!(listed.attempts.len(), EVENTS, "[{:?}]", h.backend);
+                break listed
+                    .attempts
+                    .iter()
+                    .map(|a| a.id.to_string())
+                    .collect::<Vec<_>>();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+
+        let path = format!("/projects/{project}/webhooks/big.event/attempts");
+        let json_len = |v: &Value| serde_json::to_string(v).expect("serialize").len();
+        // One page: within the budget, and cut only where the next attempt would not
+        // have fitted.
+        let page = |query: String| {
+            let (h, path) = (&h, &path);
+            async move {
+                let reply = h.call(Method::GET, &format!("{path}?{query}"), None).await;
+                reply.expect(200);
+                assert!(
+                    reply.text.len() <= BUDGET,
+                    "[{:?}] {query}: an answer of {} bytes",
+                    h.backend,
+                    reply.text.len()
+                );
+                let attempts = reply.json["attempts"].as_array().expect("array").clone();
+                assert!(!attempts.is_empty(), "{query}: an empty page");
+                let next_cursor = match reply.json["has_more"].as_bool() {
+                    Some(true) => Some(
+                        reply.json["next_cursor"]
+                            .as_str()
+                            .expect("has_more comes with next_cursor")
+                            .to_owned(),
+                    ),
+                    Some(false) => {
+                        assert!(reply.json.get("next_cursor").is_none(), "{}", reply.text);
+                        None
+                    }
+                    None => panic!("no has_more: {}", reply.text),
+                };
+                (reply.text.len(), attempts, next_cursor)
+            }
+        };
+
+        let (first_len, first, cursor) = page("limit=500".to_owned()).await;
+        assert!(
+            first.len() < EVENTS,
+            "[{:?}] {} attempts in {first_len} bytes",
+            h.backend,
+            first.len()
+        );
+        let mut cursor = cursor.expect("a page cut by its budget says more follow");
+        assert_eq!(ids(&first), expected[..first.len()]);
+
+        // Following the cursor lists every attempt exactly once, in order, each page
+        // filled as far as the budget allows.
+        let mut walked = ids(&first);
+        let mut previous_len = first_len;
+        let mut pages = 1;
+        loop {
+            assert!(pages <= EVENTS, "the cursor walk does not end");
+            let (len, attempts, next) = page(format!("limit=500&cursor={cursor}")).await;
+            assert!(
+                previous_len + json_len(&attempts[0]) + 1 > BUDGET - ENVELOPE,
+                "[{:?}] a page of {previous_len} bytes ended with room for {} more",
+                h.backend,
+                json_len(&attempts[0])
+            );
+            walked.extend(ids(&attempts));
+            pages += 1;
+            match next {
+                Some(next) => {
+                    cursor = next;
+                    previous_len = len;
+                }
+                None => break,
+            }
+        }
+        assert_eq!(walked, expected, "[{:?}] the cursor walk", h.backend);
+        assert!(pages >= 3, "[{:?}] {pages} pages", h.backend);
+
+        // An offset page cut by the budget can be followed by cursor.
+        let (_, from_one, cursor) = page("limit=500&offset=1".to_owned()).await;
+        let mut walked = ids(&from_one);
+        let mut cursor = cursor.expect("the offset page is cut by its budget");
+        for _ in 0..EVENTS {
+            let (_, attempts, next) = page(format!("page_size=500&cursor={cursor}")).await;
+            walked.extend(ids(&attempts));
+            match next {
+                Some(next) => cursor = next,
+                None => break,
+            }
+        }
+        assert_eq!(walked, expected[1..], "[{:?}] from offset 1", h.backend);
+
+        // The tenant route and the generated client see the same first page.
+        let (_, tenant_first, _) = {
+            let reply = h
+                .call(Method::GET, "/webhooks/big.event/attempts?limit=500", None)
+                .await;
+            let attempts = reply.expect(200)["attempts"]
+                .as_array()
+                .expect("array")
+                .clone();
+            (reply.text.len(), attempts, ())
+        };
+        assert_eq!(ids(&tenant_first), ids(&first));
+        let typed = h
+            .client()
+            .list_delivery_attempts()
+            .project_id(project)
+            .event_type("big.event")
+            .limit(NonZeroU64::new(500).unwrap())
+            .send()
+            .await
+            .expect("attempts")
+            .into_inner();
+        assert_eq!(typed.has_more, Some(true));
+        assert_eq!(typed.attempts.map(|a| a.len()), Some(first.len()));
+        h.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_per_project_are_limited_with_409() {
+    const LIMIT: usize = 5;
+    const RACERS: usize = 20;
+    for db in support::backends().await {
+        let mut config = support::test_config(&db);
+        config.max_webhooks_per_project = LIMIT;
+        let h = Harness::start_with(&db, config).await;
+        let project = h.project();
+        for n in 0..LIMIT {
+            h.register(&format!("hook.{n}"), "http://127.0.0.1:9/hook")
+                .await;
+        }
+        let body = json!({"webhook_url": "http://127.0.0.1:9/more"});
+        for path in [
+            format!("/projects/{project}/webhooks/hook.{LIMIT}"),
+            format!("/webhooks/hook.{LIMIT}"),
+        ] {
+            let refused = h.call(Method::PUT, &path, Some(body.clone())).await;
+            let problem = refused.expect(409);
+            assert_eq!(problem["status"], json!(409), "{}", refused.text);
+            let detail = problem["detail"].as_str().expect("detail");
+            assert!(
+                detail.contains("limit of 5 webhooks"),
+                "[{:?}] {path}: {detail}",
+                h.backend
+            );
+        }
+        let (status, problem) = problem_of(
+            h.client()
+                .upsert_webhook()
+                .project_id(project)
+                .event_type("hook.extra")
+                .body(types::UpsertWebhookInputBody::builder().webhook_url("http://127.0.0.1:9/x"))
+                .send()
+                .await,
+        );
+        assert_eq!(status, 409, "{problem:?}");
+
+        // Updating a webhook at the limit is not a create.
+        let updated = h
+            .call(
+                Method::PUT,
+                "/webhooks/hook.2",
+                Some(json!({"webhook_url": "http://127.0.0.1:9/updated"})),
+            )
+            .await;
+        let updated = updated.expect(200);
+        assert_eq!(updated["success"], json!(true));
+        assert!(updated.get("signing_secret").is_none(), "{updated}");
+        let listed = h.call(Method::GET, "/webhooks", None).await;
+        let listed = listed.expect(200)["webhooks"]
+            .as_array()
+            .expect("array")
+            .clone();
+        let types: Vec<&str> = listed
+            .iter()
+            .map(|w| w["event_type"].as_str().expect("event_type"))
+            .collect();
+        assert_eq!(types, ["hook.0", "hook.1", "hook.2", "hook.3", "hook.4"]);
+        assert_eq!(
+            listed[2]["webhook_url"],
+            json!("http://127.0.0.1:9/updated")
+        );
+
+        // A delete makes room again.
+        h.call(Method::DELETE, "/webhooks/hook.0", None)
+            .await
+            .expect(204);
+        h.call(
+            Method::PUT,
+            &format!("/webhooks/hook.{LIMIT}"),
+            Some(body.clone()),
+        )
+        .await
+        .expect(200);
+
+        // Concurrent creates in a fresh project of the same tenant stop at the limit.
+        let second = h
+            .server
+            .store
+            .create_project(h.server.tenant.tenant_id, "second")
+            .await
+            .expect("project")
+            .id;
+        let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
+        let mut racers = tokio::task::JoinSet::new();
+        for i in 0..RACERS {
+            let client = h.client();
+            let barrier = barrier.clone();
+            racers.spawn(async move {
+                barrier.wait().await;
+                client
+                    .upsert_webhook()
+                    .project_id(second)
+                    .event_type(format!("race.{i}"))
+                    .body(
+                        types::UpsertWebhookInputBody::builder()
+                            .webhook_url("http://127.0.0.1:9/race"),
+                    )
+                    .send()
+                    .await
+            });
+        }
+        let (mut created, mut refused) = (0, 0);
+        while let Some(joined) = racers.join_next().await {
+            match joined.expect("racer") {
+                Ok(answer) => {
+                    assert!(answer.into_inner().signing_secret.is_some());
+                    created += 1;
+                }
+                Err(Error::ErrorResponse(answer)) if answer.status().as_u16() == 409 => {
+                    refused += 1
+                }
+                Err(other) => panic!("[{:?}] unexpected answer {other:?}", h.backend),
+            }
+        }
+        assert_eq!(
+            (created, refused),
+            (LIMIT, RACERS - LIMIT),
+            "[{:?}] concurrent creates",
+            h.backend
+        );
+        let listed = h
+            .call(Method::GET, &format!("/projects/{second}/webhooks"), None)
+            .await;
+        assert_eq!(
+            listed.expect(200)["webhooks"].as_array().map(Vec::len),
+            Some(LIMIT)
+        );
         h.finish().await;
     }
 }

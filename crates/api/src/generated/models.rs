@@ -99,7 +99,7 @@ pub struct ListDeliveryAttemptsOutputBody {
     #[schemars(required, extend("type" = ["array", "null"]))]
     #[schema(required = true)]
     pub attempts: Option<Vec<WebhookDeliveryAttempt>>,
-    /// Cursor paging (extension): whether another page follows.
+    /// Cursor paging (extension): whether another page follows. A page can end before `limit` or `page_size` attempts when it reaches the byte budget of one page; follow `next_cursor` to continue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "bool")]
     #[schema(nullable = false)]

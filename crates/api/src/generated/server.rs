@@ -238,6 +238,7 @@ pub async fn list_webhooks<T: WebhooksApi>(
     operation_id = "upsertWebhook",
     tag = "Webhooks",
     summary = "Register or update a webhook",
+    description = "Creates the webhook of this event type, or replaces it. A project has at most a set number of webhooks (a server setting, 1,000 by default): creating one more answers 409 with a problem saying so; replacing an existing one is always allowed.",
     params(
         ("projectId" = uuid::Uuid, Path, description = "Project UUID"),
         (
@@ -387,6 +388,7 @@ pub async fn delete_webhook<T: WebhooksApi>(
     operation_id = "listDeliveryAttempts",
     tag = "Webhooks",
     summary = "List webhook delivery attempts",
+    description = "Newest first. A page holds at most `limit` (or `page_size`) attempts, and ends sooner when its attempts would pass the byte budget of one page (a server setting, 8 MiB of JSON by default): then `has_more` is true and `next_cursor` continues right after the last attempt listed, also when the page was asked for by `offset`. A page holds at least one attempt whenever one is left.",
     params(
         ("projectId" = uuid::Uuid, Path, description = "Project UUID"),
         (
@@ -698,6 +700,7 @@ pub async fn list_webhooks_for_tenant<T: WebhooksApi>(
     operation_id = "upsertWebhookForTenant",
     tag = "Webhooks",
     summary = "Register or update a webhook (tenant-scoped)",
+    description = "Creates the webhook of this event type, or replaces it. A project has at most a set number of webhooks (a server setting, 1,000 by default): creating one more answers 409 with a problem saying so; replacing an existing one is always allowed.",
     params(
         (
             "eventType" = String,
@@ -846,6 +849,7 @@ pub async fn delete_webhook_for_tenant<T: WebhooksApi>(
     operation_id = "listDeliveryAttemptsForTenant",
     tag = "Webhooks",
     summary = "List webhook delivery attempts (tenant-scoped)",
+    description = "Newest first. A page holds at most `limit` (or `page_size`) attempts, and ends sooner when its attempts would pass the byte budget of one page (a server setting, 8 MiB of JSON by default): then `has_more` is true and `next_cursor` continues right after the last attempt listed, also when the page was asked for by `offset`. A page holds at least one attempt whenever one is left.",
     params(
         (
             "eventType" = String,

@@ -162,6 +162,9 @@ pub struct UpsertWebhook<'a> {
     pub auth_header: Option<&'a str>,
     /// Used only when the webhook is created; an update keeps the stored secret.
     pub new_secret: &'a SigningSecret,
+    /// The most webhooks the project may have: creating one more fails with
+    /// [`StoreError::Conflict`]; replacing an existing one is always allowed.
+    pub max_webhooks: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -213,8 +216,8 @@ impl AttemptStatus {
     }
 }
 
-/// Where a page of attempts starts. Attempts are listed newest first, ordered by
-/// (`created_at` desc, `id` desc).
+/// Where a page of attempts starts and how many it holds at most. Attempts are listed
+/// newest first, ordered by (`created_at` desc, `id` desc).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptPage {
     Offset {
@@ -227,6 +230,84 @@ pub enum AttemptPage {
         created_at: DateTime<Utc>,
         id: Uuid,
     },
+}
+
+/// A page of attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AttemptList {
+    pub attempts: Vec<Attempt>,
+    /// More attempts follow this page: it was cut by its limit or by its byte budget.
+    pub has_more: bool,
+}
+
+/// What one attempt is estimated to weigh in a listing, in bytes of JSON: the request
+/// body as base64, the texts as stored, and an allowance for the other fields. Both
+/// backends compute it in SQL from stored lengths (`octet_length` reads no body), so
+/// only the bodies of the attempts that fit the budget are ever loaded.
+pub(crate) const ATTEMPT_COST_SQL: &str = "(4 * ((octet_length(request_body) + 2) / 3) \
+     + COALESCE(octet_length(response_body), 0) + COALESCE(octet_length(error_message), 0) \
+     + octet_length(webhook_url) + octet_length(event_type) + 400)";
+
+/// The attempts listing, one query for both backends (`param(n)` writes their
+/// placeholder). Parameters: 1 project, 2 event type, 3 rows to read (the limit plus
+/// one, to tell whether more follow), 4 offset, 5 byte budget and, with `after`, 6 and 7
+/// the keyset position. The page's rows are first sized from their stored lengths
+/// alone; the answer holds the rows that fit the budget (`fits`; the first one always
+/// does) and at most one that does not, with its bodies left NULL, so bodies are read
+/// only for the rows that are listed.
+pub(crate) fn attempt_listing_sql(param: impl Fn(u8) -> String, after: bool) -> String {
+    let (p1, p2, p3, p4, p5) = (param(1), param(2), param(3), param(4), param(5));
+    let after = if after {
+        format!("AND (created_at, id) < ({}, {})", param(6), param(7))
+    } else {
+        String::new()
+    };
+    let fits = format!("(s.n = 1 OR s.running <= {p5})");
+    format!(
+        "WITH page AS ( \
+             SELECT id, created_at, {ATTEMPT_COST_SQL} AS cost FROM attempts \
+             WHERE project_id = {p1} AND event_type = {p2} {after} \
+             ORDER BY created_at DESC, id DESC LIMIT {p3} OFFSET {p4} \
+         ), sized AS ( \
+             SELECT id, created_at, cost, row_number() OVER w AS n, sum(cost) OVER w AS running \
+             FROM page \
+             WINDOW w AS (ORDER BY created_at DESC, id DESC ROWS UNBOUNDED PRECEDING) \
+         ) \
+         SELECT a.id, a.delivery_id, a.event_id, a.project_id, a.event_type, a.webhook_url, \
+             a.response_code, a.duration_ms, a.attempt_number, a.status, a.error_message, \
+             a.created_at, {fits} AS fits, \
+             CASE WHEN {fits} THEN a.request_body END AS request_body, \
+             CASE WHEN {fits} THEN a.response_body END AS response_body \
+         FROM sized s JOIN attempts a ON a.id = s.id \
+         WHERE s.n <= 2 OR s.running - s.cost <= {p5} \
+         ORDER BY s.created_at DESC, s.id DESC"
+    )
+}
+
+/// Turns the rows of [`attempt_listing_sql`] into a page of at most `limit` attempts.
+pub(crate) fn attempt_list<R>(
+    rows: &[R],
+    limit: i64,
+    fits: impl Fn(&R) -> StoreResult<bool>,
+    attempt: impl Fn(&R) -> StoreResult<Attempt>,
+) -> StoreResult<AttemptList> {
+    let mut list = AttemptList::default();
+    for row in rows {
+        if list.attempts.len() as i64 >= limit || !fits(row)? {
+            list.has_more = true;
+            break;
+        }
+        list.attempts.push(attempt(row)?);
+    }
+    Ok(list)
+}
+
+/// The refusal of a create that would take a project past its webhook limit.
+pub(crate) fn webhook_limit_reached(max_webhooks: usize) -> StoreError {
+    StoreError::Conflict(format!(
+        "the project has reached its limit of {max_webhooks} webhooks: \
+         delete one or update an existing event type"
+    ))
 }
 
 #[derive(Debug, Clone)]
@@ -315,7 +396,9 @@ pub trait WebhookStore: Send + Sync + 'static {
 
     // --- webhooks ----------------------------------------------------------------
     /// Atomic create-or-update of the webhook of (project, event type). Concurrent
-    /// upserts never make two webhooks nor lose the secret of the one that exists.
+    /// upserts never make two webhooks nor lose the secret of the one that exists, and
+    /// concurrent creates never take the project past `input.max_webhooks`
+    /// ([`StoreError::Conflict`] for the ones that would).
     async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome>;
     /// Ordered by event type.
     async fn list_webhooks(&self, project_id: Uuid) -> StoreResult<Vec<Webhook>>;
@@ -336,13 +419,16 @@ pub trait WebhookStore: Send + Sync + 'static {
 
     // --- attempts ------------------------------------------------------------------
     /// Attempts of (project, event type), newest first. Includes attempts of webhooks
-    /// since deleted.
+    /// since deleted. The page ends early, with `has_more`, once the attempts'
+    /// estimated size (`ATTEMPT_COST_SQL`) would pass `max_bytes`; its first attempt
+    /// is listed whatever its size. Bodies past the budget are not read.
     async fn list_attempts(
         &self,
         project_id: Uuid,
         event_type: &str,
         page: AttemptPage,
-    ) -> StoreResult<Vec<Attempt>>;
+        max_bytes: usize,
+    ) -> StoreResult<AttemptList>;
 
     // --- delivery ------------------------------------------------------------------
     /// One transaction: the event and one pending delivery (due now) per active webhook

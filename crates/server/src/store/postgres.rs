@@ -25,10 +25,11 @@ use uuid::Uuid;
 
 use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::{
-    add_duration, now_micros, status_after, truncate_micros, ApiKeyRecord, Attempt, AttemptPage,
-    AttemptStatus, ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak,
-    KeyCache, KeyOwner, Project, PublishEvent, Published, QueueStats, SigningSecret, StoreError,
-    StoreResult, Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
+    add_duration, attempt_list, attempt_listing_sql, now_micros, status_after, truncate_micros,
+    webhook_limit_reached, ApiKeyRecord, Attempt, AttemptList, AttemptPage, AttemptStatus,
+    ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyCache, KeyOwner,
+    Project, PublishEvent, Published, QueueStats, SigningSecret, StoreError, StoreResult, Tenant,
+    UpsertOutcome, UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -470,14 +471,25 @@ impl WebhookStore for PgStore {
     }
 
     async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome> {
-        // One statement: INSERT ... ON CONFLICT is atomic against concurrent upserts of
-        // the same key (the loser of the insert race waits and then updates). The
-        // update branch never touches the secret, so comparing the returned secret with
-        // the one offered tells which branch ran.
+        let mut tx = self.pool.begin().await?;
+        // Upserts into one project queue on the project's row, so the count below is
+        // not overtaken by a concurrent create (the next statement's snapshot is taken
+        // after the lock is granted). NO KEY UPDATE leaves alone the key-share locks
+        // that rows referencing the project take, so publishing is never held up.
+        sqlx::query("SELECT 1 FROM projects WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(input.project_id)
+            .execute(&mut *tx)
+            .await?;
+        // It inserts only when the webhook exists (then the conflict branch updates
+        // it) or the project is below its limit; no row back means the limit held.
+        // The update branch never touches the secret, so comparing the returned secret
+        // with the one offered tells which branch ran.
         let row = sqlx::query(&format!(
             "INSERT INTO webhooks (id, project_id, event_type, webhook_url, auth_header, \
                  signing_secret, is_active, consecutive_failures, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, true, 0, $7, $7) \
+             SELECT $1, $2, $3, $4, $5, $6, true, 0, $7, $7 \
+             WHERE EXISTS (SELECT 1 FROM webhooks WHERE project_id = $2 AND event_type = $3) \
+                OR (SELECT count(*) FROM webhooks WHERE project_id = $2) < $8 \
              ON CONFLICT (project_id, event_type) DO UPDATE SET \
                  webhook_url = excluded.webhook_url, \
                  auth_header = excluded.auth_header, \
@@ -494,8 +506,11 @@ impl WebhookStore for PgStore {
         .bind(input.auth_header)
         .bind(input.new_secret.expose())
         .bind(now_micros())
-        .fetch_one(&self.pool)
+        .bind(i64::try_from(input.max_webhooks).unwrap_or(i64::MAX))
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
+        let row = row.ok_or_else(|| webhook_limit_reached(input.max_webhooks))?;
         let webhook = webhook_from(&row)?;
         let stored: String = row.try_get("signing_secret")?;
         if stored == input.new_secret.expose() {
@@ -593,42 +608,29 @@ impl WebhookStore for PgStore {
         project_id: Uuid,
         event_type: &str,
         page: AttemptPage,
-    ) -> StoreResult<Vec<Attempt>> {
-        let rows = match page {
-            AttemptPage::Offset { limit, offset } => {
-                sqlx::query(&format!(
-                    "SELECT {ATTEMPT_COLUMNS} FROM attempts \
-                     WHERE project_id = $1 AND event_type = $2 \
-                     ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
-                ))
-                .bind(project_id)
-                .bind(event_type)
-                .bind(limit.max(0))
-                .bind(offset.max(0))
-                .fetch_all(&self.pool)
-                .await?
-            }
+        max_bytes: usize,
+    ) -> StoreResult<AttemptList> {
+        let (limit, offset, after) = match page {
+            AttemptPage::Offset { limit, offset } => (limit, offset, None),
             AttemptPage::After {
                 limit,
                 created_at,
                 id,
-            } => {
-                sqlx::query(&format!(
-                    "SELECT {ATTEMPT_COLUMNS} FROM attempts \
-                     WHERE project_id = $1 AND event_type = $2 \
-                       AND (created_at, id) < ($3, $4) \
-                     ORDER BY created_at DESC, id DESC LIMIT $5"
-                ))
-                .bind(project_id)
-                .bind(event_type)
-                .bind(truncate_micros(created_at))
-                .bind(id)
-                .bind(limit.max(0))
-                .fetch_all(&self.pool)
-                .await?
-            }
+            } => (limit, 0, Some((created_at, id))),
         };
-        rows.iter().map(attempt_from).collect()
+        let limit = limit.max(0);
+        let sql = attempt_listing_sql(|n| format!("${n}"), after.is_some());
+        let mut query = sqlx::query(&sql)
+            .bind(project_id)
+            .bind(event_type)
+            .bind(limit.saturating_add(1))
+            .bind(offset.max(0))
+            .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX));
+        if let Some((created_at, id)) = after {
+            query = query.bind(truncate_micros(created_at)).bind(id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        attempt_list(&rows, limit, |row| Ok(row.try_get("fits")?), attempt_from)
     }
 
     async fn publish_event(&self, event: PublishEvent<'_>) -> StoreResult<Published> {

@@ -24,6 +24,12 @@ const CASE_TIMEOUT: Duration = Duration::from_secs(120);
 
 const LEASE: Duration = Duration::from_secs(60);
 
+/// A webhook limit no case reaches unless it is about the limit.
+const NO_WEBHOOK_LIMIT: usize = usize::MAX;
+
+/// A byte budget no attempts page reaches unless the case is about the budget.
+const NO_PAGE_BUDGET: usize = usize::MAX;
+
 /// A policy that never disables, for cases about something else.
 const NEVER_DISABLE: DisablePolicy = DisablePolicy {
     failures: i64::MAX,
@@ -221,6 +227,9 @@ store_cases!(
     success_resets_the_failure_streak,
     release_makes_claims_available_at_once,
     attempts_page_newest_first,
+    attempts_page_ends_at_its_byte_budget,
+    webhook_limit_refuses_creates_not_updates,
+    concurrent_creates_stop_at_the_webhook_limit,
     projects_are_isolated,
     queue_stats_and_next_due,
     recording_the_same_batch_twice_counts_once,
@@ -242,6 +251,18 @@ async fn upsert(
     event_type: &str,
     url: &str,
 ) -> (UpsertOutcome, SigningSecret) {
+    let (outcome, secret) =
+        upsert_limited(store, project_id, event_type, url, NO_WEBHOOK_LIMIT).await;
+    (outcome.expect("upsert"), secret)
+}
+
+async fn upsert_limited(
+    store: &dyn WebhookStore,
+    project_id: Uuid,
+    event_type: &str,
+    url: &str,
+    max_webhooks: usize,
+) -> (StoreResult<UpsertOutcome>, SigningSecret) {
     let secret = SigningSecret::generate();
     let outcome = store
         .upsert_webhook(UpsertWebhook {
@@ -250,9 +271,9 @@ async fn upsert(
             webhook_url: url,
             auth_header: None,
             new_secret: &secret,
+            max_webhooks,
         })
-        .await
-        .expect("upsert");
+        .await;
     (outcome, secret)
 }
 
@@ -374,9 +395,11 @@ async fn all_attempts(
                 limit: 500,
                 offset: 0,
             },
+            NO_PAGE_BUDGET,
         )
         .await
         .expect("attempts")
+        .attempts
 }
 
 async fn pending(store: &dyn WebhookStore) -> i64 {
@@ -503,6 +526,7 @@ async fn upsert_creates_then_updates(db: Arc<TestDb>) {
             webhook_url: "https://a.example/hook",
             auth_header: Some("Bearer first"),
             new_secret: &secret,
+            max_webhooks: NO_WEBHOOK_LIMIT,
         })
         .await
         .unwrap();
@@ -531,6 +555,7 @@ async fn upsert_creates_then_updates(db: Arc<TestDb>) {
             webhook_url: "https://b.example/hook",
             auth_header: None,
             new_secret: &offered,
+            max_webhooks: NO_WEBHOOK_LIMIT,
         })
         .await
         .unwrap();
@@ -874,6 +899,7 @@ async fn claim_takes_due_deliveries_oldest_first_under_lease(db: Arc<TestDb>) {
             webhook_url: "https://a.example/hook",
             auth_header: Some("Bearer token"),
             new_secret: &secret,
+            max_webhooks: NO_WEBHOOK_LIMIT,
         })
         .await
         .unwrap()
@@ -1298,12 +1324,27 @@ async fn attempts_page_newest_first(db: Arc<TestDb>) {
     expected.sort_by_key(|a| std::cmp::Reverse((a.created_at, a.id)));
 
     let page = |limit, offset| AttemptPage::Offset { limit, offset };
-    let list = |pg: AttemptPage| s.list_attempts(p.id, "session.end", pg);
+    let list = |pg: AttemptPage| async move {
+        s.list_attempts(p.id, "session.end", pg, NO_PAGE_BUDGET)
+            .await
+            .map(|l| l.attempts)
+    };
+    let more = |pg: AttemptPage| async move {
+        s.list_attempts(p.id, "session.end", pg, NO_PAGE_BUDGET)
+            .await
+            .map(|l| l.has_more)
+    };
     assert_eq!(list(page(500, 0)).await.unwrap(), expected);
     assert_eq!(list(page(3, 0)).await.unwrap(), expected[0..3]);
     assert_eq!(list(page(3, 3)).await.unwrap(), expected[3..6]);
     assert_eq!(list(page(3, 6)).await.unwrap(), expected[6..7]);
     assert_eq!(list(page(3, 7)).await.unwrap(), vec![]);
+    assert!(more(page(3, 3)).await.unwrap());
+    assert!(
+        !more(page(3, 4)).await.unwrap(),
+        "the page ends at the last one"
+    );
+    assert!(!more(page(500, 0)).await.unwrap());
 
     // Keyset: walk the whole list three at a time.
     let mut walked = Vec::new();
@@ -1338,6 +1379,223 @@ async fn attempts_page_newest_first(db: Arc<TestDb>) {
         expected[4..]
     );
     assert_eq!(all_attempts(s, p.id, "other.type").await.len(), 1);
+}
+
+async fn attempts_page_ends_at_its_byte_budget(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let p = new_project(s).await;
+    new_webhook(s, p.id, "session.end").await;
+    publish(s, p.id, "session.end").await;
+    let claim = claim_one(s).await;
+
+    // Attempts of 10 KiB to 40 KiB of request body and 2 KiB of answer, recorded
+    // with a dead lease so the delivery stays as it is.
+    let base = now_micros() - chrono::Duration::minutes(10);
+    let mut outcomes = Vec::new();
+    for n in 0..8i64 {
+        let mut o = outcome(
+            &claim,
+            AttemptStatus::Failed,
+            base + chrono::Duration::seconds(n),
+            None,
+        );
+        o.lease_token = Uuid::new_v4();
+        o.attempt.attempt_number = n + 1;
+        o.attempt.request_body = vec![b'x'; 10_240 * (1 + n as usize % 4)];
+        o.attempt.response_body = Some("r".repeat(2048));
+        outcomes.push(o);
+    }
+    record(s, &outcomes, NEVER_DISABLE).await;
+    let all = all_attempts(s, p.id, "session.end").await;
+    assert_eq!(all.len(), 8);
+    // The estimate of ATTEMPT_COST_SQL, written out.
+    let cost = |a: &Attempt| {
+        4 * a.request_body.len().div_ceil(3)
+            + a.response_body.as_ref().map_or(0, String::len)
+            + a.error_message.as_ref().map_or(0, String::len)
+            + a.webhook_url.len()
+            + a.event_type.len()
+            + 400
+    };
+    let list = |page: AttemptPage, max_bytes: usize| async move {
+        s.list_attempts(p.id, "session.end", page, max_bytes)
+            .await
+            .expect("list")
+    };
+
+    // A budget of the first three (and a bit): three attempts, more to come.
+    let budget = all[..3].iter().map(cost).sum::<usize>() + 100;
+    let first = list(
+        AttemptPage::Offset {
+            limit: 500,
+            offset: 0,
+        },
+        budget,
+    )
+    .await;
+    assert_eq!(first.attempts, all[..3]);
+    assert!(first.has_more);
+    // Exactly on the budget still fits.
+    let exact = all[..3].iter().map(cost).sum::<usize>();
+    let on_the_edge = list(
+        AttemptPage::Offset {
+            limit: 500,
+            offset: 0,
+        },
+        exact,
+    )
+    .await;
+    assert_eq!(on_the_edge.attempts, all[..3]);
+    let short = list(
+        AttemptPage::Offset {
+            limit: 500,
+            offset: 0,
+        },
+        exact - 1,
+    )
+    .await;
+    assert_eq!(short.attempts, all[..2]);
+    assert!(short.has_more);
+
+    // Walking by keyset with that budget lists every attempt once, in order.
+    let mut walked = first.attempts.clone();
+    let mut pages = 1;
+    let mut more = first.has_more;
+    while more {
+        assert!(pages < all.len(), "the walk does not end");
+        let last = walked.last().expect("a page lists at least one attempt");
+        let next = list(
+            AttemptPage::After {
+                limit: 500,
+                created_at: last.created_at,
+                id: last.id,
+            },
+            budget,
+        )
+        .await;
+        assert!(!next.attempts.is_empty());
+        let size: usize = next.attempts.iter().map(cost).sum();
+        assert!(size <= budget, "page of {size} bytes over {budget}");
+        more = next.has_more;
+        walked.extend(next.attempts);
+        pages += 1;
+    }
+    assert_eq!(walked, all);
+    assert!(pages >= 3, "{pages} pages");
+
+    // A budget smaller than any attempt: one attempt a page, never none.
+    for (offset, expected) in all.iter().enumerate() {
+        let one = list(
+            AttemptPage::Offset {
+                limit: 500,
+                offset: offset as i64,
+            },
+            1,
+        )
+        .await;
+        assert_eq!(one.attempts, std::slice::from_ref(expected));
+        assert_eq!(one.has_more, offset + 1 < all.len(), "offset {offset}");
+    }
+    // The limit still applies within the budget, and says more follow.
+    let limited = list(
+        AttemptPage::Offset {
+            limit: 2,
+            offset: 5,
+        },
+        NO_PAGE_BUDGET,
+    )
+    .await;
+    assert_eq!(limited.attempts, all[5..7]);
+    assert!(limited.has_more);
+    let empty = list(
+        AttemptPage::Offset {
+            limit: 500,
+            offset: 8,
+        },
+        1,
+    )
+    .await;
+    assert_eq!(empty, AttemptList::default());
+}
+
+async fn webhook_limit_refuses_creates_not_updates(db: Arc<TestDb>) {
+    const LIMIT: usize = 3;
+    let s = &*db.store;
+    let p = new_project(s).await;
+    let other = new_project(s).await;
+    for n in 0..LIMIT {
+        let (created, _) =
+            upsert_limited(s, p.id, &format!("type.{n}"), "https://a.example/", LIMIT).await;
+        assert!(
+            matches!(created, Ok(UpsertOutcome::Created { .. })),
+            "{created:?}"
+        );
+    }
+    let (refused, _) = upsert_limited(s, p.id, "type.extra", "https://a.example/", LIMIT).await;
+    match refused {
+        Err(StoreError::Conflict(detail)) => {
+            assert!(detail.contains("limit of 3 webhooks"), "{detail}")
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(s.get_webhook(p.id, "type.extra").await.unwrap(), None);
+    assert_eq!(s.list_webhooks(p.id).await.unwrap().len(), LIMIT);
+
+    // Updating one of them is not a create, even at the limit or above it.
+    for limit in [LIMIT, 1] {
+        let (updated, _) = upsert_limited(s, p.id, "type.0", "https://b.example/", limit).await;
+        match updated {
+            Ok(UpsertOutcome::Updated { webhook }) => {
+                assert_eq!(webhook.webhook_url, "https://b.example/")
+            }
+            other => panic!("expected an update, got {other:?}"),
+        }
+    }
+    // The limit is per project, and a delete makes room.
+    let (elsewhere, _) =
+        upsert_limited(s, other.id, "type.extra", "https://a.example/", LIMIT).await;
+    assert!(matches!(elsewhere, Ok(UpsertOutcome::Created { .. })));
+    assert!(s.delete_webhook(p.id, "type.1").await.unwrap());
+    let (room, _) = upsert_limited(s, p.id, "type.extra", "https://a.example/", LIMIT).await;
+    assert!(
+        matches!(room, Ok(UpsertOutcome::Created { .. })),
+        "{room:?}"
+    );
+    assert_eq!(s.list_webhooks(p.id).await.unwrap().len(), LIMIT);
+}
+
+async fn concurrent_creates_stop_at_the_webhook_limit(db: Arc<TestDb>) {
+    const LIMIT: usize = 5;
+    const RACERS: usize = 20;
+    let p = new_project(&*db.store).await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..RACERS {
+        // Half the racers use a second handle, as another process would.
+        let store = if i % 2 == 0 {
+            db.store.clone()
+        } else {
+            db.open_another().await
+        };
+        let barrier = barrier.clone();
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let event_type = format!("race.{i}");
+            upsert_limited(&*store, p.id, &event_type, "https://r.example/", LIMIT)
+                .await
+                .0
+        });
+    }
+    let (mut created, mut refused) = (0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("task") {
+            Ok(UpsertOutcome::Created { .. }) => created += 1,
+            Err(StoreError::Conflict(_)) => refused += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!((created, refused), (LIMIT, RACERS - LIMIT));
+    assert_eq!(db.store.list_webhooks(p.id).await.unwrap().len(), LIMIT);
 }
 
 async fn projects_are_isolated(db: Arc<TestDb>) {
