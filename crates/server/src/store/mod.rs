@@ -530,6 +530,55 @@ pub(crate) enum ClaimFrom<'a> {
     Oldest(&'a [Uuid]),
 }
 
+/// The two statements a backend provides for [`claim_fairly`].
+pub(crate) trait FairClaim {
+    /// The first [`FAIR_CLAIM_PROJECTS`] + 1 projects with pending deliveries, in id
+    /// order, each with whether its oldest pending delivery is due at `now`.
+    async fn pending_projects(&self, now: DateTime<Utc>) -> StoreResult<Vec<(Uuid, bool)>>;
+    /// Leases up to `max` due deliveries from `from`.
+    async fn claim_from(
+        &self,
+        from: ClaimFrom<'_>,
+        max: usize,
+        lease: Duration,
+    ) -> StoreResult<Vec<ClaimedDelivery>>;
+}
+
+/// [`WebhookStore::claim_due_skipping`] on either backend: an equal part of `max` for
+/// each project with due work, then, when more projects have pending work than were
+/// looked at, the rest oldest due first across all of them.
+pub(crate) async fn claim_fairly<S: FairClaim>(
+    store: &S,
+    max: usize,
+    lease: Duration,
+    skip: &[Uuid],
+) -> StoreResult<Vec<ClaimedDelivery>> {
+    if max == 0 {
+        return Ok(Vec::new());
+    }
+    let scanned = store.pending_projects(now_micros()).await?;
+    let truncated = scanned.len() > FAIR_CLAIM_PROJECTS;
+    let due: Vec<Uuid> = scanned
+        .into_iter()
+        .take(FAIR_CLAIM_PROJECTS)
+        .filter_map(|(project, due)| (due && !skip.contains(&project)).then_some(project))
+        .collect();
+    let mut claimed = Vec::new();
+    if !due.is_empty() {
+        let share = max.div_ceil(due.len());
+        claimed = store
+            .claim_from(ClaimFrom::Projects(&due, share), max, lease)
+            .await?;
+    }
+    if truncated && claimed.len() < max {
+        let rest = store
+            .claim_from(ClaimFrom::Oldest(skip), max - claimed.len(), lease)
+            .await?;
+        claimed.extend(rest);
+    }
+    Ok(claimed)
+}
+
 /// Delivery states as stored (`deliveries.status`).
 pub(crate) mod delivery_status {
     pub const PENDING: &str = "pending";

@@ -25,11 +25,12 @@ use uuid::Uuid;
 
 use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::{
-    add_duration, attempt_list, attempt_listing_sql, now_micros, status_after, truncate_micros,
-    webhook_limit_reached, ApiKeyRecord, Attempt, AttemptList, AttemptPage, AttemptStatus,
-    ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyCache, KeyOwner,
-    Project, PublishEvent, Published, QueueStats, SigningSecret, StoreError, StoreResult, Tenant,
-    UpsertOutcome, UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
+    add_duration, attempt_list, attempt_listing_sql, claim_fairly, now_micros, status_after,
+    truncate_micros, webhook_limit_reached, ApiKeyRecord, Attempt, AttemptList, AttemptPage,
+    AttemptStatus, ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak,
+    FairClaim, KeyCache, KeyOwner, Project, PublishEvent, Published, QueueStats, SigningSecret,
+    StoreError, StoreResult, Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
+    FAIR_CLAIM_PROJECTS,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -227,10 +228,33 @@ async fn cancel_pending(
     Ok(())
 }
 
-impl PgStore {
+impl FairClaim for PgStore {
+    async fn pending_projects(&self, now: DateTime<Utc>) -> StoreResult<Vec<(Uuid, bool)>> {
+        // A skip scan over deliveries_project_due: one probe to the next project, one
+        // for its oldest pending delivery, reading nothing else, locking nothing.
+        Ok(sqlx::query_as(
+            "WITH RECURSIVE p(pid, n) AS ( \
+                 SELECT (SELECT project_id FROM deliveries WHERE status = 'pending' \
+                         ORDER BY project_id LIMIT 1), 1 \
+                 UNION ALL \
+                 SELECT (SELECT d.project_id FROM deliveries d \
+                         WHERE d.status = 'pending' AND d.project_id > p.pid \
+                         ORDER BY d.project_id LIMIT 1), p.n + 1 \
+                 FROM p WHERE p.pid IS NOT NULL AND p.n <= $2 \
+             ) \
+             SELECT p.pid, (SELECT min(d.next_attempt_at) FROM deliveries d \
+                     WHERE d.status = 'pending' AND d.project_id = p.pid) <= $1 \
+             FROM p WHERE p.pid IS NOT NULL",
+        )
+        .bind(now)
+        .bind(i64::try_from(FAIR_CLAIM_PROJECTS).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Leases up to `max` due deliveries, from `from`, and returns everything needed
     /// to send them.
-    async fn claim(
+    async fn claim_from(
         &self,
         from: ClaimFrom<'_>,
         max: usize,
@@ -305,7 +329,9 @@ impl PgStore {
         let rows = query.fetch_all(&self.pool).await?;
         rows.iter().map(claimed_from).collect()
     }
+}
 
+impl PgStore {
     async fn find_api_key_uncached(&self, lookup_id: &str) -> StoreResult<Option<KeyOwner>> {
         let row = sqlx::query(
             "SELECT k.id, p.tenant_id, k.project_id, k.secret_hash, \
@@ -646,51 +672,7 @@ impl WebhookStore for PgStore {
         lease: Duration,
         skip: &[Uuid],
     ) -> StoreResult<Vec<ClaimedDelivery>> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
-        let now = now_micros();
-        // The projects with due work: a skip scan over deliveries_project_due (one
-        // probe to the next project, one for its oldest pending delivery), reading
-        // nothing else, locking nothing.
-        let scanned: Vec<(Uuid, bool)> = sqlx::query_as(
-            "WITH RECURSIVE p(pid, n) AS ( \
-                 SELECT (SELECT project_id FROM deliveries WHERE status = 'pending' \
-                         ORDER BY project_id LIMIT 1), 1 \
-                 UNION ALL \
-                 SELECT (SELECT d.project_id FROM deliveries d \
-                         WHERE d.status = 'pending' AND d.project_id > p.pid \
-                         ORDER BY d.project_id LIMIT 1), p.n + 1 \
-                 FROM p WHERE p.pid IS NOT NULL AND p.n <= $2 \
-             ) \
-             SELECT p.pid, (SELECT min(d.next_attempt_at) FROM deliveries d \
-                     WHERE d.status = 'pending' AND d.project_id = p.pid) <= $1 \
-             FROM p WHERE p.pid IS NOT NULL",
-        )
-        .bind(now)
-        .bind(i64::try_from(FAIR_CLAIM_PROJECTS).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
-        let truncated = scanned.len() > FAIR_CLAIM_PROJECTS;
-        let due: Vec<Uuid> = scanned
-            .into_iter()
-            .take(FAIR_CLAIM_PROJECTS)
-            .filter_map(|(project, due)| (due && !skip.contains(&project)).then_some(project))
-            .collect();
-        let mut claimed = Vec::new();
-        if !due.is_empty() {
-            let share = max.div_ceil(due.len());
-            claimed = self
-                .claim(ClaimFrom::Projects(&due, share), max, lease)
-                .await?;
-        }
-        if truncated && claimed.len() < max {
-            let rest = self
-                .claim(ClaimFrom::Oldest(skip), max - claimed.len(), lease)
-                .await?;
-            claimed.extend(rest);
-        }
-        Ok(claimed)
+        claim_fairly(self, max, lease, skip).await
     }
 
     async fn record_outcomes(

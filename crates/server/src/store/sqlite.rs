@@ -27,11 +27,12 @@ use uuid::Uuid;
 
 use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::{
-    add_duration, attempt_list, attempt_listing_sql, now_micros, status_after, truncate_micros,
-    webhook_limit_reached, ApiKeyRecord, Attempt, AttemptList, AttemptPage, AttemptStatus,
-    ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyCache, KeyOwner,
-    Project, PublishEvent, Published, QueueStats, SigningSecret, StoreError, StoreResult, Tenant,
-    UpsertOutcome, UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
+    add_duration, attempt_list, attempt_listing_sql, claim_fairly, now_micros, status_after,
+    truncate_micros, webhook_limit_reached, ApiKeyRecord, Attempt, AttemptList, AttemptPage,
+    AttemptStatus, ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak,
+    FairClaim, KeyCache, KeyOwner, Project, PublishEvent, Published, QueueStats, SigningSecret,
+    StoreError, StoreResult, Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
+    FAIR_CLAIM_PROJECTS,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -310,13 +311,36 @@ async fn cancel_pending(
     Ok(())
 }
 
-impl SqliteStore {
+impl FairClaim for SqliteStore {
+    async fn pending_projects(&self, now: DateTime<Utc>) -> StoreResult<Vec<(Uuid, bool)>> {
+        // A skip scan over deliveries_project_due: one probe to the next project, one
+        // for its oldest pending delivery, reading nothing else, locking nothing.
+        Ok(sqlx::query_as(
+            "WITH RECURSIVE p(pid, n) AS ( \
+                 SELECT (SELECT project_id FROM deliveries WHERE status = 'pending' \
+                         ORDER BY project_id LIMIT 1), 1 \
+                 UNION ALL \
+                 SELECT (SELECT d.project_id FROM deliveries d \
+                         WHERE d.status = 'pending' AND d.project_id > p.pid \
+                         ORDER BY d.project_id LIMIT 1), p.n + 1 \
+                 FROM p WHERE p.pid IS NOT NULL AND p.n <= ?2 \
+             ) \
+             SELECT p.pid, (SELECT min(d.next_attempt_at) FROM deliveries d \
+                     WHERE d.status = 'pending' AND d.project_id = p.pid) <= ?1 \
+             FROM p WHERE p.pid IS NOT NULL",
+        )
+        .bind(micros(now))
+        .bind(i64::try_from(FAIR_CLAIM_PROJECTS).unwrap_or(i64::MAX))
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
     /// Leases up to `max` due deliveries, from `from`, in one statement (one implicit
     /// transaction, one round trip to the writer), returning everything needed to send
     /// them through correlated subqueries in RETURNING. next_attempt_at moves to the
     /// lease expiry: the row drops out of the due range while leased and comes back by
     /// itself if the lease runs out.
-    async fn claim(
+    async fn claim_from(
         &self,
         from: ClaimFrom<'_>,
         max: usize,
@@ -392,7 +416,9 @@ impl SqliteStore {
         let rows = q.build().fetch_all(&self.writer).await?;
         rows.iter().map(|row| claimed_from(row, token)).collect()
     }
+}
 
+impl SqliteStore {
     async fn find_api_key_uncached(&self, lookup_id: &str) -> StoreResult<Option<KeyOwner>> {
         let row = sqlx::query(
             "SELECT k.id, p.tenant_id, k.project_id, k.secret_hash, \
@@ -761,49 +787,7 @@ impl WebhookStore for SqliteStore {
         lease: Duration,
         skip: &[Uuid],
     ) -> StoreResult<Vec<ClaimedDelivery>> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
-        let now = now_micros();
-        // The projects with due work: a skip scan over deliveries_project_due (one
-        // probe to the next project, one for its oldest pending delivery).
-        let scanned: Vec<(Uuid, bool)> = sqlx::query_as(
-            "WITH RECURSIVE p(pid, n) AS ( \
-                 SELECT (SELECT project_id FROM deliveries WHERE status = 'pending' \
-                         ORDER BY project_id LIMIT 1), 1 \
-                 UNION ALL \
-                 SELECT (SELECT d.project_id FROM deliveries d \
-                         WHERE d.status = 'pending' AND d.project_id > p.pid \
-                         ORDER BY d.project_id LIMIT 1), p.n + 1 \
-                 FROM p WHERE p.pid IS NOT NULL AND p.n <= ?2 \
-             ) \
-             SELECT p.pid, (SELECT min(d.next_attempt_at) FROM deliveries d \
-                     WHERE d.status = 'pending' AND d.project_id = p.pid) <= ?1 \
-             FROM p WHERE p.pid IS NOT NULL",
-        )
-        .bind(micros(now))
-        .bind(i64::try_from(FAIR_CLAIM_PROJECTS).unwrap_or(i64::MAX))
-        .fetch_all(&self.readers)
-        .await?;
-        let truncated = scanned.len() > FAIR_CLAIM_PROJECTS;
-        let due: Vec<Uuid> = scanned
-            .into_iter()
-            .take(FAIR_CLAIM_PROJECTS)
-            .filter_map(|(project, due)| (due && !skip.contains(&project)).then_some(project))
-            .collect();
-        let mut claimed = Vec::new();
-        if !due.is_empty() {
-            let share = max.div_ceil(due.len());
-            claimed = self
-                .claim(ClaimFrom::Projects(&due, share), max, lease)
-                .await?;
-        }
-        if truncated && claimed.len() < max {
-            let rest = self
-                .claim(ClaimFrom::Oldest(skip), max - claimed.len(), lease)
-                .await?;
-            claimed.extend(rest);
-        }
+        let mut claimed = claim_fairly(self, max, lease, skip).await?;
         // RETURNING order is unspecified; hand them out oldest event first.
         claimed.sort_by_key(|c| (c.event_created_at, c.delivery_id));
         Ok(claimed)
