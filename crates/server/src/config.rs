@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::delivery::guard::IpRange;
 use crate::delivery::retry::RetrySchedule;
 use crate::store::{DisablePolicy, StoreResult, WebhookStore};
 
@@ -32,6 +33,9 @@ pub const DEFAULT_RETRY_SCHEDULE: &str = "5s,5m,30m,2h,5h,10h,10h";
 /// Default cap on request bodies: large enough for any reasonable event payload,
 /// small enough that a misbehaving client cannot make the server buffer megabytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+/// Default cap on open HTTP connections: far more than any load balancer or client
+/// pool needs, yet within the open-file limit of a typical service.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Where the store lives. Shared by `serve` and the admin subcommands so that both
 /// open the same database with the same flags.
@@ -91,12 +95,12 @@ impl DatabaseArgs {
         redact_url_password(&self.url())
     }
 
-    /// Creates the data directory when the embedded database is used. SQLite creates
-    /// a missing file but not a missing directory, and a newcomer's first
-    /// `sonzai-webhooks serve` should just work.
+    /// Creates the data directory (0700: the database holds secrets) when the
+    /// embedded database is used. SQLite creates a missing file but not a missing
+    /// directory, and a newcomer's first `sonzai-webhooks serve` should just work.
     pub fn prepare(&self) -> anyhow::Result<()> {
         if self.is_embedded() {
-            std::fs::create_dir_all(&self.data_dir).with_context(|| {
+            crate::store::sqlite::create_private_dir(&self.data_dir).with_context(|| {
                 format!("cannot create data directory {}", self.data_dir.display())
             })?;
         }
@@ -323,6 +327,68 @@ pub struct Config {
         help_heading = "Delivery"
     )]
     pub allow_private_targets: bool,
+
+    /// Address ranges webhooks may never reach, in CIDR notation and comma-separated
+    /// (`10.20.0.0/16,fd12::/16`), refused even with --allow-private-targets. Checked,
+    /// like the built-in ranges, on the address actually connected to.
+    #[arg(
+        long,
+        env = "SONZAI_DENY_TARGETS",
+        value_name = "CIDRS",
+        value_delimiter = ',',
+        help_heading = "Delivery"
+    )]
+    pub deny_targets: Vec<IpRange>,
+
+    /// How long a client may take to send a request's headers, counted from their
+    /// first byte (from the connection's start for its first request). Slower
+    /// connections are closed.
+    #[arg(
+        long,
+        env = "SONZAI_HTTP_HEADER_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_duration,
+        help_heading = "HTTP"
+    )]
+    pub http_header_timeout: Duration,
+
+    /// How long a client may take to send a request body once its headers have
+    /// arrived; slower requests are answered 408 and the connection closed.
+    #[arg(
+        long,
+        env = "SONZAI_HTTP_BODY_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = parse_duration,
+        help_heading = "HTTP"
+    )]
+    pub http_body_timeout: Duration,
+
+    /// How long a keep-alive connection may wait for its next request before it is
+    /// closed.
+    #[arg(
+        long,
+        env = "SONZAI_HTTP_IDLE_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "60s",
+        value_parser = parse_duration,
+        help_heading = "HTTP"
+    )]
+    pub http_idle_timeout: Duration,
+
+    /// Most HTTP connections open at once. A new connection at the limit replaces the
+    /// one idle the longest (answered 503 only if every connection has a request in
+    /// progress). Lowered at start to fit the process's open-file limit.
+    #[arg(
+        long,
+        env = "SONZAI_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_CONNECTIONS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000),
+        help_heading = "HTTP"
+    )]
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -342,6 +408,11 @@ impl Default for Config {
             disable_after: Duration::from_secs(24 * 3600),
             lease: Duration::from_secs(30),
             allow_private_targets: false,
+            deny_targets: Vec::new(),
+            http_header_timeout: Duration::from_secs(10),
+            http_body_timeout: Duration::from_secs(30),
+            http_idle_timeout: Duration::from_secs(60),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -405,6 +476,15 @@ impl Config {
         }
         if let Err(err) = self.retry_schedule.parse::<RetrySchedule>() {
             return Err(format!("--retry-schedule: {err}"));
+        }
+        for (flag, value) in [
+            ("--http-header-timeout", self.http_header_timeout),
+            ("--http-body-timeout", self.http_body_timeout),
+            ("--http-idle-timeout", self.http_idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{flag} must be longer than 0s"));
+            }
         }
         Ok(())
     }
@@ -641,6 +721,16 @@ mod tests {
             "debug",
             "--shutdown-grace",
             "3s",
+            "--deny-targets",
+            "10.20.0.0/16,fd12::/16",
+            "--http-header-timeout",
+            "5s",
+            "--http-body-timeout",
+            "20s",
+            "--http-idle-timeout",
+            "2m",
+            "--max-connections",
+            "500",
         ])
         .unwrap();
         let c = parsed.config;
@@ -662,6 +752,17 @@ mod tests {
         assert_eq!(c.max_body_bytes, 1024);
         assert_eq!(c.idempotency_window, Duration::from_secs(7200));
         assert_eq!(c.shutdown_grace, Duration::from_secs(3));
+        assert_eq!(
+            c.deny_targets,
+            vec![
+                "10.20.0.0/16".parse::<IpRange>().unwrap(),
+                "fd12::/16".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.http_header_timeout, Duration::from_secs(5));
+        assert_eq!(c.http_body_timeout, Duration::from_secs(20));
+        assert_eq!(c.http_idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.max_connections, 500);
         assert_eq!(parsed.log.log_format, LogFormat::Json);
         assert_eq!(parsed.log.log, "debug");
     }
@@ -698,6 +799,11 @@ mod tests {
             ("log_format", "SONZAI_LOG_FORMAT"),
             ("log", "SONZAI_LOG"),
             ("shutdown_grace", "SONZAI_SHUTDOWN_GRACE"),
+            ("deny_targets", "SONZAI_DENY_TARGETS"),
+            ("http_header_timeout", "SONZAI_HTTP_HEADER_TIMEOUT"),
+            ("http_body_timeout", "SONZAI_HTTP_BODY_TIMEOUT"),
+            ("http_idle_timeout", "SONZAI_HTTP_IDLE_TIMEOUT"),
+            ("max_connections", "SONZAI_MAX_CONNECTIONS"),
         ];
         for arg in command.get_arguments() {
             if arg.get_id() == "help" {
@@ -737,6 +843,23 @@ mod tests {
         assert!(parse(&["serve", "--disable-after-failures", "0"]).is_err());
         assert!(parse(&["serve", "--listen", "localhost"]).is_err());
         assert!(parse(&["serve", "--lease", "30"]).is_err());
+        assert!(parse(&["serve", "--max-connections", "0"]).is_err());
+        assert!(parse(&["serve", "--deny-targets", "10.0.0.0/33"]).is_err());
+        assert!(parse(&["serve", "--deny-targets", "intranet.example"]).is_err());
+        assert!(parse(&["serve", "--http-idle-timeout", "60"]).is_err());
+    }
+
+    #[test]
+    fn http_timeouts_must_be_positive() {
+        for flag in [
+            "--http-header-timeout",
+            "--http-body-timeout",
+            "--http-idle-timeout",
+        ] {
+            let config = parse(&["serve", flag, "0s"]).unwrap().config;
+            let err = config.validate().unwrap_err();
+            assert!(err.starts_with(flag), "{err}");
+        }
     }
 
     #[test]
@@ -833,6 +956,12 @@ mod tests {
         };
         embedded.prepare().unwrap();
         assert!(nested.is_dir());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&nested).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        }
 
         let other = dir.path().join("c");
         let explicit = DatabaseArgs {

@@ -5,5 +5,6 @@
 mod contract;
 mod delivery;
 mod durability;
+mod hardening;
 mod scaleout;
 mod support;
