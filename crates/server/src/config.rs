@@ -314,8 +314,9 @@ pub struct Config {
     pub lease: Duration,
 
     /// Allow webhook URLs that resolve to loopback, private, link-local or cloud
-    /// metadata addresses. Off by default so that tenants cannot make the server
-    /// probe its own network; turn it on for local development and tests.
+    /// metadata addresses (those in --deny-targets stay refused). Off by default so
+    /// that tenants cannot make the server probe its own network; turn it on for
+    /// local development and tests.
     #[arg(
         long,
         env = "SONZAI_ALLOW_PRIVATE_TARGETS",
