@@ -367,12 +367,13 @@ pub struct Config {
     pub http_body_timeout: Duration,
 
     /// How long a keep-alive connection may wait for its next request before it is
-    /// closed.
+    /// closed. Longer than the idle timeout of common load balancers (60s), so that
+    /// they close first and never send a request onto a connection being closed.
     #[arg(
         long,
         env = "SONZAI_HTTP_IDLE_TIMEOUT",
         value_name = "DURATION",
-        default_value = "60s",
+        default_value = "75s",
         value_parser = parse_duration,
         help_heading = "HTTP"
     )]
@@ -412,7 +413,7 @@ impl Default for Config {
             deny_targets: Vec::new(),
             http_header_timeout: Duration::from_secs(10),
             http_body_timeout: Duration::from_secs(30),
-            http_idle_timeout: Duration::from_secs(60),
+            http_idle_timeout: Duration::from_secs(75),
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }

@@ -44,6 +44,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::format_duration;
 
+/// Largest request head (request line and headers; 431 beyond) and read buffer of a
+/// connection, which bounds the memory a connection that never finishes its headers
+/// can pin. hyper's default buffer (about 400 KiB) times thousands of connections is
+/// gigabytes.
+const MAX_HEAD: usize = 64 * 1024;
+
 /// The limits of [the module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Limits {
@@ -170,6 +176,8 @@ async fn run_connection(
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
 ) {
+    // Frees the connection's place however the task ends, a panicking handler included.
+    let _closing = Closing(conn.clone());
     let io = TokioIo::new(Watched {
         stream,
         conn: conn.clone(),
@@ -182,6 +190,8 @@ async fn run_connection(
         // Headers are written with the body in one write; waiting for a flush is
         // only latency.
         .writev(true)
+        .max_buf_size(MAX_HEAD)
+        .max_header_size(MAX_HEAD)
         .serve_connection(io, service));
     let mut evicted = pin!(conn.evict.clone().cancelled_owned());
     let mut hard_stop = pin!(hard_stop.cancelled_owned());
@@ -224,7 +234,14 @@ async fn run_connection(
         End::Closed(Err(e)) => tracing::debug!(error = %e, "connection failed"),
         other => tracing::debug!(end = ?other, "connection closed"),
     }
-    conn.close();
+}
+
+struct Closing(Arc<Conn>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// All open connections: their number, and the idle ones oldest first.

@@ -132,7 +132,7 @@ fn connection_cap(max_connections: usize, workers: usize) -> usize {
         // SAFETY: getrlimit only writes the struct passed in.
         if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
             let files = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
-            let room = files.saturating_sub(256 + 2 * workers).max(16);
+            let room = files.saturating_sub(64 + 2 * workers).max(16);
             if room < max_connections {
                 tracing::warn!(
                     max_connections,

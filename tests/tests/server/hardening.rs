@@ -90,6 +90,23 @@ async fn a_half_sent_header_is_cut_off_after_the_header_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_beyond_64_kib_are_refused_with_431() {
+    let db = TestDb::sqlite();
+    let server = TestServer::start(&db).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let filler = "a".repeat(100 * 1024);
+    let request = format!("GET /healthz HTTP/1.1\r\nhost: test\r\nx-filler: {filler}\r\n\r\n");
+    // The server may stop reading (and answer) before everything is written.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let (answer, _) = read_until_closed(&mut stream)
+        .await
+        .expect("the connection is closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_never_arrives_is_answered_408_after_the_body_timeout() {
     let db = TestDb::sqlite();
     let server = TestServer::start_with(
@@ -260,6 +277,63 @@ async fn idle_and_half_open_connections_beyond_the_cap_leave_room_for_api_calls(
     );
     drop(hogs);
     server.shutdown().await;
+}
+
+/// The original report: more half-open connections than the process has file
+/// descriptors. The server (the real binary, its open-file limit pinned at 256 and
+/// `--max-connections` left at its default) fits its cap under the limit, so it keeps
+/// accepting, and the newest connections are served.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_half_open_connections_than_file_descriptors_leave_healthz_answering() {
+    let db = TestDb::sqlite();
+    let data_dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 256 && exec "$0" "$@""#)
+        .arg(support::server_binary())
+        .arg("serve")
+        .args(["--listen", &addr.to_string()])
+        .args(["--database-url", &db.url])
+        .args(["--data-dir", &data_dir.path().display().to_string()])
+        .args(["--workers", "4"])
+        .env("SONZAI_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn server");
+    let http = support::http_client();
+    let healthz = format!("http://{addr}/healthz");
+    let up = support::poll_until(Duration::from_secs(30), Duration::from_millis(50), || {
+        let request = http.get(&healthz).send();
+        async move { request.await.ok().filter(|r| r.status().is_success()) }
+    })
+    .await;
+    assert!(up.is_some(), "server did not start");
+
+    let mut hogs = Vec::new();
+    for _ in 0..350 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nho")
+            .await
+            .unwrap();
+        hogs.push(stream);
+    }
+    for _ in 0..3 {
+        // A new client each time: a new connection, not one pooled from before.
+        let fresh = support::http_client();
+        let answer = tokio::time::timeout(PATIENCE, fresh.get(&healthz).send())
+            .await
+            .expect("/healthz answers in time")
+            .expect("/healthz answers");
+        assert_eq!(answer.status().as_u16(), 200);
+    }
+    drop(hogs);
+    let _ = child.start_kill();
+    let _ = child.wait().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
