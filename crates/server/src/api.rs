@@ -117,7 +117,7 @@ impl Api {
                 "expected an http or https URL with a host",
             ));
         }
-        if let Err(blocked) = guard::check_url(&url, self.policy) {
+        if let Err(blocked) = guard::check_url(&url, &self.policy) {
             return Err(Problem::invalid("body.webhook_url", blocked.to_string()));
         }
         if let Some(h) = auth_header {

@@ -11,11 +11,12 @@
 //! whether or not the lookup id exists, so response timing does not tell a caller
 //! which lookup ids are valid beyond what the database round trip itself reveals.
 //!
-//! There is deliberately no in-process cache of resolved keys. One indexed lookup per
-//! request is cheap on both backends, while a cache would make revocation eventually
-//! consistent: a key revoked from the CLI (another process) would keep working on every
-//! server until its cache entry expired. Revocation takes effect on the very next
-//! request instead.
+//! A key found in the database is trusted for up to a second without asking again
+//! ([`crate::store::KEY_CACHE_TTL`]), so a busy client costs one lookup per second
+//! rather than one per request. The price is that revocation is eventually consistent
+//! across processes: revoking through the same store drops the cached entry at once,
+//! but a key revoked from the CLI or another server keeps working on a server for up
+//! to that second. The secret is still hashed and compared on every request.
 
 use std::fmt;
 
@@ -446,7 +447,7 @@ mod tests {
                 Err(AuthError::Malformed(_))
             ));
 
-            // Revocation takes effect on the next request.
+            // Revoking through the same store takes effect on the next request.
             store.revoke_api_key(record.id).await.unwrap();
             assert!(matches!(
                 authenticate(&store, Some(&header)).await,

@@ -196,7 +196,8 @@ pub enum KeysCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
-    /// Revoke an API key: requests using it are refused from the next one on.
+    /// Revoke an API key: running servers refuse it within a second (they trust a
+    /// key they have looked up for that long).
     Revoke {
         /// Id of the key (the ID column of `keys list`, not the key itself).
         #[arg(value_name = "KEY_ID")]
@@ -459,7 +460,10 @@ async fn keys(command: KeysCommand) -> anyhow::Result<String> {
             Ok(if json {
                 to_json(&json!({ "id": key_id, "revoked": true }))?
             } else {
-                format!("Revoked API key {key_id}; requests using it are refused from now on.\n")
+                format!(
+                    "Revoked API key {key_id}; running servers refuse it within {}.\n",
+                    crate::config::format_duration(crate::store::KEY_CACHE_TTL)
+                )
             })
         }
     }

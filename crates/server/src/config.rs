@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::delivery::guard::IpRange;
 use crate::delivery::retry::RetrySchedule;
 use crate::store::{DisablePolicy, StoreResult, WebhookStore};
 
@@ -39,6 +40,9 @@ pub const DEFAULT_MAX_ATTEMPTS_PAGE_BYTES: usize = 8 * 1024 * 1024;
 /// Default cap on the webhooks of one project: far more event types than a project
 /// subscribes to, while keeping its webhook list a bounded answer.
 pub const DEFAULT_MAX_WEBHOOKS_PER_PROJECT: usize = 1_000;
+/// Default cap on open HTTP connections: far more than any load balancer or client
+/// pool needs, yet within the open-file limit of a typical service.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Where the store lives. Shared by `serve` and the admin subcommands so that both
 /// open the same database with the same flags.
@@ -98,12 +102,12 @@ impl DatabaseArgs {
         redact_url_password(&self.url())
     }
 
-    /// Creates the data directory when the embedded database is used. SQLite creates
-    /// a missing file but not a missing directory, and a newcomer's first
-    /// `sonzai-webhooks serve` should just work.
+    /// Creates the data directory (0700: the database holds secrets) when the
+    /// embedded database is used. SQLite creates a missing file but not a missing
+    /// directory, and a newcomer's first `sonzai-webhooks serve` should just work.
     pub fn prepare(&self) -> anyhow::Result<()> {
         if self.is_embedded() {
-            std::fs::create_dir_all(&self.data_dir).with_context(|| {
+            crate::store::sqlite::create_private_dir(&self.data_dir).with_context(|| {
                 format!("cannot create data directory {}", self.data_dir.display())
             })?;
         }
@@ -342,8 +346,9 @@ pub struct Config {
     pub lease: Duration,
 
     /// Allow webhook URLs that resolve to loopback, private, link-local or cloud
-    /// metadata addresses. Off by default so that tenants cannot make the server
-    /// probe its own network; turn it on for local development and tests.
+    /// metadata addresses (those in --deny-targets stay refused). Off by default so
+    /// that tenants cannot make the server probe its own network; turn it on for
+    /// local development and tests.
     #[arg(
         long,
         env = "SONZAI_ALLOW_PRIVATE_TARGETS",
@@ -355,6 +360,69 @@ pub struct Config {
         help_heading = "Delivery"
     )]
     pub allow_private_targets: bool,
+
+    /// Address ranges webhooks may never reach, in CIDR notation and comma-separated
+    /// (`10.20.0.0/16,fd12::/16`), refused even with --allow-private-targets. Checked,
+    /// like the built-in ranges, on the address actually connected to.
+    #[arg(
+        long,
+        env = "SONZAI_DENY_TARGETS",
+        value_name = "CIDRS",
+        value_delimiter = ',',
+        help_heading = "Delivery"
+    )]
+    pub deny_targets: Vec<IpRange>,
+
+    /// How long a client may take to send a request's headers, counted from their
+    /// first byte (from the connection's start for its first request). Slower
+    /// connections are closed.
+    #[arg(
+        long,
+        env = "SONZAI_HTTP_HEADER_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_duration,
+        help_heading = "HTTP"
+    )]
+    pub http_header_timeout: Duration,
+
+    /// How long a client may take to send a request body once its headers have
+    /// arrived; slower requests are answered 408 and the connection closed.
+    #[arg(
+        long,
+        env = "SONZAI_HTTP_BODY_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = parse_duration,
+        help_heading = "HTTP"
+    )]
+    pub http_body_timeout: Duration,
+
+    /// How long a keep-alive connection may wait for its next request before it is
+    /// closed. Longer than the idle timeout of common load balancers (60s), so that
+    /// they close first and never send a request onto a connection being closed.
+    #[arg(
+        long,
+        env = "SONZAI_HTTP_IDLE_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "75s",
+        value_parser = parse_duration,
+        help_heading = "HTTP"
+    )]
+    pub http_idle_timeout: Duration,
+
+    /// Most HTTP connections open at once. A new connection at the limit replaces the
+    /// one idle the longest (answered 503 only if every connection has a request in
+    /// progress). Lowered at start to fit the process's open-file limit.
+    #[arg(
+        long,
+        env = "SONZAI_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_CONNECTIONS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000),
+        help_heading = "HTTP"
+    )]
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -376,6 +444,11 @@ impl Default for Config {
             disable_after: Duration::from_secs(24 * 3600),
             lease: Duration::from_secs(30),
             allow_private_targets: false,
+            deny_targets: Vec::new(),
+            http_header_timeout: Duration::from_secs(10),
+            http_body_timeout: Duration::from_secs(30),
+            http_idle_timeout: Duration::from_secs(75),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -439,6 +512,15 @@ impl Config {
         }
         if let Err(err) = self.retry_schedule.parse::<RetrySchedule>() {
             return Err(format!("--retry-schedule: {err}"));
+        }
+        for (flag, value) in [
+            ("--http-header-timeout", self.http_header_timeout),
+            ("--http-body-timeout", self.http_body_timeout),
+            ("--http-idle-timeout", self.http_idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{flag} must be longer than 0s"));
+            }
         }
         Ok(())
     }
@@ -681,6 +763,16 @@ mod tests {
             "65536",
             "--max-webhooks-per-project",
             "5",
+            "--deny-targets",
+            "10.20.0.0/16,fd12::/16",
+            "--http-header-timeout",
+            "5s",
+            "--http-body-timeout",
+            "20s",
+            "--http-idle-timeout",
+            "2m",
+            "--max-connections",
+            "500",
         ])
         .unwrap();
         let c = parsed.config;
@@ -704,6 +796,17 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(3));
         assert_eq!(c.max_attempts_page_bytes, 65_536);
         assert_eq!(c.max_webhooks_per_project, 5);
+        assert_eq!(
+            c.deny_targets,
+            vec![
+                "10.20.0.0/16".parse::<IpRange>().unwrap(),
+                "fd12::/16".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.http_header_timeout, Duration::from_secs(5));
+        assert_eq!(c.http_body_timeout, Duration::from_secs(20));
+        assert_eq!(c.http_idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.max_connections, 500);
         assert_eq!(parsed.log.log_format, LogFormat::Json);
         assert_eq!(parsed.log.log, "debug");
     }
@@ -745,6 +848,11 @@ mod tests {
                 "max_webhooks_per_project",
                 "SONZAI_MAX_WEBHOOKS_PER_PROJECT",
             ),
+            ("deny_targets", "SONZAI_DENY_TARGETS"),
+            ("http_header_timeout", "SONZAI_HTTP_HEADER_TIMEOUT"),
+            ("http_body_timeout", "SONZAI_HTTP_BODY_TIMEOUT"),
+            ("http_idle_timeout", "SONZAI_HTTP_IDLE_TIMEOUT"),
+            ("max_connections", "SONZAI_MAX_CONNECTIONS"),
         ];
         for arg in command.get_arguments() {
             if arg.get_id() == "help" {
@@ -786,6 +894,23 @@ mod tests {
         assert!(parse(&["serve", "--disable-after-failures", "0"]).is_err());
         assert!(parse(&["serve", "--listen", "localhost"]).is_err());
         assert!(parse(&["serve", "--lease", "30"]).is_err());
+        assert!(parse(&["serve", "--max-connections", "0"]).is_err());
+        assert!(parse(&["serve", "--deny-targets", "10.0.0.0/33"]).is_err());
+        assert!(parse(&["serve", "--deny-targets", "intranet.example"]).is_err());
+        assert!(parse(&["serve", "--http-idle-timeout", "60"]).is_err());
+    }
+
+    #[test]
+    fn http_timeouts_must_be_positive() {
+        for flag in [
+            "--http-header-timeout",
+            "--http-body-timeout",
+            "--http-idle-timeout",
+        ] {
+            let config = parse(&["serve", flag, "0s"]).unwrap().config;
+            let err = config.validate().unwrap_err();
+            assert!(err.starts_with(flag), "{err}");
+        }
     }
 
     #[test]
@@ -882,6 +1007,12 @@ mod tests {
         };
         embedded.prepare().unwrap();
         assert!(nested.is_dir());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&nested).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        }
 
         let other = dir.path().join("c");
         let explicit = DatabaseArgs {

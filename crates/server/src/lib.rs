@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod engine;
+mod listener;
 pub mod metrics;
 pub mod server;
 pub mod store;

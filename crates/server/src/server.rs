@@ -1,6 +1,7 @@
 //! Running the service: the HTTP API (the generated router around [`crate::api::Api`],
-//! plus `/healthz`, `/readyz` and `/metrics`), the delivery workers, and graceful
-//! shutdown of both on SIGTERM or Ctrl-C.
+//! plus `/healthz`, `/readyz` and `/metrics`, served by [`crate::listener`] under its
+//! timeouts and connection cap), the delivery workers, and graceful shutdown of both
+//! on SIGTERM or Ctrl-C.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +26,7 @@ use crate::delivery::guard::TargetPolicy;
 use crate::delivery::retry::RetrySchedule;
 use crate::delivery::worker::{DeliveryWorker, WorkerConfig};
 use crate::engine::Engine;
+use crate::listener::Limits;
 use crate::store::WebhookStore;
 
 /// A started server: its address, its engine (for embedding programs that publish
@@ -65,6 +67,7 @@ struct Shared {
 /// Opens the store, prints development credentials on first start of an empty
 /// database, and serves until SIGTERM/Ctrl-C.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let store = config.database.connect().await?;
     // Only on the embedded database: several processes starting together on an empty
     // PostgreSQL could each mint development credentials.
@@ -86,6 +89,64 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
     running.wait().await;
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one: every client connection is a
+/// file descriptor, and the common soft default (1024) is far below
+/// `--max-connections`.
+fn raise_open_file_limit() {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+                && limit.rlim_cur < limit.rlim_max
+            {
+                let raised = libc::rlimit {
+                    rlim_cur: limit.rlim_max,
+                    rlim_max: limit.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                    tracing::debug!("cannot raise the open-file limit");
+                }
+            }
+        }
+    }
+}
+
+/// `--max-connections`, lowered to fit the open-file limit with room left for the
+/// database, the delivery connections (two per worker: one in use, one pooled) and
+/// the process's own files, so the cap is reached (and idle connections make way)
+/// before accepting fails for want of descriptors.
+fn connection_cap(max_connections: usize, workers: usize) -> usize {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct passed in.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            let files = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+            let room = files.saturating_sub(64 + 2 * workers).max(16);
+            if room < max_connections {
+                tracing::warn!(
+                    max_connections,
+                    open_file_limit = files,
+                    using = room,
+                    "--max-connections lowered to fit the open-file limit"
+                );
+                return room;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = workers;
+    max_connections
 }
 
 async fn shutdown_signal() {
@@ -120,13 +181,14 @@ pub async fn start_with_store(
         .retry_schedule
         .parse()
         .map_err(|e| anyhow::anyhow!("--retry-schedule: {e}"))?;
-    let policy = TargetPolicy::from_allow_private(config.allow_private_targets);
+    let policy = TargetPolicy::from_allow_private(config.allow_private_targets)
+        .with_denied(config.deny_targets.iter().copied());
     let engine = Arc::new(Engine::new(store.clone(), config.idempotency_window));
     let dispatcher = Arc::new(
         Dispatcher::new(DispatcherConfig {
             timeout: config.delivery_timeout,
             connect_timeout: config.delivery_timeout.min(Duration::from_secs(5)),
-            policy,
+            policy: policy.clone(),
             max_idle_per_host: config.workers.clamp(8, 1024),
             ..DispatcherConfig::default()
         })
@@ -173,18 +235,21 @@ pub async fn start_with_store(
             engine: engine.clone(),
             workers_running,
         },
+        config.http_body_timeout,
     );
+    let limits = Limits {
+        header_timeout: config.http_header_timeout,
+        idle_timeout: config.http_idle_timeout,
+        max_connections: connection_cap(config.max_connections, config.workers),
+        shutdown_grace: config.shutdown_grace,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let http = {
         let token = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await
-        })
+        tokio::spawn(crate::listener::serve(listener, app, limits, token))
     };
     Ok(Running {
         addr,
@@ -195,7 +260,7 @@ pub async fn start_with_store(
     })
 }
 
-fn app(api: Arc<Api>, shared: Shared) -> Router {
+fn app(api: Arc<Api>, shared: Shared, body_timeout: Duration) -> Router {
     let ops = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -205,6 +270,10 @@ fn app(api: Arc<Api>, shared: Shared) -> Router {
         .merge(ops)
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            body_timeout,
+            crate::listener::body_deadline,
+        ))
         .layer(axum::middleware::from_fn_with_state(shared, track))
 }
 

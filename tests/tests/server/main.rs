@@ -5,6 +5,7 @@
 mod contract;
 mod delivery;
 mod durability;
+mod hardening;
 mod hostile;
 mod scaleout;
 mod support;

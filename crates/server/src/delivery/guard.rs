@@ -17,63 +17,174 @@
 //! - **Literal IP addresses** (`http://10.0.0.1/`, `http://[::1]/`) never reach a
 //!   resolver, so [`check_url`] refuses them before a request is sent. The API also
 //!   calls it when a webhook is saved, to answer 422 early.
+//!
+//! Operators can add ranges of their own (`--deny-targets`); those are refused even
+//! when private targets are allowed.
+//!
+//! A refusal tells the tenant only that the target is blocked, never what a name
+//! resolved to: otherwise the attempt log would be an oracle for the server's internal
+//! DNS. The details go to the server log.
 
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::Url;
 
 /// Which webhook targets the server may connect to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TargetPolicy {
-    /// Any address, private and loopback included: for development and tests,
-    /// where receivers run on the same machine.
-    AllowAll,
-    /// Public unicast addresses only. The default, so that a production server
-    /// is safe without any setting.
-    #[default]
-    BlockPrivate,
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TargetPolicy {
+    /// Loopback, private, link-local and metadata addresses allowed (development and
+    /// tests, where receivers run on the same machine). Off by default, so that a
+    /// production server is safe without any setting.
+    allow_private: bool,
+    /// Ranges refused under either setting.
+    deny: Arc<[IpRange]>,
 }
 
 impl TargetPolicy {
+    /// Public unicast addresses only.
+    pub fn block_private() -> Self {
+        Self::default()
+    }
+
+    /// Any address, private and loopback included.
+    pub fn allow_all() -> Self {
+        Self::from_allow_private(true)
+    }
+
     /// The policy for an "allow private targets" setting.
     pub fn from_allow_private(allow_private: bool) -> Self {
-        if allow_private {
-            Self::AllowAll
-        } else {
-            Self::BlockPrivate
+        Self {
+            allow_private,
+            deny: Arc::from([]),
         }
     }
 
+    /// The same policy, also refusing every address in `ranges`.
+    pub fn with_denied(mut self, ranges: impl IntoIterator<Item = IpRange>) -> Self {
+        let mut deny = self.deny.to_vec();
+        deny.extend(ranges);
+        self.deny = deny.into();
+        self
+    }
+
     /// Whether this policy refuses non-public addresses.
-    pub fn blocks_private(self) -> bool {
-        self == Self::BlockPrivate
+    pub fn blocks_private(&self) -> bool {
+        !self.allow_private
+    }
+
+    /// Why this policy refuses `ip`, or `None` when it may be connected to.
+    pub fn refuses(&self, ip: IpAddr) -> Option<&'static str> {
+        if self.is_denied(ip) {
+            return Some("denied by --deny-targets");
+        }
+        if self.blocks_private() {
+            return is_blocked(ip);
+        }
+        None
+    }
+
+    /// In an operator range, directly or as the IPv4 address a v6 form carries.
+    fn is_denied(&self, ip: IpAddr) -> bool {
+        let embedded = match ip {
+            IpAddr::V6(v6) => embedded_v4(v6).map(IpAddr::V4),
+            IpAddr::V4(_) => None,
+        };
+        self.deny
+            .iter()
+            .any(|range| range.contains(ip) || embedded.is_some_and(|v4| range.contains(v4)))
     }
 }
 
-/// A webhook target the guard refused. The `Display` text starts with
-/// `blocked target:` and is meant for the attempt's `error_message` and for API
-/// validation errors; it names only the host and addresses, never the full URL.
+/// An address range in CIDR notation (`10.0.0.0/8`, `fd00::/8`); a bare address is a
+/// range of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => in_v4(ip, net, self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => in_v6(ip, net, self.prefix),
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for IpRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let network: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("invalid address range {text:?}: expected e.g. 10.0.0.0/8"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("invalid prefix length in {text:?} (0 to {max})"))?,
+        };
+        Ok(Self { network, prefix })
+    }
+}
+
+impl fmt::Display for IpRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// A webhook target the guard refused. `Display` is what the tenant sees (the
+/// attempt's `error_message`, API validation errors): `blocked target: <host>`, with
+/// the host as written in the URL and nothing about addresses or reasons.
+/// [`BlockedTarget::details`] is for the server log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BlockedTarget {
     /// The URL names a literal address in a blocked range.
-    #[error("blocked target: {ip} is a non-public address ({reason})")]
+    #[error("blocked target: {ip}")]
     Address { ip: IpAddr, reason: &'static str },
     /// The URL names a host that by definition resolves to loopback (RFC 6761).
-    #[error("blocked target: {host} always resolves to loopback")]
+    #[error("blocked target: {host}")]
     LoopbackName { host: String },
     /// Every address the host name resolved to is in a blocked range.
-    #[error("blocked target: {host} resolves only to private/loopback addresses ({})", ListAddrs(.addresses))]
+    #[error("blocked target: {host}")]
     Resolved {
         host: String,
         addresses: Vec<(IpAddr, &'static str)>,
     },
 }
 
+impl BlockedTarget {
+    /// Why the target was refused, addresses included: for operators only.
+    pub fn details(&self) -> String {
+        match self {
+            Self::Address { ip, reason } => format!("{ip} is a refused address ({reason})"),
+            Self::LoopbackName { host } => format!("{host} always resolves to loopback"),
+            Self::Resolved { host, addresses } => format!(
+                "{host} resolves only to refused addresses ({})",
+                ListAddrs(addresses)
+            ),
+        }
+    }
+}
+
 /// Formats at most a few `address reason` pairs, so a host with dozens of records
-/// does not produce a huge error message.
+/// does not produce a huge log line.
 struct ListAddrs<'a>(&'a [(IpAddr, &'static str)]);
 
 impl fmt::Display for ListAddrs<'_> {
@@ -109,10 +220,14 @@ pub enum ResolveError {
 
 /// Cloud instance metadata services. Each also falls in a blocked range; they are
 /// listed so that the refusal names the real danger.
-const METADATA_V4: [Ipv4Addr; 3] = [
+/// 168.63.129.16 is the exception: a public address, so it is blocked only by this list.
+const METADATA_V4: [Ipv4Addr; 4] = [
     Ipv4Addr::new(169, 254, 169, 254), // AWS, GCP, Azure, Oracle, DigitalOcean, OpenStack
     Ipv4Addr::new(169, 254, 170, 2),   // AWS ECS task metadata and credentials
     Ipv4Addr::new(100, 100, 100, 200), // Alibaba Cloud
+    // Azure WireServer: the host's agent endpoint (VM provisioning, extension
+    // settings, health), reachable from every Azure VM.
+    Ipv4Addr::new(168, 63, 129, 16),
 ];
 const METADATA_V6: [Ipv6Addr; 1] = [
     Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254), // AWS (Nitro) IPv6 endpoint
@@ -208,58 +323,81 @@ pub fn is_blocked(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
+fn in_v4(ip: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+fn in_v6(ip: Ipv6Addr, net: Ipv6Addr, prefix: u8) -> bool {
+    let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+    u128::from(ip) & mask == u128::from(net) & mask
+}
+
 fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
     if METADATA_V4.contains(&ip) {
         return Some("cloud metadata");
     }
-    let bits = u32::from(ip);
-    BLOCKED_V4.iter().find_map(|&(net, prefix, reason)| {
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-        (bits & mask == u32::from(net) & mask).then_some(reason)
-    })
+    BLOCKED_V4
+        .iter()
+        .find_map(|&(net, prefix, reason)| in_v4(ip, net, prefix).then_some(reason))
+}
+
+/// The IPv4 address an IPv6 address stands for, in the forms where the kernel or a
+/// translator turns one into the other, so they are as dangerous as that IPv4
+/// address: `::ffff:127.0.0.1` is loopback.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let bits = u128::from(ip);
+    let low = Ipv4Addr::from((bits & 0xffff_ffff) as u32);
+    // RFC 4291 IPv4-mapped (::ffff:0:0/96), the kernel's own dual-stack form.
+    if in_v6(ip, Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96)
+        // RFC 2765 SIIT IPv4-translated (::ffff:0:0:0/96).
+        || in_v6(ip, Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, 0, 0), 96)
+        // RFC 6052 well-known NAT64 prefix (64:ff9b::/96).
+        || in_v6(ip, Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96)
+        // RFC 4291 deprecated IPv4-compatible (::a.b.c.d); `::` and `::1` share the
+        // prefix but are not IPv4 addresses.
+        || (in_v6(ip, Ipv6Addr::UNSPECIFIED, 96) && bits > 1)
+    {
+        return Some(low);
+    }
+    // RFC 3056 6to4 (2002:a.b.c.d::/48) tunnels to the embedded IPv4 address.
+    if in_v6(ip, Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16) {
+        return Some(Ipv4Addr::from(((bits >> 80) & 0xffff_ffff) as u32));
+    }
+    None
 }
 
 fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
     if METADATA_V6.contains(&ip) {
         return Some("cloud metadata");
     }
-    let bits = u128::from(ip);
-    let in_net = |net: Ipv6Addr, prefix: u8| {
-        let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-        bits & mask == u128::from(net) & mask
-    };
-    // Forms that carry an IPv4 address in their low 32 bits: the kernel (mapped)
-    // or a translator (NAT64) turns them into that IPv4 address, so they are as
-    // dangerous as it is. `::ffff:127.0.0.1` is loopback.
-    let low_v4 = Ipv4Addr::from((bits & 0xffff_ffff) as u32);
-    if in_net(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96) {
-        return v4_reason(low_v4);
-    }
-    if in_net(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96) {
-        return v4_reason(low_v4);
-    }
-    // RFC 4291 IPv4-compatible addresses (::a.b.c.d) are deprecated; `::` and `::1`
-    // share the prefix and are matched by the table with their own names.
-    if in_net(Ipv6Addr::UNSPECIFIED, 96) && bits > 1 {
-        return Some(v4_reason(low_v4).unwrap_or("deprecated IPv4-compatible"));
-    }
-    // RFC 3056 6to4 (2002:a.b.c.d::/48) tunnels to the embedded IPv4 address.
-    if in_net(Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16) {
-        return v4_reason(Ipv4Addr::from(((bits >> 80) & 0xffff_ffff) as u32));
+    if let Some(v4) = embedded_v4(ip) {
+        let compatible = in_v6(ip, Ipv6Addr::UNSPECIFIED, 96);
+        return match v4_reason(v4) {
+            Some(reason) => Some(reason),
+            None if compatible => Some("deprecated IPv4-compatible"),
+            None => None,
+        };
     }
     BLOCKED_V6
         .iter()
-        .find_map(|&(net, prefix, reason)| in_net(net, prefix).then_some(reason))
+        .find_map(|&(net, prefix, reason)| in_v6(ip, net, prefix).then_some(reason))
 }
 
-/// Refuses a URL whose host is a literal address in a blocked range, or a name that
-/// is loopback by definition (`localhost`, `*.localhost`). Other host names pass:
-/// they are checked when resolved, by [`GuardedResolver`]. Always `Ok` under
-/// [`TargetPolicy::AllowAll`], and for URLs without a host.
-pub fn check_url(url: &Url, policy: TargetPolicy) -> Result<(), BlockedTarget> {
-    if !policy.blocks_private() {
-        return Ok(());
+/// Refuses a URL whose host is a literal address the policy refuses, or (when
+/// private targets are blocked) a name that is loopback by definition (`localhost`,
+/// `*.localhost`). Other host names pass: they are checked when resolved, by
+/// [`GuardedResolver`]. Always `Ok` for URLs without a host. Refusals are logged with
+/// their reason.
+pub fn check_url(url: &Url, policy: &TargetPolicy) -> Result<(), BlockedTarget> {
+    let refused = literal_refusal(url, policy);
+    if let Err(blocked) = &refused {
+        tracing::warn!(reason = %blocked.details(), "blocked webhook target");
     }
+    refused
+}
+
+fn literal_refusal(url: &Url, policy: &TargetPolicy) -> Result<(), BlockedTarget> {
     let Some(host) = url.host_str() else {
         return Ok(());
     };
@@ -270,13 +408,13 @@ pub fn check_url(url: &Url, policy: TargetPolicy) -> Result<(), BlockedTarget> {
         None => host.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
     };
     if let Some(ip) = literal {
-        return match is_blocked(ip) {
+        return match policy.refuses(ip) {
             Some(reason) => Err(BlockedTarget::Address { ip, reason }),
             None => Ok(()),
         };
     }
     let name = host.trim_end_matches('.').to_ascii_lowercase();
-    if name == "localhost" || name.ends_with(".localhost") {
+    if policy.blocks_private() && (name == "localhost" || name.ends_with(".localhost")) {
         return Err(BlockedTarget::LoopbackName {
             host: host.to_owned(),
         });
@@ -284,12 +422,12 @@ pub fn check_url(url: &Url, policy: TargetPolicy) -> Result<(), BlockedTarget> {
     Ok(())
 }
 
-/// DNS resolver for the delivery HTTP client that drops blocked addresses.
+/// DNS resolver for the delivery HTTP client that drops refused addresses.
 ///
 /// Resolution uses the system resolver (`getaddrinfo` on tokio's blocking pool).
-/// When some addresses of a name are public and some are not, only the public
-/// ones are returned, so the client can never be steered onto the blocked ones.
-#[derive(Debug, Clone, Copy, Default)]
+/// When some addresses of a name are allowed and some are not, only the allowed
+/// ones are returned, so the client can never be steered onto the refused ones.
+#[derive(Debug, Clone, Default)]
 pub struct GuardedResolver {
     policy: TargetPolicy,
 }
@@ -299,8 +437,8 @@ impl GuardedResolver {
         Self { policy }
     }
 
-    pub fn policy(&self) -> TargetPolicy {
-        self.policy
+    pub fn policy(&self) -> &TargetPolicy {
+        &self.policy
     }
 
     /// Resolves `host` and applies the policy. The returned addresses carry port 0;
@@ -313,26 +451,21 @@ impl GuardedResolver {
                     host: host.to_owned(),
                     source,
                 })?;
-        filter_addrs(host, found, self.policy)
+        filter_addrs(host, found, &self.policy)
     }
 }
 
-/// Removes duplicate addresses and, under [`TargetPolicy::BlockPrivate`], blocked
-/// ones; fails when nothing is left.
+/// Removes duplicate addresses and those the policy refuses; fails when nothing is
+/// left.
 fn filter_addrs(
     host: &str,
     found: impl IntoIterator<Item = SocketAddr>,
-    policy: TargetPolicy,
+    policy: &TargetPolicy,
 ) -> Result<Vec<SocketAddr>, ResolveError> {
     let mut allowed: Vec<SocketAddr> = Vec::new();
     let mut refused: Vec<(IpAddr, &'static str)> = Vec::new();
     for addr in found {
-        let blocked = if policy.blocks_private() {
-            is_blocked(addr.ip())
-        } else {
-            None
-        };
-        match blocked {
+        match policy.refuses(addr.ip()) {
             Some(reason) => {
                 if !refused.iter().any(|(ip, _)| *ip == addr.ip()) {
                     refused.push((addr.ip(), reason));
@@ -350,7 +483,7 @@ fn filter_addrs(
             tracing::debug!(
                 host,
                 refused = refused.len(),
-                "dropped non-public addresses of webhook target"
+                "dropped refused addresses of webhook target"
             );
         }
         return Ok(allowed);
@@ -360,15 +493,17 @@ fn filter_addrs(
             host: host.to_owned(),
         });
     }
-    Err(ResolveError::Blocked(BlockedTarget::Resolved {
+    let blocked = BlockedTarget::Resolved {
         host: host.to_owned(),
         addresses: refused,
-    }))
+    };
+    tracing::warn!(reason = %blocked.details(), "blocked webhook target");
+    Err(ResolveError::Blocked(blocked))
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let resolver = *self;
+        let resolver = self.clone();
         Box::pin(async move {
             let addrs = resolver.resolve_host(name.as_str()).await?;
             Ok(Box::new(addrs.into_iter()) as Addrs)
@@ -407,6 +542,7 @@ mod tests {
             ("169.254.169.254", "cloud metadata"),
             ("169.254.170.2", "cloud metadata"),
             ("100.100.100.200", "cloud metadata"),
+            ("168.63.129.16", "cloud metadata"),
             ("192.0.0.8", "IETF protocol assignment"),
             ("192.0.2.10", "documentation"),
             ("198.51.100.7", "documentation"),
@@ -434,6 +570,8 @@ mod tests {
             "100.63.255.255",
             "100.128.0.0",
             "126.255.255.255",
+            "168.63.129.15",
+            "168.63.129.17",
             "128.0.0.0",
             "169.253.255.255",
             "169.255.0.0",
@@ -486,6 +624,7 @@ mod tests {
             "64:ff9b::808:808",
             "2002:808:808::1",
             "::ffff:8.8.8.8",
+            "::ffff:0:8.8.8.8",
         ] {
             assert_eq!(reason(addr), None, "{addr}");
         }
@@ -500,6 +639,14 @@ mod tests {
             ("::ffff:169.254.169.254", "cloud metadata"),
             ("::ffff:100.100.100.200", "cloud metadata"),
             ("::ffff:0.0.0.0", "unspecified"),
+            ("::ffff:168.63.129.16", "cloud metadata"),
+            // SIIT IPv4-translated: ::ffff:0:a.b.c.d.
+            ("::ffff:0:127.0.0.1", "loopback"),
+            ("::ffff:0:7f00:1", "loopback"),
+            ("::ffff:0:10.0.0.1", "private"),
+            ("::ffff:0:169.254.169.254", "cloud metadata"),
+            ("64:ff9b::10.0.0.1", "private"),
+            ("64:ff9b::168.63.129.16", "cloud metadata"),
             ("::127.0.0.1", "loopback"),
             ("::192.168.0.1", "private"),
             ("::8.8.8.8", "deprecated IPv4-compatible"),
@@ -519,12 +666,10 @@ mod tests {
 
     #[test]
     fn check_url_refuses_blocked_literals_and_loopback_names() {
-        let p = TargetPolicy::BlockPrivate;
+        let p = &TargetPolicy::block_private();
         let err = check_url(&url("http://127.0.0.1:8080/hook"), p).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "blocked target: 127.0.0.1 is a non-public address (loopback)"
-        );
+        assert_eq!(err.to_string(), "blocked target: 127.0.0.1");
+        assert_eq!(err.details(), "127.0.0.1 is a refused address (loopback)");
         // Alternative IPv4 spellings are normalised by the URL parser first.
         for u in [
             "http://0x7f.1/",
@@ -534,6 +679,9 @@ mod tests {
             "https://[::ffff:127.0.0.1]:8443/x",
             "http://169.254.169.254/latest/meta-data/",
             "http://[fd00:ec2::254]/",
+            "http://168.63.129.16/machine?comp=goalstate",
+            "http://[::ffff:0:7f00:1]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
             "http://0.0.0.0:9000/",
             "http://10.1.2.3/",
             "http://localhost:3000/",
@@ -543,10 +691,8 @@ mod tests {
             assert!(check_url(&url(u), p).is_err(), "{u} should be blocked");
         }
         let err = check_url(&url("http://Localhost:3000/"), p).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "blocked target: localhost always resolves to loopback"
-        );
+        assert_eq!(err.to_string(), "blocked target: localhost");
+        assert_eq!(err.details(), "localhost always resolves to loopback");
         for u in [
             "https://example.com/hook",
             "https://8.8.8.8/",
@@ -560,7 +706,7 @@ mod tests {
 
     #[test]
     fn check_url_allows_everything_when_private_targets_are_allowed() {
-        let p = TargetPolicy::AllowAll;
+        let p = &TargetPolicy::allow_all();
         for u in [
             "http://127.0.0.1/",
             "http://[::1]/",
@@ -569,30 +715,29 @@ mod tests {
         ] {
             assert!(check_url(&url(u), p).is_ok(), "{u}");
         }
-        assert_eq!(TargetPolicy::from_allow_private(true), p);
+        assert_eq!(&TargetPolicy::from_allow_private(true), p);
         assert_eq!(
             TargetPolicy::from_allow_private(false),
-            TargetPolicy::BlockPrivate
+            TargetPolicy::block_private()
         );
-        assert_eq!(TargetPolicy::default(), TargetPolicy::BlockPrivate);
+        assert!(TargetPolicy::default().blocks_private());
     }
 
     #[tokio::test]
     async fn resolver_blocks_localhost_when_guarded() {
-        let guarded = GuardedResolver::new(TargetPolicy::BlockPrivate);
+        let guarded = GuardedResolver::new(TargetPolicy::block_private());
         let err = guarded.resolve_host("localhost").await.unwrap_err();
-        let msg = err.to_string();
+        // The tenant learns that the name is refused, not what it resolves to.
+        assert_eq!(err.to_string(), "blocked target: localhost");
+        let ResolveError::Blocked(blocked @ BlockedTarget::Resolved { .. }) = &err else {
+            panic!("{err:?}");
+        };
+        let details = blocked.details();
         assert!(
-            msg.starts_with(
-                "blocked target: localhost resolves only to private/loopback addresses ("
-            ),
-            "{msg}"
+            details.starts_with("localhost resolves only to refused addresses ("),
+            "{details}"
         );
-        assert!(msg.contains("loopback"), "{msg}");
-        assert!(matches!(
-            err,
-            ResolveError::Blocked(BlockedTarget::Resolved { .. })
-        ));
+        assert!(details.contains("loopback"), "{details}");
 
         // Through the reqwest trait too, as the HTTP client calls it.
         let err = match guarded.resolve(Name::from_str("localhost").unwrap()).await {
@@ -607,7 +752,7 @@ mod tests {
 
     #[tokio::test]
     async fn resolver_allows_localhost_when_unguarded() {
-        let open = GuardedResolver::new(TargetPolicy::AllowAll);
+        let open = GuardedResolver::new(TargetPolicy::allow_all());
         let addrs: Vec<_> = open
             .resolve(Name::from_str("localhost").unwrap())
             .await
@@ -620,11 +765,17 @@ mod tests {
     #[tokio::test]
     async fn resolver_passes_public_literals_when_guarded() {
         // A literal name is parsed without any DNS traffic.
-        let guarded = GuardedResolver::new(TargetPolicy::BlockPrivate);
+        let guarded = GuardedResolver::new(TargetPolicy::block_private());
         let addrs = guarded.resolve_host("8.8.8.8").await.unwrap();
         assert_eq!(addrs, vec![SocketAddr::new(ip("8.8.8.8"), 0)]);
         let err = guarded.resolve_host("10.0.0.1").await.unwrap_err();
-        assert!(err.to_string().contains("10.0.0.1 private"), "{err}");
+        let ResolveError::Blocked(blocked) = err else {
+            panic!("{err:?}");
+        };
+        assert!(
+            blocked.details().contains("10.0.0.1 private"),
+            "{blocked:?}"
+        );
     }
 
     #[test]
@@ -636,7 +787,7 @@ mod tests {
             SocketAddr::new(ip("93.184.216.34"), 0),
             SocketAddr::new(ip("2606:2800:220:1::1"), 0),
         ];
-        let kept = filter_addrs("mixed.test", found, TargetPolicy::BlockPrivate).unwrap();
+        let kept = filter_addrs("mixed.test", found, &TargetPolicy::block_private()).unwrap();
         assert_eq!(
             kept,
             vec![
@@ -644,25 +795,122 @@ mod tests {
                 SocketAddr::new(ip("2606:2800:220:1::1"), 0)
             ]
         );
-        let all = filter_addrs("mixed.test", found, TargetPolicy::AllowAll).unwrap();
+        let all = filter_addrs("mixed.test", found, &TargetPolicy::allow_all()).unwrap();
         assert_eq!(all.len(), 4, "duplicates removed, nothing else");
     }
 
     #[test]
     fn filter_reports_empty_answers_and_lists_at_most_four_addresses() {
-        let err = filter_addrs("empty.test", [], TargetPolicy::BlockPrivate).unwrap_err();
+        let p = &TargetPolicy::block_private();
+        let err = filter_addrs("empty.test", [], p).unwrap_err();
         assert_eq!(
             err.to_string(),
             "DNS resolution failed: empty.test has no addresses"
         );
         let many = (1..=6).map(|i| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, i)), 0));
-        let msg = filter_addrs("many.test", many, TargetPolicy::BlockPrivate)
-            .unwrap_err()
-            .to_string();
+        let err = filter_addrs("many.test", many, p).unwrap_err();
+        assert_eq!(err.to_string(), "blocked target: many.test");
+        let ResolveError::Blocked(blocked) = err else {
+            panic!("{err:?}");
+        };
         assert_eq!(
-            msg,
-            "blocked target: many.test resolves only to private/loopback addresses \
+            blocked.details(),
+            "many.test resolves only to refused addresses \
              (10.0.0.1 private, 10.0.0.2 private, 10.0.0.3 private, 10.0.0.4 private, and 2 more)"
         );
+    }
+
+    fn ranges(list: &[&str]) -> Vec<IpRange> {
+        list.iter().map(|r| r.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn address_ranges_parse_and_match() {
+        let r: IpRange = "10.20.0.0/16".parse().unwrap();
+        assert!(r.contains(ip("10.20.255.1")));
+        assert!(!r.contains(ip("10.21.0.0")));
+        assert!(
+            !r.contains(ip("::ffff:10.20.0.1")),
+            "v6 never matches a v4 range"
+        );
+        assert_eq!(r.to_string(), "10.20.0.0/16");
+        let one: IpRange = " 203.0.114.7 ".parse().unwrap();
+        assert_eq!(one.to_string(), "203.0.114.7/32");
+        assert!(one.contains(ip("203.0.114.7")) && !one.contains(ip("203.0.114.8")));
+        let v6: IpRange = "2a01:4f8::/32".parse().unwrap();
+        assert!(v6.contains(ip("2a01:4f8:1:2::3")));
+        assert!(!v6.contains(ip("2a01:4f9::1")));
+        let all: IpRange = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(ip("8.8.8.8")));
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/-1",
+            "10.0.0/8",
+            "example.com",
+        ] {
+            assert!(bad.parse::<IpRange>().is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn denied_ranges_apply_under_both_settings_and_to_embedded_ipv4() {
+        let deny = ranges(&["203.0.114.0/24", "2a01:4f8::/32"]);
+        for policy in [
+            TargetPolicy::allow_all().with_denied(deny.clone()),
+            TargetPolicy::block_private().with_denied(deny.clone()),
+        ] {
+            for addr in [
+                "203.0.114.9",
+                "::ffff:203.0.114.9",
+                "::ffff:0:203.0.114.9",
+                "64:ff9b::203.0.114.9",
+                "2002:cb00:7209::1",
+                "2a01:4f8::1",
+            ] {
+                assert_eq!(
+                    policy.refuses(ip(addr)),
+                    Some("denied by --deny-targets"),
+                    "{addr} under {policy:?}"
+                );
+            }
+            assert_eq!(policy.refuses(ip("203.0.115.1")), None);
+            let err = check_url(&url("https://203.0.114.9/hook"), &policy).unwrap_err();
+            assert_eq!(err.to_string(), "blocked target: 203.0.114.9");
+            assert!(check_url(&url("https://203.0.115.1/hook"), &policy).is_ok());
+        }
+        // Allowing private targets still allows them unless denied.
+        let dev = TargetPolicy::allow_all().with_denied(ranges(&["127.0.0.1/32"]));
+        assert_eq!(dev.refuses(ip("127.0.0.2")), None);
+        assert!(dev.refuses(ip("127.0.0.1")).is_some());
+        assert!(
+            check_url(&url("http://localhost/"), &dev).is_ok(),
+            "names go to DNS"
+        );
+    }
+
+    #[test]
+    fn resolved_addresses_in_denied_ranges_are_dropped() {
+        let policy = TargetPolicy::allow_all().with_denied(ranges(&["10.9.0.0/16"]));
+        let found = [
+            SocketAddr::new(ip("10.9.1.1"), 0),
+            SocketAddr::new(ip("10.8.1.1"), 0),
+        ];
+        let kept = filter_addrs("mixed.test", found, &policy).unwrap();
+        assert_eq!(kept, vec![SocketAddr::new(ip("10.8.1.1"), 0)]);
+        let err = filter_addrs("internal.test", [found[0]], &policy).unwrap_err();
+        assert_eq!(err.to_string(), "blocked target: internal.test");
+        assert!(!err.to_string().contains("10.9"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn resolver_refuses_denied_loopback_even_when_private_targets_are_allowed() {
+        let policy = TargetPolicy::allow_all().with_denied(ranges(&["127.0.0.0/8", "::1"]));
+        let err = GuardedResolver::new(policy)
+            .resolve_host("localhost")
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "blocked target: localhost");
     }
 }

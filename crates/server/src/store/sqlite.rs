@@ -12,6 +12,7 @@
 //! 16-byte BLOBs; see the migration for the reasoning.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -98,7 +99,11 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
         if !in_memory {
-            create_parent_dir(base.get_filename()).await?;
+            let file = base.get_filename().to_owned();
+            tokio::task::spawn_blocking(move || prepare_private_file(&file))
+                .await
+                .map_err(|e| StoreError::Database(sqlx::Error::Io(io::Error::other(e))))?
+                .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
         }
 
         // WAL is a property of the file: set it on the writer, which opens first.
@@ -165,11 +170,58 @@ impl SqliteStore {
     }
 }
 
-async fn create_parent_dir(file: &Path) -> StoreResult<()> {
+/// Creates a directory and its missing parents, readable only by the server's user
+/// (0700 on Unix). An existing directory keeps its mode: it may be the operator's.
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// The database holds signing secrets and `auth_header` values, so only the server's
+/// user may read it. Creates the parent directory (0700) and the file (0600) before
+/// SQLite opens it; SQLite gives the `-wal` and `-shm` files it creates later the
+/// database file's permissions. Files left readable to others (by an older version)
+/// are tightened.
+fn prepare_private_file(file: &Path) -> io::Result<()> {
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        create_private_dir(dir)?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(file)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = file.as_os_str().to_owned();
+            path.push(suffix);
+            let path = std::path::PathBuf::from(path);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                if let Err(e) =
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o700))
+                {
+                    tracing::warn!(
+                        file = %path.display(),
+                        error = %e,
+                        "database file is readable by other users and cannot be restricted"
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }
