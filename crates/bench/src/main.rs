@@ -38,7 +38,8 @@ Scenarios:
            30 s (--quick: 10 s). Goal: quiet p99 ≤ 1 s.
       B5b  a backlog of 50,000 noisy events (--quick: 5,000) to a receiver that answers
            after 50 ms; once published, quiet 20 events/s for 20 s (--quick: 5 s) while
-           it drains. Goal: quiet p99 ≤ 50 ms.
+           it drains (also shown: the quiet latency while the backlog was still due,
+           if it emptied during the quiet phase). Goal: quiet p99 ≤ 50 ms.
       --receiver-delay-ms does not apply to B5.
 
 Examples:

@@ -51,6 +51,10 @@ struct Shared {
     malformed: AtomicU64,
     /// Requests (with or without an event id) that got their `200`.
     answered: AtomicU64,
+    /// When the receiver started; `last_answer` counts from here.
+    started: Instant,
+    /// Nanoseconds from `started` to the latest `200` (zero: none yet).
+    last_answer: AtomicU64,
     /// Set when the receiver stops, releasing hanging requests.
     stopped: watch::Sender<bool>,
 }
@@ -77,6 +81,8 @@ impl Receiver {
             arrivals: Mutex::default(),
             malformed: AtomicU64::new(0),
             answered: AtomicU64::new(0),
+            started: Instant::now(),
+            last_answer: AtomicU64::new(0),
             stopped: watch::Sender::new(false),
         });
         let app = Router::new().fallback(receive).with_state(shared.clone());
@@ -115,6 +121,14 @@ impl Receiver {
     /// Requests answered `200` so far (a hanging receiver answers none).
     pub fn answered(&self) -> u64 {
         self.shared.answered.load(Ordering::Relaxed)
+    }
+
+    /// When the latest `200` was sent, if any.
+    pub fn last_answer(&self) -> Option<Instant> {
+        match self.shared.last_answer.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(self.shared.started + Duration::from_nanos(nanos)),
+        }
     }
 
     /// Requests received so far, repeats included.
@@ -172,6 +186,10 @@ async fn receive(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCode {
             return StatusCode::SERVICE_UNAVAILABLE;
         }
     }
+    let nanos = u64::try_from(shared.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    shared
+        .last_answer
+        .fetch_max(nanos.max(1), Ordering::Relaxed);
     shared.answered.fetch_add(1, Ordering::Relaxed);
     StatusCode::OK
 }
@@ -258,6 +276,9 @@ mod tests {
         // Recorded on arrival, not after the delay.
         let arrival = receiver.arrivals().into_values().next().unwrap();
         assert!(arrival.first.duration_since(started) < Duration::from_millis(150));
+        assert_eq!(receiver.answered(), 1);
+        let answered = receiver.last_answer().unwrap();
+        assert!(answered.duration_since(arrival.first) >= Duration::from_millis(150));
     }
 
     #[tokio::test]
@@ -283,6 +304,7 @@ mod tests {
         assert_eq!(receiver.distinct(), 2);
         assert_eq!(receiver.requests(), 2);
         assert_eq!(receiver.answered(), 0);
+        assert_eq!(receiver.last_answer(), None);
         // Stopping the receiver releases what it still holds.
         drop(receiver);
         let released = tokio::time::timeout(Duration::from_secs(5), held)

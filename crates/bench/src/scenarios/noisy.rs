@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use super::{drain, server_usage, Fleet, Settings};
-use crate::load::{self, PublishRun, Target, EVENT_TYPE};
+use crate::load::{self, PublishRun, Published, Target, EVENT_TYPE};
 use crate::procfs::Usage;
 use crate::receiver::{Receiver, Reply};
 use crate::report::{self, match_arrivals, Block, Percentiles};
@@ -170,6 +170,7 @@ pub(super) async fn slow_backlog(settings: &Settings) -> anyhow::Result<Block> {
         )
         .await?;
     let answered_at_quiet_end = neighbours.noisy_receiver.answered();
+    let noisy_last_answer = neighbours.noisy_receiver.last_answer();
     let load_end = Instant::now();
     let drained = drain(
         &neighbours.quiet_receiver,
@@ -229,6 +230,25 @@ pub(super) async fn slow_backlog(settings: &Settings) -> anyhow::Result<Block> {
         BACKLOG_GOAL,
     );
     let promised: u64 = noisy.accepted.iter().map(|p| p.deliveries).sum();
+    // A backlog that empties early leaves the rest of the quiet load uncontended, so
+    // the events sent while it was still due are also shown on their own.
+    let backlog_done = noisy_last_answer.filter(|_| answered_at_quiet_end >= promised);
+    if let Some(done) = backlog_done.filter(|&done| done > quiet_from) {
+        let during: Vec<Published> = quiet
+            .accepted
+            .iter()
+            .filter(|p| p.started < done)
+            .copied()
+            .collect();
+        let mut since_accepted = match_arrivals(&during, &quiet_outcome.arrivals).since_accepted;
+        block.latency(
+            &format!(
+                "quiet e2e, first {:.1} s (backlog due)",
+                (done - quiet_from).as_secs_f64()
+            ),
+            Percentiles::of(&mut since_accepted),
+        );
+    }
     block.line(
         "noisy delivered",
         format!(
