@@ -35,21 +35,30 @@ pub fn client() -> anyhow::Result<reqwest::Client> {
         .context("building the HTTP client")
 }
 
-/// One project on one server process: where a publish goes and with which key.
+/// One project on one server process: where a publish goes, with which key, and the
+/// event type it publishes.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// Base URL of the server, e.g. `http://127.0.0.1:4000`.
     pub base: String,
     /// The `Authorization` header value.
     pub auth: String,
+    pub event_type: String,
 }
 
 impl Target {
+    /// A target publishing [`EVENT_TYPE`].
     pub fn new(base: &str, key: &str) -> Self {
         Self {
             base: base.to_owned(),
             auth: format!("Bearer {key}"),
+            event_type: EVENT_TYPE.to_owned(),
         }
+    }
+
+    pub fn with_event_type(mut self, event_type: &str) -> Self {
+        self.event_type = event_type.to_owned();
+        self
     }
 }
 
@@ -59,6 +68,8 @@ pub struct Published {
     pub event_id: Uuid,
     /// When the publish was sent (open loop: when it was scheduled to be sent).
     pub started: Instant,
+    /// When its `202` was read.
+    pub accepted: Instant,
     /// `deliveries_started` of the answer.
     pub deliveries: u64,
 }
@@ -99,6 +110,7 @@ impl PublishRun {
                 self.accepted.push(Published {
                     event_id,
                     started,
+                    accepted: now,
                     deliveries,
                 });
                 self.call_latencies
@@ -132,9 +144,9 @@ impl PublishRun {
 }
 
 /// The body of event number `seq`, padded to roughly `payload_bytes` of `data`.
-pub fn event_body(seq: u64, payload_bytes: usize) -> String {
+pub fn event_body(event_type: &str, seq: u64, payload_bytes: usize) -> String {
     serde_json::json!({
-        "event_type": EVENT_TYPE,
+        "event_type": event_type,
         "data": { "seq": seq, "pad": "x".repeat(payload_bytes) },
     })
     .to_string()
@@ -213,7 +225,7 @@ pub async fn closed_loop(
                     break;
                 }
                 let target = &targets[(seq % targets.len() as u64) as usize];
-                let body = event_body(seq, payload_bytes);
+                let body = event_body(&target.event_type, seq, payload_bytes);
                 let started = Instant::now();
                 let result = publish(&client, target, body).await;
                 run.record(started, started, result);
@@ -262,7 +274,8 @@ pub async fn paced(
         let client = client.clone();
         let target = targets[(seq % targets.len() as u64) as usize].clone();
         tasks.spawn(async move {
-            let result = publish(&client, &target, event_body(seq, payload_bytes)).await;
+            let body = event_body(&target.event_type, seq, payload_bytes);
+            let result = publish(&client, &target, body).await;
             let mut run = PublishRun::default();
             run.record(scheduled, sent, result);
             drop(permit);
@@ -379,8 +392,9 @@ mod tests {
 
     #[test]
     fn event_bodies_are_valid_publish_requests() {
-        let body: serde_json::Value = serde_json::from_str(&event_body(7, 10)).unwrap();
-        assert_eq!(body["event_type"], EVENT_TYPE);
+        let body: serde_json::Value =
+            serde_json::from_str(&event_body("bench.other", 7, 10)).unwrap();
+        assert_eq!(body["event_type"], "bench.other");
         assert_eq!(body["data"]["seq"], 7);
         assert_eq!(body["data"]["pad"].as_str().unwrap().len(), 10);
     }

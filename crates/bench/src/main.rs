@@ -28,6 +28,19 @@ Scenarios:
   B2  200 events/s for 30 s, paced open loop (latency at steady load)
   B3  20,000 events round-robin over 50 projects with one webhook each
   B4  1,000 sequential webhook upserts, then 1,000 sequential list calls
+  B5  noisy neighbour (not part of `all`; B5a and B5b run one case). Two projects in
+      separate tenants: a noisy one with 4 webhooks (4 event types) and a quiet one
+      with 1 webhook to a receiver that answers at once. Reports the quiet project's
+      end-to-end latency (publish answered → arrival) against a goal, and how much of
+      the noisy project's load was delivered.
+      B5a  the noisy receivers accept and never answer (the server's delivery timeout
+           ends each attempt); noisy 40 events/s and quiet 10 events/s, together for
+           30 s (--quick: 10 s). Goal: quiet p99 ≤ 1 s.
+      B5b  a backlog of 50,000 noisy events (--quick: 5,000) to a receiver that answers
+           after 50 ms; once published, quiet 20 events/s for 20 s (--quick: 5 s) while
+           it drains (also shown: the quiet latency while the backlog was still due,
+           if it emptied during the quiet phase). Goal: quiet p99 ≤ 50 ms.
+      --receiver-delay-ms does not apply to B5.
 
 Examples:
   cargo xtask bench --quick
@@ -35,6 +48,7 @@ Examples:
   cargo xtask bench --postgres postgres://postgres@127.0.0.1:5432/test
   cargo xtask bench --postgres postgres://... --processes 2 --scenario B1
   cargo xtask bench --receiver-delay-ms 50 --workers 1024 --scenario B1
+  cargo xtask bench --scenario B5 --postgres postgres://...
 
 Each scenario gets a fresh database (SQLite in a temporary directory, or a schema of
 its own on PostgreSQL, dropped afterwards) and fresh server processes.";
@@ -51,8 +65,9 @@ const SERVER_DEFAULT_WORKERS: usize = 256;
     after_help = AFTER_HELP
 )]
 struct Args {
-    /// Which scenario to run.
-    #[arg(long, value_name = "B1|B2|B3|B4|all", default_value = "all", value_parser = parse_scenarios)]
+    /// Which scenario to run (`all`: B1 to B4; `B5`: B5a and B5b).
+    #[arg(long, value_name = "B1|B2|B3|B4|B5|B5a|B5b|all", default_value = "all",
+          value_parser = parse_scenarios)]
     scenario: ScenarioChoice,
 
     /// Divide every count by 10: a smoke run of a few seconds per scenario.
@@ -80,7 +95,7 @@ struct Args {
     #[arg(long, value_name = "MS", default_value_t = 0)]
     receiver_delay_ms: u64,
 
-    /// Concurrent publishers of the closed-loop scenarios (B1, B3).
+    /// Concurrent publishers of the closed-loop scenarios (B1, B3, the B5b backlog).
     #[arg(long, value_name = "N", default_value_t = 64,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     publishers: usize,
@@ -111,19 +126,22 @@ struct Args {
     server_bin: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
-enum ScenarioChoice {
-    All,
-    One(Scenario),
-}
+/// The scenarios to run, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ScenarioChoice(Vec<Scenario>);
 
 fn parse_scenarios(input: &str) -> Result<ScenarioChoice, String> {
     if input.eq_ignore_ascii_case("all") {
-        return Ok(ScenarioChoice::All);
+        return Ok(ScenarioChoice(Scenario::ALL.to_vec()));
+    }
+    if input.eq_ignore_ascii_case("B5") {
+        return Ok(ScenarioChoice(Scenario::B5.to_vec()));
     }
     <Scenario as clap::ValueEnum>::from_str(input, true)
-        .map(ScenarioChoice::One)
-        .map_err(|_| format!("unknown scenario {input:?}; expected B1, B2, B3, B4 or all"))
+        .map(|one| ScenarioChoice(vec![one]))
+        .map_err(|_| {
+            format!("unknown scenario {input:?}; expected B1, B2, B3, B4, B5, B5a, B5b or all")
+        })
 }
 
 fn main() -> ExitCode {
@@ -195,12 +213,8 @@ async fn run(args: Args) -> ExitCode {
     };
     print!("{}", header(&args, &settings, &Machine::detect()));
 
-    let scenarios = match args.scenario {
-        ScenarioChoice::All => Scenario::ALL.to_vec(),
-        ScenarioChoice::One(one) => vec![one],
-    };
     let mut failed = 0;
-    for scenario in scenarios {
+    for scenario in args.scenario.0 {
         println!();
         match scenarios::run(scenario, &settings).await {
             Ok(block) => print!("{}", block.render()),
@@ -310,17 +324,15 @@ mod tests {
 
     #[test]
     fn scenarios_parse_in_either_case() {
-        assert!(matches!(parse_scenarios("all"), Ok(ScenarioChoice::All)));
-        assert!(matches!(parse_scenarios("ALL"), Ok(ScenarioChoice::All)));
-        assert!(matches!(
-            parse_scenarios("B3"),
-            Ok(ScenarioChoice::One(Scenario::B3))
-        ));
-        assert!(matches!(
-            parse_scenarios("b1"),
-            Ok(ScenarioChoice::One(Scenario::B1))
-        ));
-        assert!(parse_scenarios("B5").is_err());
+        let parsed = |input| parse_scenarios(input).map(|choice| choice.0);
+        assert_eq!(parsed("all"), Ok(Scenario::ALL.to_vec()));
+        assert_eq!(parsed("ALL"), Ok(Scenario::ALL.to_vec()));
+        assert_eq!(parsed("B3"), Ok(vec![Scenario::B3]));
+        assert_eq!(parsed("b1"), Ok(vec![Scenario::B1]));
+        assert_eq!(parsed("B5"), Ok(vec![Scenario::B5a, Scenario::B5b]));
+        assert_eq!(parsed("b5b"), Ok(vec![Scenario::B5b]));
+        assert!(parsed("B6").is_err());
+        assert!(!Scenario::ALL.contains(&Scenario::B5a));
     }
 
     #[test]
@@ -344,7 +356,7 @@ mod tests {
         ])
         .unwrap();
         assert!(args.quick);
-        assert!(matches!(args.scenario, ScenarioChoice::One(Scenario::B2)));
+        assert_eq!(args.scenario.0, [Scenario::B2]);
         assert_eq!(args.processes, 3);
         assert_eq!(args.workers, Some(512));
         assert_eq!(args.receiver_delay_ms, 25);

@@ -1,6 +1,6 @@
 //! The webhook receiver: an in-process HTTP server on loopback that answers every
-//! delivery (after an optional delay) and records, per event id, when it first arrived
-//! and how often.
+//! delivery (after an optional delay, or never: a hanging receiver) and records, per
+//! event id, when it first arrived and how often.
 //!
 //! It does as little as possible per request, so that on a small machine the numbers
 //! describe the webhooks server and not the receiver: the event id is read from the
@@ -18,6 +18,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Router;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -28,12 +29,34 @@ pub struct Arrival {
     pub count: u32,
 }
 
-#[derive(Debug, Default)]
+/// How the receiver answers a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// `200` after this long (zero: at once).
+    After(Duration),
+    /// Accept the request and never answer, like a receiver that hangs: the server's
+    /// delivery timeout is what ends each attempt.
+    Never,
+}
+
+/// Upper bound on how long a hanging request is held, in case the server never
+/// closes the connection and the receiver is never dropped.
+const HANG_LIMIT: Duration = Duration::from_secs(600);
+
+#[derive(Debug)]
 struct Shared {
-    delay: Duration,
+    reply: Reply,
     arrivals: Mutex<HashMap<Uuid, Arrival>>,
     /// Deliveries whose body carried no readable event id.
     malformed: AtomicU64,
+    /// Requests (with or without an event id) that got their `200`.
+    answered: AtomicU64,
+    /// When the receiver started; `last_answer` counts from here.
+    started: Instant,
+    /// Nanoseconds from `started` to the latest `200` (zero: none yet).
+    last_answer: AtomicU64,
+    /// Set when the receiver stops, releasing hanging requests.
+    stopped: watch::Sender<bool>,
 }
 
 /// A running receiver; stops when dropped.
@@ -48,9 +71,19 @@ impl Receiver {
     /// `delay` (zero: at once); its arrival is recorded before the delay, so the
     /// latency measured is the server's, not the receiver's.
     pub async fn start(delay: Duration) -> anyhow::Result<Self> {
+        Self::replying(Reply::After(delay)).await
+    }
+
+    /// Like [`Receiver::start`], answering as `reply` says.
+    pub async fn replying(reply: Reply) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
-            delay,
-            ..Shared::default()
+            reply,
+            arrivals: Mutex::default(),
+            malformed: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            started: Instant::now(),
+            last_answer: AtomicU64::new(0),
+            stopped: watch::Sender::new(false),
         });
         let app = Router::new().fallback(receive).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
@@ -85,6 +118,25 @@ impl Receiver {
         self.shared.malformed.load(Ordering::Relaxed)
     }
 
+    /// Requests answered `200` so far (a hanging receiver answers none).
+    pub fn answered(&self) -> u64 {
+        self.shared.answered.load(Ordering::Relaxed)
+    }
+
+    /// When the latest `200` was sent, if any.
+    pub fn last_answer(&self) -> Option<Instant> {
+        match self.shared.last_answer.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(self.shared.started + Duration::from_nanos(nanos)),
+        }
+    }
+
+    /// Requests received so far, repeats included.
+    pub fn requests(&self) -> u64 {
+        let arrivals: u64 = self.lock().values().map(|a| u64::from(a.count)).sum();
+        arrivals + self.malformed()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arrival>> {
         // A panic while holding the lock cannot leave the map half-updated (one
         // insert or increment), so the data is still good.
@@ -97,6 +149,8 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
+        // Connection tasks outlive the accept loop; this ends the hanging ones.
+        self.shared.stopped.send_replace(true);
         self.task.abort();
     }
 }
@@ -118,9 +172,25 @@ async fn receive(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCode {
             shared.malformed.fetch_add(1, Ordering::Relaxed);
         }
     }
-    if !shared.delay.is_zero() {
-        tokio::time::sleep(shared.delay).await;
+    match shared.reply {
+        Reply::After(delay) => {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        Reply::Never => {
+            // The server's timeout usually ends this by closing the connection (which
+            // drops the future); the stop signal and the limit cover the rest.
+            let mut stopped = shared.stopped.subscribe();
+            let _ = tokio::time::timeout(HANG_LIMIT, stopped.wait_for(|stopped| *stopped)).await;
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
     }
+    let nanos = u64::try_from(shared.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    shared
+        .last_answer
+        .fetch_max(nanos.max(1), Ordering::Relaxed);
+    shared.answered.fetch_add(1, Ordering::Relaxed);
     StatusCode::OK
 }
 
@@ -206,5 +276,42 @@ mod tests {
         // Recorded on arrival, not after the delay.
         let arrival = receiver.arrivals().into_values().next().unwrap();
         assert!(arrival.first.duration_since(started) < Duration::from_millis(150));
+        assert_eq!(receiver.answered(), 1);
+        let answered = receiver.last_answer().unwrap();
+        assert!(answered.duration_since(arrival.first) >= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn a_hanging_receiver_records_but_never_answers() {
+        rustls::crypto::ring::default_provider()
+            .install_default()
+            .ok();
+        let receiver = Receiver::replying(Reply::Never).await.unwrap();
+        let url = receiver.url("p0");
+        let body = || format!(r#"{{"event_id":"{}"}}"#, Uuid::new_v4());
+        let impatient = reqwest::Client::builder()
+            .timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let err = impatient.post(&url).body(body()).send().await.unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+
+        let held = tokio::spawn(reqwest::Client::new().post(&url).body(body()).send());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while receiver.requests() < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(receiver.distinct(), 2);
+        assert_eq!(receiver.requests(), 2);
+        assert_eq!(receiver.answered(), 0);
+        assert_eq!(receiver.last_answer(), None);
+        // Stopping the receiver releases what it still holds.
+        drop(receiver);
+        let released = tokio::time::timeout(Duration::from_secs(5), held)
+            .await
+            .expect("released when the receiver stops")
+            .unwrap()
+            .unwrap();
+        assert_eq!(released.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

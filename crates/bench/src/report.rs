@@ -59,6 +59,9 @@ fn nearest_rank(sorted: &[Duration], percent: usize) -> Duration {
 pub struct Matched {
     /// Publish start to first arrival, one per delivered event.
     pub latencies: Vec<Duration>,
+    /// The publish's `202` to first arrival, one per delivered event; zero when the
+    /// delivery beat the answer to the publisher.
+    pub since_accepted: Vec<Duration>,
     /// Deliveries the server promised (sum of `deliveries_started`).
     pub expected: u64,
     /// Promised deliveries that arrived.
@@ -91,6 +94,9 @@ pub fn match_arrivals(published: &[Published], arrivals: &HashMap<Uuid, Arrival>
             matched
                 .latencies
                 .push(arrival.first.saturating_duration_since(event.started));
+            matched
+                .since_accepted
+                .push(arrival.first.saturating_duration_since(event.accepted));
             matched.last_arrival = matched.last_arrival.max(Some(arrival.first));
         }
     }
@@ -241,29 +247,34 @@ mod tests {
             Published {
                 event_id: id(1),
                 started: t0,
+                accepted: t0 + Duration::from_millis(2),
                 deliveries: 1,
             },
             Published {
                 event_id: id(2),
                 started: t0 + Duration::from_millis(10),
+                accepted: t0 + Duration::from_millis(12),
                 deliveries: 1,
             },
             // Never arrives.
             Published {
                 event_id: id(3),
                 started: t0,
+                accepted: t0 + Duration::from_millis(2),
                 deliveries: 1,
             },
             // Promised two, got one.
             Published {
                 event_id: id(4),
                 started: t0,
+                accepted: t0 + Duration::from_millis(2),
                 deliveries: 2,
             },
             // No webhook matched: nothing expected.
             Published {
                 event_id: id(5),
                 started: t0,
+                accepted: t0 + Duration::from_millis(2),
                 deliveries: 0,
             },
         ];
@@ -288,6 +299,8 @@ mod tests {
         assert_eq!(m.last_arrival, Some(t0 + Duration::from_millis(50)));
         m.latencies.sort();
         assert_eq!(m.latencies, millis(&[20, 30, 40]));
+        m.since_accepted.sort();
+        assert_eq!(m.since_accepted, millis(&[18, 28, 38]));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The scenarios. Each runs on servers and a database of its own, so one scenario's
 //! leftovers (a backlog, a grown table) never colour the next one's figures.
 
+mod noisy;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,9 @@ use crate::load::{self, Target, EVENT_TYPE};
 use crate::procfs::Usage;
 use crate::receiver::Receiver;
 use crate::report::{self, match_arrivals, Block, Percentiles, ServerUsage};
-use crate::server::{Backend, Credentials, Database, ServerBinary, ServerOptions, ServerProcess};
+use crate::server::{
+    Backend, Credentials, Database, ServerBinary, ServerOptions, ServerProcess, Tenancy,
+};
 
 /// The scenarios, in the order `all` runs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -27,10 +31,19 @@ pub enum Scenario {
     /// 1,000 sequential webhook upserts, then 1,000 list calls: API latency.
     #[value(name = "B4")]
     B4,
+    /// Noisy neighbour: one project's receivers hang while another publishes.
+    #[value(name = "B5a")]
+    B5a,
+    /// Noisy neighbour: one project's backlog drains while another publishes.
+    #[value(name = "B5b")]
+    B5b,
 }
 
 impl Scenario {
+    /// What `all` runs. B5 is left out: it takes minutes, most of them waiting.
     pub const ALL: [Scenario; 4] = [Scenario::B1, Scenario::B2, Scenario::B3, Scenario::B4];
+    /// What `B5` runs.
+    pub const B5: [Scenario; 2] = [Scenario::B5a, Scenario::B5b];
 }
 
 /// Everything the scenarios share.
@@ -69,16 +82,25 @@ impl Settings {
 
     /// What every block title ends with: where and how it ran.
     fn context(&self) -> String {
+        format!(
+            "{} · receiver delay {} ms",
+            self.servers_context(),
+            self.receiver_delay.as_millis()
+        )
+    }
+
+    /// The backend and the servers, for scenarios whose receivers have delays of their
+    /// own.
+    fn servers_context(&self) -> String {
         let workers = self
             .server
             .workers
             .map_or_else(|| "default".to_owned(), |w| w.to_string());
         format!(
-            "{} · {} server process{} · workers {workers} · receiver delay {} ms",
+            "{} · {} server process{} · workers {workers}",
             self.backend_label(),
             self.processes,
             if self.processes == 1 { "" } else { "es" },
-            self.receiver_delay.as_millis()
         )
     }
 }
@@ -115,6 +137,8 @@ pub async fn run(scenario: Scenario, settings: &Settings) -> anyhow::Result<Bloc
             let calls = settings.scaled(1_000);
             api_calls(settings, calls).await
         }
+        Scenario::B5a => noisy::hanging_receivers(settings).await,
+        Scenario::B5b => noisy::slow_backlog(settings).await,
     }
 }
 
@@ -136,7 +160,11 @@ struct Fleet {
 
 impl Fleet {
     /// A fresh database with `projects` projects, and the server processes on it.
-    async fn launch(settings: &Settings, projects: usize) -> anyhow::Result<Self> {
+    async fn launch(
+        settings: &Settings,
+        projects: usize,
+        tenancy: Tenancy,
+    ) -> anyhow::Result<Self> {
         let started = Instant::now();
         let db = Database::create(&settings.backend)?;
         let mut servers = Vec::with_capacity(settings.processes);
@@ -153,7 +181,7 @@ impl Fleet {
         } else {
             settings
                 .bin
-                .provision(&db, projects)
+                .provision(&db, projects, tenancy)
                 .await
                 .context("provisioning projects and keys")?
         };
@@ -255,6 +283,20 @@ fn server_usage(
         .collect()
 }
 
+/// Waits until `receiver` has seen `expecting` distinct events or `deadline` passes;
+/// true if they all arrived.
+async fn drain(receiver: &Receiver, expecting: usize, deadline: Instant) -> bool {
+    loop {
+        if receiver.distinct() >= expecting {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A publishing scenario: register one webhook per project, publish, wait for the
 /// deliveries, and report.
 async fn deliveries(
@@ -264,7 +306,7 @@ async fn deliveries(
     shape: Shape,
 ) -> anyhow::Result<Block> {
     let receiver = Receiver::start(settings.receiver_delay).await?;
-    let fleet = Fleet::launch(settings, projects).await?;
+    let fleet = Fleet::launch(settings, projects, Tenancy::Shared).await?;
     let client = load::client()?;
     for (index, project) in fleet.projects.iter().enumerate() {
         let target = Target::new(&fleet.servers[0].base, &project.key);
@@ -315,16 +357,12 @@ async fn deliveries(
     };
 
     let expecting = run.accepted.iter().filter(|p| p.deliveries > 0).count();
-    let drain_deadline = Instant::now() + settings.drain_timeout;
-    let drained = loop {
-        if receiver.distinct() >= expecting {
-            break true;
-        }
-        if Instant::now() >= drain_deadline {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let drained = drain(
+        &receiver,
+        expecting,
+        Instant::now() + settings.drain_timeout,
+    )
+    .await;
     let after = fleet.usage()?;
     let metrics = fleet.scrape_metrics().await;
     let bench_after = Usage::of("self")?;
@@ -421,7 +459,7 @@ async fn deliveries(
 
 /// B4: sequential upserts of distinct event types, then sequential list calls.
 async fn api_calls(settings: &Settings, calls: u64) -> anyhow::Result<Block> {
-    let fleet = Fleet::launch(settings, 1).await?;
+    let fleet = Fleet::launch(settings, 1, Tenancy::Shared).await?;
     let client = load::client()?;
     let targets = fleet.targets();
     let before = fleet.usage()?;

@@ -185,6 +185,15 @@ pub fn parse_banner(text: &str) -> Option<Credentials> {
     })
 }
 
+/// Who owns the provisioned projects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tenancy {
+    /// One tenant owns them all.
+    Shared,
+    /// Each project has a tenant of its own.
+    OnePerProject,
+}
+
 /// How to start each server process.
 #[derive(Debug, Clone, Default)]
 pub struct ServerOptions {
@@ -267,19 +276,27 @@ impl ServerBinary {
             .with_context(|| format!("`{}` printed no JSON", args.join(" ")))
     }
 
-    /// Creates a tenant with `projects` projects and a key for each, through the admin
-    /// CLI (on SQLite this must happen before a server opens the database).
+    /// Creates `projects` projects and a key for each, through the admin CLI (on
+    /// SQLite this must happen before a server opens the database).
     pub async fn provision(
         &self,
         db: &Database,
         projects: usize,
+        tenancy: Tenancy,
     ) -> anyhow::Result<Vec<Credentials>> {
-        let tenant = self
-            .admin(db, &["tenants", "create", "--name", "bench"])
-            .await?;
-        let tenant_id = json_str(&tenant, "id")?;
+        let mut tenant_id = String::new();
         let mut out = Vec::with_capacity(projects);
         for index in 0..projects {
+            if index == 0 || tenancy == Tenancy::OnePerProject {
+                let name = match tenancy {
+                    Tenancy::Shared => "bench".to_owned(),
+                    Tenancy::OnePerProject => format!("bench-{index}"),
+                };
+                let tenant = self
+                    .admin(db, &["tenants", "create", "--name", &name])
+                    .await?;
+                tenant_id = json_str(&tenant, "id")?;
+            }
             let name = format!("bench-{index}");
             let project = self
                 .admin(
