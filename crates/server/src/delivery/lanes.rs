@@ -121,9 +121,10 @@ impl Lanes {
         }
     }
 
-    /// A delivery finished: its places are free again. `timed_out` says whether the
-    /// receiver failed to answer in time; any answer lifts the webhook's slowdown.
-    pub fn finish(&self, webhook: Uuid, project: Uuid, timed_out: bool) {
+    /// A delivery's request finished: its place in the webhook's lane is free again.
+    /// `timed_out` says whether the receiver failed to answer in time; any answer
+    /// lifts the webhook's slowdown.
+    pub fn finish(&self, webhook: Uuid, timed_out: bool) {
         let mut state = self.lock();
         if timed_out {
             let limit = state.webhook_limit(self.limit, webhook);
@@ -137,6 +138,13 @@ impl Lanes {
                 state.lanes.remove(&webhook);
             }
         }
+    }
+
+    /// A delivery's outcome is recorded (or given up): it no longer counts against
+    /// its project's share. Later than [`Lanes::finish`], because until then it holds
+    /// one of the process's slots.
+    pub fn release(&self, project: Uuid) {
+        let mut state = self.lock();
         if let Some(n) = state.projects.get_mut(&project) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -278,7 +286,8 @@ mod tests {
             ready.is_empty() && stale.is_empty(),
             "the lane is still full"
         );
-        lanes.finish(hot, Uuid::nil(), false);
+        lanes.finish(hot, false);
+        lanes.release(Uuid::nil());
         let (ready, stale) = lanes.ready(10);
         assert_eq!(ready.len(), 1);
         assert_eq!(
@@ -333,14 +342,17 @@ mod tests {
         ));
         // The noisy project, now over its half (4 of 8), gets nothing more until it
         // drops below it.
-        lanes.finish(hooks[0], noisy, false);
+        lanes.finish(hooks[0], false);
+        lanes.release(noisy);
         let (ready, _) = lanes.ready(10);
         assert!(
             ready.iter().all(|d| d.project_id != noisy),
             "over its share"
         );
-        lanes.finish(hooks[1], noisy, false);
-        lanes.finish(hooks[2], noisy, false);
+        lanes.finish(hooks[1], false);
+        lanes.release(noisy);
+        lanes.finish(hooks[2], false);
+        lanes.release(noisy);
         let (ready, _) = lanes.ready(10);
         assert!(ready.iter().any(|d| d.project_id == noisy));
     }
@@ -356,7 +368,8 @@ mod tests {
             ));
         }
         for _ in 0..8 {
-            lanes.finish(hook, project, true);
+            lanes.finish(hook, true);
+            lanes.release(project);
         }
         assert!(lanes.is_slowed(hook));
         assert!(matches!(
@@ -367,7 +380,8 @@ mod tests {
             matches!(lanes.admit(delivery_of(hook, project)), Admission::Parked),
             "down to one place after repeated timeouts"
         );
-        lanes.finish(hook, project, false);
+        lanes.finish(hook, false);
+        lanes.release(project);
         assert!(!lanes.is_slowed(hook));
         let (ready, _) = lanes.ready(10);
         assert_eq!(ready.len(), 1);

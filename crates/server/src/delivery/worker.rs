@@ -119,7 +119,25 @@ pub struct DeliveryWorker {
 type InFlight = Arc<Mutex<HashMap<Uuid, Uuid>>>;
 
 /// A finished attempt on its way to the recorder, with the slot it occupies.
-type Finished = (DeliveryOutcome, OwnedSemaphorePermit);
+type Finished = (DeliveryOutcome, Slot);
+
+/// One of the process's delivery slots, counted against its project's share until the
+/// outcome is recorded: a project's finished but unrecorded deliveries still hold
+/// slots, so they count towards what it may hold.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    project: Uuid,
+    lanes: Arc<Lanes>,
+    /// Poked when the slot comes back, so a claimer waiting for room wakes up.
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.lanes.release(self.project);
+        self.freed.notify_one();
+    }
+}
 
 const MAX_RECORD_BATCH: usize = 512;
 
@@ -155,7 +173,8 @@ impl DeliveryWorker {
             self.config.concurrency.max(1),
             self.config.lease,
         ));
-        // Poked when a delivery finishes, so parked deliveries of its webhook can go.
+        // Poked when a delivery finishes or its slot comes back, so parked deliveries
+        // and projects at their share can go.
         let lane_freed = Arc::new(Notify::new());
         let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel::<Finished>();
         // Set when shutdown starts: past it, the recorder stops retrying writes.
@@ -186,17 +205,23 @@ impl DeliveryWorker {
                 let metrics = self.metrics.clone();
                 let lanes = lanes.clone();
                 let lane_freed = lane_freed.clone();
+                let slot = Slot {
+                    _permit: permit,
+                    project: delivery.project_id,
+                    lanes: lanes.clone(),
+                    freed: lane_freed.clone(),
+                };
                 tasks.spawn(async move {
                     let (outcome, timed_out) =
                         deliver(&dispatcher, &schedule, &delivery, &metrics).await;
-                    lanes.finish(delivery.webhook_id, delivery.project_id, timed_out);
+                    lanes.finish(delivery.webhook_id, timed_out);
                     lane_freed.notify_one();
                     // The recorder outlives every delivery task; a send can only fail after
                     // an abort, and then the lease is handed back instead. The slot is
                     // freed only once the outcome is recorded, so a process never holds
                     // more unrecorded claims than it has slots: that bounds the duplicates
                     // a crash can cause to `concurrency`.
-                    let _ = tx.send((outcome, permit));
+                    let _ = tx.send((outcome, slot));
                 });
             };
 
@@ -261,7 +286,8 @@ impl DeliveryWorker {
                             start(delivery, permit, &mut tasks)
                         }
                         Err(_) => {
-                            lanes.finish(delivery.webhook_id, delivery.project_id, false);
+                            lanes.finish(delivery.webhook_id, false);
+                            lanes.release(delivery.project_id);
                             full.push(delivery);
                         }
                     },
