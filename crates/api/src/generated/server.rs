@@ -288,6 +288,7 @@ pub async fn upsert_webhook<T: WebhooksApi>(
             max_length: Some(128),
             pattern: Some(&PATTERN_0),
             sensitive: false,
+            forbid_nul: true,
         },
         &mut errors,
     );
@@ -368,6 +369,7 @@ pub async fn delete_webhook<T: WebhooksApi>(
             max_length: Some(128),
             pattern: Some(&PATTERN_0),
             sensitive: false,
+            forbid_nul: true,
         },
         &mut errors,
     );
@@ -437,6 +439,7 @@ pub async fn list_delivery_attempts<T: WebhooksApi>(
             max_length: Some(128),
             pattern: Some(&PATTERN_0),
             sensitive: false,
+            forbid_nul: true,
         },
         &mut errors,
     );
@@ -480,6 +483,7 @@ pub async fn list_delivery_attempts<T: WebhooksApi>(
                 max_length: Some(256),
                 pattern: None,
                 sensitive: false,
+                forbid_nul: true,
             },
             &mut errors,
         ),
@@ -555,6 +559,7 @@ pub async fn rotate_webhook_signing_secret<T: WebhooksApi>(
             max_length: Some(128),
             pattern: Some(&PATTERN_0),
             sensitive: false,
+            forbid_nul: true,
         },
         &mut errors,
     );
@@ -749,6 +754,7 @@ pub async fn upsert_webhook_for_tenant<T: WebhooksApi>(
             max_length: Some(128),
             pattern: Some(&PATTERN_0),
             sensitive: false,
+            forbid_nul: true,
         },
         &mut errors,
     );
@@ -827,6 +833,7 @@ pub async fn delete_webhook_for_tenant<T: WebhooksApi>(
             max_length: Some(128),
             pattern: Some(&PATTERN_0),
             sensitive: false,
+            forbid_nul: true,
         },
         &mut errors,
     );
@@ -894,6 +901,7 @@ pub async fn list_delivery_attempts_for_tenant<T: WebhooksApi>(
             max_length: Some(128),
             pattern: Some(&PATTERN_0),
             sensitive: false,
+            forbid_nul: true,
         },
         &mut errors,
     );
@@ -937,6 +945,7 @@ pub async fn list_delivery_attempts_for_tenant<T: WebhooksApi>(
                 max_length: Some(256),
                 pattern: None,
                 sensitive: false,
+                forbid_nul: true,
             },
             &mut errors,
         ),
@@ -1010,6 +1019,7 @@ pub async fn rotate_webhook_signing_secret_for_tenant<T: WebhooksApi>(
             max_length: Some(128),
             pattern: Some(&PATTERN_0),
             sensitive: false,
+            forbid_nul: true,
         },
         &mut errors,
     );
