@@ -513,7 +513,6 @@ fn handler(out: &mut String, spec: &Spec, op: &Operation, patterns: &mut Vec<Str
         op.fn_name,
         trait_name(spec)
     );
-    let has_inputs = !op.path_params.is_empty() || !op.query_params.is_empty() || op.body.is_some();
     let _ = writeln!(
         out,
         "let ({}parts, {}) = request.into_parts();",
@@ -525,9 +524,7 @@ fn handler(out: &mut String, spec: &Spec, op: &Operation, patterns: &mut Vec<Str
         if op.body.is_some() { "body" } else { "_" }
     );
     out.push_str("let ctx = match api.authenticate(&parts).await { Ok(ctx) => ctx, Err(problem) => return problem.into_response() };\n");
-    if has_inputs {
-        out.push_str("let mut errors = Vec::new();\n");
-    }
+    out.push_str("let mut errors = Vec::new();\n");
     if !op.path_params.is_empty() {
         out.push_str("let path = v::path_params(&mut parts).await;\n");
     }
@@ -547,8 +544,15 @@ fn handler(out: &mut String, spec: &Spec, op: &Operation, patterns: &mut Vec<Str
         let _ = writeln!(out, "let {} = {expr};", p.rust_name);
         call_args.push(p.rust_name.clone());
     }
+    // Every operation reads its query string, if only to refuse parameters it does not
+    // declare and repeated ones, as bodies refuse unknown and duplicate fields.
+    let query_names: Vec<String> = op.query_params.iter().map(|p| lit(&p.name)).collect();
+    let _ = writeln!(
+        out,
+        "let pairs = v::query_pairs(&parts);\nv::check_query_names(&pairs, &[{}], &mut errors);",
+        query_names.join(", ")
+    );
     if !op.query_params.is_empty() {
-        out.push_str("let pairs = v::query_pairs(&parts);\n");
         let mut fields = Vec::new();
         for p in &op.query_params {
             let read = match &p.ty {
@@ -586,11 +590,7 @@ fn handler(out: &mut String, spec: &Spec, op: &Operation, patterns: &mut Vec<Str
             validator_name(body)
         );
     }
-    if has_inputs {
-        out.push_str(
-            "if !errors.is_empty() { return Problem::validation(errors).into_response(); }\n",
-        );
-    }
+    out.push_str("if !errors.is_empty() { return Problem::validation(errors).into_response(); }\n");
     if op.body.is_some() {
         out.push_str(
             "let Some(body) = body else { return Problem::validation(errors).into_response(); };\n",

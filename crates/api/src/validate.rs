@@ -353,6 +353,35 @@ pub fn query_pairs(parts: &Parts) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// Every query parameter is one the operation declares, given once: a misspelt name
+/// would otherwise be ignored silently, and of a repeated one only the first counted.
+pub fn check_query_names(
+    pairs: &[(String, String)],
+    declared: &[&str],
+    errors: &mut Vec<ErrorDetail>,
+) {
+    for (i, (name, _)) in pairs.iter().enumerate() {
+        let loc = format!("query.{name}");
+        if !declared.contains(&name.as_str()) {
+            if !pairs[..i].iter().any(|(earlier, _)| earlier == name) {
+                push(errors, &loc, "unexpected query parameter", None);
+            }
+        } else if pairs[..i]
+            .iter()
+            .filter(|(earlier, _)| earlier == name)
+            .count()
+            == 1
+        {
+            push(
+                errors,
+                &loc,
+                "expected the parameter once, got it repeated",
+                None,
+            );
+        }
+    }
+}
+
 fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs
         .iter()
@@ -602,6 +631,44 @@ mod tests {
             ..free
         };
         assert!(string_problems("a\0b", &lenient).is_empty());
+    }
+
+    #[test]
+    fn query_names_must_be_declared_and_given_once() {
+        let pairs: Vec<(String, String)> = [
+            ("limit", "1"),
+            ("limt", "2"),
+            ("limit", "3"),
+            ("limit", "4"),
+            ("limt", "5"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut errors = Vec::new();
+        check_query_names(&pairs, &["limit", "offset"], &mut errors);
+        let found: Vec<_> = errors
+            .iter()
+            .map(|e| {
+                (
+                    e.location.as_deref().unwrap(),
+                    e.message.as_deref().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("query.limt", "unexpected query parameter"),
+                (
+                    "query.limit",
+                    "expected the parameter once, got it repeated"
+                ),
+            ]
+        );
+        let mut errors = Vec::new();
+        check_query_names(&pairs[..1], &["limit"], &mut errors);
+        assert!(errors.is_empty());
     }
 
     #[test]

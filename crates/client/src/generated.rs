@@ -459,7 +459,7 @@ pub mod types {
     ///Publish an event (extension).
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct PublishEventForTenantInputBody {
-        ///Event payload, any JSON value; delivered as the `data` field of the delivery body.
+        ///Event payload, any JSON value; delivered as the `data` field of the delivery body. It is kept as the JSON text published, so strings in it may hold any character, U+0000 included (as the escape `\u0000`).
         pub data: ::serde_json::Value,
         ///Event type; webhooks subscribed to it receive the event.
         pub event_type: PublishEventForTenantInputBodyEventType,
@@ -596,7 +596,7 @@ pub mod types {
     ///Publish an event (extension).
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct PublishEventInputBody {
-        ///Event payload, any JSON value; delivered as the `data` field of the delivery body.
+        ///Event payload, any JSON value; delivered as the `data` field of the delivery body. It is kept as the JSON text published, so strings in it may hold any character, U+0000 included (as the escape `\u0000`).
         pub data: ::serde_json::Value,
         ///Event type; webhooks subscribed to it receive the event.
         pub event_type: PublishEventInputBodyEventType,
@@ -2724,7 +2724,7 @@ pub mod types {
 #[derive(Clone, Debug)]
 /// Client for Sonzai Webhooks API
 ///
-/// Register webhooks per project and event type, rotate their signing secrets and inspect delivery attempts. Operations and fields marked `x-sonzai-extension: true` are additive extensions of the public Sonzai webhooks API.
+/// Register webhooks per project and event type, rotate their signing secrets and inspect delivery attempts. Operations and fields marked `x-sonzai-extension: true` are additive extensions of the public Sonzai webhooks API. No string parameter or field may contain U+0000 (NUL) (strings inside the free-form event `data` may), and only declared query parameters are accepted, each once; anything else is answered 422.
 ///
 /// Version: 1.0.0
 pub struct Client {

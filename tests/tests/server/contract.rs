@@ -3077,3 +3077,63 @@ async fn credentials_in_the_webhook_url_are_refused() {
         h.finish().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeclared_and_repeated_query_parameters_are_422() {
+    for db in support::backends().await {
+        let h = Harness::start(&db).await;
+        let project = h.project();
+        for (method, path, location) in [
+            (Method::GET, "/webhooks?limit=5".to_owned(), "query.limit"),
+            (
+                Method::GET,
+                format!("/projects/{project}/webhooks?x=1"),
+                "query.x",
+            ),
+            (
+                Method::GET,
+                "/webhooks/a.b/attempts?limt=5".to_owned(),
+                "query.limt",
+            ),
+            (
+                Method::GET,
+                "/webhooks/a.b/attempts?limit=5&limit=500".to_owned(),
+                "query.limit",
+            ),
+            (
+                Method::GET,
+                "/webhooks/a.b/attempts?cursor=a&cursor=b".to_owned(),
+                "query.cursor",
+            ),
+            (
+                Method::POST,
+                "/webhooks/a.b/rotate-secret?grace_seconds=1&grace_seconds=2".to_owned(),
+                "query.grace_seconds",
+            ),
+            (
+                Method::DELETE,
+                "/webhooks/a.b?force=true".to_owned(),
+                "query.force",
+            ),
+        ] {
+            let reply = h.call(method, &path, None).await;
+            reply.expect_invalid(location);
+            assert_eq!(
+                reply.locations().len(),
+                1,
+                "[{:?}] one entry per problem: {}",
+                h.backend,
+                reply.text
+            );
+        }
+        // Declared parameters, once each, are fine.
+        h.call(
+            Method::GET,
+            "/webhooks/a.b/attempts?limit=5&offset=0&page_size=5",
+            None,
+        )
+        .await
+        .expect(200);
+        h.finish().await;
+    }
+}

@@ -163,7 +163,7 @@ pub struct PublishEventForTenantInputBody {
     )]
     #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     pub event_type: String,
-    /// Event payload, any JSON value; delivered as the `data` field of the delivery body.
+    /// Event payload, any JSON value; delivered as the `data` field of the delivery body. It is kept as the JSON text published, so strings in it may hold any character, U+0000 included (as the escape `\u0000`).
     #[schema(value_type = Value)]
     pub data: serde_json::Value,
     /// Publishing again with the same key within the retention window returns the first answer and creates nothing.
@@ -200,7 +200,7 @@ pub struct PublishEventInputBody {
     )]
     #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     pub event_type: String,
-    /// Event payload, any JSON value; delivered as the `data` field of the delivery body.
+    /// Event payload, any JSON value; delivered as the `data` field of the delivery body. It is kept as the JSON text published, so strings in it may hold any character, U+0000 included (as the escape `\u0000`).
     #[schema(value_type = Value)]
     pub data: serde_json::Value,
     /// Publishing again with the same key within the retention window returns the first answer and creates nothing.

@@ -220,6 +220,8 @@ pub async fn list_webhooks<T: WebhooksApi>(
     let mut errors = Vec::new();
     let path = v::path_params(&mut parts).await;
     let project_id = v::path_uuid(&path, "projectId", &mut errors);
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
     if !errors.is_empty() {
         return Problem::validation(errors).into_response();
     }
@@ -292,6 +294,8 @@ pub async fn upsert_webhook<T: WebhooksApi>(
         },
         &mut errors,
     );
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
     let body: Option<UpsertWebhookInputBody> = match v::json_body(
         &parts,
         body,
@@ -373,6 +377,8 @@ pub async fn delete_webhook<T: WebhooksApi>(
         },
         &mut errors,
     );
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
     if !errors.is_empty() {
         return Problem::validation(errors).into_response();
     }
@@ -444,6 +450,11 @@ pub async fn list_delivery_attempts<T: WebhooksApi>(
         &mut errors,
     );
     let pairs = v::query_pairs(&parts);
+    v::check_query_names(
+        &pairs,
+        &["limit", "offset", "page_size", "cursor"],
+        &mut errors,
+    );
     let query = ListDeliveryAttemptsQuery {
         limit: v::query_integer(
             &pairs,
@@ -564,6 +575,7 @@ pub async fn rotate_webhook_signing_secret<T: WebhooksApi>(
         &mut errors,
     );
     let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &["grace_seconds"], &mut errors);
     let query = RotateWebhookSigningSecretQuery {
         grace_seconds: v::query_integer(
             &pairs,
@@ -629,6 +641,8 @@ pub async fn publish_event<T: WebhooksApi>(
     let mut errors = Vec::new();
     let path = v::path_params(&mut parts).await;
     let project_id = v::path_uuid(&path, "projectId", &mut errors);
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
     let body: Option<PublishEventInputBody> = match v::json_body(
         &parts,
         body,
@@ -688,6 +702,12 @@ pub async fn list_webhooks_for_tenant<T: WebhooksApi>(
         Ok(ctx) => ctx,
         Err(problem) => return problem.into_response(),
     };
+    let mut errors = Vec::new();
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
+    if !errors.is_empty() {
+        return Problem::validation(errors).into_response();
+    }
     match api.list_webhooks_for_tenant(ctx).await {
         Ok(mut out) => {
             out.schema
@@ -758,6 +778,8 @@ pub async fn upsert_webhook_for_tenant<T: WebhooksApi>(
         },
         &mut errors,
     );
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
     let body: Option<UpsertWebhookForTenantInputBody> = match v::json_body(
         &parts,
         body,
@@ -837,6 +859,8 @@ pub async fn delete_webhook_for_tenant<T: WebhooksApi>(
         },
         &mut errors,
     );
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
     if !errors.is_empty() {
         return Problem::validation(errors).into_response();
     }
@@ -906,6 +930,11 @@ pub async fn list_delivery_attempts_for_tenant<T: WebhooksApi>(
         &mut errors,
     );
     let pairs = v::query_pairs(&parts);
+    v::check_query_names(
+        &pairs,
+        &["limit", "offset", "page_size", "cursor"],
+        &mut errors,
+    );
     let query = ListDeliveryAttemptsForTenantQuery {
         limit: v::query_integer(
             &pairs,
@@ -1024,6 +1053,7 @@ pub async fn rotate_webhook_signing_secret_for_tenant<T: WebhooksApi>(
         &mut errors,
     );
     let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &["grace_seconds"], &mut errors);
     let query = RotateWebhookSigningSecretForTenantQuery {
         grace_seconds: v::query_integer(
             &pairs,
@@ -1089,6 +1119,8 @@ pub async fn publish_event_for_tenant<T: WebhooksApi>(
         Err(problem) => return problem.into_response(),
     };
     let mut errors = Vec::new();
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
     let body: Option<PublishEventForTenantInputBody> = match v::json_body(
         &parts,
         body,
@@ -1233,7 +1265,7 @@ pub fn router<T: WebhooksApi>(api: Arc<T>) -> Router {
     info(
         title = "Sonzai Webhooks API",
         version = "1.0.0",
-        description = "Register webhooks per project and event type, rotate their signing secrets and inspect delivery attempts. Operations and fields marked `x-sonzai-extension: true` are additive extensions of the public Sonzai webhooks API."
+        description = "Register webhooks per project and event type, rotate their signing secrets and inspect delivery attempts. Operations and fields marked `x-sonzai-extension: true` are additive extensions of the public Sonzai webhooks API. No string parameter or field may contain U+0000 (NUL) (strings inside the free-form event `data` may), and only declared query parameters are accepted, each once; anything else is answered 422."
     ),
     servers((url = "/api/v1")),
     paths(
