@@ -3137,3 +3137,25 @@ async fn undeclared_and_repeated_query_parameters_are_422() {
         h.finish().await;
     }
 }
+
+/// Found by contract fuzzing: a client that guesses the charset of a problem body
+/// (`application/problem+json` has no UTF-8 default in Python `requests`) misread an
+/// echoed non-ASCII value. Problem bodies are ASCII, with `\u` escapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn problem_bodies_echo_non_ascii_values_as_ascii_escapes() {
+    for db in support::backends().await {
+        let h = Harness::start(&db).await;
+        let value = "Ä\t\u{19}\u{8f895}竈£\u{2fb0a}\u{92}\\\u{91}";
+        let reply = h
+            .call(
+                Method::POST,
+                "/events",
+                Some(json!({"event_type": value, "data": null})),
+            )
+            .await;
+        reply.expect_invalid("body.event_type");
+        assert!(reply.text.is_ascii(), "[{:?}] {}", h.backend, reply.text);
+        assert_eq!(reply.json["errors"][0]["value"], json!(value));
+        h.finish().await;
+    }
+}
