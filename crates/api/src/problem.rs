@@ -123,14 +123,14 @@ impl serde_json::ser::Formatter for AsciiOnly {
         let mut start = 0;
         for (i, c) in fragment.char_indices() {
             if !c.is_ascii() {
-                writer.write_all(fragment[start..i].as_bytes())?;
+                writer.write_all(&fragment.as_bytes()[start..i])?;
                 for unit in c.encode_utf16(&mut [0; 2]) {
                     write!(writer, "\\u{unit:04x}")?;
                 }
                 start = i + c.len_utf8();
             }
         }
-        writer.write_all(fragment[start..].as_bytes())
+        writer.write_all(&fragment.as_bytes()[start..])
     }
 }
 
