@@ -170,8 +170,10 @@ fn string_rules_expr(r: &StringRules, sensitive: bool, patterns: &mut Vec<String
         Some(p) => format!("Some(&{})", pattern_static(p, patterns)),
         None => "None".to_owned(),
     };
+    // Every string of every input refuses U+0000: no field has a use for it and
+    // PostgreSQL `text` cannot store it, so it must never reach the store.
     format!(
-        "v::StringRules {{ format: {format}, min_length: {}, max_length: {}, pattern: {pattern}, sensitive: {sensitive} }}",
+        "v::StringRules {{ format: {format}, min_length: {}, max_length: {}, pattern: {pattern}, sensitive: {sensitive}, forbid_nul: true }}",
         opt(r.min_length),
         opt(r.max_length)
     )
@@ -511,7 +513,6 @@ fn handler(out: &mut String, spec: &Spec, op: &Operation, patterns: &mut Vec<Str
         op.fn_name,
         trait_name(spec)
     );
-    let has_inputs = !op.path_params.is_empty() || !op.query_params.is_empty() || op.body.is_some();
     let _ = writeln!(
         out,
         "let ({}parts, {}) = request.into_parts();",
@@ -523,9 +524,7 @@ fn handler(out: &mut String, spec: &Spec, op: &Operation, patterns: &mut Vec<Str
         if op.body.is_some() { "body" } else { "_" }
     );
     out.push_str("let ctx = match api.authenticate(&parts).await { Ok(ctx) => ctx, Err(problem) => return problem.into_response() };\n");
-    if has_inputs {
-        out.push_str("let mut errors = Vec::new();\n");
-    }
+    out.push_str("let mut errors = Vec::new();\n");
     if !op.path_params.is_empty() {
         out.push_str("let path = v::path_params(&mut parts).await;\n");
     }
@@ -545,8 +544,15 @@ fn handler(out: &mut String, spec: &Spec, op: &Operation, patterns: &mut Vec<Str
         let _ = writeln!(out, "let {} = {expr};", p.rust_name);
         call_args.push(p.rust_name.clone());
     }
+    // Every operation reads its query string, if only to refuse parameters it does not
+    // declare and repeated ones, as bodies refuse unknown and duplicate fields.
+    let query_names: Vec<String> = op.query_params.iter().map(|p| lit(&p.name)).collect();
+    let _ = writeln!(
+        out,
+        "let pairs = v::query_pairs(&parts);\nv::check_query_names(&pairs, &[{}], &mut errors);",
+        query_names.join(", ")
+    );
     if !op.query_params.is_empty() {
-        out.push_str("let pairs = v::query_pairs(&parts);\n");
         let mut fields = Vec::new();
         for p in &op.query_params {
             let read = match &p.ty {
@@ -584,11 +590,7 @@ fn handler(out: &mut String, spec: &Spec, op: &Operation, patterns: &mut Vec<Str
             validator_name(body)
         );
     }
-    if has_inputs {
-        out.push_str(
-            "if !errors.is_empty() { return Problem::validation(errors).into_response(); }\n",
-        );
-    }
+    out.push_str("if !errors.is_empty() { return Problem::validation(errors).into_response(); }\n");
     if op.body.is_some() {
         out.push_str(
             "let Some(body) = body else { return Problem::validation(errors).into_response(); };\n",
@@ -785,4 +787,88 @@ pub fn server(spec: &Spec) -> String {
     );
     pattern_statics(&mut out, &patterns);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A one-operation spec with a string in every place the router reads one: a body
+    /// property, array items, a path parameter and a query parameter.
+    fn tiny_spec() -> Spec {
+        let problem = json!({"description": "Error", "content": {"application/problem+json":
+            {"schema": {"$ref": "#/components/schemas/ErrorModel"}}}});
+        Spec::from_json(&json!({
+            "openapi": "3.1.0",
+            "info": {"title": "Tiny API", "version": "1"},
+            "servers": [{"url": "/api"}],
+            "components": {
+                "securitySchemes": {"key": {"type": "http", "scheme": "bearer"}},
+                "schemas": {
+                    "ErrorModel": {"type": "object", "properties": {"title": {"type": "string"}}},
+                    "Thing": {"type": "object", "additionalProperties": false,
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string", "maxLength": 10},
+                            "secret": {"type": "string", "x-sonzai-sensitive": true},
+                            "tags": {"type": ["array", "null"], "items": {"type": "string"}},
+                            "count": {"type": "integer"}
+                        }}
+                }
+            },
+            "paths": {"/things/{thingId}/{kind}": {"put": {
+                "operationId": "putThing",
+                "tags": ["Things"],
+                "parameters": [
+                    {"name": "thingId", "in": "path", "required": true,
+                        "schema": {"type": "string", "format": "uuid"}},
+                    {"name": "kind", "in": "path", "required": true,
+                        "schema": {"type": "string", "pattern": "^[a-z]+$"}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}}
+                ],
+                "requestBody": {"required": true, "content": {"application/json":
+                    {"schema": {"$ref": "#/components/schemas/Thing"}}}},
+                "responses": {"204": {"description": "Done"}, "default": problem}
+            }}}
+        }))
+        .expect("tiny spec")
+    }
+
+    /// The lines of `code` that read a string under rules.
+    fn string_rule_lines(code: &str) -> Vec<&str> {
+        code.lines()
+            .filter(|l| l.contains("v::StringRules {"))
+            .collect()
+    }
+
+    #[test]
+    fn every_string_input_refuses_nul() {
+        let spec = tiny_spec();
+        let models = models(&spec);
+        let server = server(&spec);
+        for (code, reads) in [
+            (
+                models.as_str(),
+                ["\"name\"", "\"secret\"", "\"tags\""].as_slice(),
+            ),
+            (
+                server.as_str(),
+                ["v::path_string", "v::query_string"].as_slice(),
+            ),
+        ] {
+            for read in reads {
+                let line = string_rule_lines(code)
+                    .into_iter()
+                    .find(|l| l.contains(read))
+                    .unwrap_or_else(|| panic!("no string rules for {read}:\n{code}"));
+                assert!(line.contains("forbid_nul: true"), "{read}: {line}");
+            }
+            for line in string_rule_lines(code) {
+                assert!(line.contains("forbid_nul: true"), "{line}");
+            }
+        }
+        // The uuid path parameter is parsed as a UUID, which has no room for a NUL.
+        assert!(server.contains("v::path_uuid(&path, \"thingId\""));
+    }
 }

@@ -107,9 +107,45 @@ impl std::fmt::Display for Problem {
 
 impl std::error::Error for Problem {}
 
+/// Writes every non-ASCII character of a JSON string as a `\u` escape. Problems echo
+/// the values they refuse, and `application/problem+json`, unlike `application/json`,
+/// has no UTF-8 default in common clients (Python `requests` guesses its charset from
+/// the bytes and can misread a backslash inside a multi-byte guess); ASCII reads the
+/// same under any guess, and to a JSON parser it is the same document.
+struct AsciiOnly;
+
+impl serde_json::ser::Formatter for AsciiOnly {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            if !c.is_ascii() {
+                writer.write_all(&fragment.as_bytes()[start..i])?;
+                for unit in c.encode_utf16(&mut [0; 2]) {
+                    write!(writer, "\\u{unit:04x}")?;
+                }
+                start = i + c.len_utf8();
+            }
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
+}
+
+fn to_ascii_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, AsciiOnly);
+    match value.serialize(&mut serializer) {
+        Ok(()) => out,
+        Err(_) => Vec::new(),
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&self.to_model()).unwrap_or_default();
+        let body = to_ascii_json(&self.to_model());
         let mut response = (self.status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
@@ -123,6 +159,26 @@ impl IntoResponse for Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn problem_bodies_are_ascii_and_parse_to_the_same_values() {
+        let value = "Ä\t\u{19}\u{8f895}竈\\\u{92}\"";
+        let problem = Problem::validation(vec![ErrorDetail {
+            location: Some("body.event_type".into()),
+            message: Some("é".into()),
+            value: Some(serde_json::json!(value)),
+        }]);
+        let body = to_ascii_json(&problem.to_model());
+        assert!(body.is_ascii(), "{}", String::from_utf8_lossy(&body));
+        let parsed: ErrorModel = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parsed, problem.to_model());
+        // Read as Latin-1, as a charset-guessing client might, it is the same JSON.
+        let latin1: String = body.iter().map(|&b| char::from(b)).collect();
+        assert_eq!(
+            serde_json::from_str::<ErrorModel>(&latin1).unwrap(),
+            problem.to_model()
+        );
+    }
 
     #[test]
     fn renders_problem_json_with_schema_link() {

@@ -60,6 +60,10 @@ pub struct StringRules {
     pub pattern: Option<&'static Pattern>,
     /// Never echo the value back in an error (it may be a credential).
     pub sensitive: bool,
+    /// Refuse U+0000. PostgreSQL `text` cannot store it, so a NUL reaching the store
+    /// would be a 500 there while SQLite kept it; refusing it up front answers the
+    /// same 422 on every backend.
+    pub forbid_nul: bool,
 }
 
 pub struct IntRules {
@@ -146,6 +150,9 @@ pub fn check_properties(
 /// The checks of a string value, shared by bodies, path and query parameters.
 fn string_problems(text: &str, rules: &StringRules) -> Vec<String> {
     let mut problems = Vec::new();
+    if rules.forbid_nul && text.contains('\0') {
+        problems.push("expected string without U+0000 (NUL) characters".to_owned());
+    }
     let len = text.chars().count() as u64;
     if let Some(min) = rules.min_length {
         if len < min {
@@ -346,6 +353,35 @@ pub fn query_pairs(parts: &Parts) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// Every query parameter is one the operation declares, given once: a misspelt name
+/// would otherwise be ignored silently, and of a repeated one only the first counted.
+pub fn check_query_names(
+    pairs: &[(String, String)],
+    declared: &[&str],
+    errors: &mut Vec<ErrorDetail>,
+) {
+    for (i, (name, _)) in pairs.iter().enumerate() {
+        let loc = format!("query.{name}");
+        if !declared.contains(&name.as_str()) {
+            if !pairs[..i].iter().any(|(earlier, _)| earlier == name) {
+                push(errors, &loc, "unexpected query parameter", None);
+            }
+        } else if pairs[..i]
+            .iter()
+            .filter(|(earlier, _)| earlier == name)
+            .count()
+            == 1
+        {
+            push(
+                errors,
+                &loc,
+                "expected the parameter once, got it repeated",
+                None,
+            );
+        }
+    }
+}
+
 fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs
         .iter()
@@ -507,6 +543,7 @@ mod tests {
             max_length: Some(128),
             pattern: Some(&EVENT),
             sensitive: false,
+            forbid_nul: true,
         }
     }
 
@@ -556,6 +593,85 @@ mod tests {
     }
 
     #[test]
+    fn nul_is_refused_wherever_a_string_is_read() {
+        let free = StringRules {
+            format: None,
+            min_length: None,
+            max_length: None,
+            pattern: None,
+            sensitive: true,
+            forbid_nul: true,
+        };
+        let mut errors = Vec::new();
+        check_string(
+            &Value::from("Bearer a\0b"),
+            "body.auth_header",
+            &free,
+            true,
+            &mut errors,
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].location.as_deref(), Some("body.auth_header"));
+        assert!(errors[0].message.as_deref().unwrap().contains("U+0000"));
+        assert!(errors[0].value.is_none(), "a sensitive value is not echoed");
+
+        let pairs = vec![("cursor".to_owned(), "ab\0".to_owned())];
+        let mut errors = Vec::new();
+        assert_eq!(query_string(&pairs, "cursor", &free, &mut errors), None);
+        assert_eq!(errors[0].location.as_deref(), Some("query.cursor"));
+
+        let params = HashMap::from([("eventType".to_owned(), "a\0b".to_owned())]);
+        let mut errors = Vec::new();
+        path_string(&params, "eventType", &free, &mut errors);
+        assert_eq!(errors[0].location.as_deref(), Some("path.eventType"));
+
+        // Without the rule a NUL is just another character.
+        let lenient = StringRules {
+            forbid_nul: false,
+            ..free
+        };
+        assert!(string_problems("a\0b", &lenient).is_empty());
+    }
+
+    #[test]
+    fn query_names_must_be_declared_and_given_once() {
+        let pairs: Vec<(String, String)> = [
+            ("limit", "1"),
+            ("limt", "2"),
+            ("limit", "3"),
+            ("limit", "4"),
+            ("limt", "5"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut errors = Vec::new();
+        check_query_names(&pairs, &["limit", "offset"], &mut errors);
+        let found: Vec<_> = errors
+            .iter()
+            .map(|e| {
+                (
+                    e.location.as_deref().unwrap(),
+                    e.message.as_deref().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("query.limt", "unexpected query parameter"),
+                (
+                    "query.limit",
+                    "expected the parameter once, got it repeated"
+                ),
+            ]
+        );
+        let mut errors = Vec::new();
+        check_query_names(&pairs[..1], &["limit"], &mut errors);
+        assert!(errors.is_empty());
+    }
+
+    #[test]
     fn query_integers_respect_bounds() {
         let rules = IntRules {
             minimum: Some(1),
@@ -582,6 +698,7 @@ mod tests {
             max_length: None,
             pattern: None,
             sensitive: false,
+            forbid_nul: true,
         };
         assert!(string_problems("https://example.com/hook", &rules).is_empty());
         assert_eq!(string_problems("/relative", &rules).len(), 1);

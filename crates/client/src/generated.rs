@@ -156,7 +156,7 @@ pub mod types {
         ///A URI reference that identifies the specific occurrence of the problem.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub instance: ::std::option::Option<::std::string::String>,
-        ///A URL to the JSON Schema for this object.
+        ///The JSON Schema of this object, as a URI reference (a path on this server).
         #[serde(
             rename = "$schema",
             skip_serializing_if = "::std::option::Option::is_none"
@@ -427,7 +427,7 @@ pub mod types {
         ///Cursor paging (extension): pass as `cursor` to get the next page.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub next_cursor: ::std::option::Option<::std::string::String>,
-        ///A URL to the JSON Schema for this object.
+        ///The JSON Schema of this object, as a URI reference (a path on this server).
         #[serde(
             rename = "$schema",
             skip_serializing_if = "::std::option::Option::is_none"
@@ -442,7 +442,7 @@ pub mod types {
     ///The webhooks of a project, ordered by event type.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct ListWebhooksOutputBody {
-        ///A URL to the JSON Schema for this object.
+        ///The JSON Schema of this object, as a URI reference (a path on this server).
         #[serde(
             rename = "$schema",
             skip_serializing_if = "::std::option::Option::is_none"
@@ -459,7 +459,7 @@ pub mod types {
     ///Publish an event (extension).
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct PublishEventForTenantInputBody {
-        ///Event payload, any JSON value; delivered as the `data` field of the delivery body.
+        ///Event payload, any JSON value; delivered as the `data` field of the delivery body. It is kept as the JSON text published, so strings in it may hold any character, U+0000 included (as the escape `\u0000`).
         pub data: ::serde_json::Value,
         ///Event type; webhooks subscribed to it receive the event.
         pub event_type: PublishEventForTenantInputBodyEventType,
@@ -596,7 +596,7 @@ pub mod types {
     ///Publish an event (extension).
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct PublishEventInputBody {
-        ///Event payload, any JSON value; delivered as the `data` field of the delivery body.
+        ///Event payload, any JSON value; delivered as the `data` field of the delivery body. It is kept as the JSON text published, so strings in it may hold any character, U+0000 included (as the escape `\u0000`).
         pub data: ::serde_json::Value,
         ///Event type; webhooks subscribed to it receive the event.
         pub event_type: PublishEventInputBodyEventType,
@@ -736,7 +736,7 @@ pub mod types {
         pub deliveries_started: i64,
         ///Stable id of the event; deliveries carry it as `event_id` and `webhook-id`.
         pub event_id: ::uuid::Uuid,
-        ///A URL to the JSON Schema for this object.
+        ///The JSON Schema of this object, as a URI reference (a path on this server).
         #[serde(
             rename = "$schema",
             skip_serializing_if = "::std::option::Option::is_none"
@@ -751,7 +751,7 @@ pub mod types {
     ///Result of a secret rotation.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct RotateSigningSecretOutputBody {
-        ///A URL to the JSON Schema for this object.
+        ///The JSON Schema of this object, as a URI reference (a path on this server).
         #[serde(
             rename = "$schema",
             skip_serializing_if = "::std::option::Option::is_none"
@@ -1011,7 +1011,7 @@ pub mod types {
     ///Register or update a webhook.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct UpsertWebhookForTenantInputBody {
-        ///Sent verbatim as the `Authorization` header of each delivery.
+        ///Sent verbatim as the `Authorization` header of each delivery, so it must be a valid HTTP header value: no control characters other than tab.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub auth_header: ::std::option::Option<UpsertWebhookForTenantInputBodyAuthHeader>,
         ///Accepted and ignored.
@@ -1028,7 +1028,7 @@ pub mod types {
             Default::default()
         }
     }
-    ///Sent verbatim as the `Authorization` header of each delivery.
+    ///Sent verbatim as the `Authorization` header of each delivery, so it must be a valid HTTP header value: no control characters other than tab.
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
     pub struct UpsertWebhookForTenantInputBodyAuthHeader(::std::string::String);
@@ -1048,6 +1048,15 @@ pub mod types {
         fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 4096usize {
                 return Err("longer than 4096 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| {
+                    ::regress::Regex::new("^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F]*$").unwrap()
+                });
+            if PATTERN.find(value).is_none() {
+                return Err(
+                    "doesn't match pattern \"^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F]*$\"".into(),
+                );
             }
             Ok(Self(value.to_string()))
         }
@@ -1134,7 +1143,7 @@ pub mod types {
     ///Register or update a webhook.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct UpsertWebhookInputBody {
-        ///Sent verbatim as the `Authorization` header of each delivery.
+        ///Sent verbatim as the `Authorization` header of each delivery, so it must be a valid HTTP header value: no control characters other than tab.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub auth_header: ::std::option::Option<UpsertWebhookInputBodyAuthHeader>,
         ///Accepted and ignored.
@@ -1151,7 +1160,7 @@ pub mod types {
             Default::default()
         }
     }
-    ///Sent verbatim as the `Authorization` header of each delivery.
+    ///Sent verbatim as the `Authorization` header of each delivery, so it must be a valid HTTP header value: no control characters other than tab.
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
     pub struct UpsertWebhookInputBodyAuthHeader(::std::string::String);
@@ -1171,6 +1180,15 @@ pub mod types {
         fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
             if value.chars().count() > 4096usize {
                 return Err("longer than 4096 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| {
+                    ::regress::Regex::new("^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F]*$").unwrap()
+                });
+            if PATTERN.find(value).is_none() {
+                return Err(
+                    "doesn't match pattern \"^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F]*$\"".into(),
+                );
             }
             Ok(Self(value.to_string()))
         }
@@ -1257,7 +1275,7 @@ pub mod types {
     ///Result of an upsert.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct UpsertWebhookOutputBody {
-        ///A URL to the JSON Schema for this object.
+        ///The JSON Schema of this object, as a URI reference (a path on this server).
         #[serde(
             rename = "$schema",
             skip_serializing_if = "::std::option::Option::is_none"
@@ -1284,7 +1302,7 @@ pub mod types {
         ///False once the webhook was disabled for failing; an upsert turns it back on.
         pub is_active: bool,
         pub project_id: ::uuid::Uuid,
-        ///A URL to the JSON Schema for this object.
+        ///The JSON Schema of this object, as a URI reference (a path on this server).
         #[serde(
             rename = "$schema",
             skip_serializing_if = "::std::option::Option::is_none"
@@ -1319,7 +1337,7 @@ pub mod types {
         pub response_body: ::std::option::Option<::std::string::String>,
         ///HTTP status of the response; 0 when none came back.
         pub response_code: i64,
-        ///A URL to the JSON Schema for this object.
+        ///The JSON Schema of this object, as a URI reference (a path on this server).
         #[serde(
             rename = "$schema",
             skip_serializing_if = "::std::option::Option::is_none"
@@ -2706,7 +2724,7 @@ pub mod types {
 #[derive(Clone, Debug)]
 /// Client for Sonzai Webhooks API
 ///
-/// Register webhooks per project and event type, rotate their signing secrets and inspect delivery attempts. Operations and fields marked `x-sonzai-extension: true` are additive extensions of the public Sonzai webhooks API.
+/// Register webhooks per project and event type, rotate their signing secrets and inspect delivery attempts. Operations and fields marked `x-sonzai-extension: true` are additive extensions of the public Sonzai webhooks API. No string parameter or field may contain U+0000 (NUL) (strings inside the free-form event `data` may), and only declared query parameters are accepted, each once; anything else is answered 422.
 ///
 /// Version: 1.0.0
 pub struct Client {

@@ -117,6 +117,14 @@ impl Api {
                 "expected an http or https URL with a host",
             ));
         }
+        // Credentials in the URL would never be sent (deliveries authenticate with
+        // `auth_header`) yet would be stored, listed and logged with the URL.
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(Problem::invalid(
+                "body.webhook_url",
+                "expected a URL without user:password@; send credentials with auth_header",
+            ));
+        }
         if let Err(blocked) = guard::check_url(&url, &self.policy) {
             return Err(Problem::invalid("body.webhook_url", blocked.to_string()));
         }
@@ -134,7 +142,9 @@ impl Api {
             .upsert_webhook(UpsertWebhook {
                 project_id,
                 event_type,
-                webhook_url,
+                // The URL as parsed and checked, not as typed: what is stored and
+                // listed is exactly what deliveries go to.
+                webhook_url: url.as_str(),
                 auth_header,
                 new_secret: &secret,
                 max_webhooks: self.limits.max_webhooks_per_project,

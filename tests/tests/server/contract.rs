@@ -101,23 +101,9 @@ fn schema_name(reference: &Value) -> Option<String> {
 impl Contract {
     fn load() -> Contract {
         let spec: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
-        let mut components = spec["components"].clone();
-        // CONTRACT.md fixes the `$schema` value of every body to the path
-        // `/api/v1/schemas/<Name>.json`, a URI *reference*, while the spec declares
-        // `format: uri`, which requires a scheme. The exact value is checked on its own
-        // ([`check_schema_link`]); only for this one property is the format relaxed to
-        // what the contract promises, so every other format stays strict.
-        for schema in components["schemas"]
-            .as_object_mut()
-            .expect("components.schemas")
-            .values_mut()
-        {
-            if let Some(format) = schema.pointer_mut("/properties/$schema/format") {
-                if format == "uri" {
-                    *format = json!("uri-reference");
-                }
-            }
-        }
+        // Checked as written, every format strict: the `$schema` links the server
+        // answers are paths, which the spec declares as `uri-reference`.
+        let components = spec["components"].clone();
         let names: Vec<String> = components["schemas"]
             .as_object()
             .expect("components.schemas")
@@ -3113,6 +3099,372 @@ async fn webhooks_per_project_are_limited_with_409() {
             listed.expect(200)["webhooks"].as_array().map(Vec::len),
             Some(LIMIT)
         );
+        h.finish().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 12. Hardening: NUL characters, stored URLs, credentials in URLs, `$schema` links
+// ---------------------------------------------------------------------------------
+
+/// The `message` of the first `errors[]` entry at `location`.
+fn message_at(reply: &Reply, location: &str) -> String {
+    reply.json["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["location"] == json!(location))
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or_else(|| panic!("no error at {location}: {}", reply.text))
+        .to_owned()
+}
+
+#[test]
+fn schema_links_are_uri_references_checked_strictly() {
+    let c = contract();
+    // What every answer carries: a path on the server, not an absolute URI.
+    assert!(c
+        .violations(
+            "ListWebhooksOutputBody",
+            &json!({"$schema": "/api/v1/schemas/ListWebhooksOutputBody.json", "webhooks": []})
+        )
+        .is_empty());
+    assert!(c
+        .violations(
+            "ErrorModel",
+            &json!({"$schema": "/api/v1/schemas/ErrorModel.json", "status": 404})
+        )
+        .is_empty());
+    // The format is still checked: a value that is no URI reference at all breaks it.
+    assert!(!c
+        .violations(
+            "ListWebhooksOutputBody",
+            &json!({"$schema": "not a \\ reference", "webhooks": []})
+        )
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_in_any_string_input_is_422_on_every_backend() {
+    for db in support::backends().await {
+        let h = Harness::start(&db).await;
+        let url = "http://127.0.0.1:9/x";
+        for (body, location) in [
+            (
+                json!({"webhook_url": "http://127.0.0.1:9/a\u{0}b"}),
+                "body.webhook_url",
+            ),
+            (
+                json!({"webhook_url": url, "auth_header": "Bearer a\u{0}b"}),
+                "body.auth_header",
+            ),
+            (
+                json!({"$schema": "x\u{0}", "webhook_url": url}),
+                "body.$schema",
+            ),
+        ] {
+            let reply = h.call(Method::PUT, "/webhooks/nul.test", Some(body)).await;
+            reply.expect_invalid(location);
+            assert!(
+                message_at(&reply, location).contains("U+0000"),
+                "[{:?}] {}",
+                h.backend,
+                reply.text
+            );
+        }
+        let project = h.project();
+        for path in [
+            format!("/projects/{project}/webhooks/nul.test"),
+            "/webhooks/nul.test".to_owned(),
+        ] {
+            h.call(
+                Method::PUT,
+                &path,
+                Some(json!({"webhook_url": "http://127.0.0.1:9/a\u{0}"})),
+            )
+            .await
+            .expect_invalid("body.webhook_url");
+        }
+        for body in [
+            json!({"event_type": "nul.test", "data": {}, "idempotency_key": "k\u{0}"}),
+            json!({"event_type": "nul.test", "data": {}, "idempotency_key": "\u{0}"}),
+        ] {
+            for path in ["/events".to_owned(), format!("/projects/{project}/events")] {
+                h.call(Method::POST, &path, Some(body.clone()))
+                    .await
+                    .expect_invalid("body.idempotency_key");
+            }
+        }
+        h.call(
+            Method::POST,
+            "/events",
+            Some(json!({"event_type": "nul\u{0}", "data": {}})),
+        )
+        .await
+        .expect_invalid("body.event_type");
+        for (method, path, body) in [
+            (
+                Method::PUT,
+                "/webhooks/a%00b",
+                Some(json!({"webhook_url": url})),
+            ),
+            (Method::DELETE, "/webhooks/a%00b", None),
+            (Method::GET, "/webhooks/a%00b/attempts", None),
+            (Method::GET, "/webhooks/%00/attempts", None),
+            (Method::POST, "/webhooks/a%00b/rotate-secret", None),
+        ] {
+            h.call(method, path, body)
+                .await
+                .expect_invalid("path.eventType");
+        }
+        let reply = h
+            .call(
+                Method::GET,
+                "/webhooks/nul.test/attempts?cursor=a%00b",
+                None,
+            )
+            .await;
+        reply.expect_invalid("query.cursor");
+        assert!(message_at(&reply, "query.cursor").contains("U+0000"));
+
+        let list = h.call(Method::GET, "/webhooks", None).await;
+        assert_eq!(
+            list.expect(200)["webhooks"],
+            json!([]),
+            "[{:?}] a refused request created something",
+            h.backend
+        );
+        h.finish().await;
+    }
+}
+
+/// `data` is arbitrary JSON kept as the serialized text it was published as, where a
+/// NUL is the escape `\u0000`; so it is stored and delivered on every backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_inside_event_data_is_stored_and_delivered() {
+    for db in support::backends().await {
+        let h = Harness::start(&db).await;
+        let receiver = Receiver::start().await;
+        h.register("nul.data", &receiver.url("/nul")).await;
+        let data = json!({"s": "a\u{0}b", "\u{0}key": ["\u{0}"]});
+        let reply = h
+            .call(
+                Method::POST,
+                "/events",
+                Some(json!({"event_type": "nul.data", "data": data})),
+            )
+            .await;
+        let published = reply.expect(202);
+        assert_eq!(published["deliveries_started"], json!(1), "{}", reply.text);
+        let event_id: Uuid = published["event_id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .expect("event_id");
+        let delivered = delivery_of(&receiver, event_id).await;
+        assert_eq!(delivered.json()["data"], data, "[{:?}]", h.backend);
+        let attempts = h.attempts_until("/webhooks/nul.data/attempts", 1).await;
+        assert_eq!(sent_body(&attempts[0])["data"], data, "[{:?}]", h.backend);
+        h.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_stores_the_url_it_checked_in_normal_form() {
+    for db in support::backends().await {
+        let h = Harness::start(&db).await;
+        let receiver = Receiver::start().await;
+        let port = receiver.addr.port();
+        for (event_type, typed, stored) in [
+            (
+                "norm.case",
+                "HTTPS://Example.COM:443/hooks/./a/../sonzai".to_owned(),
+                "https://example.com/hooks/sonzai".to_owned(),
+            ),
+            (
+                "norm.space",
+                "  http://example.com  ".to_owned(),
+                "http://example.com/".to_owned(),
+            ),
+            (
+                "norm.ip",
+                format!("http://0x7f.1:{port}/in/../hook"),
+                format!("http://127.0.0.1:{port}/hook"),
+            ),
+        ] {
+            h.call(
+                Method::PUT,
+                &format!("/webhooks/{event_type}"),
+                Some(json!({"webhook_url": typed})),
+            )
+            .await
+            .expect(200);
+            let list = h.call(Method::GET, "/webhooks", None).await;
+            let found = list.expect(200)["webhooks"]
+                .as_array()
+                .expect("webhooks")
+                .iter()
+                .find(|w| w["event_type"] == json!(event_type))
+                .cloned()
+                .unwrap_or_else(|| panic!("{event_type} not listed: {}", list.text));
+            assert_eq!(
+                found["webhook_url"],
+                json!(stored),
+                "[{:?}] {typed:?}",
+                h.backend
+            );
+        }
+        // Deliveries and their attempts go to the stored form.
+        let reply = h
+            .call(
+                Method::POST,
+                "/events",
+                Some(json!({"event_type": "norm.ip", "data": {"n": 1}})),
+            )
+            .await;
+        reply.expect(202);
+        assert_eq!(receiver.wait_for(1, WAIT).await, 1);
+        let attempts = h.attempts_until("/webhooks/norm.ip/attempts", 1).await;
+        assert_eq!(
+            attempts[0]["webhook_url"],
+            json!(format!("http://127.0.0.1:{port}/hook"))
+        );
+        h.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_webhook_url_are_refused() {
+    for db in support::backends().await {
+        let h = Harness::start(&db).await;
+        let project = h.project();
+        for url in [
+            "https://hook-user:hook-password@example.com/hooks",
+            "https://hook-user@example.com/hooks",
+            "https://:hook-password@example.com/hooks",
+        ] {
+            for path in [
+                "/webhooks/creds.test".to_owned(),
+                format!("/projects/{project}/webhooks/creds.test"),
+            ] {
+                let reply = h
+                    .call(Method::PUT, &path, Some(json!({"webhook_url": url})))
+                    .await;
+                reply.expect_invalid("body.webhook_url");
+                assert!(
+                    message_at(&reply, "body.webhook_url").contains("auth_header"),
+                    "{}",
+                    reply.text
+                );
+                assert!(
+                    !reply.text.contains("hook-password"),
+                    "the refusal echoes the password: {}",
+                    reply.text
+                );
+            }
+        }
+        // An empty user part is no credential: `https://@host` is `https://host`.
+        h.call(
+            Method::PUT,
+            "/webhooks/creds.empty",
+            Some(json!({"webhook_url": "https://@example.com/hooks"})),
+        )
+        .await
+        .expect(200);
+        let list = h.call(Method::GET, "/webhooks", None).await;
+        assert_eq!(
+            list.expect(200)["webhooks"]
+                .as_array()
+                .expect("webhooks")
+                .iter()
+                .map(|w| w["webhook_url"].clone())
+                .collect::<Vec<_>>(),
+            [json!("https://example.com/hooks")],
+            "[{:?}] {}",
+            h.backend,
+            list.text
+        );
+        h.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeclared_and_repeated_query_parameters_are_422() {
+    for db in support::backends().await {
+        let h = Harness::start(&db).await;
+        let project = h.project();
+        for (method, path, location) in [
+            (Method::GET, "/webhooks?limit=5".to_owned(), "query.limit"),
+            (
+                Method::GET,
+                format!("/projects/{project}/webhooks?x=1"),
+                "query.x",
+            ),
+            (
+                Method::GET,
+                "/webhooks/a.b/attempts?limt=5".to_owned(),
+                "query.limt",
+            ),
+            (
+                Method::GET,
+                "/webhooks/a.b/attempts?limit=5&limit=500".to_owned(),
+                "query.limit",
+            ),
+            (
+                Method::GET,
+                "/webhooks/a.b/attempts?cursor=a&cursor=b".to_owned(),
+                "query.cursor",
+            ),
+            (
+                Method::POST,
+                "/webhooks/a.b/rotate-secret?grace_seconds=1&grace_seconds=2".to_owned(),
+                "query.grace_seconds",
+            ),
+            (
+                Method::DELETE,
+                "/webhooks/a.b?force=true".to_owned(),
+                "query.force",
+            ),
+        ] {
+            let reply = h.call(method, &path, None).await;
+            reply.expect_invalid(location);
+            assert_eq!(
+                reply.locations().len(),
+                1,
+                "[{:?}] one entry per problem: {}",
+                h.backend,
+                reply.text
+            );
+        }
+        // Declared parameters, once each, are fine.
+        h.call(
+            Method::GET,
+            "/webhooks/a.b/attempts?limit=5&offset=0&page_size=5",
+            None,
+        )
+        .await
+        .expect(200);
+        h.finish().await;
+    }
+}
+
+/// Found by contract fuzzing: a client that guesses the charset of a problem body
+/// (`application/problem+json` has no UTF-8 default in Python `requests`) misread an
+/// echoed non-ASCII value. Problem bodies are ASCII, with `\u` escapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn problem_bodies_echo_non_ascii_values_as_ascii_escapes() {
+    for db in support::backends().await {
+        let h = Harness::start(&db).await;
+        let value = "Ä\t\u{19}\u{8f895}竈£\u{2fb0a}\u{92}\\\u{91}";
+        let reply = h
+            .call(
+                Method::POST,
+                "/events",
+                Some(json!({"event_type": value, "data": null})),
+            )
+            .await;
+        reply.expect_invalid("body.event_type");
+        assert!(reply.text.is_ascii(), "[{:?}] {}", h.backend, reply.text);
+        assert_eq!(reply.json["errors"][0]["value"], json!(value));
         h.finish().await;
     }
 }

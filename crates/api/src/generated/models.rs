@@ -41,10 +41,10 @@ pub struct ErrorDetail {
 )]
 #[serde(deny_unknown_fields)]
 pub struct ErrorModel {
-    /// A URL to the JSON Schema for this object.
+    /// The JSON Schema of this object, as a URI reference (a path on this server).
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", extend("format" = "uri", "readOnly" = true))]
-    #[schema(nullable = false, format = "uri", read_only)]
+    #[schemars(with = "String", extend("format" = "uri-reference", "readOnly" = true))]
+    #[schema(nullable = false, format = "uri-reference", read_only)]
     pub schema: Option<String>,
     /// A URI reference to human-readable documentation for the error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -91,10 +91,10 @@ impl ErrorModel {
 )]
 #[serde(deny_unknown_fields)]
 pub struct ListDeliveryAttemptsOutputBody {
-    /// A URL to the JSON Schema for this object.
+    /// The JSON Schema of this object, as a URI reference (a path on this server).
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", extend("format" = "uri", "readOnly" = true))]
-    #[schema(nullable = false, format = "uri", read_only)]
+    #[schemars(with = "String", extend("format" = "uri-reference", "readOnly" = true))]
+    #[schema(nullable = false, format = "uri-reference", read_only)]
     pub schema: Option<String>,
     #[schemars(required, extend("type" = ["array", "null"]))]
     #[schema(required = true)]
@@ -126,10 +126,10 @@ impl ListDeliveryAttemptsOutputBody {
 )]
 #[serde(deny_unknown_fields)]
 pub struct ListWebhooksOutputBody {
-    /// A URL to the JSON Schema for this object.
+    /// The JSON Schema of this object, as a URI reference (a path on this server).
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", extend("format" = "uri", "readOnly" = true))]
-    #[schema(nullable = false, format = "uri", read_only)]
+    #[schemars(with = "String", extend("format" = "uri-reference", "readOnly" = true))]
+    #[schema(nullable = false, format = "uri-reference", read_only)]
     pub schema: Option<String>,
     #[schemars(required, extend("type" = ["array", "null"]))]
     #[schema(required = true)]
@@ -163,7 +163,7 @@ pub struct PublishEventForTenantInputBody {
     )]
     #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     pub event_type: String,
-    /// Event payload, any JSON value; delivered as the `data` field of the delivery body.
+    /// Event payload, any JSON value; delivered as the `data` field of the delivery body. It is kept as the JSON text published, so strings in it may hold any character, U+0000 included (as the escape `\u0000`).
     #[schema(value_type = Value)]
     pub data: serde_json::Value,
     /// Publishing again with the same key within the retention window returns the first answer and creates nothing.
@@ -200,7 +200,7 @@ pub struct PublishEventInputBody {
     )]
     #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     pub event_type: String,
-    /// Event payload, any JSON value; delivered as the `data` field of the delivery body.
+    /// Event payload, any JSON value; delivered as the `data` field of the delivery body. It is kept as the JSON text published, so strings in it may hold any character, U+0000 included (as the escape `\u0000`).
     #[schema(value_type = Value)]
     pub data: serde_json::Value,
     /// Publishing again with the same key within the retention window returns the first answer and creates nothing.
@@ -225,10 +225,10 @@ impl PublishEventInputBody {
 )]
 #[serde(deny_unknown_fields)]
 pub struct PublishEventOutputBody {
-    /// A URL to the JSON Schema for this object.
+    /// The JSON Schema of this object, as a URI reference (a path on this server).
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", extend("format" = "uri", "readOnly" = true))]
-    #[schema(nullable = false, format = "uri", read_only)]
+    #[schemars(with = "String", extend("format" = "uri-reference", "readOnly" = true))]
+    #[schema(nullable = false, format = "uri-reference", read_only)]
     pub schema: Option<String>,
     /// Stable id of the event; deliveries carry it as `event_id` and `webhook-id`.
     pub event_id: uuid::Uuid,
@@ -252,10 +252,10 @@ impl PublishEventOutputBody {
 )]
 #[serde(deny_unknown_fields)]
 pub struct RotateSigningSecretOutputBody {
-    /// A URL to the JSON Schema for this object.
+    /// The JSON Schema of this object, as a URI reference (a path on this server).
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", extend("format" = "uri", "readOnly" = true))]
-    #[schema(nullable = false, format = "uri", read_only)]
+    #[schemars(with = "String", extend("format" = "uri-reference", "readOnly" = true))]
+    #[schema(nullable = false, format = "uri-reference", read_only)]
     pub schema: Option<String>,
     /// The new secret; the old one stops signing at once (or after the grace period).
     pub signing_secret: String,
@@ -286,10 +286,18 @@ pub struct UpsertWebhookForTenantInputBody {
     #[schemars(length(min = 1, max = 2048), extend("format" = "uri"))]
     #[schema(min_length = 1, max_length = 2048, format = "uri")]
     pub webhook_url: String,
-    /// Sent verbatim as the `Authorization` header of each delivery.
+    /// Sent verbatim as the `Authorization` header of each delivery, so it must be a valid HTTP header value: no control characters other than tab.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", length(max = 4096))]
-    #[schema(nullable = false, max_length = 4096)]
+    #[schemars(
+        with = "String",
+        length(max = 4096),
+        regex(pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F]*$")
+    )]
+    #[schema(
+        nullable = false,
+        max_length = 4096,
+        pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F]*$"
+    )]
     pub auth_header: Option<String>,
 }
 impl UpsertWebhookForTenantInputBody {
@@ -317,10 +325,18 @@ pub struct UpsertWebhookInputBody {
     #[schemars(length(min = 1, max = 2048), extend("format" = "uri"))]
     #[schema(min_length = 1, max_length = 2048, format = "uri")]
     pub webhook_url: String,
-    /// Sent verbatim as the `Authorization` header of each delivery.
+    /// Sent verbatim as the `Authorization` header of each delivery, so it must be a valid HTTP header value: no control characters other than tab.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", length(max = 4096))]
-    #[schema(nullable = false, max_length = 4096)]
+    #[schemars(
+        with = "String",
+        length(max = 4096),
+        regex(pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F]*$")
+    )]
+    #[schema(
+        nullable = false,
+        max_length = 4096,
+        pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F]*$"
+    )]
     pub auth_header: Option<String>,
 }
 impl UpsertWebhookInputBody {
@@ -339,10 +355,10 @@ impl UpsertWebhookInputBody {
 )]
 #[serde(deny_unknown_fields)]
 pub struct UpsertWebhookOutputBody {
-    /// A URL to the JSON Schema for this object.
+    /// The JSON Schema of this object, as a URI reference (a path on this server).
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", extend("format" = "uri", "readOnly" = true))]
-    #[schema(nullable = false, format = "uri", read_only)]
+    #[schemars(with = "String", extend("format" = "uri-reference", "readOnly" = true))]
+    #[schema(nullable = false, format = "uri-reference", read_only)]
     pub schema: Option<String>,
     /// Returned only when the webhook is created, never on update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -367,10 +383,10 @@ impl UpsertWebhookOutputBody {
 )]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
-    /// A URL to the JSON Schema for this object.
+    /// The JSON Schema of this object, as a URI reference (a path on this server).
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", extend("format" = "uri", "readOnly" = true))]
-    #[schema(nullable = false, format = "uri", read_only)]
+    #[schemars(with = "String", extend("format" = "uri-reference", "readOnly" = true))]
+    #[schema(nullable = false, format = "uri-reference", read_only)]
     pub schema: Option<String>,
     /// Sent as the `Authorization` header of each delivery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -403,10 +419,10 @@ impl Webhook {
 )]
 #[serde(deny_unknown_fields)]
 pub struct WebhookDeliveryAttempt {
-    /// A URL to the JSON Schema for this object.
+    /// The JSON Schema of this object, as a URI reference (a path on this server).
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", extend("format" = "uri", "readOnly" = true))]
-    #[schema(nullable = false, format = "uri", read_only)]
+    #[schemars(with = "String", extend("format" = "uri-reference", "readOnly" = true))]
+    #[schema(nullable = false, format = "uri-reference", read_only)]
     pub schema: Option<String>,
     pub attempt_id: uuid::Uuid,
     /// Counts from 1 per event.
@@ -467,6 +483,7 @@ pub fn validate_error_detail(value: &serde_json::Value, loc: &str, errors: &mut 
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -485,6 +502,7 @@ pub fn validate_error_detail(value: &serde_json::Value, loc: &str, errors: &mut 
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -514,11 +532,12 @@ pub fn validate_error_model(value: &serde_json::Value, loc: &str, errors: &mut V
                 value,
                 &v::child(loc, NAME),
                 &v::StringRules {
-                    format: Some(v::Format::Uri),
+                    format: None,
                     min_length: None,
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -537,6 +556,7 @@ pub fn validate_error_model(value: &serde_json::Value, loc: &str, errors: &mut V
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -555,6 +575,7 @@ pub fn validate_error_model(value: &serde_json::Value, loc: &str, errors: &mut V
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -588,6 +609,7 @@ pub fn validate_error_model(value: &serde_json::Value, loc: &str, errors: &mut V
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -606,6 +628,7 @@ pub fn validate_error_model(value: &serde_json::Value, loc: &str, errors: &mut V
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -652,11 +675,12 @@ pub fn validate_list_delivery_attempts_output_body(
                 value,
                 &v::child(loc, NAME),
                 &v::StringRules {
-                    format: Some(v::Format::Uri),
+                    format: None,
                     min_length: None,
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -696,6 +720,7 @@ pub fn validate_list_delivery_attempts_output_body(
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -727,11 +752,12 @@ pub fn validate_list_webhooks_output_body(
                 value,
                 &v::child(loc, NAME),
                 &v::StringRules {
-                    format: Some(v::Format::Uri),
+                    format: None,
                     min_length: None,
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -783,6 +809,7 @@ pub fn validate_publish_event_for_tenant_input_body(
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -801,6 +828,7 @@ pub fn validate_publish_event_for_tenant_input_body(
                     max_length: Some(128),
                     pattern: Some(&PATTERN_0),
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -819,6 +847,7 @@ pub fn validate_publish_event_for_tenant_input_body(
                     max_length: Some(255),
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -855,6 +884,7 @@ pub fn validate_publish_event_input_body(
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -873,6 +903,7 @@ pub fn validate_publish_event_input_body(
                     max_length: Some(128),
                     pattern: Some(&PATTERN_0),
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -891,6 +922,7 @@ pub fn validate_publish_event_input_body(
                     max_length: Some(255),
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -922,11 +954,12 @@ pub fn validate_publish_event_output_body(
                 value,
                 &v::child(loc, NAME),
                 &v::StringRules {
-                    format: Some(v::Format::Uri),
+                    format: None,
                     min_length: None,
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -945,6 +978,7 @@ pub fn validate_publish_event_output_body(
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -963,6 +997,7 @@ pub fn validate_publish_event_output_body(
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1009,11 +1044,12 @@ pub fn validate_rotate_signing_secret_output_body(
                 value,
                 &v::child(loc, NAME),
                 &v::StringRules {
-                    format: Some(v::Format::Uri),
+                    format: None,
                     min_length: None,
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1032,6 +1068,7 @@ pub fn validate_rotate_signing_secret_output_body(
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1074,6 +1111,7 @@ pub fn validate_upsert_webhook_for_tenant_input_body(
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1092,6 +1130,7 @@ pub fn validate_upsert_webhook_for_tenant_input_body(
                     max_length: Some(2048),
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1108,8 +1147,9 @@ pub fn validate_upsert_webhook_for_tenant_input_body(
                     format: None,
                     min_length: None,
                     max_length: Some(4096),
-                    pattern: None,
+                    pattern: Some(&PATTERN_1),
                     sensitive: true,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1146,6 +1186,7 @@ pub fn validate_upsert_webhook_input_body(
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1164,6 +1205,7 @@ pub fn validate_upsert_webhook_input_body(
                     max_length: Some(2048),
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1180,8 +1222,9 @@ pub fn validate_upsert_webhook_input_body(
                     format: None,
                     min_length: None,
                     max_length: Some(4096),
-                    pattern: None,
+                    pattern: Some(&PATTERN_1),
                     sensitive: true,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1213,11 +1256,12 @@ pub fn validate_upsert_webhook_output_body(
                 value,
                 &v::child(loc, NAME),
                 &v::StringRules {
-                    format: Some(v::Format::Uri),
+                    format: None,
                     min_length: None,
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1236,6 +1280,7 @@ pub fn validate_upsert_webhook_output_body(
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1285,11 +1330,12 @@ pub fn validate_webhook(value: &serde_json::Value, loc: &str, errors: &mut Vec<E
                 value,
                 &v::child(loc, NAME),
                 &v::StringRules {
-                    format: Some(v::Format::Uri),
+                    format: None,
                     min_length: None,
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1308,6 +1354,7 @@ pub fn validate_webhook(value: &serde_json::Value, loc: &str, errors: &mut Vec<E
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1326,6 +1373,7 @@ pub fn validate_webhook(value: &serde_json::Value, loc: &str, errors: &mut Vec<E
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1344,6 +1392,7 @@ pub fn validate_webhook(value: &serde_json::Value, loc: &str, errors: &mut Vec<E
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1368,6 +1417,7 @@ pub fn validate_webhook(value: &serde_json::Value, loc: &str, errors: &mut Vec<E
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1386,6 +1436,7 @@ pub fn validate_webhook(value: &serde_json::Value, loc: &str, errors: &mut Vec<E
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1404,6 +1455,7 @@ pub fn validate_webhook(value: &serde_json::Value, loc: &str, errors: &mut Vec<E
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1459,11 +1511,12 @@ pub fn validate_webhook_delivery_attempt(
                 value,
                 &v::child(loc, NAME),
                 &v::StringRules {
-                    format: Some(v::Format::Uri),
+                    format: None,
                     min_length: None,
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1482,6 +1535,7 @@ pub fn validate_webhook_delivery_attempt(
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1515,6 +1569,7 @@ pub fn validate_webhook_delivery_attempt(
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1548,6 +1603,7 @@ pub fn validate_webhook_delivery_attempt(
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1566,6 +1622,7 @@ pub fn validate_webhook_delivery_attempt(
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1584,6 +1641,7 @@ pub fn validate_webhook_delivery_attempt(
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1602,6 +1660,7 @@ pub fn validate_webhook_delivery_attempt(
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1620,6 +1679,7 @@ pub fn validate_webhook_delivery_attempt(
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1653,6 +1713,7 @@ pub fn validate_webhook_delivery_attempt(
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1671,6 +1732,7 @@ pub fn validate_webhook_delivery_attempt(
                     max_length: None,
                     pattern: None,
                     sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1679,6 +1741,7 @@ pub fn validate_webhook_delivery_attempt(
     }
 }
 static PATTERN_0: v::Pattern = v::Pattern::new("^[A-Za-z0-9._:-]{1,128}$");
+static PATTERN_1: v::Pattern = v::Pattern::new("^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F]*$");
 /// The names of all component schemas.
 pub const SCHEMA_NAMES: &[&str] = &[
     "ErrorDetail",

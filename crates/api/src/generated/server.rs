@@ -220,6 +220,8 @@ pub async fn list_webhooks<T: WebhooksApi>(
     let mut errors = Vec::new();
     let path = v::path_params(&mut parts).await;
     let project_id = v::path_uuid(&path, "projectId", &mut errors);
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
     if !errors.is_empty() {
         return Problem::validation(errors).into_response();
     }
@@ -289,9 +291,12 @@ pub async fn upsert_webhook<T: WebhooksApi>(
             max_length: Some(128),
             pattern: Some(&PATTERN_0),
             sensitive: false,
+            forbid_nul: true,
         },
         &mut errors,
     );
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
     let body: Option<UpsertWebhookInputBody> = match v::json_body(
         &parts,
         body,
@@ -369,9 +374,12 @@ pub async fn delete_webhook<T: WebhooksApi>(
             max_length: Some(128),
             pattern: Some(&PATTERN_0),
             sensitive: false,
+            forbid_nul: true,
         },
         &mut errors,
     );
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
     if !errors.is_empty() {
         return Problem::validation(errors).into_response();
     }
@@ -439,10 +447,16 @@ pub async fn list_delivery_attempts<T: WebhooksApi>(
             max_length: Some(128),
             pattern: Some(&PATTERN_0),
             sensitive: false,
+            forbid_nul: true,
         },
         &mut errors,
     );
     let pairs = v::query_pairs(&parts);
+    v::check_query_names(
+        &pairs,
+        &["limit", "offset", "page_size", "cursor"],
+        &mut errors,
+    );
     let query = ListDeliveryAttemptsQuery {
         limit: v::query_integer(
             &pairs,
@@ -482,6 +496,7 @@ pub async fn list_delivery_attempts<T: WebhooksApi>(
                 max_length: Some(256),
                 pattern: None,
                 sensitive: false,
+                forbid_nul: true,
             },
             &mut errors,
         ),
@@ -557,10 +572,12 @@ pub async fn rotate_webhook_signing_secret<T: WebhooksApi>(
             max_length: Some(128),
             pattern: Some(&PATTERN_0),
             sensitive: false,
+            forbid_nul: true,
         },
         &mut errors,
     );
     let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &["grace_seconds"], &mut errors);
     let query = RotateWebhookSigningSecretQuery {
         grace_seconds: v::query_integer(
             &pairs,
@@ -626,6 +643,8 @@ pub async fn publish_event<T: WebhooksApi>(
     let mut errors = Vec::new();
     let path = v::path_params(&mut parts).await;
     let project_id = v::path_uuid(&path, "projectId", &mut errors);
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
     let body: Option<PublishEventInputBody> = match v::json_body(
         &parts,
         body,
@@ -685,6 +704,12 @@ pub async fn list_webhooks_for_tenant<T: WebhooksApi>(
         Ok(ctx) => ctx,
         Err(problem) => return problem.into_response(),
     };
+    let mut errors = Vec::new();
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
+    if !errors.is_empty() {
+        return Problem::validation(errors).into_response();
+    }
     match api.list_webhooks_for_tenant(ctx).await {
         Ok(mut out) => {
             out.schema
@@ -752,9 +777,12 @@ pub async fn upsert_webhook_for_tenant<T: WebhooksApi>(
             max_length: Some(128),
             pattern: Some(&PATTERN_0),
             sensitive: false,
+            forbid_nul: true,
         },
         &mut errors,
     );
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
     let body: Option<UpsertWebhookForTenantInputBody> = match v::json_body(
         &parts,
         body,
@@ -830,9 +858,12 @@ pub async fn delete_webhook_for_tenant<T: WebhooksApi>(
             max_length: Some(128),
             pattern: Some(&PATTERN_0),
             sensitive: false,
+            forbid_nul: true,
         },
         &mut errors,
     );
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
     if !errors.is_empty() {
         return Problem::validation(errors).into_response();
     }
@@ -898,10 +929,16 @@ pub async fn list_delivery_attempts_for_tenant<T: WebhooksApi>(
             max_length: Some(128),
             pattern: Some(&PATTERN_0),
             sensitive: false,
+            forbid_nul: true,
         },
         &mut errors,
     );
     let pairs = v::query_pairs(&parts);
+    v::check_query_names(
+        &pairs,
+        &["limit", "offset", "page_size", "cursor"],
+        &mut errors,
+    );
     let query = ListDeliveryAttemptsForTenantQuery {
         limit: v::query_integer(
             &pairs,
@@ -941,6 +978,7 @@ pub async fn list_delivery_attempts_for_tenant<T: WebhooksApi>(
                 max_length: Some(256),
                 pattern: None,
                 sensitive: false,
+                forbid_nul: true,
             },
             &mut errors,
         ),
@@ -1014,10 +1052,12 @@ pub async fn rotate_webhook_signing_secret_for_tenant<T: WebhooksApi>(
             max_length: Some(128),
             pattern: Some(&PATTERN_0),
             sensitive: false,
+            forbid_nul: true,
         },
         &mut errors,
     );
     let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &["grace_seconds"], &mut errors);
     let query = RotateWebhookSigningSecretForTenantQuery {
         grace_seconds: v::query_integer(
             &pairs,
@@ -1083,6 +1123,8 @@ pub async fn publish_event_for_tenant<T: WebhooksApi>(
         Err(problem) => return problem.into_response(),
     };
     let mut errors = Vec::new();
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
     let body: Option<PublishEventForTenantInputBody> = match v::json_body(
         &parts,
         body,
@@ -1227,7 +1269,7 @@ pub fn router<T: WebhooksApi>(api: Arc<T>) -> Router {
     info(
         title = "Sonzai Webhooks API",
         version = "1.0.0",
-        description = "Register webhooks per project and event type, rotate their signing secrets and inspect delivery attempts. Operations and fields marked `x-sonzai-extension: true` are additive extensions of the public Sonzai webhooks API."
+        description = "Register webhooks per project and event type, rotate their signing secrets and inspect delivery attempts. Operations and fields marked `x-sonzai-extension: true` are additive extensions of the public Sonzai webhooks API. No string parameter or field may contain U+0000 (NUL) (strings inside the free-form event `data` may), and only declared query parameters are accepted, each once; anything else is answered 422."
     ),
     servers((url = "/api/v1")),
     paths(
