@@ -7,7 +7,7 @@
 //!   answers again: a dead receiver then holds one slot, not hundreds.
 //! - Every project may have at most its share of the slots in flight: the slots
 //!   divided by the projects with deliveries in flight (counting a newcomer), and
-//!   never more than three quarters of them, so a project with a backlog or many
+//!   never more than all but an eighth of them, so a project with a backlog or many
 //!   hanging webhooks leaves room for the others. A project at its share is left out of the next claim
 //!   ([`Lanes::full_projects`]).
 //!
@@ -60,9 +60,9 @@ impl State {
     /// projects with deliveries in flight (this one included), capped at `cap`.
     fn project_limit(&self, slots: usize, project: Uuid) -> usize {
         let busy = self.projects.len() + usize::from(!self.projects.contains_key(&project));
-        // Alone, a project may take three quarters of the slots: the rest stays free
-        // for a project that shows up while it is busy.
-        let cap = (slots * 3 / 4).max(1);
+        // Alone, a project may take all but an eighth of the slots: those stay free for
+        // a project that shows up while it is busy.
+        let cap = slots.saturating_sub(slots.div_ceil(8)).max(1);
         slots.div_ceil(busy.max(1)).clamp(1, cap)
     }
 
@@ -314,7 +314,7 @@ mod tests {
 
     #[test]
     fn a_project_gets_its_share_of_the_slots_while_another_has_work() {
-        // 8 slots, per-webhook limit 4: alone, a project may take 6.
+        // 8 slots, per-webhook limit 4: alone, a project may take 7.
         let lanes = Lanes::new(4, 8, Duration::from_secs(30));
         let (noisy, quiet) = (Uuid::now_v7(), Uuid::now_v7());
         let hooks: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
@@ -325,8 +325,8 @@ mod tests {
             }
         }
         assert_eq!(
-            went, 6,
-            "alone, a project takes at most three quarters of the slots"
+            went, 7,
+            "alone, a project takes all but an eighth of the slots"
         );
         assert_eq!(lanes.full_projects(), vec![noisy]);
         // A second project gets in at once, up to its half.
@@ -352,6 +352,8 @@ mod tests {
         lanes.finish(hooks[1], false);
         lanes.release(noisy);
         lanes.finish(hooks[2], false);
+        lanes.release(noisy);
+        lanes.finish(hooks[3], false);
         lanes.release(noisy);
         let (ready, _) = lanes.ready(10);
         assert!(ready.iter().any(|d| d.project_id == noisy));
