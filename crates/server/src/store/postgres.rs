@@ -290,7 +290,7 @@ impl FairClaim for PgStore {
             ClaimFrom::Oldest(skip) => (
                 format!(
                     "SELECT d.id FROM deliveries d WHERE {DUE} \
-                       AND NOT (d.project_id = ANY($5)) AND $6 > 0 \
+                       AND NOT (d.project_id = ANY($5)) \
                      ORDER BY d.next_attempt_at, d.id LIMIT $2 \
                      FOR NO KEY UPDATE OF d SKIP LOCKED"
                 ),

@@ -220,6 +220,7 @@ store_cases!(
     idempotency_key_within_and_after_window,
     claim_takes_due_deliveries_oldest_first_under_lease,
     claims_share_out_among_projects_and_skip_full_ones,
+    claims_reach_projects_beyond_the_fair_scan,
     expired_lease_is_reclaimed_and_old_outcome_is_stale,
     concurrent_claimers_never_share_a_delivery,
     outcomes_finish_retry_and_number_attempts,
@@ -886,6 +887,43 @@ async fn claims_share_out_among_projects_and_skip_full_ones(db: Arc<TestDb>) {
     let claimed = s.claim_due(100, LEASE).await.unwrap();
     assert_eq!(claimed.len(), 35);
     assert!(s.claim_due(10, LEASE).await.unwrap().is_empty());
+}
+
+/// More projects with due work than one claim looks at one by one: the rest of the
+/// claim goes oldest due first across all of them, so none is left out, and a skipped
+/// project stays skipped there too.
+async fn claims_reach_projects_beyond_the_fair_scan(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let tenant = s.create_tenant("many").await.expect("tenant");
+    let projects = FAIR_CLAIM_PROJECTS + 20;
+    let mut skipped = None;
+    for i in 0..projects {
+        let project = s
+            .create_project(tenant.id, &format!("p{i}"))
+            .await
+            .expect("project");
+        upsert(s, project.id, "many.event", "https://many.example/hook").await;
+        publish(s, project.id, "many.event").await;
+        if i == projects / 2 {
+            skipped = Some(project.id);
+        }
+    }
+    let skipped = skipped.expect("a project to skip");
+    let claimed = s
+        .claim_due_skipping(projects * 2, LEASE, &[skipped])
+        .await
+        .unwrap();
+    let distinct: HashSet<Uuid> = claimed.iter().map(|c| c.project_id).collect();
+    assert_eq!(
+        claimed.len(),
+        projects - 1,
+        "every due delivery but the skipped one"
+    );
+    assert_eq!(distinct.len(), projects - 1);
+    assert!(!distinct.contains(&skipped));
+    let rest = s.claim_due(10, LEASE).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].project_id, skipped);
 }
 
 async fn claim_takes_due_deliveries_oldest_first_under_lease(db: Arc<TestDb>) {
