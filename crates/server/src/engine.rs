@@ -9,9 +9,9 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use crate::delivery::health::WorkerHealth;
-use crate::delivery::worker::Waker;
 use crate::metrics::Metrics;
 use crate::store::{PublishEvent, Published, StoreResult, WebhookStore};
+use crate::wake::Waker;
 
 pub struct Engine {
     pub store: Arc<dyn WebhookStore>,

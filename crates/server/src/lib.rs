@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod delivery;
@@ -15,3 +16,4 @@ mod listener;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod wake;

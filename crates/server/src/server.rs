@@ -73,7 +73,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // PostgreSQL could each mint development credentials.
     if config.database.is_embedded() {
         if let Some(banner) =
-            crate::cli::bootstrap_dev_credentials(store.as_ref(), &config.listen.to_string())
+            crate::bootstrap::bootstrap_dev_credentials(store.as_ref(), &config.listen.to_string())
                 .await?
         {
             println!("{banner}");

@@ -31,6 +31,7 @@ use crate::store::{
     storable_text, Attempt, AttemptStatus, ClaimedDelivery, DeliveryOutcome, DisablePolicy,
     WebhookStore,
 };
+use crate::wake::Waker;
 
 /// Settings of a [`DeliveryWorker`].
 #[derive(Debug, Clone)]
@@ -60,51 +61,6 @@ pub const DEFER_AT_LIMIT: Duration = Duration::from_millis(100);
 /// The same for a webhook whose attempts time out: its few places free up only as
 /// slowly as its receiver fails, so its backlog need not be looked at more often.
 pub const DEFER_SLOWED: Duration = Duration::from_secs(1);
-
-/// The engine's shared wake-up signal: publishing pokes it so workers claim at once.
-/// [`Waker::announce`] also tells the other server processes (PostgreSQL), through a
-/// coalescing relay so a burst of publishes costs one cross-process signal.
-#[derive(Debug, Default)]
-pub struct Waker {
-    local: Notify,
-    remote: std::sync::OnceLock<Arc<Notify>>,
-    /// Set while this process's workers have no free slot: only then is help from the
-    /// other processes worth a cross-process signal. A worker with free slots claims
-    /// new deliveries itself within a millisecond of the local wake-up.
-    saturated: std::sync::atomic::AtomicBool,
-}
-
-impl Waker {
-    /// Wakes this process's workers.
-    pub fn wake(&self) {
-        self.local.notify_one();
-    }
-
-    /// Wakes this process's workers and, when a relay is attached, every other
-    /// process's.
-    pub fn announce(&self) {
-        self.wake();
-        if self.saturated.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Some(remote) = self.remote.get() {
-                remote.notify_one();
-            }
-        }
-    }
-
-    fn set_saturated(&self, saturated: bool) {
-        self.saturated
-            .store(saturated, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Attaches the cross-process relay (done once, at start).
-    pub fn attach_remote(&self, remote: Arc<Notify>) {
-        let _ = self.remote.set(remote);
-    }
-
-    async fn woken(&self) {
-        self.local.notified().await;
-    }
-}
 
 pub struct DeliveryWorker {
     store: Arc<dyn WebhookStore>,

@@ -17,7 +17,7 @@ use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::worker::Waker;
+use crate::wake::Waker;
 
 pub const CHANNEL: &str = "sonzai_deliveries";
 
