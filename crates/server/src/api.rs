@@ -586,4 +586,18 @@ mod tests {
         assert_eq!(decode_cursor("not-a-cursor"), None);
         assert_eq!(decode_cursor(""), None);
     }
+
+    #[test]
+    fn only_real_conflicts_are_409_and_internal_text_never_reaches_the_caller() {
+        let conflict = store_problem(StoreError::Conflict("limit of 5 webhooks".into()));
+        assert_eq!(conflict.status, http::StatusCode::CONFLICT);
+        assert!(conflict.detail.contains("limit of 5 webhooks"));
+        let internal = store_problem(StoreError::Internal("publish left unanswered".into()));
+        assert_eq!(internal.status, http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            !internal.detail.contains("unanswered"),
+            "{}",
+            internal.detail
+        );
+    }
 }

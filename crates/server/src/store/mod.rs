@@ -25,8 +25,13 @@ mod tests;
 pub enum StoreError {
     #[error("not found")]
     NotFound,
+    /// A real conflict with the data as it stands (a duplicate, a limit reached);
+    /// callers may show the text.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A broken invariant inside the store: logged, never shown to a caller.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration error: {0}")]

@@ -966,7 +966,7 @@ async fn publish_one(pool: &PgPool, event: PublishEvent<'_>) -> StoreResult<Publ
 
         // Only a key can conflict; it is present here.
         let Some(key) = event.idempotency_key else {
-            return Err(StoreError::Conflict(
+            return Err(StoreError::Internal(
                 "event insert conflicted without a key".into(),
             ));
         };

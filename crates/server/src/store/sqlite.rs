@@ -1228,7 +1228,7 @@ async fn publish_batch(writer: &SqlitePool, jobs: &[PublishJob]) -> StoreResult<
     }
     results
         .into_iter()
-        .map(|r| r.ok_or_else(|| StoreError::Conflict("publish left unanswered".into())))
+        .map(|r| r.ok_or_else(|| StoreError::Internal("publish left unanswered".into())))
         .collect()
 }
 
