@@ -1065,7 +1065,7 @@ async fn success_bodies_link_their_schema() {
     raw.server.stop().await.expect("server stops");
 }
 
-/// Input bodies accept and ignore `$schema` (CONTRACT.md), including the relative link
+/// Input bodies accept and ignore `$schema` (as `openapi.json` says), including the relative link
 /// the API itself writes into the bodies it serves.
 #[tokio::test]
 async fn input_bodies_accept_a_schema_link() {

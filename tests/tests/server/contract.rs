@@ -1,5 +1,5 @@
 //! Contract tests: the generated client and plain HTTP against the reference server on
-//! every backend, checking what `CONTRACT.md` promises.
+//! every backend, checking what `openapi.json` and README promise.
 //!
 //! Every answer these tests see is checked against `openapi.json`: raw calls
 //! ([`Harness::call`]) check their answer on the spot, and the generated client talks
