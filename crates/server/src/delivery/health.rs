@@ -29,21 +29,43 @@ impl Stuck {
     }
 }
 
+/// When a pending store call began: milliseconds since the health's origin, plus one;
+/// 0 when none is pending or the last one succeeded.
+#[derive(Debug, Default)]
+struct Mark(AtomicU64);
+
+impl Mark {
+    /// A call is starting; an earlier mark stays (a failing loop retries, it does
+    /// not start afresh).
+    fn start(&self, now: u64) {
+        let _ = self
+            .0
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn clear(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    fn older_than(&self, now: u64, limit: u64) -> bool {
+        let since = self.0.load(Ordering::Relaxed);
+        since != 0 && now.saturating_sub(since) > limit
+    }
+}
+
 #[derive(Debug)]
 pub struct WorkerHealth {
     origin: Instant,
-    /// Milliseconds since `origin` + 1 when the pending store call began; 0 when none
-    /// is pending or the last one succeeded.
-    claimer_since: AtomicU64,
-    recorder_since: AtomicU64,
+    claimer: Mark,
+    recorder: Mark,
 }
 
 impl Default for WorkerHealth {
     fn default() -> Self {
         Self {
             origin: Instant::now(),
-            claimer_since: AtomicU64::new(0),
-            recorder_since: AtomicU64::new(0),
+            claimer: Mark::default(),
+            recorder: Mark::default(),
         }
     }
 }
@@ -55,39 +77,29 @@ impl WorkerHealth {
 
     /// A claim is starting; the mark stays until one succeeds.
     pub fn claiming(&self) {
-        let now = self.now();
-        let _ = self
-            .claimer_since
-            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        self.claimer.start(self.now());
     }
 
     pub fn claimed(&self) {
-        self.claimer_since.store(0, Ordering::Relaxed);
+        self.claimer.clear();
     }
 
     /// A batch write is starting; the mark stays until one succeeds.
     pub fn recording(&self) {
-        let now = self.now();
-        let _ = self
-            .recorder_since
-            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        self.recorder.start(self.now());
     }
 
     pub fn recorded(&self) {
-        self.recorder_since.store(0, Ordering::Relaxed);
+        self.recorder.clear();
     }
 
     /// The part that has been failing or waiting longer than `limit`, if any.
     pub fn stuck(&self, limit: Duration) -> Option<Stuck> {
         let now = self.now();
         let limit = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
-        let over = |since: &AtomicU64| {
-            let since = since.load(Ordering::Relaxed);
-            since != 0 && now.saturating_sub(since) > limit
-        };
-        if over(&self.recorder_since) {
+        if self.recorder.older_than(now, limit) {
             Some(Stuck::Recorder)
-        } else if over(&self.claimer_since) {
+        } else if self.claimer.older_than(now, limit) {
             Some(Stuck::Claimer)
         } else {
             None

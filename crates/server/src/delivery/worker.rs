@@ -258,11 +258,11 @@ impl DeliveryWorker {
             let defer = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or_default();
             self.hand_back(&full, defer(DEFER_AT_LIMIT)).await;
             self.hand_back(&slowed, defer(DEFER_SLOWED)).await;
-            if !claimed_any || !progressed {
+            if !progressed {
                 // Nothing claimed, or only what had to go back: wait for news rather
                 // than claim the same full webhooks again at once.
                 let mut sleep = self.idle_sleep().await;
-                if !full_projects.is_empty() || (claimed_any && !progressed) {
+                if !full_projects.is_empty() || claimed_any {
                     // What is due may be only what was left out or handed back; a
                     // finished delivery (lane_freed) is what makes room for it.
                     sleep = sleep.max(DEFER_AT_LIMIT);

@@ -398,8 +398,9 @@ impl FairClaim for SqliteStore {
         max: usize,
         lease: Duration,
     ) -> StoreResult<Vec<ClaimedDelivery>> {
-        let now = micros(now_micros());
-        let expires = micros(add_duration(now_micros(), lease));
+        let start = now_micros();
+        let now = micros(start);
+        let expires = micros(add_duration(start, lease));
         let token = Uuid::new_v4();
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         let mut q = QueryBuilder::<Sqlite>::new("UPDATE deliveries SET lease_token = ");
