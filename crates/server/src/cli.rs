@@ -461,7 +461,7 @@ async fn keys(command: KeysCommand) -> anyhow::Result<String> {
             } else {
                 format!(
                     "Revoked API key {key_id}; running servers refuse it within {}.\n",
-                    crate::config::format_duration(crate::store::KEY_CACHE_TTL)
+                    crate::duration::format(crate::store::KEY_CACHE_TTL)
                 )
             })
         }
@@ -605,7 +605,7 @@ mod tests {
         assert_eq!(config.database.data_dir, PathBuf::from("/tmp/hooks"));
         assert_eq!(config.lease, std::time::Duration::from_secs(45));
         assert_eq!(
-            config.database_url(),
+            config.database.url(),
             "sqlite:///tmp/hooks/sonzai-webhooks.db"
         );
     }

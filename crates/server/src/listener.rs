@@ -42,8 +42,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::format_duration;
-
 /// Largest request head (request line and headers; 431 beyond) and read buffer of a
 /// connection, which bounds the memory a connection that never finishes its headers
 /// can pin. hyper's default buffer (about 400 KiB) times thousands of connections is
@@ -517,7 +515,7 @@ pub(crate) async fn body_deadline(
         StatusCode::REQUEST_TIMEOUT,
         format!(
             "the request body did not arrive within {}",
-            format_duration(limit)
+            crate::duration::format(limit)
         ),
     )
     .into_response();

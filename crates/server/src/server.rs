@@ -23,17 +23,14 @@ use crate::api::Api;
 use crate::config::Config;
 use crate::delivery::dispatch::{Dispatcher, DispatcherConfig};
 use crate::delivery::guard::TargetPolicy;
-use crate::delivery::retry::RetrySchedule;
 use crate::delivery::worker::{DeliveryWorker, WorkerConfig};
 use crate::engine::Engine;
 use crate::listener::Limits;
 use crate::store::WebhookStore;
 
-/// A started server: its address, its engine (for embedding programs that publish
-/// directly), and the handle to stop it.
+/// A started server: its address and the handle to stop it.
 pub struct Running {
     pub addr: SocketAddr,
-    pub engine: Arc<Engine>,
     shutdown: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
     workers: JoinHandle<()>,
@@ -66,7 +63,7 @@ struct Shared {
 
 /// Opens the store, prints development credentials on first start of an empty
 /// database, and serves until SIGTERM/Ctrl-C.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     raise_open_file_limit();
     let store = config.database.connect().await?;
     // Only on the embedded database: several processes starting together on an empty
@@ -177,10 +174,7 @@ pub async fn start_with_store(
     config: &Config,
     store: Arc<dyn WebhookStore>,
 ) -> anyhow::Result<Running> {
-    let schedule: RetrySchedule = config
-        .retry_schedule
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--retry-schedule: {e}"))?;
+    let schedule = config.retry_schedule.clone();
     let policy = TargetPolicy::from_allow_private(config.allow_private_targets)
         .with_denied(config.deny_targets.iter().copied());
     let engine = Arc::new(Engine::new(store.clone(), config.idempotency_window));
@@ -253,7 +247,6 @@ pub async fn start_with_store(
     };
     Ok(Running {
         addr,
-        engine,
         shutdown,
         http,
         workers,

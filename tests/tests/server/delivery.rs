@@ -692,7 +692,7 @@ async fn deleting_a_webhook_stops_its_pending_retries() {
         let on = backend_note(&db);
         // Slow retries, so the deletion lands well before the first retry is due.
         let mut config = support::test_config(&db);
-        config.retry_schedule = "1s,1s,1s".to_owned();
+        config.retry_schedule = "1s,1s,1s".parse().unwrap();
         let server = TestServer::start_with(&db, config).await;
         let receiver = Receiver::start().await;
         // Slow failures: the deletion happens while the first attempt is in flight,

@@ -245,7 +245,7 @@ async fn rows_the_store_refuses_are_isolated_and_counted() {
     for db in support::backends().await {
         let on = on(&db);
         let mut config = support::test_config(&db);
-        config.retry_schedule = "100ms".to_owned();
+        config.retry_schedule = "100ms".parse().unwrap();
         let server = TestServer::start_with(&db, config).await;
         refuse_some_attempts(&db).await;
         let key = server.tenant.key.clone();

@@ -166,7 +166,7 @@ fn ensure_crypto_provider() {
 
 impl Dispatcher {
     /// Builds the client. Call once at start-up and share the result.
-    pub fn new(config: DispatcherConfig) -> Result<Self, BuildError> {
+    pub(crate) fn new(config: DispatcherConfig) -> Result<Self, BuildError> {
         ensure_crypto_provider();
         let connect_timeout = config.connect_timeout.min(config.timeout);
         let client = reqwest::Client::builder()
@@ -195,16 +195,6 @@ impl Dispatcher {
             policy: config.policy,
             max_response_body: config.max_response_body,
         })
-    }
-
-    /// The target policy this dispatcher enforces.
-    pub fn policy(&self) -> &TargetPolicy {
-        &self.policy
-    }
-
-    /// The deadline for one delivery.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
     }
 
     /// POSTs one delivery and reports the outcome. Never fails: every problem
@@ -324,7 +314,7 @@ impl Dispatcher {
     }
 
     fn timeout_message(&self) -> String {
-        format!("timeout after {}", format_duration(self.timeout))
+        format!("timeout after {}", crate::duration::format(self.timeout))
     }
 
     /// Turns a client error into one of the messages listed on
@@ -356,7 +346,7 @@ impl Dispatcher {
             return if err.is_connect() {
                 format!(
                     "connection timed out after {}",
-                    format_duration(self.connect_timeout)
+                    crate::duration::format(self.connect_timeout)
                 )
             } else {
                 self.timeout_message()
@@ -454,17 +444,6 @@ fn decode_body(bytes: Vec<u8>, truncated: bool) -> String {
         text.push_str(TRUNCATION_MARKER);
     }
     text
-}
-
-/// `10s`, `1.5s` or `300ms`: the way an operator wrote the timeout.
-fn format_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format!("{}s", d.as_secs())
-    } else if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{}s", d.as_secs_f64())
-    }
 }
 
 #[cfg(test)]
@@ -605,11 +584,17 @@ mod tests {
     }
 
     fn open() -> Dispatcher {
-        dispatcher(TargetPolicy::allow_all(), Duration::from_secs(5))
+        dispatcher(
+            TargetPolicy::from_allow_private(true),
+            Duration::from_secs(5),
+        )
     }
 
     fn guarded() -> Dispatcher {
-        dispatcher(TargetPolicy::block_private(), Duration::from_secs(5))
+        dispatcher(
+            TargetPolicy::from_allow_private(false),
+            Duration::from_secs(5),
+        )
     }
 
     fn request(url: String) -> OutgoingRequest {
@@ -688,7 +673,10 @@ mod tests {
     #[tokio::test]
     async fn a_hanging_receiver_times_out() {
         let rx = spawn_receiver().await;
-        let d = dispatcher(TargetPolicy::allow_all(), Duration::from_millis(300));
+        let d = dispatcher(
+            TargetPolicy::from_allow_private(true),
+            Duration::from_millis(300),
+        );
         let result = d.send(&request(rx.url("/hang"))).await;
         assert_eq!(result.status, 0);
         assert!(!result.success);
@@ -700,7 +688,10 @@ mod tests {
     #[tokio::test]
     async fn reading_the_body_counts_toward_the_timeout() {
         let rx = spawn_receiver().await;
-        let d = dispatcher(TargetPolicy::allow_all(), Duration::from_millis(300));
+        let d = dispatcher(
+            TargetPolicy::from_allow_private(true),
+            Duration::from_millis(300),
+        );
         let result = d.send(&request(rx.url("/slow-body"))).await;
         assert_eq!(result.status, 200);
         assert!(!result.success, "an incomplete response is not a success");
@@ -891,9 +882,12 @@ mod tests {
 
     #[test]
     fn helpers_format_durations_and_shorten_text() {
-        assert_eq!(format_duration(Duration::from_secs(10)), "10s");
-        assert_eq!(format_duration(Duration::from_millis(300)), "300ms");
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(crate::duration::format(Duration::from_secs(10)), "10s");
+        assert_eq!(crate::duration::format(Duration::from_millis(300)), "300ms");
+        assert_eq!(
+            crate::duration::format(Duration::from_millis(1500)),
+            "1s500ms"
+        );
         assert_eq!(shorten("abcdef", 3), "abc…");
         assert_eq!(shorten("abc", 3), "abc");
         assert_eq!(shorten("ééé", 2), "éé…");

@@ -46,18 +46,8 @@ pub struct TargetPolicy {
 }
 
 impl TargetPolicy {
-    /// Public unicast addresses only.
-    pub fn block_private() -> Self {
-        Self::default()
-    }
-
-    /// Any address, private and loopback included.
-    pub fn allow_all() -> Self {
-        Self::from_allow_private(true)
-    }
-
     /// The policy for an "allow private targets" setting.
-    pub fn from_allow_private(allow_private: bool) -> Self {
+    pub(crate) fn from_allow_private(allow_private: bool) -> Self {
         Self {
             allow_private,
             deny: Arc::from([]),
@@ -65,7 +55,7 @@ impl TargetPolicy {
     }
 
     /// The same policy, also refusing every address in `ranges`.
-    pub fn with_denied(mut self, ranges: impl IntoIterator<Item = IpRange>) -> Self {
+    pub(crate) fn with_denied(mut self, ranges: impl IntoIterator<Item = IpRange>) -> Self {
         let mut deny = self.deny.to_vec();
         deny.extend(ranges);
         self.deny = deny.into();
@@ -73,12 +63,12 @@ impl TargetPolicy {
     }
 
     /// Whether this policy refuses non-public addresses.
-    pub fn blocks_private(&self) -> bool {
+    pub(crate) fn blocks_private(&self) -> bool {
         !self.allow_private
     }
 
     /// Why this policy refuses `ip`, or `None` when it may be connected to.
-    pub fn refuses(&self, ip: IpAddr) -> Option<&'static str> {
+    pub(crate) fn refuses(&self, ip: IpAddr) -> Option<&'static str> {
         if self.is_denied(ip) {
             return Some("denied by --deny-targets");
         }
@@ -109,7 +99,7 @@ pub struct IpRange {
 }
 
 impl IpRange {
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => in_v4(ip, net, self.prefix),
             (IpAddr::V6(net), IpAddr::V6(ip)) => in_v6(ip, net, self.prefix),
@@ -171,7 +161,7 @@ pub enum BlockedTarget {
 
 impl BlockedTarget {
     /// Why the target was refused, addresses included: for operators only.
-    pub fn details(&self) -> String {
+    pub(crate) fn details(&self) -> String {
         match self {
             Self::Address { ip, reason } => format!("{ip} is a refused address ({reason})"),
             Self::LoopbackName { host } => format!("{host} always resolves to loopback"),
@@ -433,12 +423,8 @@ pub struct GuardedResolver {
 }
 
 impl GuardedResolver {
-    pub fn new(policy: TargetPolicy) -> Self {
+    pub(crate) fn new(policy: TargetPolicy) -> Self {
         Self { policy }
-    }
-
-    pub fn policy(&self) -> &TargetPolicy {
-        &self.policy
     }
 
     /// Resolves `host` and applies the policy. The returned addresses carry port 0;
@@ -666,7 +652,7 @@ mod tests {
 
     #[test]
     fn check_url_refuses_blocked_literals_and_loopback_names() {
-        let p = &TargetPolicy::block_private();
+        let p = &TargetPolicy::from_allow_private(false);
         let err = check_url(&url("http://127.0.0.1:8080/hook"), p).unwrap_err();
         assert_eq!(err.to_string(), "blocked target: 127.0.0.1");
         assert_eq!(err.details(), "127.0.0.1 is a refused address (loopback)");
@@ -706,7 +692,7 @@ mod tests {
 
     #[test]
     fn check_url_allows_everything_when_private_targets_are_allowed() {
-        let p = &TargetPolicy::allow_all();
+        let p = &TargetPolicy::from_allow_private(true);
         for u in [
             "http://127.0.0.1/",
             "http://[::1]/",
@@ -718,14 +704,14 @@ mod tests {
         assert_eq!(&TargetPolicy::from_allow_private(true), p);
         assert_eq!(
             TargetPolicy::from_allow_private(false),
-            TargetPolicy::block_private()
+            TargetPolicy::from_allow_private(false)
         );
         assert!(TargetPolicy::default().blocks_private());
     }
 
     #[tokio::test]
     async fn resolver_blocks_localhost_when_guarded() {
-        let guarded = GuardedResolver::new(TargetPolicy::block_private());
+        let guarded = GuardedResolver::new(TargetPolicy::from_allow_private(false));
         let err = guarded.resolve_host("localhost").await.unwrap_err();
         // The tenant learns that the name is refused, not what it resolves to.
         assert_eq!(err.to_string(), "blocked target: localhost");
@@ -752,7 +738,7 @@ mod tests {
 
     #[tokio::test]
     async fn resolver_allows_localhost_when_unguarded() {
-        let open = GuardedResolver::new(TargetPolicy::allow_all());
+        let open = GuardedResolver::new(TargetPolicy::from_allow_private(true));
         let addrs: Vec<_> = open
             .resolve(Name::from_str("localhost").unwrap())
             .await
@@ -765,7 +751,7 @@ mod tests {
     #[tokio::test]
     async fn resolver_passes_public_literals_when_guarded() {
         // A literal name is parsed without any DNS traffic.
-        let guarded = GuardedResolver::new(TargetPolicy::block_private());
+        let guarded = GuardedResolver::new(TargetPolicy::from_allow_private(false));
         let addrs = guarded.resolve_host("8.8.8.8").await.unwrap();
         assert_eq!(addrs, vec![SocketAddr::new(ip("8.8.8.8"), 0)]);
         let err = guarded.resolve_host("10.0.0.1").await.unwrap_err();
@@ -787,7 +773,12 @@ mod tests {
             SocketAddr::new(ip("93.184.216.34"), 0),
             SocketAddr::new(ip("2606:2800:220:1::1"), 0),
         ];
-        let kept = filter_addrs("mixed.test", found, &TargetPolicy::block_private()).unwrap();
+        let kept = filter_addrs(
+            "mixed.test",
+            found,
+            &TargetPolicy::from_allow_private(false),
+        )
+        .unwrap();
         assert_eq!(
             kept,
             vec![
@@ -795,13 +786,14 @@ mod tests {
                 SocketAddr::new(ip("2606:2800:220:1::1"), 0)
             ]
         );
-        let all = filter_addrs("mixed.test", found, &TargetPolicy::allow_all()).unwrap();
+        let all =
+            filter_addrs("mixed.test", found, &TargetPolicy::from_allow_private(true)).unwrap();
         assert_eq!(all.len(), 4, "duplicates removed, nothing else");
     }
 
     #[test]
     fn filter_reports_empty_answers_and_lists_at_most_four_addresses() {
-        let p = &TargetPolicy::block_private();
+        let p = &TargetPolicy::from_allow_private(false);
         let err = filter_addrs("empty.test", [], p).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -858,8 +850,8 @@ mod tests {
     fn denied_ranges_apply_under_both_settings_and_to_embedded_ipv4() {
         let deny = ranges(&["203.0.114.0/24", "2a01:4f8::/32"]);
         for policy in [
-            TargetPolicy::allow_all().with_denied(deny.clone()),
-            TargetPolicy::block_private().with_denied(deny.clone()),
+            TargetPolicy::from_allow_private(true).with_denied(deny.clone()),
+            TargetPolicy::from_allow_private(false).with_denied(deny.clone()),
         ] {
             for addr in [
                 "203.0.114.9",
@@ -881,7 +873,7 @@ mod tests {
             assert!(check_url(&url("https://203.0.115.1/hook"), &policy).is_ok());
         }
         // Allowing private targets still allows them unless denied.
-        let dev = TargetPolicy::allow_all().with_denied(ranges(&["127.0.0.1/32"]));
+        let dev = TargetPolicy::from_allow_private(true).with_denied(ranges(&["127.0.0.1/32"]));
         assert_eq!(dev.refuses(ip("127.0.0.2")), None);
         assert!(dev.refuses(ip("127.0.0.1")).is_some());
         assert!(
@@ -892,7 +884,7 @@ mod tests {
 
     #[test]
     fn resolved_addresses_in_denied_ranges_are_dropped() {
-        let policy = TargetPolicy::allow_all().with_denied(ranges(&["10.9.0.0/16"]));
+        let policy = TargetPolicy::from_allow_private(true).with_denied(ranges(&["10.9.0.0/16"]));
         let found = [
             SocketAddr::new(ip("10.9.1.1"), 0),
             SocketAddr::new(ip("10.8.1.1"), 0),
@@ -906,7 +898,8 @@ mod tests {
 
     #[tokio::test]
     async fn resolver_refuses_denied_loopback_even_when_private_targets_are_allowed() {
-        let policy = TargetPolicy::allow_all().with_denied(ranges(&["127.0.0.0/8", "::1"]));
+        let policy =
+            TargetPolicy::from_allow_private(true).with_denied(ranges(&["127.0.0.0/8", "::1"]));
         let err = GuardedResolver::new(policy)
             .resolve_host("localhost")
             .await

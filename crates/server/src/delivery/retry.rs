@@ -15,8 +15,9 @@
 //! 0s,10ms,20ms
 //! ```
 //!
-//! - Each entry is a non-negative integer followed by a unit: `ms`, `s`, `m` or `h`
-//!   (a bare `0` is also accepted). Spaces around entries are ignored.
+//! - Each entry is a duration in the grammar every duration flag reads
+//!   ([`crate::duration`]: `500ms`, `30s`, `5m`, `1h30m`, `1d`; a bare `0` is also
+//!   accepted). Spaces around entries are ignored.
 //! - The entries are the waits before each *retry*. So that the schedule can be
 //!   written as a full timeline ("immediately, then 5 s later, ..."), a first entry of
 //!   `immediately` or zero stands for the first attempt and is dropped: the first two
@@ -37,6 +38,10 @@ pub const MAX_ENTRIES: usize = 100;
 
 /// The longest single wait a schedule may hold (7 days).
 pub const MAX_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Default retry schedule: seven retries spread over about 28 hours ride out a
+/// receiver's deploy, an outage of an afternoon, or a long weekend-night incident.
+pub const DEFAULT_RETRY_SCHEDULE: &str = "5s,5m,30m,2h,5h,10h,10h";
 
 /// Default jitter: each wait is moved by up to ±20 %.
 pub const DEFAULT_JITTER: f64 = 0.2;
@@ -73,33 +78,22 @@ pub enum RetryScheduleError {
 }
 
 impl Default for RetrySchedule {
-    /// 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h: eight attempts spread over about
-    /// 28 hours, so a receiver that is down for a day still gets its events.
+    /// [`DEFAULT_RETRY_SCHEDULE`]: eight attempts spread over about 28 hours, so a
+    /// receiver that is down for a day still gets its events.
     fn default() -> Self {
-        const MIN: u64 = 60;
-        const HOUR: u64 = 3600;
-        Self {
-            delays: [
-                5,
-                5 * MIN,
-                30 * MIN,
-                2 * HOUR,
-                5 * HOUR,
-                10 * HOUR,
-                10 * HOUR,
-            ]
-            .into_iter()
-            .map(Duration::from_secs)
-            .collect(),
-            jitter: DEFAULT_JITTER,
-        }
+        DEFAULT_RETRY_SCHEDULE
+            .parse()
+            .expect("the default schedule is valid")
     }
 }
+
+// Jitter is checked to be a finite number in 0.0..1.0, never NaN, so equality is total.
+impl Eq for RetrySchedule {}
 
 impl RetrySchedule {
     /// A schedule with the given waits (entry `i` is the wait before attempt `i + 2`)
     /// and jitter fraction (`0.2` moves each wait by up to ±20 %).
-    pub fn new(delays: Vec<Duration>, jitter: f64) -> Result<Self, RetryScheduleError> {
+    pub(crate) fn new(delays: Vec<Duration>, jitter: f64) -> Result<Self, RetryScheduleError> {
         if delays.len() > MAX_ENTRIES {
             return Err(RetryScheduleError::TooManyEntries {
                 count: delays.len(),
@@ -108,60 +102,54 @@ impl RetrySchedule {
         if let Some((index, delay)) = delays.iter().enumerate().find(|(_, d)| **d > MAX_DELAY) {
             return Err(RetryScheduleError::InvalidEntry {
                 position: index + 1,
-                entry: format_duration(*delay),
-                reason: format!("longer than the maximum of {}", format_duration(MAX_DELAY)),
+                entry: crate::duration::format(*delay),
+                reason: format!(
+                    "longer than the maximum of {}",
+                    crate::duration::format(MAX_DELAY)
+                ),
             });
         }
         check_jitter(jitter)?;
         Ok(Self { delays, jitter })
     }
 
-    /// A short schedule for tests: 50 ms, 100 ms, 200 ms (four attempts within
-    /// about 350 ms) and no jitter, so test timelines are reproducible.
-    pub fn fast() -> Self {
-        Self {
-            delays: vec![
-                Duration::from_millis(50),
-                Duration::from_millis(100),
-                Duration::from_millis(200),
-            ],
-            jitter: 0.0,
-        }
-    }
-
     /// The same waits with another jitter fraction (`0.0` disables jitter).
-    pub fn with_jitter(mut self, jitter: f64) -> Result<Self, RetryScheduleError> {
+    #[cfg(test)]
+    pub(crate) fn with_jitter(mut self, jitter: f64) -> Result<Self, RetryScheduleError> {
         check_jitter(jitter)?;
         self.jitter = jitter;
         Ok(self)
     }
 
     /// How many attempts a delivery gets in all, the first one included.
-    pub fn max_attempts(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn max_attempts(&self) -> u32 {
         // `new` caps the length at MAX_ENTRIES, so this cannot truncate.
         u32::try_from(self.delays.len()).map_or(u32::MAX, |n| n.saturating_add(1))
     }
 
     /// The waits without jitter.
-    pub fn delays(&self) -> &[Duration] {
+    #[cfg(test)]
+    pub(crate) fn delays(&self) -> &[Duration] {
         &self.delays
     }
 
     /// The jitter fraction.
-    pub fn jitter(&self) -> f64 {
+    #[cfg(test)]
+    pub(crate) fn jitter(&self) -> f64 {
         self.jitter
     }
 
     /// The wait before the next attempt, once `attempts_made` attempts have failed,
     /// with jitter applied; `None` when no tries remain. Zero attempts made means the
     /// first attempt, which is due at once.
-    pub fn next_delay(&self, attempts_made: u32) -> Option<Duration> {
+    pub(crate) fn next_delay(&self, attempts_made: u32) -> Option<Duration> {
         self.next_delay_with_rng(attempts_made, &mut rand::thread_rng())
     }
 
     /// [`next_delay`](Self::next_delay) drawing the jitter from `rng`, so tests can
     /// seed it and get reproducible waits.
-    pub fn next_delay_with_rng<R: Rng + ?Sized>(
+    pub(crate) fn next_delay_with_rng<R: Rng + ?Sized>(
         &self,
         attempts_made: u32,
         rng: &mut R,
@@ -174,7 +162,7 @@ impl RetrySchedule {
     }
 
     /// The wait before the next attempt without jitter; `None` when no tries remain.
-    pub fn base_delay(&self, attempts_made: u32) -> Option<Duration> {
+    pub(crate) fn base_delay(&self, attempts_made: u32) -> Option<Duration> {
         match attempts_made {
             0 => Some(Duration::ZERO),
             n => self.delays.get(usize::try_from(n - 1).ok()?).copied(),
@@ -224,12 +212,17 @@ impl FromStr for RetrySchedule {
                 }
                 Duration::ZERO
             } else {
-                parse_duration(entry).map_err(invalid)?
+                if entry.is_empty() {
+                    return Err(invalid(
+                        "empty entry (two commas in a row, or a trailing comma?)".into(),
+                    ));
+                }
+                crate::duration::parse(entry).map_err(invalid)?
             };
             if delay > MAX_DELAY {
                 return Err(invalid(format!(
                     "longer than the maximum of {}",
-                    format_duration(MAX_DELAY)
+                    crate::duration::format(MAX_DELAY)
                 )));
             }
             // A leading zero is the first attempt, which is always immediate.
@@ -247,50 +240,6 @@ impl FromStr for RetrySchedule {
     }
 }
 
-/// Parses one `<integer><unit>` entry.
-fn parse_duration(entry: &str) -> Result<Duration, String> {
-    if entry.is_empty() {
-        return Err("empty entry (two commas in a row, or a trailing comma?)".into());
-    }
-    let digits_end = entry
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(entry.len());
-    let (digits, unit) = entry.split_at(digits_end);
-    if digits.is_empty() {
-        return Err("expected a whole number followed by a unit, such as 30s or 5m".into());
-    }
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("number {digits} is too large"))?;
-    let millis_per_unit: u64 = match unit.trim_start() {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "" if value == 0 => 0,
-        "" => return Err("missing unit (expected ms, s, m or h)".into()),
-        other => return Err(format!("unknown unit {other:?} (expected ms, s, m or h)")),
-    };
-    value
-        .checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("number {digits} is too large"))
-}
-
-/// Formats a wait in the largest unit that represents it exactly.
-fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
-        return "0s".into();
-    }
-    for (unit, size) in [("h", 3_600_000u128), ("m", 60_000), ("s", 1_000)] {
-        if ms.is_multiple_of(size) {
-            return format!("{}{unit}", ms / size);
-        }
-    }
-    format!("{ms}ms")
-}
-
 impl fmt::Display for RetrySchedule {
     /// The schedule in the text format, so configuration can be logged and parsed
     /// back. Jitter is not part of the text format and is not written.
@@ -302,7 +251,7 @@ impl fmt::Display for RetrySchedule {
             if i > 0 {
                 f.write_str(",")?;
             }
-            f.write_str(&format_duration(*delay))?;
+            f.write_str(&crate::duration::format(*delay))?;
         }
         Ok(())
     }
@@ -387,7 +336,8 @@ mod tests {
         let s = RetrySchedule::default();
         let mut rng = StdRng::seed_from_u64(1);
         assert_eq!(s.next_delay_with_rng(0, &mut rng), Some(Duration::ZERO));
-        let fast = RetrySchedule::fast();
+        let fast =
+            RetrySchedule::new([50, 100, 200].map(Duration::from_millis).to_vec(), 0.0).unwrap();
         assert_eq!(fast.max_attempts(), 4);
         assert_eq!(fast.next_delay(1), Some(Duration::from_millis(50)));
         assert_eq!(fast.next_delay(2), Some(Duration::from_millis(100)));
@@ -423,13 +373,25 @@ mod tests {
     }
 
     #[test]
+    fn entries_read_the_grammar_of_every_duration_flag() {
+        let s: RetrySchedule = "1h30m,1d".parse().unwrap();
+        assert_eq!(s.delays(), &[secs(5400), secs(86_400)]);
+        assert_eq!(s.to_string(), "1h30m,1d");
+    }
+
+    #[test]
     fn display_round_trips() {
-        for text in ["5s,5m,30m,2h,5h,10h,10h", "10ms,1500ms,90s", "immediately"] {
+        for text in [
+            "5s,5m,30m,2h,5h,10h,10h",
+            "10ms,1s500ms,1m30s",
+            "immediately",
+        ] {
             let s: RetrySchedule = text.parse().unwrap();
             assert_eq!(s.to_string(), text);
             assert_eq!(s.to_string().parse::<RetrySchedule>().unwrap(), s);
         }
-        assert_eq!(RetrySchedule::fast().to_string(), "50ms,100ms,200ms");
+        let fast = RetrySchedule::new([50, 100, 200].map(Duration::from_millis).to_vec(), 0.0);
+        assert_eq!(fast.unwrap().to_string(), "50ms,100ms,200ms");
     }
 
     #[test]
@@ -457,10 +419,7 @@ mod tests {
         let e = err("18446744073709551615h");
         assert!(e.contains("too large"), "{e}");
         let e = err("5s,200h");
-        assert!(
-            e.contains("entry 2") && e.contains("maximum of 168h"),
-            "{e}"
-        );
+        assert!(e.contains("entry 2") && e.contains("maximum of 7d"), "{e}");
         let long = vec!["1s"; MAX_ENTRIES + 1].join(",");
         assert!(err(&long).contains("at most 100"), "{}", err(&long));
         let max = vec!["1s"; MAX_ENTRIES].join(",");
