@@ -24,11 +24,11 @@ use super::rows::{
     WEBHOOK_COLUMNS,
 };
 use super::{
-    add_duration, attempt_list, attempt_listing_sql, now_micros, truncate_micros,
-    webhook_limit_reached, ApiKeyRecord, AttemptList, AttemptPage, AttemptStatus, ClaimedDelivery,
-    DeliveryOutcome, DisablePolicy, FailureStreak, KeyOwner, Project, PublishEvent, Published,
-    QueueStats, SigningSecret, StoreError, StoreResult, Tenant, UpsertOutcome, UpsertWebhook,
-    Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
+    add_duration, attempt_list, attempt_listing_sql, claim_fairly, now_micros, truncate_micros,
+    webhook_limit_reached, ApiKeyRecord, AttemptList, AttemptPage, AttemptStatus, ClaimFrom,
+    ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyOwner, Project,
+    PublishEvent, Published, QueueStats, SigningSecret, StoreError, StoreResult, Tenant,
+    UpsertOutcome, UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
 };
 
 /// Hands one claimed delivery back ([`WebhookStore::release`]): 1 now, 2 delivery,
@@ -401,7 +401,7 @@ where
     }
 
     /// The first [`FAIR_CLAIM_PROJECTS`] + 1 projects with pending deliveries (see
-    /// [`super::FairClaim::pending_projects`]). A skip scan over deliveries_project_due:
+    /// [`super::claim_fairly`]). A skip scan over deliveries_project_due:
     /// one probe to the next project, one for its oldest pending delivery, reading
     /// nothing else, locking nothing.
     pub async fn pending_projects(&self, now: DateTime<Utc>) -> StoreResult<Vec<(Uuid, bool)>> {
@@ -563,17 +563,23 @@ pub(crate) trait Backend: Send + Sync + 'static {
         &self,
         event: PublishEvent<'_>,
     ) -> impl Future<Output = StoreResult<Published>> + Send;
-    fn claim_due_skipping(
+    /// Leases up to `max` due deliveries from `from` (see [`super::claim_fairly`]).
+    fn claim_from(
         &self,
+        from: ClaimFrom<'_>,
         max: usize,
         lease: Duration,
-        skip: &[Uuid],
     ) -> impl Future<Output = StoreResult<Vec<ClaimedDelivery>>> + Send;
+    /// Puts what one [`WebhookStore::claim_due_skipping`] claimed in the order it is
+    /// handed out.
+    fn order_claims(_claimed: &mut [ClaimedDelivery]) {}
+    /// Called with at least one outcome.
     fn record_outcomes(
         &self,
         outcomes: &[DeliveryOutcome],
         policy: DisablePolicy,
     ) -> impl Future<Output = StoreResult<Vec<Uuid>>> + Send;
+    /// Called with at least one claim.
     fn release(
         &self,
         claims: &[(Uuid, Uuid)],
@@ -676,16 +682,25 @@ where
         lease: Duration,
         skip: &[Uuid],
     ) -> StoreResult<Vec<ClaimedDelivery>> {
-        Backend::claim_due_skipping(self, max, lease, skip).await
+        let scan = || self.tables().pending_projects(now_micros());
+        let mut claimed = claim_fairly(self, scan, max, lease, skip).await?;
+        B::order_claims(&mut claimed);
+        Ok(claimed)
     }
     async fn record_outcomes(
         &self,
         outcomes: &[DeliveryOutcome],
         policy: DisablePolicy,
     ) -> StoreResult<Vec<Uuid>> {
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
         Backend::record_outcomes(self, outcomes, policy).await
     }
     async fn release(&self, claims: &[(Uuid, Uuid)], due: DateTime<Utc>) -> StoreResult<()> {
+        if claims.is_empty() {
+            return Ok(());
+        }
         Backend::release(self, claims, due).await
     }
     async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>> {

@@ -535,33 +535,25 @@ pub(crate) enum ClaimFrom<'a> {
     Oldest(&'a [Uuid]),
 }
 
-/// The two statements a backend provides for [`claim_fairly`].
-pub(crate) trait FairClaim {
-    /// The first [`FAIR_CLAIM_PROJECTS`] + 1 projects with pending deliveries, in id
-    /// order, each with whether its oldest pending delivery is due at `now`.
-    async fn pending_projects(&self, now: DateTime<Utc>) -> StoreResult<Vec<(Uuid, bool)>>;
-    /// Leases up to `max` due deliveries from `from`.
-    async fn claim_from(
-        &self,
-        from: ClaimFrom<'_>,
-        max: usize,
-        lease: Duration,
-    ) -> StoreResult<Vec<ClaimedDelivery>>;
-}
-
 /// [`WebhookStore::claim_due_skipping`] on either backend: an equal part of `max` for
 /// each project with due work, then, when more projects have pending work than were
-/// looked at, the rest oldest due first across all of them.
-pub(crate) async fn claim_fairly<S: FairClaim>(
-    store: &S,
+/// looked at, the rest oldest due first across all of them. `scan` lists the first
+/// [`FAIR_CLAIM_PROJECTS`] + 1 projects with pending deliveries, in id order, each with
+/// whether its oldest pending delivery is due now.
+pub(crate) async fn claim_fairly<B: common::Backend, F>(
+    store: &B,
+    scan: impl FnOnce() -> F,
     max: usize,
     lease: Duration,
     skip: &[Uuid],
-) -> StoreResult<Vec<ClaimedDelivery>> {
+) -> StoreResult<Vec<ClaimedDelivery>>
+where
+    F: std::future::Future<Output = StoreResult<Vec<(Uuid, bool)>>>,
+{
     if max == 0 {
         return Ok(Vec::new());
     }
-    let scanned = store.pending_projects(now_micros()).await?;
+    let scanned = scan().await?;
     let truncated = scanned.len() > FAIR_CLAIM_PROJECTS;
     let due: Vec<Uuid> = scanned
         .into_iter()

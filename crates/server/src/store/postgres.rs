@@ -30,9 +30,9 @@ use super::common::{Backend, Dialect, Tables, RELEASE_SQL};
 use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::rows::{ClaimedRow, StreakRow, WebhookRow, ATTEMPT_COLUMNS, WEBHOOK_COLUMNS};
 use super::{
-    add_duration, claim_fairly, now_micros, status_after, truncate_micros, ClaimFrom,
-    ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, FairClaim, PublishEvent,
-    Published, StoreError, StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
+    add_duration, now_micros, status_after, truncate_micros, Attempt, ClaimFrom, ClaimedDelivery,
+    DeliveryOutcome, DisablePolicy, FailureStreak, PublishEvent, Published, StoreError,
+    StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -123,9 +123,11 @@ impl Dialect for Postgres {
     }
 }
 
-impl FairClaim for PgStore {
-    async fn pending_projects(&self, now: DateTime<Utc>) -> StoreResult<Vec<(Uuid, bool)>> {
-        self.tables.pending_projects(now).await
+impl Backend for PgStore {
+    type Db = Postgres;
+
+    fn tables(&self) -> &Tables<Postgres> {
+        &self.tables
     }
 
     /// Leases up to `max` due deliveries, from `from`, and returns everything needed
@@ -207,14 +209,6 @@ impl FairClaim for PgStore {
             .map(|row| Ok(ClaimedRow::from_row(row)?.into()))
             .collect()
     }
-}
-
-impl Backend for PgStore {
-    type Db = Postgres;
-
-    fn tables(&self) -> &Tables<Postgres> {
-        &self.tables
-    }
 
     async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome> {
         let mut tx = self.pool().begin().await?;
@@ -249,15 +243,6 @@ impl Backend for PgStore {
         publish_one(self.pool(), event).await
     }
 
-    async fn claim_due_skipping(
-        &self,
-        max: usize,
-        lease: Duration,
-        skip: &[Uuid],
-    ) -> StoreResult<Vec<ClaimedDelivery>> {
-        claim_fairly(self, max, lease, skip).await
-    }
-
     /// Locks the webhooks first, in id order, so recorders cannot deadlock with each
     /// other nor with deletions; attempts and deliveries go in as arrays.
     async fn record_outcomes(
@@ -265,9 +250,6 @@ impl Backend for PgStore {
         outcomes: &[DeliveryOutcome],
         policy: DisablePolicy,
     ) -> StoreResult<Vec<Uuid>> {
-        if outcomes.is_empty() {
-            return Ok(Vec::new());
-        }
         let now = now_micros();
         let delivery_ids: Vec<Uuid> = outcomes.iter().map(|o| o.delivery_id).collect();
         let mut tx = self.pool().begin().await?;
@@ -291,37 +273,9 @@ impl Backend for PgStore {
         // 2. Every attempt is recorded, stale or not. An attempt id already stored is
         //    ignored, so a batch retried after a lost commit acknowledgement is
         //    harmless: its leases are gone by then, so nothing is counted twice either.
-        let n = outcomes.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut event_ids = Vec::with_capacity(n);
-        let mut project_ids = Vec::with_capacity(n);
-        let mut event_types = Vec::with_capacity(n);
-        let mut urls = Vec::with_capacity(n);
-        let mut codes = Vec::with_capacity(n);
-        let mut durations = Vec::with_capacity(n);
-        let mut numbers = Vec::with_capacity(n);
-        let mut statuses = Vec::with_capacity(n);
-        let mut bodies = Vec::with_capacity(n);
-        let mut responses = Vec::with_capacity(n);
-        let mut errors = Vec::with_capacity(n);
-        let mut created = Vec::with_capacity(n);
-        let mut attempt_deliveries = Vec::with_capacity(n);
-        for o in outcomes {
-            let a = &o.attempt;
-            ids.push(a.id);
-            attempt_deliveries.push(a.delivery_id);
-            event_ids.push(a.event_id);
-            project_ids.push(a.project_id);
-            event_types.push(a.event_type.as_str());
-            urls.push(a.webhook_url.as_str());
-            codes.push(a.response_code);
-            durations.push(a.duration_ms);
-            numbers.push(a.attempt_number);
-            statuses.push(a.status.as_str());
-            bodies.push(a.request_body.as_slice());
-            responses.push(a.response_body.as_deref());
-            errors.push(a.error_message.as_deref());
-            created.push(truncate_micros(a.created_at));
+        //    One array per column, in ATTEMPT_COLUMNS order.
+        fn col<'a, T>(o: &'a [DeliveryOutcome], f: impl Fn(&'a Attempt) -> T) -> Vec<T> {
+            o.iter().map(|o| f(&o.attempt)).collect()
         }
         sqlx::query(&format!(
             "INSERT INTO attempts ({ATTEMPT_COLUMNS}) \
@@ -330,20 +284,20 @@ impl Backend for PgStore {
                  $12::text[], $13::text[], $14::timestamptz[]) \
              ON CONFLICT (id) DO NOTHING"
         ))
-        .bind(&ids)
-        .bind(&attempt_deliveries)
-        .bind(&event_ids)
-        .bind(&project_ids)
-        .bind(&event_types)
-        .bind(&urls)
-        .bind(&codes)
-        .bind(&durations)
-        .bind(&numbers)
-        .bind(&statuses)
-        .bind(&bodies)
-        .bind(&responses)
-        .bind(&errors)
-        .bind(&created)
+        .bind(col(outcomes, |a| a.id))
+        .bind(col(outcomes, |a| a.delivery_id))
+        .bind(col(outcomes, |a| a.event_id))
+        .bind(col(outcomes, |a| a.project_id))
+        .bind(col(outcomes, |a| a.event_type.as_str()))
+        .bind(col(outcomes, |a| a.webhook_url.as_str()))
+        .bind(col(outcomes, |a| a.response_code))
+        .bind(col(outcomes, |a| a.duration_ms))
+        .bind(col(outcomes, |a| a.attempt_number))
+        .bind(col(outcomes, |a| a.status.as_str()))
+        .bind(col(outcomes, |a| a.request_body.as_slice()))
+        .bind(col(outcomes, |a| a.response_body.as_deref()))
+        .bind(col(outcomes, |a| a.error_message.as_deref()))
+        .bind(col(outcomes, |a| truncate_micros(a.created_at)))
         .execute(&mut *tx)
         .await?;
 
@@ -382,9 +336,6 @@ impl Backend for PgStore {
     }
 
     async fn release(&self, claims: &[(Uuid, Uuid)], due: DateTime<Utc>) -> StoreResult<()> {
-        if claims.is_empty() {
-            return Ok(());
-        }
         // One autocommit statement per delivery: a release never holds more than one
         // row lock, so it cannot deadlock with a cancellation that updates the same
         // deliveries in another order. Releases are rare (shutdown, a webhook at its

@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io;
-use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -32,10 +31,15 @@ use super::common::{Backend, Dialect, Tables, RELEASE_SQL};
 use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::rows::{opt, ClaimedRow, Micros, StreakRow, ATTEMPT_COLUMNS};
 use super::{
-    add_duration, claim_fairly, now_micros, status_after, truncate_micros, ClaimFrom,
-    ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, FairClaim, PublishEvent,
-    Published, StoreError, StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
+    add_duration, now_micros, status_after, truncate_micros, ClaimFrom, ClaimedDelivery,
+    DeliveryOutcome, DisablePolicy, FailureStreak, PublishEvent, Published, StoreError,
+    StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
 };
+
+mod file;
+
+pub(crate) use file::create_private_dir;
+use file::{checkpoint_loop, prepare_private_file};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -53,9 +57,6 @@ const WRITER_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Outcomes per multi-row statement in `record_outcomes` (14 values per attempt row;
 /// SQLite accepts 32,766 bound values per statement).
 const RECORD_CHUNK: usize = 128;
-
-/// How often the WAL is checkpointed (see [`checkpoint_loop`]).
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The SQLite implementation of [`super::WebhookStore`].
 #[derive(Debug, Clone)]
@@ -160,62 +161,6 @@ impl SqliteStore {
     }
 }
 
-/// Creates a directory and its missing parents, readable only by the server's user
-/// (0700 on Unix). An existing directory keeps its mode: it may be the operator's.
-pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
-}
-
-/// The database holds signing secrets and `auth_header` values, so only the server's
-/// user may read it. Creates the parent directory (0700) and the file (0600) before
-/// SQLite opens it; SQLite gives the `-wal` and `-shm` files it creates later the
-/// database file's permissions. Files left readable to others (by an older version)
-/// are tightened.
-fn prepare_private_file(file: &Path) -> io::Result<()> {
-    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        create_private_dir(dir)?;
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(file)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = file.as_os_str().to_owned();
-            path.push(suffix);
-            let path = std::path::PathBuf::from(path);
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            let mode = meta.permissions().mode();
-            if mode & 0o077 != 0 {
-                if let Err(e) =
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o700))
-                {
-                    tracing::warn!(
-                        file = %path.display(),
-                        error = %e,
-                        "database file is readable by other users and cannot be restricted"
-                    );
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 // SQLite types its parameters from their values, and takes the write lock up front.
 impl Dialect for Sqlite {
     const UUID_1_IS_NULL: &'static str = "$1 IS NULL";
@@ -231,18 +176,11 @@ impl Dialect for Sqlite {
     }
 }
 
-/// Instants in JSON built by SQLite (see `list_webhooks`).
-fn from_micros(micros: i64) -> StoreResult<DateTime<Utc>> {
-    DateTime::from_timestamp_micros(micros).ok_or_else(|| {
-        StoreError::Database(sqlx::Error::Decode(
-            format!("timestamp {micros} out of range").into(),
-        ))
-    })
-}
+impl Backend for SqliteStore {
+    type Db = Sqlite;
 
-impl FairClaim for SqliteStore {
-    async fn pending_projects(&self, now: DateTime<Utc>) -> StoreResult<Vec<(Uuid, bool)>> {
-        self.tables.pending_projects(now).await
+    fn tables(&self) -> &Tables<Sqlite> {
+        &self.tables
     }
 
     /// Leases up to `max` due deliveries, from `from`, in one statement (one implicit
@@ -327,14 +265,6 @@ impl FairClaim for SqliteStore {
         let rows: Vec<ClaimedRow> = q.build_query_as().fetch_all(self.writer()).await?;
         Ok(rows.into_iter().map(ClaimedDelivery::from).collect())
     }
-}
-
-impl Backend for SqliteStore {
-    type Db = Sqlite;
-
-    fn tables(&self) -> &Tables<Sqlite> {
-        &self.tables
-    }
 
     async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome> {
         // No lock of its own: the one writer runs the statement start to end, so the
@@ -355,7 +285,9 @@ impl Backend for SqliteStore {
         .bind(project_id)
         .fetch_one(&self.tables.read)
         .await?;
-        type Columns = (
+        /// One webhook as the JSON array above holds it.
+        #[derive(serde::Deserialize)]
+        struct Listed(
             String,
             String,
             String,
@@ -365,19 +297,17 @@ impl Backend for SqliteStore {
             i64,
             i64,
         );
-        let rows: Vec<Columns> = serde_json::from_str(&json).map_err(|e| {
-            StoreError::Database(sqlx::Error::Decode(format!("webhook list: {e}").into()))
-        })?;
+        let decode = |e: String| StoreError::Database(sqlx::Error::Decode(e.into()));
+        let uuid = |hex: &str| Uuid::parse_str(hex).map_err(|e| decode(format!("webhook id: {e}")));
+        let at = |micros: i64| {
+            DateTime::from_timestamp_micros(micros)
+                .ok_or_else(|| decode(format!("timestamp {micros} out of range")))
+        };
+        let rows: Vec<Listed> =
+            serde_json::from_str(&json).map_err(|e| decode(format!("webhook list: {e}")))?;
         rows.into_iter()
             .map(
-                |(id, project, event_type, url, auth, active, created, updated)| {
-                    let uuid = |hex: &str| {
-                        Uuid::parse_str(hex).map_err(|e| {
-                            StoreError::Database(sqlx::Error::Decode(
-                                format!("webhook id: {e}").into(),
-                            ))
-                        })
-                    };
+                |Listed(id, project, event_type, url, auth, active, created, updated)| {
                     Ok(Webhook {
                         id: uuid(&id)?,
                         project_id: uuid(&project)?,
@@ -385,8 +315,8 @@ impl Backend for SqliteStore {
                         webhook_url: url,
                         auth_header: auth,
                         is_active: active != 0,
-                        created_at: from_micros(created)?,
-                        updated_at: from_micros(updated)?,
+                        created_at: at(created)?,
+                        updated_at: at(updated)?,
                     })
                 },
             )
@@ -397,16 +327,9 @@ impl Backend for SqliteStore {
         self.publisher.publish(event).await
     }
 
-    async fn claim_due_skipping(
-        &self,
-        max: usize,
-        lease: Duration,
-        skip: &[Uuid],
-    ) -> StoreResult<Vec<ClaimedDelivery>> {
-        let mut claimed = claim_fairly(self, max, lease, skip).await?;
+    fn order_claims(claimed: &mut [ClaimedDelivery]) {
         // RETURNING order is unspecified; hand them out oldest event first.
         claimed.sort_by_key(|c| (c.event_created_at, c.delivery_id));
-        Ok(claimed)
     }
 
     /// The writer's transaction serializes recorders, so the streaks are read after
@@ -416,9 +339,6 @@ impl Backend for SqliteStore {
         outcomes: &[DeliveryOutcome],
         policy: DisablePolicy,
     ) -> StoreResult<Vec<Uuid>> {
-        if outcomes.is_empty() {
-            return Ok(Vec::new());
-        }
         let now = now_micros();
         let mut tx = Sqlite::begin_write(self.writer()).await?;
 
@@ -503,9 +423,6 @@ impl Backend for SqliteStore {
 
     /// All in one write transaction: the writer is the only lock there is.
     async fn release(&self, claims: &[(Uuid, Uuid)], due: DateTime<Utc>) -> StoreResult<()> {
-        if claims.is_empty() {
-            return Ok(());
-        }
         let now = Micros(now_micros());
         let due = Micros(truncate_micros(due));
         let mut tx = Sqlite::begin_write(self.writer()).await?;
@@ -700,24 +617,6 @@ async fn publish_batch(writer: &SqlitePool, jobs: &[PublishJob]) -> StoreResult<
         .into_iter()
         .map(|r| r.ok_or_else(|| StoreError::Internal("publish left unanswered".into())))
         .collect()
-}
-
-/// Checkpoints the WAL into the database file every [`CHECKPOINT_EVERY`], in PASSIVE
-/// mode: it copies what no reader still needs and never waits for (nor blocks) the
-/// writer, so the WAL stays small without a commit ever paying for it. Stops when the
-/// store's writer pool closes.
-async fn checkpoint_loop(mut conn: sqlx::SqliteConnection, writer: SqlitePool) {
-    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while !writer.is_closed() {
-        tick.tick().await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&mut conn)
-            .await
-        {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
-        }
-    }
 }
 
 #[cfg(test)]
