@@ -1,9 +1,10 @@
 //! What both backends do with the same SQL, written once and generic over the database:
-//! tenants, projects, keys and webhooks, the attempts listing, cancelling a webhook's
-//! pending deliveries, and the failure-streak replay of `record_outcomes`. Every
-//! statement here uses `$n` placeholders, which SQLite accepts as well.
+//! tenants, projects, keys and webhooks, the attempts listing, the fair claim's project
+//! scan, the queue reads, cancelling a webhook's pending deliveries, and the
+//! failure-streak replay of `record_outcomes`. Every statement here uses `$n`
+//! placeholders, which SQLite accepts as well.
 //!
-//! A backend implements [`Backend`]: its pools (as [`Tables`]), its transaction start,
+//! A backend implements [`BackendOps`]: its pools (as [`Tables`]), its transaction start,
 //! and the operations whose SQL or locking genuinely differs; [`WebhookStore`] follows
 //! for it from the blanket impl at the end of this file.
 
@@ -546,7 +547,7 @@ where
 
 /// A backend: its pools and the operations whose SQL or locking differs between the
 /// databases. Each is documented on [`WebhookStore`].
-pub(crate) trait Backend: Send + Sync + 'static {
+pub(crate) trait BackendOps: Send + Sync + 'static {
     type Db: Dialect;
 
     fn tables(&self) -> &Tables<Self::Db>;
@@ -587,8 +588,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<()>> + Send;
 }
 
+// The bounds are those of the impl of `Tables` (the column types both databases bind
+// and decode); Rust does not carry them over from there.
 #[async_trait]
-impl<B: Backend> WebhookStore for B
+impl<B: BackendOps> WebhookStore for B
 where
     for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
     for<'q> <B::Db as Database>::Arguments<'q>: IntoArguments<'q, B::Db>,
@@ -636,10 +639,10 @@ where
         self.tables().is_empty().await
     }
     async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome> {
-        Backend::upsert_webhook(self, input).await
+        BackendOps::upsert_webhook(self, input).await
     }
     async fn list_webhooks(&self, project_id: Uuid) -> StoreResult<Vec<Webhook>> {
-        Backend::list_webhooks(self, project_id).await
+        BackendOps::list_webhooks(self, project_id).await
     }
     async fn get_webhook(
         &self,
@@ -674,7 +677,7 @@ where
             .await
     }
     async fn publish_event(&self, event: PublishEvent<'_>) -> StoreResult<Published> {
-        Backend::publish_event(self, event).await
+        BackendOps::publish_event(self, event).await
     }
     async fn claim_due_skipping(
         &self,
@@ -695,13 +698,13 @@ where
         if outcomes.is_empty() {
             return Ok(Vec::new());
         }
-        Backend::record_outcomes(self, outcomes, policy).await
+        BackendOps::record_outcomes(self, outcomes, policy).await
     }
     async fn release(&self, claims: &[(Uuid, Uuid)], due: DateTime<Utc>) -> StoreResult<()> {
         if claims.is_empty() {
             return Ok(());
         }
-        Backend::release(self, claims, due).await
+        BackendOps::release(self, claims, due).await
     }
     async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
         self.tables().next_due().await

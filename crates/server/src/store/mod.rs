@@ -1,6 +1,10 @@
 //! Storage: one trait, [`WebhookStore`], with a SQLite implementation (the embedded
 //! default) and a PostgreSQL one (scale-out). Both run the same test suite.
 //!
+//! What the two do alike is written once: `rows` decodes rows for either database,
+//! `common` holds the shared statements and implements [`WebhookStore`] for any
+//! backend; `sqlite` and `postgres` keep only the SQL and locking that differ.
+//!
 //! Tenancy is not decided here: callers pass the project id that the auth layer has
 //! already resolved for the request.
 
@@ -540,7 +544,7 @@ pub(crate) enum ClaimFrom<'a> {
 /// looked at, the rest oldest due first across all of them. `scan` lists the first
 /// [`FAIR_CLAIM_PROJECTS`] + 1 projects with pending deliveries, in id order, each with
 /// whether its oldest pending delivery is due now.
-pub(crate) async fn claim_fairly<B: common::Backend, F>(
+pub(crate) async fn claim_fairly<B: common::BackendOps, F>(
     store: &B,
     scan: impl FnOnce() -> F,
     max: usize,

@@ -26,7 +26,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgQueryResult};
 use sqlx::{FromRow, Pool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::common::{Backend, Dialect, Tables, RELEASE_SQL};
+use super::common::{BackendOps, Dialect, Tables, RELEASE_SQL};
 use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::rows::{ClaimedRow, StreakRow, WebhookRow, ATTEMPT_COLUMNS, WEBHOOK_COLUMNS};
 use super::{
@@ -123,7 +123,7 @@ impl Dialect for Postgres {
     }
 }
 
-impl Backend for PgStore {
+impl BackendOps for PgStore {
     type Db = Postgres;
 
     fn tables(&self) -> &Tables<Postgres> {

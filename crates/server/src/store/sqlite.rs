@@ -27,7 +27,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Pool, QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
-use super::common::{Backend, Dialect, Tables, RELEASE_SQL};
+use super::common::{BackendOps, Dialect, Tables, RELEASE_SQL};
 use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::rows::{opt, ClaimedRow, Micros, StreakRow, ATTEMPT_COLUMNS};
 use super::{
@@ -176,7 +176,7 @@ impl Dialect for Sqlite {
     }
 }
 
-impl Backend for SqliteStore {
+impl BackendOps for SqliteStore {
     type Db = Sqlite;
 
     fn tables(&self) -> &Tables<Sqlite> {
