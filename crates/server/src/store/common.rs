@@ -32,13 +32,6 @@ use super::{
     UpsertOutcome, UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
 };
 
-/// Hands one claimed delivery back ([`WebhookStore::release`]): 1 now, 2 delivery,
-/// 3 lease token, 4 when it is due again.
-pub(crate) const RELEASE_SQL: &str =
-    "UPDATE deliveries SET lease_token = NULL, lease_expires_at = NULL, \
-         next_attempt_at = $4, updated_at = $1 \
-     WHERE id = $2 AND lease_token = $3 AND status = 'pending'";
-
 /// The little that differs between the databases inside otherwise shared statements.
 pub(crate) trait Dialect: Database {
     /// A test that the optional uuid parameter `$1` is NULL (PostgreSQL must be told
@@ -462,6 +455,32 @@ where
 
     pub async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    /// Hands one claimed delivery back at `now`, due again at `due`
+    /// ([`WebhookStore::release`]); the backend decides the transaction.
+    pub async fn release_one<'c, E>(
+        conn: E,
+        claim: (Uuid, Uuid),
+        now: DateTime<Utc>,
+        due: DateTime<Utc>,
+    ) -> StoreResult<()>
+    where
+        E: Executor<'c, Database = DB>,
+    {
+        let (delivery_id, lease_token) = claim;
+        sqlx::query(
+            "UPDATE deliveries SET lease_token = NULL, lease_expires_at = NULL, \
+                 next_attempt_at = $4, updated_at = $1 \
+             WHERE id = $2 AND lease_token = $3 AND status = 'pending'",
+        )
+        .bind(Micros(now))
+        .bind(delivery_id)
+        .bind(lease_token)
+        .bind(Micros(due))
+        .execute(conn)
+        .await?;
         Ok(())
     }
 

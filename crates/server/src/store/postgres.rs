@@ -26,7 +26,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgQueryResult};
 use sqlx::{FromRow, Pool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::common::{BackendOps, Dialect, Tables, RELEASE_SQL};
+use super::common::{BackendOps, Dialect, Tables};
 use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::rows::{ClaimedRow, StreakRow, WebhookRow, ATTEMPT_COLUMNS, WEBHOOK_COLUMNS};
 use super::{
@@ -340,16 +340,9 @@ impl BackendOps for PgStore {
         // row lock, so it cannot deadlock with a cancellation that updates the same
         // deliveries in another order. Releases are rare (shutdown, a webhook at its
         // in-flight limit), off the hot path.
-        let now = now_micros();
-        let due = truncate_micros(due);
-        for (delivery_id, lease_token) in claims {
-            sqlx::query(RELEASE_SQL)
-                .bind(now)
-                .bind(delivery_id)
-                .bind(lease_token)
-                .bind(due)
-                .execute(self.pool())
-                .await?;
+        let (now, due) = (now_micros(), truncate_micros(due));
+        for claim in claims {
+            Tables::<Postgres>::release_one(self.pool(), *claim, now, due).await?;
         }
         if due <= now {
             // Tell the other processes the handed-back deliveries are claimable now,

@@ -27,7 +27,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Pool, QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
-use super::common::{BackendOps, Dialect, Tables, RELEASE_SQL};
+use super::common::{BackendOps, Dialect, Tables};
 use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::rows::{opt, ClaimedRow, Micros, StreakRow, ATTEMPT_COLUMNS};
 use super::{
@@ -423,17 +423,10 @@ impl BackendOps for SqliteStore {
 
     /// All in one write transaction: the writer is the only lock there is.
     async fn release(&self, claims: &[(Uuid, Uuid)], due: DateTime<Utc>) -> StoreResult<()> {
-        let now = Micros(now_micros());
-        let due = Micros(truncate_micros(due));
+        let (now, due) = (now_micros(), truncate_micros(due));
         let mut tx = Sqlite::begin_write(self.writer()).await?;
-        for (delivery_id, lease_token) in claims {
-            sqlx::query(RELEASE_SQL)
-                .bind(now)
-                .bind(delivery_id)
-                .bind(lease_token)
-                .bind(due)
-                .execute(&mut *tx)
-                .await?;
+        for claim in claims {
+            Tables::<Sqlite>::release_one(&mut *tx, *claim, now, due).await?;
         }
         tx.commit().await?;
         Ok(())
