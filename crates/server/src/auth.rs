@@ -12,13 +12,16 @@
 //! which lookup ids are valid beyond what the database round trip itself reveals.
 //!
 //! A key found in the database is trusted for up to a second without asking again
-//! ([`crate::store::KEY_CACHE_TTL`]), so a busy client costs one lookup per second
+//! ([`KEY_CACHE_TTL`], [`CachedKeys`]), so a busy client costs one lookup per second
 //! rather than one per request. The price is that revocation is eventually consistent
 //! across processes: revoking through the same store drops the cached entry at once,
 //! but a key revoked from the CLI or another server keeps working on a server for up
 //! to that second. The secret is still hashed and compared on every request.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use chrono::{SubsecRound, Utc};
 use rand::distributions::{Alphanumeric, Distribution};
@@ -28,7 +31,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::store::{ApiKeyRecord, StoreError, WebhookStore};
+use crate::store::{
+    ApiKeyRecord, AttemptList, AttemptPage, ClaimedDelivery, DeliveryOutcome, DisablePolicy,
+    KeyOwner, Project, PublishEvent, Published, QueueStats, SigningSecret, StoreError, StoreResult,
+    Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
+};
 
 /// Every key starts with this, so secret scanners and humans recognise one.
 pub const KEY_PREFIX: &str = "sk_";
@@ -243,9 +250,211 @@ pub async fn authenticate(
     })
 }
 
+/// How long a found API key is trusted without asking the database again.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Recently found API keys, so authenticating a request does not cost a query every
+/// time. An entry lives at most [`KEY_CACHE_TTL`]; revoking a key through the same
+/// [`CachedKeys`] drops its entry at once, so only a revocation made by another
+/// process (the CLI, another server) can take up to that long to apply. Only keys that
+/// exist are cached, so the cache is bounded by the number of keys, not by what
+/// callers send; it is cleared if it ever grows past [`KeyCache::MAX_ENTRIES`].
+#[derive(Default)]
+struct KeyCache {
+    entries: Mutex<HashMap<String, (KeyOwner, Instant)>>,
+}
+
+impl KeyCache {
+    const MAX_ENTRIES: usize = 100_000;
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (KeyOwner, Instant)>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, lookup_id: &str) -> Option<KeyOwner> {
+        let entries = self.lock();
+        let (owner, at) = entries.get(lookup_id)?;
+        (at.elapsed() < KEY_CACHE_TTL).then(|| owner.clone())
+    }
+
+    fn put(&self, lookup_id: &str, owner: &KeyOwner) {
+        let mut entries = self.lock();
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(lookup_id.to_owned(), (owner.clone(), Instant::now()));
+    }
+
+    fn forget(&self, key_id: Uuid) {
+        self.lock().retain(|_, (owner, _)| owner.key_id != key_id);
+    }
+}
+
+/// A store whose [`WebhookStore::find_api_key`] answers from a [`KeyCache`] and whose
+/// [`WebhookStore::revoke_api_key`] drops the revoked key from it; everything else
+/// goes straight to the wrapped store.
+pub struct CachedKeys {
+    store: Arc<dyn WebhookStore>,
+    keys: KeyCache,
+}
+
+impl CachedKeys {
+    pub fn new(store: Arc<dyn WebhookStore>) -> Self {
+        Self {
+            store,
+            keys: KeyCache::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl WebhookStore for CachedKeys {
+    async fn find_api_key(&self, lookup_id: &str) -> StoreResult<Option<KeyOwner>> {
+        if let Some(owner) = self.keys.get(lookup_id) {
+            return Ok(Some(owner));
+        }
+        let found = self.store.find_api_key(lookup_id).await?;
+        if let Some(owner) = &found {
+            self.keys.put(lookup_id, owner);
+        }
+        Ok(found)
+    }
+    async fn revoke_api_key(&self, key_id: Uuid) -> StoreResult<()> {
+        self.store.revoke_api_key(key_id).await?;
+        self.keys.forget(key_id);
+        Ok(())
+    }
+
+    // The rest only passes through.
+    async fn create_tenant(&self, name: &str) -> StoreResult<Tenant> {
+        self.store.create_tenant(name).await
+    }
+    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        self.store.list_tenants().await
+    }
+    async fn create_project(&self, tenant_id: Uuid, name: &str) -> StoreResult<Project> {
+        self.store.create_project(tenant_id, name).await
+    }
+    async fn list_projects(&self, tenant_id: Option<Uuid>) -> StoreResult<Vec<Project>> {
+        self.store.list_projects(tenant_id).await
+    }
+    async fn get_project(&self, project_id: Uuid) -> StoreResult<Option<Project>> {
+        self.store.get_project(project_id).await
+    }
+    async fn insert_api_key(&self, record: &ApiKeyRecord) -> StoreResult<()> {
+        self.store.insert_api_key(record).await
+    }
+    async fn list_api_keys(&self, project_id: Option<Uuid>) -> StoreResult<Vec<ApiKeyRecord>> {
+        self.store.list_api_keys(project_id).await
+    }
+    async fn is_empty(&self) -> StoreResult<bool> {
+        self.store.is_empty().await
+    }
+    async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome> {
+        self.store.upsert_webhook(input).await
+    }
+    async fn list_webhooks(&self, project_id: Uuid) -> StoreResult<Vec<Webhook>> {
+        self.store.list_webhooks(project_id).await
+    }
+    async fn get_webhook(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+    ) -> StoreResult<Option<Webhook>> {
+        self.store.get_webhook(project_id, event_type).await
+    }
+    async fn delete_webhook(&self, project_id: Uuid, event_type: &str) -> StoreResult<bool> {
+        self.store.delete_webhook(project_id, event_type).await
+    }
+    async fn rotate_secret(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        new_secret: &SigningSecret,
+        grace: Duration,
+    ) -> StoreResult<bool> {
+        let store = &self.store;
+        store
+            .rotate_secret(project_id, event_type, new_secret, grace)
+            .await
+    }
+    async fn list_attempts(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        page: AttemptPage,
+        max_bytes: usize,
+    ) -> StoreResult<AttemptList> {
+        let store = &self.store;
+        store
+            .list_attempts(project_id, event_type, page, max_bytes)
+            .await
+    }
+    async fn publish_event(&self, event: PublishEvent<'_>) -> StoreResult<Published> {
+        self.store.publish_event(event).await
+    }
+    async fn claim_due_skipping(
+        &self,
+        max: usize,
+        lease: Duration,
+        skip: &[Uuid],
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        self.store.claim_due_skipping(max, lease, skip).await
+    }
+    async fn record_outcomes(
+        &self,
+        outcomes: &[DeliveryOutcome],
+        policy: DisablePolicy,
+    ) -> StoreResult<Vec<Uuid>> {
+        self.store.record_outcomes(outcomes, policy).await
+    }
+    async fn release(
+        &self,
+        claims: &[(Uuid, Uuid)],
+        due: chrono::DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.store.release(claims, due).await
+    }
+    async fn next_due(&self) -> StoreResult<Option<chrono::DateTime<Utc>>> {
+        self.store.next_due().await
+    }
+    async fn queue_stats(&self) -> StoreResult<QueueStats> {
+        self.store.queue_stats().await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.store.ping().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn owner(key_id: Uuid) -> KeyOwner {
+        KeyOwner {
+            key_id,
+            tenant_id: Uuid::now_v7(),
+            project_id: Uuid::now_v7(),
+            secret_hash: "00".repeat(32),
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn entries_expire_and_revocation_forgets_at_once() {
+        let cache = KeyCache::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        cache.put("aaaaaaaaaaaa", &owner(a));
+        cache.put("bbbbbbbbbbbb", &owner(b));
+        assert_eq!(cache.get("aaaaaaaaaaaa").map(|o| o.key_id), Some(a));
+        assert!(cache.get("cccccccccccc").is_none());
+        cache.forget(a);
+        assert!(cache.get("aaaaaaaaaaaa").is_none());
+        assert_eq!(cache.get("bbbbbbbbbbbb").map(|o| o.key_id), Some(b));
+        // Age the entry past the TTL.
+        cache.lock().get_mut("bbbbbbbbbbbb").unwrap().1 -= KEY_CACHE_TTL;
+        assert!(cache.get("bbbbbbbbbbbb").is_none());
+    }
 
     fn sample_key() -> String {
         format!("sk_abc123def456_{}", "A1b2C3d4E5".repeat(4))
@@ -399,9 +608,10 @@ mod tests {
         use super::super::*;
         use crate::store::sqlite::SqliteStore;
 
-        async fn store(dir: &tempfile::TempDir) -> SqliteStore {
+        /// The cached store the server runs on.
+        async fn store(dir: &tempfile::TempDir) -> CachedKeys {
             let url = format!("sqlite://{}/auth.db", dir.path().display());
-            SqliteStore::connect(&url).await.unwrap()
+            CachedKeys::new(Arc::new(SqliteStore::connect(&url).await.unwrap()))
         }
 
         #[tokio::test]

@@ -208,7 +208,7 @@ pub async fn start_with_store(
         engine.health.clone(),
     );
     if let Some(url) = config.database.database_url.as_deref() {
-        if url.starts_with("postgres") {
+        if crate::store::Backend::of_url(url) == crate::store::Backend::Postgres {
             crate::store::notify::spawn_pg_waker(url, engine.waker.clone(), shutdown.clone())
                 .await?;
         }

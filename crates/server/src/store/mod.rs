@@ -1,6 +1,10 @@
 //! Storage: one trait, [`WebhookStore`], with a SQLite implementation (the embedded
 //! default) and a PostgreSQL one (scale-out). Both run the same test suite.
 //!
+//! What the two do alike is written once: `rows` decodes rows for either database,
+//! `common` holds the shared statements and implements [`WebhookStore`] for any
+//! backend; `sqlite` and `postgres` keep only the SQL and locking that differ.
+//!
 //! Tenancy is not decided here: callers pass the project id that the auth layer has
 //! already resolved for the request.
 
@@ -11,9 +15,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+mod common;
 mod group_commit;
 pub mod notify;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -253,26 +259,24 @@ pub(crate) const ATTEMPT_COST_SQL: &str = "(4 * ((octet_length(request_body) + 2
      + COALESCE(octet_length(response_body), 0) + COALESCE(octet_length(error_message), 0) \
      + octet_length(webhook_url) + octet_length(event_type) + 400)";
 
-/// The attempts listing, one query for both backends (`param(n)` writes their
-/// placeholder). Parameters: 1 project, 2 event type, 3 rows to read (the limit plus
-/// one, to tell whether more follow), 4 offset, 5 byte budget and, with `after`, 6 and 7
-/// the keyset position. The page's rows are first sized from their stored lengths
-/// alone; the answer holds the rows that fit the budget (`fits`; the first one always
-/// does) and at most one that does not, with its bodies left NULL, so bodies are read
-/// only for the rows that are listed.
-pub(crate) fn attempt_listing_sql(param: impl Fn(u8) -> String, after: bool) -> String {
-    let (p1, p2, p3, p4, p5) = (param(1), param(2), param(3), param(4), param(5));
+/// The attempts listing, one query for both backends. Parameters: 1 project, 2 event
+/// type, 3 rows to read (the limit plus one, to tell whether more follow), 4 offset, 5
+/// byte budget and, with `after`, 6 and 7 the keyset position. The page's rows are
+/// first sized from their stored lengths alone; the answer holds the rows that fit the
+/// budget (`fits`; the first one always does) and at most one that does not, with its
+/// bodies left NULL, so bodies are read only for the rows that are listed.
+pub(crate) fn attempt_listing_sql(after: bool) -> String {
     let after = if after {
-        format!("AND (created_at, id) < ({}, {})", param(6), param(7))
+        "AND (created_at, id) < ($6, $7)"
     } else {
-        String::new()
+        ""
     };
-    let fits = format!("(s.n = 1 OR s.running <= {p5})");
+    let fits = "(s.n = 1 OR s.running <= $5)";
     format!(
         "WITH page AS ( \
              SELECT id, created_at, {ATTEMPT_COST_SQL} AS cost FROM attempts \
-             WHERE project_id = {p1} AND event_type = {p2} {after} \
-             ORDER BY created_at DESC, id DESC LIMIT {p3} OFFSET {p4} \
+             WHERE project_id = $1 AND event_type = $2 {after} \
+             ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4 \
          ), sized AS ( \
              SELECT id, created_at, cost, row_number() OVER w AS n, sum(cost) OVER w AS running \
              FROM page \
@@ -284,7 +288,7 @@ pub(crate) fn attempt_listing_sql(param: impl Fn(u8) -> String, after: bool) -> 
              CASE WHEN {fits} THEN a.request_body END AS request_body, \
              CASE WHEN {fits} THEN a.response_body END AS response_body \
          FROM sized s JOIN attempts a ON a.id = s.id \
-         WHERE s.n <= 2 OR s.running - s.cost <= {p5} \
+         WHERE s.n <= 2 OR s.running - s.cost <= $5 \
          ORDER BY s.created_at DESC, s.id DESC"
     )
 }
@@ -535,33 +539,25 @@ pub(crate) enum ClaimFrom<'a> {
     Oldest(&'a [Uuid]),
 }
 
-/// The two statements a backend provides for [`claim_fairly`].
-pub(crate) trait FairClaim {
-    /// The first [`FAIR_CLAIM_PROJECTS`] + 1 projects with pending deliveries, in id
-    /// order, each with whether its oldest pending delivery is due at `now`.
-    async fn pending_projects(&self, now: DateTime<Utc>) -> StoreResult<Vec<(Uuid, bool)>>;
-    /// Leases up to `max` due deliveries from `from`.
-    async fn claim_from(
-        &self,
-        from: ClaimFrom<'_>,
-        max: usize,
-        lease: Duration,
-    ) -> StoreResult<Vec<ClaimedDelivery>>;
-}
-
 /// [`WebhookStore::claim_due_skipping`] on either backend: an equal part of `max` for
 /// each project with due work, then, when more projects have pending work than were
-/// looked at, the rest oldest due first across all of them.
-pub(crate) async fn claim_fairly<S: FairClaim>(
-    store: &S,
+/// looked at, the rest oldest due first across all of them. `scan` lists the first
+/// [`FAIR_CLAIM_PROJECTS`] + 1 projects with pending deliveries, in id order, each with
+/// whether its oldest pending delivery is due now.
+pub(crate) async fn claim_fairly<B: common::BackendOps, F>(
+    store: &B,
+    scan: impl FnOnce() -> F,
     max: usize,
     lease: Duration,
     skip: &[Uuid],
-) -> StoreResult<Vec<ClaimedDelivery>> {
+) -> StoreResult<Vec<ClaimedDelivery>>
+where
+    F: std::future::Future<Output = StoreResult<Vec<(Uuid, bool)>>>,
+{
     if max == 0 {
         return Ok(Vec::new());
     }
-    let scanned = store.pending_projects(now_micros()).await?;
+    let scanned = scan().await?;
     let truncated = scanned.len() > FAIR_CLAIM_PROJECTS;
     let due: Vec<Uuid> = scanned
         .into_iter()
@@ -648,114 +644,56 @@ impl FailureStreak {
     }
 }
 
-/// How long a found API key is trusted without asking the database again.
-pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
-
-/// Recently found API keys, so authenticating a request does not cost a query every
-/// time. An entry lives at most [`KEY_CACHE_TTL`]; revoking a key through the same
-/// store drops its entry at once, so only a revocation made by another process (the
-/// CLI, another server) can take up to that long to apply. Only keys that exist are
-/// cached, so the cache is bounded by the number of keys, not by what callers send;
-/// it is cleared if it ever grows past [`KeyCache::MAX_ENTRIES`].
-#[derive(Default)]
-pub(crate) struct KeyCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (KeyOwner, std::time::Instant)>>,
+/// The database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
 }
 
-impl fmt::Debug for KeyCache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("KeyCache")
-    }
-}
-
-impl KeyCache {
-    const MAX_ENTRIES: usize = 100_000;
-
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (KeyOwner, std::time::Instant)>>
-    {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn get(&self, lookup_id: &str) -> Option<KeyOwner> {
-        let entries = self.lock();
-        let (owner, at) = entries.get(lookup_id)?;
-        (at.elapsed() < KEY_CACHE_TTL).then(|| owner.clone())
-    }
-
-    pub(crate) fn put(&self, lookup_id: &str, owner: &KeyOwner) {
-        let mut entries = self.lock();
-        if entries.len() >= Self::MAX_ENTRIES {
-            entries.clear();
+impl Backend {
+    /// `postgres://` and `postgresql://` name PostgreSQL; anything else (`sqlite://path`,
+    /// `sqlite:path`, a bare path) is a SQLite file.
+    pub fn of_url(url: &str) -> Self {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
         }
-        entries.insert(
-            lookup_id.to_owned(),
-            (owner.clone(), std::time::Instant::now()),
-        );
-    }
-
-    /// The cached owner of `lookup_id`, or the result of `fetch` (cached when found).
-    /// `fetch` only runs on a miss.
-    pub(crate) async fn get_or_fetch(
-        &self,
-        lookup_id: &str,
-        fetch: impl std::future::Future<Output = StoreResult<Option<KeyOwner>>>,
-    ) -> StoreResult<Option<KeyOwner>> {
-        if let Some(owner) = self.get(lookup_id) {
-            return Ok(Some(owner));
-        }
-        let found = fetch.await?;
-        if let Some(owner) = &found {
-            self.put(lookup_id, owner);
-        }
-        Ok(found)
-    }
-
-    pub(crate) fn forget(&self, key_id: Uuid) {
-        self.lock().retain(|_, (owner, _)| owner.key_id != key_id);
     }
 }
 
-/// Opens the store a URL names: `sqlite://path` (created if missing) or
-/// `postgres://...`, and runs the embedded migrations.
+/// Opens the store a URL names (see [`Backend::of_url`]), creating a SQLite file if
+/// missing, and runs the embedded migrations. API keys found through the store are
+/// cached briefly ([`crate::auth::CachedKeys`]).
 pub async fn connect(url: &str) -> StoreResult<std::sync::Arc<dyn WebhookStore>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(std::sync::Arc::new(postgres::PgStore::connect(url).await?))
-    } else {
-        Ok(std::sync::Arc::new(
-            sqlite::SqliteStore::connect(url).await?,
-        ))
-    }
+    let store: std::sync::Arc<dyn WebhookStore> = match Backend::of_url(url) {
+        Backend::Postgres => std::sync::Arc::new(postgres::PgStore::connect(url).await?),
+        Backend::Sqlite => std::sync::Arc::new(sqlite::SqliteStore::connect(url).await?),
+    };
+    Ok(std::sync::Arc::new(crate::auth::CachedKeys::new(store)))
 }
+
+/// Kept here for the callers that name it through the store.
+pub use crate::auth::KEY_CACHE_TTL;
 
 #[cfg(test)]
-mod key_cache_tests {
-    use super::*;
-
-    fn owner(key_id: Uuid) -> KeyOwner {
-        KeyOwner {
-            key_id,
-            tenant_id: Uuid::now_v7(),
-            project_id: Uuid::now_v7(),
-            secret_hash: "00".repeat(32),
-            revoked: false,
-        }
-    }
+mod backend_tests {
+    use super::Backend;
 
     #[test]
-    fn entries_expire_and_revocation_forgets_at_once() {
-        let cache = KeyCache::default();
-        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        cache.put("aaaaaaaaaaaa", &owner(a));
-        cache.put("bbbbbbbbbbbb", &owner(b));
-        assert_eq!(cache.get("aaaaaaaaaaaa").map(|o| o.key_id), Some(a));
-        assert!(cache.get("cccccccccccc").is_none());
-        cache.forget(a);
-        assert!(cache.get("aaaaaaaaaaaa").is_none());
-        assert_eq!(cache.get("bbbbbbbbbbbb").map(|o| o.key_id), Some(b));
-        // Age the entry past the TTL.
-        cache.lock().get_mut("bbbbbbbbbbbb").unwrap().1 -= KEY_CACHE_TTL;
-        assert!(cache.get("bbbbbbbbbbbb").is_none());
+    fn the_url_scheme_decides_the_backend() {
+        for url in ["postgres://u@h/db", "postgresql://h/db?sslmode=require"] {
+            assert_eq!(Backend::of_url(url), Backend::Postgres, "{url}");
+        }
+        for url in [
+            "sqlite://data/hooks.db",
+            "sqlite::memory:",
+            "hooks.db",
+            "postgres.db",
+            "/var/lib/postgres-hooks.db",
+        ] {
+            assert_eq!(Backend::of_url(url), Backend::Sqlite, "{url}");
+        }
     }
 }

@@ -12,6 +12,9 @@
 //! Migrations run at connect under sqlx's migrator, which holds a session-level
 //! `pg_advisory_lock` (keyed on the database name) for the whole run: processes that
 //! start together apply them one at a time, and the later ones find nothing to do.
+//!
+//! The statements both backends share are in [`super::common`]; this file holds the
+//! ones that differ.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -19,18 +22,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgQueryResult};
+use sqlx::{FromRow, Pool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
+use super::common::{BackendOps, Dialect, Tables};
 use super::group_commit::{Committer, GroupCommit, PublishJob};
+use super::rows::{ClaimedRow, StreakRow, WebhookRow, ATTEMPT_COLUMNS, WEBHOOK_COLUMNS};
 use super::{
-    add_duration, attempt_list, attempt_listing_sql, claim_fairly, now_micros, status_after,
-    truncate_micros, webhook_limit_reached, ApiKeyRecord, Attempt, AttemptList, AttemptPage,
-    AttemptStatus, ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak,
-    FairClaim, KeyCache, KeyOwner, Project, PublishEvent, Published, QueueStats, SigningSecret,
-    StoreError, StoreResult, Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
-    FAIR_CLAIM_PROJECTS,
+    add_duration, now_micros, status_after, truncate_micros, Attempt, ClaimFrom, ClaimedDelivery,
+    DeliveryOutcome, DisablePolicy, FailureStreak, PublishEvent, Published, StoreError,
+    StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -45,21 +47,14 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 /// caller, so more than a couple means something is badly wrong).
 const PUBLISH_ATTEMPTS: usize = 3;
 
-const WEBHOOK_COLUMNS: &str =
-    "id, project_id, event_type, webhook_url, auth_header, is_active, created_at, updated_at";
-
-const ATTEMPT_COLUMNS: &str = "id, delivery_id, event_id, project_id, event_type, webhook_url, \
-     response_code, duration_ms, attempt_number, status, request_body, response_body, \
-     error_message, created_at";
-
-/// The PostgreSQL implementation of [`WebhookStore`].
+/// The PostgreSQL implementation of [`super::WebhookStore`].
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    /// One pool, for reads and writes alike.
+    tables: Tables<Postgres>,
     /// Publishes without an idempotency key go through the group commit
     /// ([`super::group_commit`]).
     publisher: GroupCommit,
-    keys: std::sync::Arc<KeyCache>,
 }
 
 impl PgStore {
@@ -94,162 +89,45 @@ impl PgStore {
             .await?;
         let publisher = GroupCommit::spawn(PgCommitter(pool.clone()));
         Ok(Self {
-            pool,
+            tables: Tables {
+                write: pool.clone(),
+                read: pool,
+            },
             publisher,
-            keys: std::sync::Arc::default(),
         })
     }
 
     /// The underlying pool, for features that need their own connection to the same
     /// database (LISTEN/NOTIFY wake-ups).
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        &self.tables.write
     }
 
     /// Closes the pool, waiting for connections in use to come back.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.tables.write.close().await;
     }
 }
 
-// --- value conversions --------------------------------------------------------------
+// PostgreSQL must be told an untyped parameter's type; BEGIN is enough, since
+// transactions lock the rows they need.
+impl Dialect for Postgres {
+    const UUID_1_IS_NULL: &'static str = "$1::uuid IS NULL";
 
-fn attempt_status(value: &str) -> StoreResult<AttemptStatus> {
-    match value {
-        "success" => Ok(AttemptStatus::Success),
-        "failed" => Ok(AttemptStatus::Failed),
-        other => Err(StoreError::Database(sqlx::Error::Decode(
-            format!("unknown attempt status {other:?}").into(),
-        ))),
+    fn rows_affected(done: &PgQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    async fn begin_write(pool: &Pool<Postgres>) -> sqlx::Result<Transaction<'static, Postgres>> {
+        pool.begin().await
     }
 }
 
-fn tenant_from(row: &PgRow) -> StoreResult<Tenant> {
-    Ok(Tenant {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
+impl BackendOps for PgStore {
+    type Db = Postgres;
 
-fn project_from(row: &PgRow) -> StoreResult<Project> {
-    Ok(Project {
-        id: row.try_get("id")?,
-        tenant_id: row.try_get("tenant_id")?,
-        name: row.try_get("name")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn api_key_from(row: &PgRow) -> StoreResult<ApiKeyRecord> {
-    Ok(ApiKeyRecord {
-        id: row.try_get("id")?,
-        project_id: row.try_get("project_id")?,
-        lookup_id: row.try_get("lookup_id")?,
-        secret_hash: row.try_get("secret_hash")?,
-        created_at: row.try_get("created_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-    })
-}
-
-fn webhook_from(row: &PgRow) -> StoreResult<Webhook> {
-    Ok(Webhook {
-        id: row.try_get("id")?,
-        project_id: row.try_get("project_id")?,
-        event_type: row.try_get("event_type")?,
-        webhook_url: row.try_get("webhook_url")?,
-        auth_header: row.try_get("auth_header")?,
-        is_active: row.try_get("is_active")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn attempt_from(row: &PgRow) -> StoreResult<Attempt> {
-    Ok(Attempt {
-        id: row.try_get("id")?,
-        delivery_id: row.try_get("delivery_id")?,
-        event_id: row.try_get("event_id")?,
-        project_id: row.try_get("project_id")?,
-        event_type: row.try_get("event_type")?,
-        webhook_url: row.try_get("webhook_url")?,
-        response_code: row.try_get("response_code")?,
-        duration_ms: row.try_get("duration_ms")?,
-        attempt_number: row.try_get("attempt_number")?,
-        status: attempt_status(row.try_get("status")?)?,
-        request_body: row.try_get("request_body")?,
-        response_body: row.try_get("response_body")?,
-        error_message: row.try_get("error_message")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn claimed_from(row: &PgRow) -> StoreResult<ClaimedDelivery> {
-    Ok(ClaimedDelivery {
-        delivery_id: row.try_get("id")?,
-        event_id: row.try_get("event_id")?,
-        webhook_id: row.try_get("webhook_id")?,
-        project_id: row.try_get("project_id")?,
-        event_type: row.try_get("event_type")?,
-        event_created_at: row.try_get("event_created_at")?,
-        data: row.try_get("data")?,
-        webhook_url: row.try_get("webhook_url")?,
-        auth_header: row.try_get("auth_header")?,
-        secret: SigningSecret::from_stored(row.try_get("signing_secret")?),
-        previous_secret: row
-            .try_get::<Option<String>, _>("previous_secret")?
-            .map(SigningSecret::from_stored),
-        attempts_made: row.try_get("attempts_made")?,
-        lease_token: row.try_get("lease_token")?,
-    })
-}
-
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
-}
-
-/// Cancels a webhook's pending deliveries (deleted or disabled webhook), releasing any
-/// lease so that an in-flight outcome for them is recognised as stale. The caller holds
-/// the webhook's row lock.
-async fn cancel_pending(
-    tx: &mut Transaction<'static, Postgres>,
-    webhook_id: Uuid,
-    now: DateTime<Utc>,
-) -> StoreResult<()> {
-    sqlx::query(
-        "UPDATE deliveries SET status = 'cancelled', lease_token = NULL, \
-         lease_expires_at = NULL, updated_at = $1 \
-         WHERE webhook_id = $2 AND status = 'pending'",
-    )
-    .bind(now)
-    .bind(webhook_id)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-impl FairClaim for PgStore {
-    async fn pending_projects(&self, now: DateTime<Utc>) -> StoreResult<Vec<(Uuid, bool)>> {
-        // A skip scan over deliveries_project_due: one probe to the next project, one
-        // for its oldest pending delivery, reading nothing else, locking nothing.
-        Ok(sqlx::query_as(
-            "WITH RECURSIVE p(pid, n) AS ( \
-                 SELECT (SELECT project_id FROM deliveries WHERE status = 'pending' \
-                         ORDER BY project_id LIMIT 1), 1 \
-                 UNION ALL \
-                 SELECT (SELECT d.project_id FROM deliveries d \
-                         WHERE d.status = 'pending' AND d.project_id > p.pid \
-                         ORDER BY d.project_id LIMIT 1), p.n + 1 \
-                 FROM p WHERE p.pid IS NOT NULL AND p.n <= $2 \
-             ) \
-             SELECT p.pid, (SELECT min(d.next_attempt_at) FROM deliveries d \
-                     WHERE d.status = 'pending' AND d.project_id = p.pid) <= $1 \
-             FROM p WHERE p.pid IS NOT NULL",
-        )
-        .bind(now)
-        .bind(i64::try_from(FAIR_CLAIM_PROJECTS).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?)
+    fn tables(&self) -> &Tables<Postgres> {
+        &self.tables
     }
 
     /// Leases up to `max` due deliveries, from `from`, and returns everything needed
@@ -326,424 +204,78 @@ impl FairClaim for PgStore {
         if let Some(share) = share {
             query = query.bind(i64::try_from(share).unwrap_or(i64::MAX));
         }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter().map(claimed_from).collect()
-    }
-}
-
-impl PgStore {
-    async fn find_api_key_uncached(&self, lookup_id: &str) -> StoreResult<Option<KeyOwner>> {
-        let row = sqlx::query(
-            "SELECT k.id, p.tenant_id, k.project_id, k.secret_hash, \
-                    k.revoked_at IS NOT NULL AS revoked \
-             FROM api_keys k JOIN projects p ON p.id = k.project_id \
-             WHERE k.lookup_id = $1",
-        )
-        .bind(lookup_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok(KeyOwner {
-                key_id: row.try_get("id")?,
-                tenant_id: row.try_get("tenant_id")?,
-                project_id: row.try_get("project_id")?,
-                secret_hash: row.try_get("secret_hash")?,
-                revoked: row.try_get("revoked")?,
-            })
-        })
-        .transpose()
-    }
-}
-
-#[async_trait]
-impl WebhookStore for PgStore {
-    async fn create_tenant(&self, name: &str) -> StoreResult<Tenant> {
-        let tenant = Tenant {
-            id: Uuid::now_v7(),
-            name: name.to_owned(),
-            created_at: now_micros(),
-        };
-        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
-            .bind(tenant.id)
-            .bind(&tenant.name)
-            .bind(tenant.created_at)
-            .execute(&self.pool)
-            .await?;
-        Ok(tenant)
-    }
-
-    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
-        sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY created_at, id")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(tenant_from)
+        let rows = query.fetch_all(self.pool()).await?;
+        rows.iter()
+            .map(|row| Ok(ClaimedRow::from_row(row)?.into()))
             .collect()
     }
 
-    async fn create_project(&self, tenant_id: Uuid, name: &str) -> StoreResult<Project> {
-        let project = Project {
-            id: Uuid::now_v7(),
-            tenant_id,
-            name: name.to_owned(),
-            created_at: now_micros(),
-        };
-        // Checking the tenant in the same statement turns a missing tenant into
-        // "no row inserted" instead of a foreign-key error to decode.
-        let done = sqlx::query(
-            "INSERT INTO projects (id, tenant_id, name, created_at) \
-             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM tenants WHERE id = $2)",
-        )
-        .bind(project.id)
-        .bind(tenant_id)
-        .bind(&project.name)
-        .bind(project.created_at)
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(project)
-    }
-
-    async fn list_projects(&self, tenant_id: Option<Uuid>) -> StoreResult<Vec<Project>> {
-        sqlx::query(
-            "SELECT id, tenant_id, name, created_at FROM projects \
-             WHERE $1::uuid IS NULL OR tenant_id = $1 ORDER BY created_at, id",
-        )
-        .bind(tenant_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(project_from)
-        .collect()
-    }
-
-    async fn get_project(&self, project_id: Uuid) -> StoreResult<Option<Project>> {
-        sqlx::query("SELECT id, tenant_id, name, created_at FROM projects WHERE id = $1")
-            .bind(project_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(project_from)
-            .transpose()
-    }
-
-    async fn insert_api_key(&self, record: &ApiKeyRecord) -> StoreResult<()> {
-        let done = sqlx::query(
-            "INSERT INTO api_keys (id, project_id, lookup_id, secret_hash, created_at, revoked_at) \
-             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM projects WHERE id = $2)",
-        )
-        .bind(record.id)
-        .bind(record.project_id)
-        .bind(&record.lookup_id)
-        .bind(&record.secret_hash)
-        .bind(truncate_micros(record.created_at))
-        .bind(record.revoked_at.map(truncate_micros))
-        .execute(&self.pool)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict("an API key with this id or lookup id exists".into())
-            } else {
-                e.into()
-            }
-        })?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
-    }
-
-    async fn list_api_keys(&self, project_id: Option<Uuid>) -> StoreResult<Vec<ApiKeyRecord>> {
-        sqlx::query(
-            "SELECT id, project_id, lookup_id, secret_hash, created_at, revoked_at \
-             FROM api_keys WHERE $1::uuid IS NULL OR project_id = $1 ORDER BY created_at, id",
-        )
-        .bind(project_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(api_key_from)
-        .collect()
-    }
-
-    async fn revoke_api_key(&self, key_id: Uuid) -> StoreResult<()> {
-        // Revoking twice keeps the first instant: it is when the key stopped working.
-        let done =
-            sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
-                .bind(now_micros())
-                .bind(key_id)
-                .execute(&self.pool)
-                .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        self.keys.forget(key_id);
-        Ok(())
-    }
-
-    async fn find_api_key(&self, lookup_id: &str) -> StoreResult<Option<KeyOwner>> {
-        self.keys
-            .get_or_fetch(lookup_id, self.find_api_key_uncached(lookup_id))
-            .await
-    }
-
-    async fn is_empty(&self) -> StoreResult<bool> {
-        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants)")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(!any)
-    }
-
     async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome> {
-        let mut tx = self.pool.begin().await?;
-        // Upserts into one project queue on the project's row, so the count below is
-        // not overtaken by a concurrent create (the next statement's snapshot is taken
-        // after the lock is granted). NO KEY UPDATE leaves alone the key-share locks
-        // that rows referencing the project take, so publishing is never held up.
+        let mut tx = self.pool().begin().await?;
+        // Upserts into one project queue on the project's row, so the count in the
+        // statement is not overtaken by a concurrent create (the next statement's
+        // snapshot is taken after the lock is granted). NO KEY UPDATE leaves alone the
+        // key-share locks that rows referencing the project take, so publishing is never
+        // held up.
         sqlx::query("SELECT 1 FROM projects WHERE id = $1 FOR NO KEY UPDATE")
             .bind(input.project_id)
             .execute(&mut *tx)
             .await?;
-        // It inserts only when the webhook exists (then the conflict branch updates
-        // it) or the project is below its limit; no row back means the limit held.
-        // The update branch never touches the secret, so comparing the returned secret
-        // with the one offered tells which branch ran.
-        let row = sqlx::query(&format!(
-            "INSERT INTO webhooks (id, project_id, event_type, webhook_url, auth_header, \
-                 signing_secret, is_active, consecutive_failures, created_at, updated_at) \
-             SELECT $1, $2, $3, $4, $5, $6, true, 0, $7, $7 \
-             WHERE EXISTS (SELECT 1 FROM webhooks WHERE project_id = $2 AND event_type = $3) \
-                OR (SELECT count(*) FROM webhooks WHERE project_id = $2) < $8 \
-             ON CONFLICT (project_id, event_type) DO UPDATE SET \
-                 webhook_url = excluded.webhook_url, \
-                 auth_header = excluded.auth_header, \
-                 is_active = true, \
-                 consecutive_failures = 0, \
-                 first_failure_at = NULL, \
-                 updated_at = excluded.updated_at \
-             RETURNING {WEBHOOK_COLUMNS}, signing_secret"
-        ))
-        .bind(Uuid::now_v7())
-        .bind(input.project_id)
-        .bind(input.event_type)
-        .bind(input.webhook_url)
-        .bind(input.auth_header)
-        .bind(input.new_secret.expose())
-        .bind(now_micros())
-        .bind(i64::try_from(input.max_webhooks).unwrap_or(i64::MAX))
-        .fetch_optional(&mut *tx)
-        .await?;
+        let outcome = Tables::<Postgres>::upsert_webhook(&mut *tx, input).await?;
         tx.commit().await?;
-        let row = row.ok_or_else(|| webhook_limit_reached(input.max_webhooks))?;
-        let webhook = webhook_from(&row)?;
-        let stored: String = row.try_get("signing_secret")?;
-        if stored == input.new_secret.expose() {
-            Ok(UpsertOutcome::Created {
-                webhook,
-                secret: SigningSecret::from_stored(stored),
-            })
-        } else {
-            Ok(UpsertOutcome::Updated { webhook })
-        }
+        Ok(outcome)
     }
 
     async fn list_webhooks(&self, project_id: Uuid) -> StoreResult<Vec<Webhook>> {
-        sqlx::query(&format!(
+        let rows: Vec<WebhookRow> = sqlx::query_as(&format!(
             "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE project_id = $1 ORDER BY event_type"
         ))
         .bind(project_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(webhook_from)
-        .collect()
-    }
-
-    async fn get_webhook(
-        &self,
-        project_id: Uuid,
-        event_type: &str,
-    ) -> StoreResult<Option<Webhook>> {
-        sqlx::query(&format!(
-            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE project_id = $1 AND event_type = $2"
-        ))
-        .bind(project_id)
-        .bind(event_type)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(webhook_from)
-        .transpose()
-    }
-
-    async fn delete_webhook(&self, project_id: Uuid, event_type: &str) -> StoreResult<bool> {
-        let now = now_micros();
-        let mut tx = self.pool.begin().await?;
-        // The DELETE takes the webhook's row lock before any delivery is touched,
-        // the same order record_outcomes uses.
-        let deleted: Option<Uuid> = sqlx::query_scalar(
-            "DELETE FROM webhooks WHERE project_id = $1 AND event_type = $2 RETURNING id",
-        )
-        .bind(project_id)
-        .bind(event_type)
-        .fetch_optional(&mut *tx)
+        .fetch_all(self.pool())
         .await?;
-        let Some(webhook_id) = deleted else {
-            return Ok(false);
-        };
-        cancel_pending(&mut tx, webhook_id, now).await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    async fn rotate_secret(
-        &self,
-        project_id: Uuid,
-        event_type: &str,
-        new_secret: &SigningSecret,
-        grace: Duration,
-    ) -> StoreResult<bool> {
-        let now = now_micros();
-        let keep_previous = !grace.is_zero();
-        let previous_expires = keep_previous.then(|| add_duration(now, grace));
-        // SET expressions read the row as it was before the update, so
-        // previous_secret receives the secret being replaced.
-        let done = sqlx::query(
-            "UPDATE webhooks SET \
-                 previous_secret = CASE WHEN $1 THEN signing_secret END, \
-                 previous_secret_expires_at = $2, \
-                 signing_secret = $3, \
-                 updated_at = $4 \
-             WHERE project_id = $5 AND event_type = $6",
-        )
-        .bind(keep_previous)
-        .bind(previous_expires)
-        .bind(new_secret.expose())
-        .bind(now)
-        .bind(project_id)
-        .bind(event_type)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn list_attempts(
-        &self,
-        project_id: Uuid,
-        event_type: &str,
-        page: AttemptPage,
-        max_bytes: usize,
-    ) -> StoreResult<AttemptList> {
-        let (limit, offset, after) = match page {
-            AttemptPage::Offset { limit, offset } => (limit, offset, None),
-            AttemptPage::After {
-                limit,
-                created_at,
-                id,
-            } => (limit, 0, Some((created_at, id))),
-        };
-        let limit = limit.max(0);
-        let sql = attempt_listing_sql(|n| format!("${n}"), after.is_some());
-        let mut query = sqlx::query(&sql)
-            .bind(project_id)
-            .bind(event_type)
-            .bind(limit.saturating_add(1))
-            .bind(offset.max(0))
-            .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX));
-        if let Some((created_at, id)) = after {
-            query = query.bind(truncate_micros(created_at)).bind(id);
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        attempt_list(&rows, limit, |row| Ok(row.try_get("fits")?), attempt_from)
+        Ok(rows.into_iter().map(Webhook::from).collect())
     }
 
     async fn publish_event(&self, event: PublishEvent<'_>) -> StoreResult<Published> {
         if event.idempotency_key.is_none() {
             return self.publisher.publish(event).await;
         }
-        publish_one(&self.pool, event).await
+        publish_one(self.pool(), event).await
     }
 
-    async fn claim_due_skipping(
-        &self,
-        max: usize,
-        lease: Duration,
-        skip: &[Uuid],
-    ) -> StoreResult<Vec<ClaimedDelivery>> {
-        claim_fairly(self, max, lease, skip).await
-    }
-
+    /// Locks the webhooks first, in id order, so recorders cannot deadlock with each
+    /// other nor with deletions; attempts and deliveries go in as arrays.
     async fn record_outcomes(
         &self,
         outcomes: &[DeliveryOutcome],
         policy: DisablePolicy,
     ) -> StoreResult<Vec<Uuid>> {
-        if outcomes.is_empty() {
-            return Ok(Vec::new());
-        }
         let now = now_micros();
         let delivery_ids: Vec<Uuid> = outcomes.iter().map(|o| o.delivery_id).collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
 
         // 1. Lock the webhooks concerned, in id order (ORDER BY runs before the row
         //    locks are taken), before touching any delivery: the same order as
         //    delete_webhook and every other recorder, so recorders cannot deadlock.
-        let mut streaks: BTreeMap<Uuid, FailureStreak> = BTreeMap::new();
-        for row in sqlx::query(
+        let rows: Vec<StreakRow> = sqlx::query_as(
             "SELECT id, consecutive_failures, first_failure_at, is_active FROM webhooks \
              WHERE id IN (SELECT webhook_id FROM deliveries WHERE id = ANY($1)) \
              ORDER BY id FOR NO KEY UPDATE",
         )
         .bind(&delivery_ids)
         .fetch_all(&mut *tx)
-        .await?
-        {
-            streaks.insert(
-                row.try_get("id")?,
-                FailureStreak {
-                    consecutive_failures: row.try_get("consecutive_failures")?,
-                    first_failure_at: row.try_get("first_failure_at")?,
-                    is_active: row.try_get("is_active")?,
-                },
-            );
-        }
+        .await?;
+        let streaks: BTreeMap<Uuid, FailureStreak> = rows
+            .into_iter()
+            .map(|r| (r.id, FailureStreak::from(r)))
+            .collect();
 
         // 2. Every attempt is recorded, stale or not. An attempt id already stored is
         //    ignored, so a batch retried after a lost commit acknowledgement is
         //    harmless: its leases are gone by then, so nothing is counted twice either.
-        let n = outcomes.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut event_ids = Vec::with_capacity(n);
-        let mut project_ids = Vec::with_capacity(n);
-        let mut event_types = Vec::with_capacity(n);
-        let mut urls = Vec::with_capacity(n);
-        let mut codes = Vec::with_capacity(n);
-        let mut durations = Vec::with_capacity(n);
-        let mut numbers = Vec::with_capacity(n);
-        let mut statuses = Vec::with_capacity(n);
-        let mut bodies = Vec::with_capacity(n);
-        let mut responses = Vec::with_capacity(n);
-        let mut errors = Vec::with_capacity(n);
-        let mut created = Vec::with_capacity(n);
-        let mut attempt_deliveries = Vec::with_capacity(n);
-        for o in outcomes {
-            let a = &o.attempt;
-            ids.push(a.id);
-            attempt_deliveries.push(a.delivery_id);
-            event_ids.push(a.event_id);
-            project_ids.push(a.project_id);
-            event_types.push(a.event_type.as_str());
-            urls.push(a.webhook_url.as_str());
-            codes.push(a.response_code);
-            durations.push(a.duration_ms);
-            numbers.push(a.attempt_number);
-            statuses.push(a.status.as_str());
-            bodies.push(a.request_body.as_slice());
-            responses.push(a.response_body.as_deref());
-            errors.push(a.error_message.as_deref());
-            created.push(truncate_micros(a.created_at));
+        //    One array per column, in ATTEMPT_COLUMNS order.
+        fn col<'a, T>(o: &'a [DeliveryOutcome], f: impl Fn(&'a Attempt) -> T) -> Vec<T> {
+            o.iter().map(|o| f(&o.attempt)).collect()
         }
         sqlx::query(&format!(
             "INSERT INTO attempts ({ATTEMPT_COLUMNS}) \
@@ -752,20 +284,20 @@ impl WebhookStore for PgStore {
                  $12::text[], $13::text[], $14::timestamptz[]) \
              ON CONFLICT (id) DO NOTHING"
         ))
-        .bind(&ids)
-        .bind(&attempt_deliveries)
-        .bind(&event_ids)
-        .bind(&project_ids)
-        .bind(&event_types)
-        .bind(&urls)
-        .bind(&codes)
-        .bind(&durations)
-        .bind(&numbers)
-        .bind(&statuses)
-        .bind(&bodies)
-        .bind(&responses)
-        .bind(&errors)
-        .bind(&created)
+        .bind(col(outcomes, |a| a.id))
+        .bind(col(outcomes, |a| a.delivery_id))
+        .bind(col(outcomes, |a| a.event_id))
+        .bind(col(outcomes, |a| a.project_id))
+        .bind(col(outcomes, |a| a.event_type.as_str()))
+        .bind(col(outcomes, |a| a.webhook_url.as_str()))
+        .bind(col(outcomes, |a| a.response_code))
+        .bind(col(outcomes, |a| a.duration_ms))
+        .bind(col(outcomes, |a| a.attempt_number))
+        .bind(col(outcomes, |a| a.status.as_str()))
+        .bind(col(outcomes, |a| a.request_body.as_slice()))
+        .bind(col(outcomes, |a| a.response_body.as_deref()))
+        .bind(col(outcomes, |a| a.error_message.as_deref()))
+        .bind(col(outcomes, |a| truncate_micros(a.created_at)))
         .execute(&mut *tx)
         .await?;
 
@@ -795,123 +327,31 @@ impl WebhookStore for PgStore {
         .await?;
 
         // 4. Replay the applied attempts into each webhook's streak, in time order.
-        let live_webhook: BTreeMap<Uuid, Uuid> = live.into_iter().collect();
-        let mut applied: BTreeMap<Uuid, Vec<(DateTime<Utc>, AttemptStatus)>> = BTreeMap::new();
-        for o in outcomes {
-            if let Some(webhook) = live_webhook.get(&o.delivery_id) {
-                applied
-                    .entry(*webhook)
-                    .or_default()
-                    .push((truncate_micros(o.attempt.created_at), o.attempt.status));
-            }
-        }
-        let mut disabled = Vec::new();
-        for (webhook_id, mut attempts) in applied {
-            // A webhook deleted meanwhile has no streak left to keep.
-            let Some(before) = streaks.get(&webhook_id).copied() else {
-                continue;
-            };
-            let mut streak = before;
-            attempts.sort_by_key(|(at, _)| *at);
-            let mut disables = false;
-            for (at, status) in attempts {
-                disables |= streak.record(status, at, policy);
-            }
-            if streak == before {
-                continue;
-            }
-            sqlx::query(
-                "UPDATE webhooks SET consecutive_failures = $1, first_failure_at = $2, \
-                     is_active = $3, updated_at = CASE WHEN $4 THEN $5 ELSE updated_at END \
-                 WHERE id = $6",
-            )
-            .bind(streak.consecutive_failures)
-            .bind(streak.first_failure_at)
-            .bind(streak.is_active)
-            .bind(disables)
-            .bind(now)
-            .bind(webhook_id)
-            .execute(&mut *tx)
-            .await?;
-            if disables {
-                cancel_pending(&mut tx, webhook_id, now).await?;
-                disabled.push(webhook_id);
-            }
-        }
+        let live: BTreeMap<Uuid, Uuid> = live.into_iter().collect();
+        let disabled =
+            Tables::<Postgres>::replay_streaks(&mut tx, outcomes, &live, &streaks, policy, now)
+                .await?;
         tx.commit().await?;
         Ok(disabled)
     }
 
     async fn release(&self, claims: &[(Uuid, Uuid)], due: DateTime<Utc>) -> StoreResult<()> {
-        if claims.is_empty() {
-            return Ok(());
-        }
         // One autocommit statement per delivery: a release never holds more than one
         // row lock, so it cannot deadlock with a cancellation that updates the same
         // deliveries in another order. Releases are rare (shutdown, a webhook at its
         // in-flight limit), off the hot path.
-        let now = now_micros();
-        let due = truncate_micros(due);
-        for (delivery_id, lease_token) in claims {
-            sqlx::query(
-                "UPDATE deliveries SET lease_token = NULL, lease_expires_at = NULL, \
-                     next_attempt_at = $4, updated_at = $1 \
-                 WHERE id = $2 AND lease_token = $3 AND status = 'pending'",
-            )
-            .bind(now)
-            .bind(delivery_id)
-            .bind(lease_token)
-            .bind(due)
-            .execute(&self.pool)
-            .await?;
+        let (now, due) = (now_micros(), truncate_micros(due));
+        for claim in claims {
+            Tables::<Postgres>::release_one(self.pool(), *claim, now, due).await?;
         }
         if due <= now {
             // Tell the other processes the handed-back deliveries are claimable now,
             // instead of at their next idle poll.
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(super::notify::CHANNEL)
-                .execute(&self.pool)
+                .execute(self.pool())
                 .await?;
         }
-        Ok(())
-    }
-
-    async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
-        // Walks the due index and stops at the first delivery that can actually be
-        // claimed. A publish racing with a webhook's deletion can leave a pending row
-        // whose webhook is gone; it must not keep a worker awake.
-        Ok(sqlx::query_scalar(
-            "SELECT d.next_attempt_at FROM deliveries d \
-             WHERE d.status = 'pending' \
-               AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.is_active) \
-             ORDER BY d.next_attempt_at, d.id LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    async fn queue_stats(&self) -> StoreResult<QueueStats> {
-        let now = now_micros();
-        let row = sqlx::query(
-            "SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending') AS pending, \
-                 (SELECT d.next_attempt_at FROM deliveries d \
-                  WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
-                    AND EXISTS (SELECT 1 FROM webhooks w \
-                                WHERE w.id = d.webhook_id AND w.is_active) \
-                  ORDER BY d.next_attempt_at, d.id LIMIT 1) AS oldest_due",
-        )
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await?;
-        let oldest: Option<DateTime<Utc>> = row.try_get("oldest_due")?;
-        Ok(QueueStats {
-            pending: row.try_get("pending")?,
-            oldest_due_age: oldest.map(|due| (now - due).to_std().unwrap_or_default()),
-        })
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 }

@@ -1,0 +1,737 @@
+//! What both backends do with the same SQL, written once and generic over the database:
+//! tenants, projects, keys and webhooks, the attempts listing, the fair claim's project
+//! scan, the queue reads, cancelling a webhook's pending deliveries, and the
+//! failure-streak replay of `record_outcomes`. Every statement here uses `$n`
+//! placeholders, which SQLite accepts as well.
+//!
+//! A backend implements [`BackendOps`]: its pools (as [`Tables`]), its transaction start,
+//! and the operations whose SQL or locking genuinely differs; [`WebhookStore`] follows
+//! for it from the blanket impl at the end of this file.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{
+    ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Transaction,
+    Type,
+};
+use uuid::Uuid;
+
+use super::rows::{
+    opt, ApiKeyRow, AttemptRow, Micros, ProjectRow, TenantRow, UpsertedRow, WebhookRow,
+    WEBHOOK_COLUMNS,
+};
+use super::{
+    add_duration, attempt_list, attempt_listing_sql, claim_fairly, now_micros, truncate_micros,
+    webhook_limit_reached, ApiKeyRecord, AttemptList, AttemptPage, AttemptStatus, ClaimFrom,
+    ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyOwner, Project,
+    PublishEvent, Published, QueueStats, SigningSecret, StoreError, StoreResult, Tenant,
+    UpsertOutcome, UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
+};
+
+/// The little that differs between the databases inside otherwise shared statements.
+pub(crate) trait Dialect: Database {
+    /// A test that the optional uuid parameter `$1` is NULL (PostgreSQL must be told
+    /// the parameter's type when nothing else in the statement says it).
+    const UUID_1_IS_NULL: &'static str;
+
+    /// Rows a statement changed (each database's result type has the count, but not
+    /// through a common trait).
+    fn rows_affected(done: &Self::QueryResult) -> u64;
+
+    /// Starts a write transaction (SQLite takes its write lock up front).
+    fn begin_write(
+        pool: &Pool<Self>,
+    ) -> impl Future<Output = sqlx::Result<Transaction<'static, Self>>> + Send;
+}
+
+/// Column types a shared statement binds and reads back.
+pub(crate) trait Column<DB: Database>:
+    for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB> + Send
+{
+}
+
+impl<DB: Database, T> Column<DB> for T where
+    T: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB> + Send
+{
+}
+
+/// A backend's pools, which the shared statements run on.
+#[derive(Debug)]
+pub(crate) struct Tables<DB: Database> {
+    /// Where writes go (on SQLite, its one writer connection).
+    pub write: Pool<DB>,
+    /// Where reads go (the same pool on PostgreSQL).
+    pub read: Pool<DB>,
+}
+
+impl<DB: Database> Clone for Tables<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            write: self.write.clone(),
+            read: self.read.clone(),
+        }
+    }
+}
+
+impl<DB: Dialect> Tables<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    Uuid: Column<DB>,
+    Micros: Column<DB>,
+    String: Column<DB>,
+    i64: Column<DB>,
+    bool: Column<DB>,
+    Vec<u8>: Column<DB>,
+    for<'q> Option<Uuid>: Encode<'q, DB>,
+    for<'q> Option<Micros>: Encode<'q, DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB>,
+{
+    pub async fn create_tenant(&self, name: &str) -> StoreResult<Tenant> {
+        let tenant = Tenant {
+            id: Uuid::now_v7(),
+            name: name.to_owned(),
+            created_at: now_micros(),
+        };
+        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(tenant.id)
+            .bind(tenant.name.as_str())
+            .bind(Micros(tenant.created_at))
+            .execute(&self.write)
+            .await?;
+        Ok(tenant)
+    }
+
+    pub async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        let rows: Vec<TenantRow> =
+            sqlx::query_as("SELECT id, name, created_at FROM tenants ORDER BY created_at, id")
+                .fetch_all(&self.read)
+                .await?;
+        Ok(rows.into_iter().map(Tenant::from).collect())
+    }
+
+    pub async fn create_project(&self, tenant_id: Uuid, name: &str) -> StoreResult<Project> {
+        let project = Project {
+            id: Uuid::now_v7(),
+            tenant_id,
+            name: name.to_owned(),
+            created_at: now_micros(),
+        };
+        // Checking the tenant in the same statement turns a missing tenant into
+        // "no row inserted" instead of a foreign-key error to decode.
+        let done = sqlx::query(
+            "INSERT INTO projects (id, tenant_id, name, created_at) \
+             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM tenants WHERE id = $2)",
+        )
+        .bind(project.id)
+        .bind(tenant_id)
+        .bind(project.name.as_str())
+        .bind(Micros(project.created_at))
+        .execute(&self.write)
+        .await?;
+        if DB::rows_affected(&done) == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(project)
+    }
+
+    pub async fn list_projects(&self, tenant_id: Option<Uuid>) -> StoreResult<Vec<Project>> {
+        let rows: Vec<ProjectRow> = sqlx::query_as(&format!(
+            "SELECT id, tenant_id, name, created_at FROM projects \
+             WHERE {} OR tenant_id = $1 ORDER BY created_at, id",
+            DB::UUID_1_IS_NULL
+        ))
+        .bind(tenant_id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(Project::from).collect())
+    }
+
+    pub async fn get_project(&self, project_id: Uuid) -> StoreResult<Option<Project>> {
+        let row: Option<ProjectRow> =
+            sqlx::query_as("SELECT id, tenant_id, name, created_at FROM projects WHERE id = $1")
+                .bind(project_id)
+                .fetch_optional(&self.read)
+                .await?;
+        Ok(row.map(Project::from))
+    }
+
+    pub async fn insert_api_key(&self, record: &ApiKeyRecord) -> StoreResult<()> {
+        let done = sqlx::query(
+            "INSERT INTO api_keys (id, project_id, lookup_id, secret_hash, created_at, revoked_at) \
+             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM projects WHERE id = $2)",
+        )
+        .bind(record.id)
+        .bind(record.project_id)
+        .bind(record.lookup_id.as_str())
+        .bind(record.secret_hash.as_str())
+        .bind(Micros(truncate_micros(record.created_at)))
+        .bind(opt(record.revoked_at.map(truncate_micros)))
+        .execute(&self.write)
+        .await
+        .map_err(|e| {
+            if matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation()) {
+                StoreError::Conflict("an API key with this id or lookup id exists".into())
+            } else {
+                e.into()
+            }
+        })?;
+        if DB::rows_affected(&done) == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    pub async fn list_api_keys(&self, project_id: Option<Uuid>) -> StoreResult<Vec<ApiKeyRecord>> {
+        let rows: Vec<ApiKeyRow> = sqlx::query_as(&format!(
+            "SELECT id, project_id, lookup_id, secret_hash, created_at, revoked_at \
+             FROM api_keys WHERE {} OR project_id = $1 ORDER BY created_at, id",
+            DB::UUID_1_IS_NULL
+        ))
+        .bind(project_id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(ApiKeyRecord::from).collect())
+    }
+
+    pub async fn revoke_api_key(&self, key_id: Uuid) -> StoreResult<()> {
+        // Revoking twice keeps the first instant: it is when the key stopped working.
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
+                .bind(Micros(now_micros()))
+                .bind(key_id)
+                .execute(&self.write)
+                .await?;
+        if DB::rows_affected(&done) == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    pub async fn find_api_key(&self, lookup_id: &str) -> StoreResult<Option<KeyOwner>> {
+        let row: Option<(Uuid, Uuid, Uuid, String, bool)> = sqlx::query_as(
+            "SELECT k.id, p.tenant_id, k.project_id, k.secret_hash, \
+                    k.revoked_at IS NOT NULL AS revoked \
+             FROM api_keys k JOIN projects p ON p.id = k.project_id \
+             WHERE k.lookup_id = $1",
+        )
+        .bind(lookup_id)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(
+            |(key_id, tenant_id, project_id, secret_hash, revoked)| KeyOwner {
+                key_id,
+                tenant_id,
+                project_id,
+                secret_hash,
+                revoked,
+            },
+        ))
+    }
+
+    pub async fn is_empty(&self) -> StoreResult<bool> {
+        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants)")
+            .fetch_one(&self.read)
+            .await?;
+        Ok(!any)
+    }
+
+    /// The create-or-update statement of [`WebhookStore::upsert_webhook`], on `conn`
+    /// (the backend decides the transaction and locking around it). It inserts only
+    /// when the webhook exists (then the conflict branch updates it) or the project is
+    /// below its limit; no row back means the limit held. The update branch never
+    /// touches the secret, so comparing the returned secret with the one offered tells
+    /// which branch ran (two random 32-byte secrets do not collide).
+    pub async fn upsert_webhook<'c, E>(
+        conn: E,
+        input: UpsertWebhook<'_>,
+    ) -> StoreResult<UpsertOutcome>
+    where
+        E: Executor<'c, Database = DB>,
+    {
+        let row: Option<UpsertedRow> = sqlx::query_as(&format!(
+            "INSERT INTO webhooks (id, project_id, event_type, webhook_url, auth_header, \
+                 signing_secret, is_active, consecutive_failures, created_at, updated_at) \
+             SELECT $1, $2, $3, $4, $5, $6, true, 0, $7, $7 \
+             WHERE EXISTS (SELECT 1 FROM webhooks WHERE project_id = $2 AND event_type = $3) \
+                OR (SELECT count(*) FROM webhooks WHERE project_id = $2) < $8 \
+             ON CONFLICT (project_id, event_type) DO UPDATE SET \
+                 webhook_url = excluded.webhook_url, \
+                 auth_header = excluded.auth_header, \
+                 is_active = true, \
+                 consecutive_failures = 0, \
+                 first_failure_at = NULL, \
+                 updated_at = excluded.updated_at \
+             RETURNING {WEBHOOK_COLUMNS}, signing_secret"
+        ))
+        .bind(Uuid::now_v7())
+        .bind(input.project_id)
+        .bind(input.event_type)
+        .bind(input.webhook_url)
+        .bind(input.auth_header)
+        .bind(input.new_secret.expose())
+        .bind(Micros(now_micros()))
+        .bind(i64::try_from(input.max_webhooks).unwrap_or(i64::MAX))
+        .fetch_optional(conn)
+        .await?;
+        let row = row.ok_or_else(|| webhook_limit_reached(input.max_webhooks))?;
+        let webhook = Webhook::from(row.webhook);
+        Ok(if row.signing_secret == input.new_secret.expose() {
+            UpsertOutcome::Created {
+                webhook,
+                secret: SigningSecret::from_stored(row.signing_secret),
+            }
+        } else {
+            UpsertOutcome::Updated { webhook }
+        })
+    }
+
+    pub async fn get_webhook(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+    ) -> StoreResult<Option<Webhook>> {
+        let row: Option<WebhookRow> = sqlx::query_as(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE project_id = $1 AND event_type = $2"
+        ))
+        .bind(project_id)
+        .bind(event_type)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row.map(Webhook::from))
+    }
+
+    pub async fn delete_webhook(&self, project_id: Uuid, event_type: &str) -> StoreResult<bool> {
+        let now = now_micros();
+        let mut tx = DB::begin_write(&self.write).await?;
+        // The DELETE takes the webhook's row lock (on PostgreSQL) before any delivery is
+        // touched, the same order record_outcomes uses.
+        let deleted: Option<Uuid> = sqlx::query_scalar(
+            "DELETE FROM webhooks WHERE project_id = $1 AND event_type = $2 RETURNING id",
+        )
+        .bind(project_id)
+        .bind(event_type)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(webhook_id) = deleted else {
+            return Ok(false);
+        };
+        Self::cancel_pending(&mut tx, webhook_id, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn rotate_secret(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        new_secret: &SigningSecret,
+        grace: Duration,
+    ) -> StoreResult<bool> {
+        let now = now_micros();
+        let keep_previous = !grace.is_zero();
+        let previous_expires = keep_previous.then(|| Micros(add_duration(now, grace)));
+        // SET expressions read the row as it was before the update, so
+        // previous_secret receives the secret being replaced.
+        let done = sqlx::query(
+            "UPDATE webhooks SET \
+                 previous_secret = CASE WHEN $1 THEN signing_secret END, \
+                 previous_secret_expires_at = $2, \
+                 signing_secret = $3, \
+                 updated_at = $4 \
+             WHERE project_id = $5 AND event_type = $6",
+        )
+        .bind(keep_previous)
+        .bind(previous_expires)
+        .bind(new_secret.expose())
+        .bind(Micros(now))
+        .bind(project_id)
+        .bind(event_type)
+        .execute(&self.write)
+        .await?;
+        Ok(DB::rows_affected(&done) > 0)
+    }
+
+    pub async fn list_attempts(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        page: AttemptPage,
+        max_bytes: usize,
+    ) -> StoreResult<AttemptList> {
+        let (limit, offset, after) = match page {
+            AttemptPage::Offset { limit, offset } => (limit, offset, None),
+            AttemptPage::After {
+                limit,
+                created_at,
+                id,
+            } => (limit, 0, Some((created_at, id))),
+        };
+        let limit = limit.max(0);
+        let sql = attempt_listing_sql(after.is_some());
+        let mut query = sqlx::query(&sql)
+            .bind(project_id)
+            .bind(event_type)
+            .bind(limit.saturating_add(1))
+            .bind(offset.max(0))
+            .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX));
+        if let Some((created_at, id)) = after {
+            query = query.bind(Micros(truncate_micros(created_at))).bind(id);
+        }
+        let rows = query.fetch_all(&self.read).await?;
+        attempt_list(
+            &rows,
+            limit,
+            |row| Ok(sqlx::Row::try_get(row, "fits")?),
+            |row| AttemptRow::from_row(row)?.try_into(),
+        )
+    }
+
+    /// The first [`FAIR_CLAIM_PROJECTS`] + 1 projects with pending deliveries (see
+    /// [`super::claim_fairly`]). A skip scan over deliveries_project_due:
+    /// one probe to the next project, one for its oldest pending delivery, reading
+    /// nothing else, locking nothing.
+    pub async fn pending_projects(&self, now: DateTime<Utc>) -> StoreResult<Vec<(Uuid, bool)>> {
+        Ok(sqlx::query_as(
+            "WITH RECURSIVE p(pid, n) AS ( \
+                 SELECT (SELECT project_id FROM deliveries WHERE status = 'pending' \
+                         ORDER BY project_id LIMIT 1), 1 \
+                 UNION ALL \
+                 SELECT (SELECT d.project_id FROM deliveries d \
+                         WHERE d.status = 'pending' AND d.project_id > p.pid \
+                         ORDER BY d.project_id LIMIT 1), p.n + 1 \
+                 FROM p WHERE p.pid IS NOT NULL AND p.n <= $2 \
+             ) \
+             SELECT p.pid, (SELECT min(d.next_attempt_at) FROM deliveries d \
+                     WHERE d.status = 'pending' AND d.project_id = p.pid) <= $1 \
+             FROM p WHERE p.pid IS NOT NULL",
+        )
+        .bind(Micros(now))
+        .bind(i64::try_from(FAIR_CLAIM_PROJECTS).unwrap_or(i64::MAX))
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    pub async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        // Walks the due index and stops at the first delivery that can actually be
+        // claimed. A publish racing with a webhook's deletion can leave a pending row
+        // whose webhook is gone; it must not keep a worker awake.
+        let next: Option<Micros> = sqlx::query_scalar(
+            "SELECT d.next_attempt_at FROM deliveries d \
+             WHERE d.status = 'pending' \
+               AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.is_active) \
+             ORDER BY d.next_attempt_at, d.id LIMIT 1",
+        )
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(next.map(DateTime::from))
+    }
+
+    pub async fn queue_stats(&self) -> StoreResult<QueueStats> {
+        let now = now_micros();
+        let (pending, oldest): (i64, Option<Micros>) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending'), \
+                 (SELECT d.next_attempt_at FROM deliveries d \
+                  WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
+                    AND EXISTS (SELECT 1 FROM webhooks w \
+                                WHERE w.id = d.webhook_id AND w.is_active) \
+                  ORDER BY d.next_attempt_at, d.id LIMIT 1)",
+        )
+        .bind(Micros(now))
+        .fetch_one(&self.read)
+        .await?;
+        Ok(QueueStats {
+            pending,
+            oldest_due_age: oldest.map(|due| (now - due.0).to_std().unwrap_or_default()),
+        })
+    }
+
+    pub async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+
+    /// Hands one claimed delivery back at `now`, due again at `due`
+    /// ([`WebhookStore::release`]); the backend decides the transaction.
+    pub async fn release_one<'c, E>(
+        conn: E,
+        claim: (Uuid, Uuid),
+        now: DateTime<Utc>,
+        due: DateTime<Utc>,
+    ) -> StoreResult<()>
+    where
+        E: Executor<'c, Database = DB>,
+    {
+        let (delivery_id, lease_token) = claim;
+        sqlx::query(
+            "UPDATE deliveries SET lease_token = NULL, lease_expires_at = NULL, \
+                 next_attempt_at = $4, updated_at = $1 \
+             WHERE id = $2 AND lease_token = $3 AND status = 'pending'",
+        )
+        .bind(Micros(now))
+        .bind(delivery_id)
+        .bind(lease_token)
+        .bind(Micros(due))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Cancels a webhook's pending deliveries (deleted or disabled webhook), releasing
+    /// any lease so that an in-flight outcome for them is recognised as stale. On
+    /// PostgreSQL the caller holds the webhook's row lock.
+    pub async fn cancel_pending(
+        tx: &mut DB::Connection,
+        webhook_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE deliveries SET status = 'cancelled', lease_token = NULL, \
+             lease_expires_at = NULL, updated_at = $1 \
+             WHERE webhook_id = $2 AND status = 'pending'",
+        )
+        .bind(Micros(now))
+        .bind(webhook_id)
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+
+    /// The end of `record_outcomes`: `live` maps each delivery whose lease still held
+    /// to its webhook, and `streaks` holds those webhooks' streaks as loaded inside the
+    /// same transaction. Replays the applied attempts into each streak in time order,
+    /// writes back the streaks that changed, and cancels the pending deliveries of the
+    /// webhooks this disables, which it returns.
+    pub async fn replay_streaks(
+        tx: &mut DB::Connection,
+        outcomes: &[DeliveryOutcome],
+        live: &BTreeMap<Uuid, Uuid>,
+        streaks: &BTreeMap<Uuid, FailureStreak>,
+        policy: DisablePolicy,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<Uuid>> {
+        // Webhook id -> the applied attempts (time, status).
+        let mut applied: BTreeMap<Uuid, Vec<(DateTime<Utc>, AttemptStatus)>> = BTreeMap::new();
+        for o in outcomes {
+            if let Some(webhook) = live.get(&o.delivery_id) {
+                applied
+                    .entry(*webhook)
+                    .or_default()
+                    .push((truncate_micros(o.attempt.created_at), o.attempt.status));
+            }
+        }
+        let mut disabled = Vec::new();
+        for (webhook_id, mut attempts) in applied {
+            // A webhook deleted meanwhile has no streak left to keep.
+            let Some(before) = streaks.get(&webhook_id).copied() else {
+                continue;
+            };
+            let mut streak = before;
+            attempts.sort_by_key(|(at, _)| *at);
+            let mut disables = false;
+            for (at, status) in attempts {
+                disables |= streak.record(status, at, policy);
+            }
+            if streak == before {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE webhooks SET consecutive_failures = $1, first_failure_at = $2, \
+                     is_active = $3, updated_at = CASE WHEN $4 THEN $5 ELSE updated_at END \
+                 WHERE id = $6",
+            )
+            .bind(streak.consecutive_failures)
+            .bind(opt(streak.first_failure_at))
+            .bind(streak.is_active)
+            .bind(disables)
+            .bind(Micros(now))
+            .bind(webhook_id)
+            .execute(&mut *tx)
+            .await?;
+            if disables {
+                Self::cancel_pending(&mut *tx, webhook_id, now).await?;
+                disabled.push(webhook_id);
+            }
+        }
+        Ok(disabled)
+    }
+}
+
+/// A backend: its pools and the operations whose SQL or locking differs between the
+/// databases. Each is documented on [`WebhookStore`].
+pub(crate) trait BackendOps: Send + Sync + 'static {
+    type Db: Dialect;
+
+    fn tables(&self) -> &Tables<Self::Db>;
+
+    fn upsert_webhook(
+        &self,
+        input: UpsertWebhook<'_>,
+    ) -> impl Future<Output = StoreResult<UpsertOutcome>> + Send;
+    fn list_webhooks(
+        &self,
+        project_id: Uuid,
+    ) -> impl Future<Output = StoreResult<Vec<Webhook>>> + Send;
+    fn publish_event(
+        &self,
+        event: PublishEvent<'_>,
+    ) -> impl Future<Output = StoreResult<Published>> + Send;
+    /// Leases up to `max` due deliveries from `from` (see [`super::claim_fairly`]).
+    fn claim_from(
+        &self,
+        from: ClaimFrom<'_>,
+        max: usize,
+        lease: Duration,
+    ) -> impl Future<Output = StoreResult<Vec<ClaimedDelivery>>> + Send;
+    /// Puts what one [`WebhookStore::claim_due_skipping`] claimed in the order it is
+    /// handed out.
+    fn order_claims(_claimed: &mut [ClaimedDelivery]) {}
+    /// Called with at least one outcome.
+    fn record_outcomes(
+        &self,
+        outcomes: &[DeliveryOutcome],
+        policy: DisablePolicy,
+    ) -> impl Future<Output = StoreResult<Vec<Uuid>>> + Send;
+    /// Called with at least one claim.
+    fn release(
+        &self,
+        claims: &[(Uuid, Uuid)],
+        due: DateTime<Utc>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+}
+
+// The bounds are those of the impl of `Tables` (the column types both databases bind
+// and decode); Rust does not carry them over from there.
+#[async_trait]
+impl<B: BackendOps> WebhookStore for B
+where
+    for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
+    for<'q> <B::Db as Database>::Arguments<'q>: IntoArguments<'q, B::Db>,
+    for<'r> &'r str: ColumnIndex<<B::Db as Database>::Row>,
+    usize: ColumnIndex<<B::Db as Database>::Row>,
+    for<'q> &'q str: Encode<'q, B::Db> + Type<B::Db>,
+    Uuid: Column<B::Db>,
+    Micros: Column<B::Db>,
+    String: Column<B::Db>,
+    i64: Column<B::Db>,
+    bool: Column<B::Db>,
+    Vec<u8>: Column<B::Db>,
+    for<'q> Option<Uuid>: Encode<'q, B::Db>,
+    for<'q> Option<Micros>: Encode<'q, B::Db>,
+    for<'q> Option<&'q str>: Encode<'q, B::Db>,
+{
+    async fn create_tenant(&self, name: &str) -> StoreResult<Tenant> {
+        self.tables().create_tenant(name).await
+    }
+    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        self.tables().list_tenants().await
+    }
+    async fn create_project(&self, tenant_id: Uuid, name: &str) -> StoreResult<Project> {
+        self.tables().create_project(tenant_id, name).await
+    }
+    async fn list_projects(&self, tenant_id: Option<Uuid>) -> StoreResult<Vec<Project>> {
+        self.tables().list_projects(tenant_id).await
+    }
+    async fn get_project(&self, project_id: Uuid) -> StoreResult<Option<Project>> {
+        self.tables().get_project(project_id).await
+    }
+    async fn insert_api_key(&self, record: &ApiKeyRecord) -> StoreResult<()> {
+        self.tables().insert_api_key(record).await
+    }
+    async fn list_api_keys(&self, project_id: Option<Uuid>) -> StoreResult<Vec<ApiKeyRecord>> {
+        self.tables().list_api_keys(project_id).await
+    }
+    async fn revoke_api_key(&self, key_id: Uuid) -> StoreResult<()> {
+        self.tables().revoke_api_key(key_id).await
+    }
+    async fn find_api_key(&self, lookup_id: &str) -> StoreResult<Option<KeyOwner>> {
+        self.tables().find_api_key(lookup_id).await
+    }
+    async fn is_empty(&self) -> StoreResult<bool> {
+        self.tables().is_empty().await
+    }
+    async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome> {
+        BackendOps::upsert_webhook(self, input).await
+    }
+    async fn list_webhooks(&self, project_id: Uuid) -> StoreResult<Vec<Webhook>> {
+        BackendOps::list_webhooks(self, project_id).await
+    }
+    async fn get_webhook(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+    ) -> StoreResult<Option<Webhook>> {
+        self.tables().get_webhook(project_id, event_type).await
+    }
+    async fn delete_webhook(&self, project_id: Uuid, event_type: &str) -> StoreResult<bool> {
+        self.tables().delete_webhook(project_id, event_type).await
+    }
+    async fn rotate_secret(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        new_secret: &SigningSecret,
+        grace: Duration,
+    ) -> StoreResult<bool> {
+        self.tables()
+            .rotate_secret(project_id, event_type, new_secret, grace)
+            .await
+    }
+    async fn list_attempts(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        page: AttemptPage,
+        max_bytes: usize,
+    ) -> StoreResult<AttemptList> {
+        self.tables()
+            .list_attempts(project_id, event_type, page, max_bytes)
+            .await
+    }
+    async fn publish_event(&self, event: PublishEvent<'_>) -> StoreResult<Published> {
+        BackendOps::publish_event(self, event).await
+    }
+    async fn claim_due_skipping(
+        &self,
+        max: usize,
+        lease: Duration,
+        skip: &[Uuid],
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        let scan = || self.tables().pending_projects(now_micros());
+        let mut claimed = claim_fairly(self, scan, max, lease, skip).await?;
+        B::order_claims(&mut claimed);
+        Ok(claimed)
+    }
+    async fn record_outcomes(
+        &self,
+        outcomes: &[DeliveryOutcome],
+        policy: DisablePolicy,
+    ) -> StoreResult<Vec<Uuid>> {
+        if outcomes.is_empty() {
+            return Ok(Vec::new());
+        }
+        BackendOps::record_outcomes(self, outcomes, policy).await
+    }
+    async fn release(&self, claims: &[(Uuid, Uuid)], due: DateTime<Utc>) -> StoreResult<()> {
+        if claims.is_empty() {
+            return Ok(());
+        }
+        BackendOps::release(self, claims, due).await
+    }
+    async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        self.tables().next_due().await
+    }
+    async fn queue_stats(&self) -> StoreResult<QueueStats> {
+        self.tables().queue_stats().await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.tables().ping().await
+    }
+}
