@@ -461,7 +461,7 @@ async fn keys(command: KeysCommand) -> anyhow::Result<String> {
             } else {
                 format!(
                     "Revoked API key {key_id}; running servers refuse it within {}.\n",
-                    crate::duration::format(crate::store::KEY_CACHE_TTL)
+                    crate::duration::format(crate::auth::KEY_CACHE_TTL)
                 )
             })
         }

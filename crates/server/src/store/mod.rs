@@ -664,18 +664,13 @@ impl Backend {
 }
 
 /// Opens the store a URL names (see [`Backend::of_url`]), creating a SQLite file if
-/// missing, and runs the embedded migrations. API keys found through the store are
-/// cached briefly ([`crate::auth::CachedKeys`]).
+/// missing, and runs the embedded migrations.
 pub async fn connect(url: &str) -> StoreResult<std::sync::Arc<dyn WebhookStore>> {
-    let store: std::sync::Arc<dyn WebhookStore> = match Backend::of_url(url) {
+    Ok(match Backend::of_url(url) {
         Backend::Postgres => std::sync::Arc::new(postgres::PgStore::connect(url).await?),
         Backend::Sqlite => std::sync::Arc::new(sqlite::SqliteStore::connect(url).await?),
-    };
-    Ok(std::sync::Arc::new(crate::auth::CachedKeys::new(store)))
+    })
 }
-
-/// Kept here for the callers that name it through the store.
-pub use crate::auth::KEY_CACHE_TTL;
 
 #[cfg(test)]
 mod backend_tests {
