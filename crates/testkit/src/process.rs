@@ -222,16 +222,23 @@ impl Spawn {
 
 /// A command for the server binary with an environment that cannot redirect it: a
 /// developer's or CI's `DATABASE_URL`, `SONZAI_*` or `RUST_LOG` must not point it at
-/// their data or change its output. Killed when dropped.
-pub fn command(bin: &Path) -> Command {
-    let mut command = Command::new(bin);
+/// their data or change its output. Stdin is empty.
+pub fn std_command(bin: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(bin);
     for (name, _) in std::env::vars_os() {
         let text = name.to_string_lossy();
         if text == "DATABASE_URL" || text == "RUST_LOG" || text.starts_with("SONZAI_") {
             command.env_remove(&name);
         }
     }
-    command.stdin(Stdio::null()).kill_on_drop(true);
+    command.stdin(Stdio::null());
+    command
+}
+
+/// [`std_command`] for async use, killed when dropped.
+pub fn command(bin: &Path) -> Command {
+    let mut command = Command::from(std_command(bin));
+    command.kill_on_drop(true);
     command
 }
 
