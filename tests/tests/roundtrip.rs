@@ -11,12 +11,12 @@ use serde_json::{json, Value};
 use sonzai_webhooks_api::models;
 use sonzai_webhooks_client::{types, Client, Error};
 use sonzai_webhooks_tests::memory::{AttemptsQuery, MemoryApi, API_KEY, PROJECT_ID};
-use sonzai_webhooks_tests::{http_client, serve_memory, TestServer};
+use sonzai_webhooks_tests::{http_client, serve_memory, Loopback};
 use uuid::Uuid;
 
 const PROBLEM_JSON: &str = "application/problem+json";
 
-fn client(server: &TestServer) -> Client {
+fn client(server: &Loopback) -> Client {
     Client::with_api_key(&server.api_base(), API_KEY).expect("client builds")
 }
 
@@ -577,7 +577,7 @@ impl Answer {
 
 struct Raw {
     http: reqwest::Client,
-    server: TestServer,
+    server: Loopback,
 }
 
 impl Raw {

@@ -8,26 +8,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use sonzai_webhooks_testkit::{process as kit_process, Spawn, TestDb};
+use tokio::process::Command;
 
 use crate::procfs::Usage;
 
-/// Name of the server binary, expected next to the bench binary.
-const SERVER_BIN: &str = "sonzai-webhooks";
 /// Longest wait for one admin command (PostgreSQL migrations may queue behind another
 /// process holding the migration lock).
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for a started server to answer `/readyz`.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest wait for one `psql` call.
-const PSQL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the scenarios keep their data.
 #[derive(Debug, Clone)]
@@ -39,122 +32,40 @@ pub enum Backend {
     Postgres(String),
 }
 
-/// A fresh database for one scenario, deleted when dropped.
+/// A fresh database for one scenario (the test kit's), deleted when dropped: a
+/// temporary directory holding the SQLite data directory and the server logs, and on
+/// PostgreSQL a schema of its own, so runs never see each other's (or the test
+/// suite's) rows in a shared database.
 pub struct Database {
-    /// Server logs, and the SQLite data directory.
-    workdir: TempDir,
-    schema: Option<Schema>,
+    db: TestDb,
 }
 
 impl Database {
     pub fn create(backend: &Backend) -> anyhow::Result<Self> {
-        let workdir = tempfile::Builder::new()
-            .prefix("sonzai-bench-")
-            .tempdir()
-            .context("creating a temporary directory")?;
-        let schema = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres(url) => Some(Schema::create(url)?),
+        let db = match backend {
+            Backend::Sqlite => TestDb::sqlite(),
+            Backend::Postgres(url) => TestDb::postgres_at(url, "sonzai_bench")
+                .map_err(|e| anyhow!("creating a PostgreSQL schema: {e}"))?,
         };
-        Ok(Self { workdir, schema })
+        Ok(Self { db })
     }
 
     /// True on the embedded database, the only one where the server prints
     /// development credentials on first start.
     pub fn is_embedded(&self) -> bool {
-        self.schema.is_none()
+        self.db.sqlite_data_dir().is_some()
     }
 
     /// The `serve`/admin flags that select this database.
     fn args(&self) -> Vec<String> {
-        match &self.schema {
-            Some(schema) => vec!["--database-url".to_owned(), schema.url.clone()],
-            None => vec![
-                "--data-dir".to_owned(),
-                self.workdir.path().join("data").display().to_string(),
-            ],
+        match self.db.sqlite_data_dir() {
+            Some(data_dir) => vec!["--data-dir".to_owned(), data_dir.display().to_string()],
+            None => vec!["--database-url".to_owned(), self.db.url.clone()],
         }
     }
 
     fn workdir(&self) -> &Path {
-        self.workdir.path()
-    }
-}
-
-/// A PostgreSQL schema created for one scenario and dropped afterwards. Servers see
-/// only it through `search_path`, so runs never see each other's (or the test
-/// suite's) rows in a shared database.
-struct Schema {
-    admin_url: String,
-    name: String,
-    /// `admin_url` with this schema as the search path.
-    url: String,
-}
-
-impl Schema {
-    fn create(admin_url: &str) -> anyhow::Result<Self> {
-        let simple = uuid::Uuid::new_v4().simple().to_string();
-        let name = format!("sonzai_bench_{}", &simple[..12]);
-        psql(admin_url, &format!("CREATE SCHEMA {name}"))
-            .with_context(|| format!("creating schema {name}"))?;
-        Ok(Self {
-            url: with_search_path(admin_url, &name),
-            admin_url: admin_url.to_owned(),
-            name,
-        })
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        // Servers have been killed by now, but their sessions may take a moment to
-        // end; the lock timeout keeps a lingering one from hanging the bench.
-        let sql = format!(
-            "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {} CASCADE",
-            self.name
-        );
-        if let Err(e) = psql(&self.admin_url, &sql) {
-            eprintln!("warning: could not drop schema {}: {e:#}", self.name);
-        }
-    }
-}
-
-/// `url` with a libpq `options` parameter that sets the session's `search_path`.
-fn with_search_path(url: &str, schema: &str) -> String {
-    let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}options=-c%20search_path%3D{schema}")
-}
-
-/// Runs one SQL command with `psql`, bounded in time. (Blocking on purpose: it also
-/// runs from `Drop`, where there is no runtime to await on.)
-fn psql(url: &str, sql: &str) -> anyhow::Result<()> {
-    let mut child = std::process::Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running psql (is the PostgreSQL client installed?)")?;
-    let deadline = Instant::now() + PSQL_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            if status.success() {
-                return Ok(());
-            }
-            let mut stderr = String::new();
-            if let Some(mut pipe) = child.stderr.take() {
-                use std::io::Read as _;
-                let _ = pipe.read_to_string(&mut stderr);
-            }
-            bail!("psql failed ({status}): {}", stderr.trim());
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("psql did not finish within {PSQL_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        self.db.dir()
     }
 }
 
@@ -214,21 +125,12 @@ pub struct ServerBinary {
 impl ServerBinary {
     /// `path`, or the server next to this executable (both land in `target/release`).
     pub fn locate(path: Option<PathBuf>) -> anyhow::Result<Self> {
-        let path = match path {
-            Some(path) => path,
-            None => std::env::current_exe()
-                .context("locating the bench executable")?
-                .parent()
-                .ok_or_else(|| anyhow!("the bench executable has no directory"))?
-                .join(SERVER_BIN),
-        };
-        if !path.is_file() {
-            bail!(
-                "server binary {} not found (build it with `cargo build --release -p \
-                 sonzai-webhooks-server`, or run `cargo xtask bench`)",
-                path.display()
-            );
-        }
+        let path = kit_process::locate_server_binary(path).map_err(|e| {
+            anyhow!(
+                "{e} (build it with `cargo build --release -p sonzai-webhooks-server`, or run \
+                 `cargo xtask bench`)"
+            )
+        })?;
         Ok(Self { path })
     }
 
@@ -239,15 +141,7 @@ impl ServerBinary {
     /// A command for the server binary with an environment that cannot redirect it:
     /// a developer's `DATABASE_URL` or `SONZAI_*` must not point a run at their data.
     fn command(&self) -> Command {
-        let mut command = Command::new(&self.path);
-        for (name, _) in std::env::vars_os() {
-            let text = name.to_string_lossy();
-            if text == "DATABASE_URL" || text.starts_with("SONZAI_") {
-                command.env_remove(&name);
-            }
-        }
-        command.stdin(Stdio::null()).kill_on_drop(true);
-        command
+        kit_process::command(&self.path)
     }
 
     /// Runs an admin command with `--json` against `db` and returns its output.
@@ -329,17 +223,15 @@ fn json_str(value: &serde_json::Value, field: &str) -> anyhow::Result<String> {
 
 /// A running server process; killed when dropped.
 pub struct ServerProcess {
-    child: Child,
-    pid: u32,
+    process: kit_process::ServerProcess,
     /// e.g. `http://127.0.0.1:40123`.
     pub base: String,
-    /// Keeps reading stdout so the server never blocks on a full pipe.
-    stdout: JoinHandle<()>,
 }
 
 impl ServerProcess {
-    /// Starts `serve` on a free loopback port and waits until it is ready. With
-    /// `banner`, also waits for the first-start banner and returns its credentials.
+    /// Starts `serve` on a free loopback port (retried when another program takes the
+    /// probed port first) and waits until it is ready. With `banner`, also waits for
+    /// the first-start banner and returns its credentials.
     pub async fn start(
         bin: &ServerBinary,
         db: &Database,
@@ -347,161 +239,55 @@ impl ServerProcess {
         options: &ServerOptions,
         banner: bool,
     ) -> anyhow::Result<(Self, Option<Credentials>)> {
-        // Another program can take the probed port before the server binds it; that
-        // is rare and shows as an early exit, so a couple of retries cover it.
-        let mut last_error = None;
-        for _ in 0..3 {
-            match Self::try_start(bin, db, index, options, banner).await {
-                Ok(started) => return Ok(started),
-                Err(StartError::PortTaken(e)) => last_error = Some(e),
-                Err(StartError::Other(e)) => return Err(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| anyhow!("could not start the server")))
-    }
-
-    async fn try_start(
-        bin: &ServerBinary,
-        db: &Database,
-        index: usize,
-        options: &ServerOptions,
-        banner: bool,
-    ) -> Result<(Self, Option<Credentials>), StartError> {
-        let port = free_port().map_err(StartError::Other)?;
-        let listen = format!("127.0.0.1:{port}");
-        let log_path = db.workdir().join(format!("server-{index}.log"));
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))
-            .map_err(StartError::Other)?;
-        let mut command = bin.command();
-        command
-            .arg("serve")
-            .args(["--listen", &listen, "--allow-private-targets", "true"])
+        let mut spawn = Spawn::new(bin.path())
+            .args(["--allow-private-targets", "true"])
             .args(["--log", &options.log])
             .args(db.args());
         if let Some(workers) = options.workers {
-            command.args(["--workers", &workers.to_string()]);
+            spawn = spawn.args(["--workers".to_owned(), workers.to_string()]);
         }
-        command
+        let mut process = spawn
             .args(&options.extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
-        let mut child = command
-            .spawn()
-            .context("starting the server")
-            .map_err(StartError::Other)?;
-        let pid = child
-            .id()
-            .ok_or_else(|| StartError::Other(anyhow!("the server exited at once")))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| StartError::Other(anyhow!("no server stdout")))?;
-        let (lines_tx, mut lines) = mpsc::unbounded_channel();
-        let stdout = tokio::spawn(async move {
-            let mut reader = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                // Once start-up is over nobody listens; keep draining regardless.
-                let _ = lines_tx.send(line);
-            }
-        });
-        let mut process = Self {
-            child,
-            pid,
-            base: format!("http://{listen}"),
-            stdout,
-        };
-
-        if let Err(e) = process.wait_ready().await {
-            let tail = log_tail(&log_path);
-            return Err(if tail.contains("Address already in use") {
-                StartError::PortTaken(e)
-            } else {
-                StartError::Other(e.context(format!("server log ends with:\n{tail}")))
-            });
-        }
+            .log_to(db.workdir().join(format!("server-{index}.log")))
+            .capture_stdout()
+            .ready_within(START_TIMEOUT)
+            .start()
+            .await
+            .map_err(|e| anyhow!("starting the server: {e}"))?;
         let credentials = if banner {
             // The banner is printed before the server binds its port, so it is in
             // the pipe by now; the timeout only covers reading it.
             let mut text = String::new();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             while parse_banner(&text).is_none() {
-                match tokio::time::timeout_at(deadline, lines.recv()).await {
-                    Ok(Some(line)) => {
-                        text.push_str(&line);
-                        text.push('\n');
-                    }
-                    _ => {
-                        return Err(StartError::Other(anyhow!(
-                            "the server printed no development credentials; stdout was:\n{text}"
-                        )))
-                    }
-                }
+                let Some(line) = process.stdout_line(deadline).await else {
+                    bail!("the server printed no development credentials; stdout was:\n{text}");
+                };
+                text.push_str(&line);
+                text.push('\n');
             }
             parse_banner(&text)
         } else {
             None
         };
-        Ok((process, credentials))
-    }
-
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()?;
-        let url = format!("{}/readyz", self.base);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("the server exited during start-up ({status})");
-            }
-            if let Ok(response) = client.get(&url).send().await {
-                if response.status().is_success() {
-                    return Ok(());
-                }
-            }
-            if Instant::now() >= deadline {
-                bail!("the server was not ready within {START_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let base = process.base_url();
+        Ok((Self { process, base }, credentials))
     }
 
     /// Resource use so far.
     pub fn usage(&self) -> anyhow::Result<Usage> {
-        Usage::of(&self.pid.to_string())
+        Usage::of(&self.process.pid().to_string())
     }
 
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.process.pid()
     }
 
     /// Kills the process and waits (bounded) for it to be gone, so its database
     /// sessions close before the database is dropped.
-    pub async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
-        self.stdout.abort();
+    pub async fn stop(self) {
+        self.process.stop().await;
     }
-}
-
-enum StartError {
-    PortTaken(anyhow::Error),
-    Other(anyhow::Error),
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).context("probing a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// The last lines of a log file, for error messages.
-fn log_tail(path: &Path) -> String {
-    const LINES: usize = 20;
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(LINES)..].join("\n")
 }
 
 #[cfg(test)]
@@ -537,30 +323,6 @@ More keys: sonzai-webhooks keys create --project 0190f1a3-0000-7000-8000-0000000
         let partial = banner.split("  API key").next().unwrap();
         assert_eq!(parse_banner(partial), None);
         assert_eq!(parse_banner("  API key  not-a-key\n  project  p\n"), None);
-    }
-
-    #[test]
-    fn search_path_is_added_as_a_libpq_option() {
-        assert_eq!(
-            with_search_path("postgres://u@127.0.0.1:5432/test", "s1"),
-            "postgres://u@127.0.0.1:5432/test?options=-c%20search_path%3Ds1"
-        );
-        assert_eq!(
-            with_search_path("postgres://u@h/db?sslmode=disable", "s2"),
-            "postgres://u@h/db?sslmode=disable&options=-c%20search_path%3Ds2"
-        );
-    }
-
-    #[test]
-    fn log_tail_keeps_the_last_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let text: String = (0..30).map(|i| format!("line {i}\n")).collect();
-        std::fs::write(&path, text).unwrap();
-        let tail = log_tail(&path);
-        assert!(tail.starts_with("line 10\n"), "{tail}");
-        assert!(tail.ends_with("line 29"), "{tail}");
-        assert_eq!(log_tail(&dir.path().join("missing")), "");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The reference server, end to end: the generated client and plain HTTP against a real
 //! server on a loopback port, real receivers, a real SQLite file and (when
-//! `TEST_DATABASE_URL` is set) the real PostgreSQL.
+//! `TEST_DATABASE_URL` is set) the real PostgreSQL; and the `sonzai-webhooks` binary's
+//! admin commands (`cli`). The one integration-test binary of the server.
 
+mod cli;
 mod contract;
 mod delivery;
 mod durability;

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
+use sonzai_webhooks_testkit::{test_database_url, TestDb as FreshDb};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use super::postgres::PgStore;
@@ -41,7 +41,7 @@ const NEVER_DISABLE: DisablePolicy = DisablePolicy {
 enum Backend {
     Sqlite {
         url: String,
-        _dir: tempfile::TempDir,
+        _db: FreshDb,
     },
     Postgres {
         options: Box<PgConnectOptions>,
@@ -77,73 +77,36 @@ where
     F: FnOnce(Arc<TestDb>) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let dir = tempfile::tempdir().expect("tempdir");
-    // A directory that does not exist yet: connect must create it.
-    let url = format!("sqlite://{}", dir.path().join("data/store.db").display());
+    // In a directory that does not exist yet: connect must create it.
+    let fresh = FreshDb::sqlite();
+    let url = fresh.url.clone();
     let store = SqliteStore::connect(&url).await.expect("connect sqlite");
     let db = Arc::new(TestDb {
         store: Arc::new(store),
-        backend: Backend::Sqlite { url, _dir: dir },
+        backend: Backend::Sqlite { url, _db: fresh },
     });
     tokio::time::timeout(CASE_TIMEOUT, case(db))
         .await
         .expect("case timed out");
 }
 
-fn test_database_url() -> Option<String> {
-    match std::env::var("TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!("skipping: TEST_DATABASE_URL not set");
-            None
-        }
-    }
-}
-
-/// A fresh schema in the shared test database, dropped again however the case ends.
-struct PgSchema {
-    admin: PgConnectOptions,
-    name: String,
-}
+/// A fresh schema in the shared test database (the test kit's), dropped again however
+/// the case ends.
+struct PgSchema(FreshDb);
 
 impl PgSchema {
     async fn create(url: &str) -> Self {
-        let admin = PgConnectOptions::from_str(url).expect("TEST_DATABASE_URL");
-        let name = format!("store_test_{}", Uuid::new_v4().simple());
-        let mut conn = PgConnection::connect_with(&admin)
-            .await
-            .expect("connect to TEST_DATABASE_URL");
-        sqlx::query(&format!("CREATE SCHEMA {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("create schema");
-        let _ = conn.close().await;
-        Self { admin, name }
+        Self(FreshDb::postgres_at(url, "store_test").expect("create schema"))
     }
 
     /// Connection options whose sessions see only this schema.
     fn options(&self) -> PgConnectOptions {
-        self.admin
-            .clone()
-            .options([("search_path", self.name.as_str())])
+        PgConnectOptions::from_str(&self.0.url).expect("schema URL")
     }
 
-    async fn drop_schema(&self) {
-        let dropped = async {
-            let mut conn = PgConnection::connect_with(&self.admin).await?;
-            // Never wait forever behind a connection a failed case left busy.
-            sqlx::query("SET lock_timeout = '10s'")
-                .execute(&mut conn)
-                .await?;
-            sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.name))
-                .execute(&mut conn)
-                .await?;
-            conn.close().await
-        }
-        .await;
-        if let Err(e) = dropped {
-            eprintln!("warning: could not drop test schema {}: {e}", self.name);
-        }
+    /// Drops the schema (waiting at most a bounded time for locks a failed case left).
+    async fn drop_schema(self) {
+        drop(self.0);
     }
 }
 

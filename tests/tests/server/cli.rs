@@ -1,15 +1,19 @@
-//! End-to-end tests of the admin commands: the real binary, a real SQLite file in a
+//! End-to-end tests of the admin commands: the real binary (built by
+//! [`support::server_binary`]), a real SQLite file in a
 //! temporary data directory, and the library's authentication against what the
 //! binary wrote.
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sonzai_webhooks_server::auth::{authenticate, AuthError};
 use sonzai_webhooks_server::store;
+use sonzai_webhooks_testkit::process;
+
+use crate::support;
 
 /// No admin command should take anywhere near this long; it only stops a hung
 /// process from hanging the test run.
@@ -24,13 +28,7 @@ struct Run {
 /// Runs the binary with an environment cleared of every setting it reads, so that the
 /// developer's or CI's environment (DATABASE_URL in particular) cannot redirect it.
 fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sonzai-webhooks"));
-    for (name, _) in std::env::vars_os() {
-        let text = name.to_string_lossy();
-        if text.starts_with("SONZAI_") || text == "DATABASE_URL" || text == "RUST_LOG" {
-            command.env_remove(&name);
-        }
-    }
+    let mut command = process::std_command(&support::server_binary());
     command
         .args(args)
         .envs(env.iter().copied())
