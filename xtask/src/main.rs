@@ -31,25 +31,32 @@ pub fn generate_all(root: &Path) -> Result<Vec<(PathBuf, String)>> {
     let spec = model::Spec::from_json(&doc)?;
     let files = vec![
         ("crates/client/src/generated.rs", client_gen::client(&doc)?),
-        ("crates/api/src/generated/models.rs", api_gen::models(&spec)),
-        ("crates/api/src/generated/server.rs", api_gen::server(&spec)),
+        (
+            "crates/api/src/generated/models.rs",
+            api_gen::models(&spec)?,
+        ),
+        (
+            "crates/api/src/generated/server.rs",
+            api_gen::server(&spec)?,
+        ),
     ];
     files
         .into_iter()
         .map(|(path, code)| {
             Ok((
                 PathBuf::from(path),
-                rustfmt(&code).with_context(|| format!("formatting {path}"))?,
+                format(code).with_context(|| format!("formatting {path}"))?,
             ))
         })
         .collect()
 }
 
-/// Formats with rustfmt (the same formatter `cargo fmt` runs), so generated files pass
-/// `cargo fmt --check` and are byte-for-byte reproducible.
-fn rustfmt(code: &str) -> Result<String> {
+/// Formats generated tokens with prettyplease, then rustfmt (the same formatter `cargo
+/// fmt` runs), so generated files pass `cargo fmt --check` and are byte-for-byte
+/// reproducible.
+fn format(code: proc_macro2::TokenStream) -> Result<String> {
     use std::io::Write;
-    let mut file: syn::File = syn::parse_str(code).context("generated code does not parse")?;
+    let mut file: syn::File = syn::parse2(code).context("generated code does not parse")?;
     syn::visit_mut::VisitMut::visit_file_mut(&mut OneDocLinePerAttribute, &mut file);
     let pretty = prettyplease::unparse(&file);
     // prettyplease drops the leading line comment; put the header back.
