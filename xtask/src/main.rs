@@ -224,6 +224,42 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    /// A property added to a schema of the spec shows in the client and in the api
+    /// models, validators and JSON Schema lookup alike: both sides come from one spec.
+    #[test]
+    fn a_spec_change_reaches_client_and_api() {
+        let text = std::fs::read_to_string(workspace_root().join("openapi.json")).unwrap();
+        let mut doc: Value = serde_json::from_str(&text).unwrap();
+        let generate = |doc: &Value| {
+            let spec = model::Spec::from_json(doc).unwrap();
+            (
+                client_gen::client(doc).unwrap().to_string(),
+                api_gen::models(&spec).unwrap().to_string(),
+            )
+        };
+        let (client, models) = generate(&doc);
+        assert!(!client.contains("probe_note") && !models.contains("probe_note"));
+        doc["components"]["schemas"]["Webhook"]["properties"]["probe_note"] =
+            json!({"type": "string", "description": "A note."});
+        let (client, models) = generate(&doc);
+        assert!(
+            client.contains("pub probe_note"),
+            "client lacks the new field"
+        );
+        assert!(
+            models.contains("pub probe_note"),
+            "api model lacks the new field"
+        );
+        assert!(
+            models.contains("const NAME : & str = \"probe_note\""),
+            "api validator lacks the new field"
+        );
+    }
+
     /// Plain `cargo test` catches generated code that is stale or was edited by hand.
     #[test]
     fn generated_code_is_up_to_date() {

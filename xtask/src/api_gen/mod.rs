@@ -45,9 +45,13 @@ fn doc(text: &str) -> TokenStream {
     quote! { #(#[doc = #lines])* }
 }
 
-/// Like [`doc`], for text the spec may or may not have.
-fn doc_opt(text: Option<&str>) -> TokenStream {
-    text.map(doc).unwrap_or_default()
+/// `#[doc]` attributes for a doc the generator wrote where the spec has none. They are
+/// written as `concat!` so that utoipa, which reads only literal docs, leaves them out of
+/// the OpenAPI document; schemars is told `description = ""` by the caller. The JSON
+/// Schema and OpenAPI documents then say no more than the spec does.
+fn generated_doc(text: &str) -> TokenStream {
+    let lines = text.lines().map(|line| format!(" {line}"));
+    quote! { #(#[doc = concat!(#lines)])* }
 }
 
 /// An identifier, raw (`r#type`) when `name` is written that way.

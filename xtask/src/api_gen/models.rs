@@ -5,13 +5,19 @@
 use proc_macro2::TokenStream;
 use quote::quote;
 
-use super::{doc, doc_opt, ident, json_tokens, signed, string_param_rules, unsuffixed};
+use super::{doc, generated_doc, ident, json_tokens, signed, string_param_rules, unsuffixed};
 use crate::model::{Operation, Param, Property, SchemaDef, Spec, StringRules, Ty};
 
 /// The struct of component schema `s`, and the `$schema` link it answers with if it
 /// has one.
 pub fn model(spec: &Spec, s: &SchemaDef) -> TokenStream {
-    let docs = doc_opt(s.description.as_deref());
+    let (docs, no_description) = match &s.description {
+        Some(text) => (doc(text), None),
+        None => (
+            generated_doc(&format!("The `{}` component schema.", s.name)),
+            Some(quote!(#[schemars(description = "")])),
+        ),
+    };
     let name = ident(&s.name);
     let deny = s
         .deny_unknown
@@ -30,6 +36,7 @@ pub fn model(spec: &Spec, s: &SchemaDef) -> TokenStream {
         #docs
         #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, utoipa::ToSchema)]
         #deny
+        #no_description
         pub struct #name {
             #(#fields)*
         }
@@ -63,11 +70,28 @@ fn string_format_is_from_type(r: &StringRules) -> bool {
     matches!(r.format.as_deref(), Some("uuid") | Some("date-time"))
 }
 
+/// What a property without a description in the spec is documented as.
+fn property_doc(p: &Property) -> String {
+    let presence = match (p.required, p.nullable) {
+        (true, false) => "required",
+        (true, true) => "required, may be null",
+        (false, _) => "optional",
+    };
+    format!("The `{}` property ({presence}).", p.json_name)
+}
+
 /// One struct field with its serde, schemars (JSON Schema) and utoipa (OpenAPI)
 /// attributes, so both documents describe the property as the spec does.
 pub fn field(p: &Property) -> TokenStream {
-    let docs = doc_opt(p.description.as_deref());
     let json_name = &p.json_name;
+    let mut schemars = Vec::new();
+    let docs = match &p.description {
+        Some(text) => doc(text),
+        None => {
+            schemars.push(quote!(description = ""));
+            generated_doc(&property_doc(p))
+        }
+    };
     let mut serde = Vec::new();
     if p.rust_name.trim_start_matches("r#") != p.json_name {
         serde.push(quote!(rename = #json_name));
@@ -77,7 +101,6 @@ pub fn field(p: &Property) -> TokenStream {
         serde.push(quote!(skip_serializing_if = "Option::is_none"));
     }
 
-    let mut schemars = Vec::new();
     let mut extend = Vec::new();
     let mut utoipa = Vec::new();
     if !p.required && !p.nullable {
@@ -179,7 +202,10 @@ pub fn query_struct(op: &Operation) -> TokenStream {
     ));
     let name = ident(&op.query_struct());
     let fields = op.query_params.iter().map(|p| {
-        let docs = doc_opt(p.description.as_deref());
+        let docs = match &p.description {
+            Some(text) => doc(text),
+            None => generated_doc(&format!("The `{}` query parameter.", p.name)),
+        };
         let mut attrs = Vec::new();
         if p.rust_name != p.name {
             let rename = &p.name;
@@ -349,7 +375,8 @@ mod tests {
             ),
             pretty(quote! {
                 struct S {
-                    #[schemars(required, extend("type" = ["array", "null"]))]
+                    #[doc = concat!(" The `p` property (required, may be null).")]
+                    #[schemars(description = "", required, extend("type" = ["array", "null"]))]
                     #[schema(required = true)]
                     pub p: Option<Vec<uuid::Uuid>>,
                 }
@@ -363,7 +390,8 @@ mod tests {
             one_field(json!({"type": "integer", "minimum": 0, "maximum": 9}), true),
             pretty(quote! {
                 struct S {
-                    #[schemars(range(min = 0, max = 9))]
+                    #[doc = concat!(" The `p` property (required).")]
+                    #[schemars(description = "", range(min = 0, max = 9))]
                     #[schema(minimum = 0, maximum = 9)]
                     pub p: i64,
                 }
@@ -376,7 +404,8 @@ mod tests {
             ),
             pretty(quote! {
                 struct S {
-                    #[schemars(extend("readOnly" = true))]
+                    #[doc = concat!(" The `p` property (required).")]
+                    #[schemars(description = "", extend("readOnly" = true))]
                     #[schema(read_only)]
                     pub p: chrono::DateTime<chrono::Utc>,
                 }
@@ -396,9 +425,39 @@ mod tests {
             one_field(json!({"type": "string", "contentEncoding": "base64"}), true),
             pretty(quote! {
                 struct S {
-                    #[schemars(extend("contentEncoding" = "base64"))]
+                    #[doc = concat!(" The `p` property (required).")]
+                    #[schemars(description = "", extend("contentEncoding" = "base64"))]
                     #[schema(content_encoding = "base64")]
                     pub p: String,
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn undescribed_items_get_docs_kept_out_of_the_schemas() {
+        let spec = spec(
+            json!({"Bare": {"type": "object", "required": ["a"],
+                "properties": {"a": {"type": ["integer", "null"]}, "b": {"type": "boolean"}}}}),
+            json!({}),
+        );
+        let bare = spec.schema("Bare").unwrap();
+        assert_eq!(
+            pretty(model(&spec, bare)),
+            pretty(quote! {
+                #[doc = concat!(" The `Bare` component schema.")]
+                #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, utoipa::ToSchema)]
+                #[schemars(description = "")]
+                pub struct Bare {
+                    #[doc = concat!(" The `a` property (required, may be null).")]
+                    #[schemars(description = "", required, extend("type" = ["integer", "null"]))]
+                    #[schema(required = true)]
+                    pub a: Option<i64>,
+                    #[doc = concat!(" The `b` property (optional).")]
+                    #[serde(default, skip_serializing_if = "Option::is_none")]
+                    #[schemars(description = "", with = "bool")]
+                    #[schema(nullable = false)]
+                    pub b: Option<bool>,
                 }
             })
         );
@@ -416,10 +475,16 @@ mod tests {
             pretty(quote!(struct S { #(#fields)* })),
             pretty(quote! {
                 struct S {
+                    #[doc = concat!(" The `$schema` property (required).")]
                     #[serde(rename = "$schema")]
+                    #[schemars(description = "")]
                     pub schema: String,
+                    #[doc = concat!(" The `type` property (required).")]
+                    #[schemars(description = "")]
                     pub r#type: bool,
+                    #[doc = concat!(" The `eventType` property (required).")]
                     #[serde(rename = "eventType")]
+                    #[schemars(description = "")]
                     pub event_type: ErrorModel,
                 }
             })
@@ -452,8 +517,10 @@ mod tests {
                     /// Max results
                     #[param(default = 10, required = false, minimum = 1, maximum = 50)]
                     pub limit: i64,
+                    #[doc = concat!(" The `pageToken` query parameter.")]
                     #[param(rename = "pageToken", required = false, nullable = false, max_length = 8, pattern = "^[a-z]*$")]
                     pub page_token: Option<String>,
+                    #[doc = concat!(" The `mode` query parameter.")]
                     pub mode: String,
                 }
             })

@@ -22,8 +22,13 @@ pub fn trait_name(spec: &Spec) -> String {
 /// that order, answering the success body (or `()`) or a problem.
 pub fn method(op: &Operation) -> TokenStream {
     let summary = op.summary.clone().unwrap_or_else(|| op.id.clone());
+    let description = op
+        .description
+        .as_deref()
+        .map(|d| format!("{d}\n\n"))
+        .unwrap_or_default();
     let docs = doc(&format!(
-        "{summary}\n\n`{} {}` (operationId `{}`)",
+        "{summary}\n\n{description}`{} {}` (operationId `{}`)",
         op.method.to_uppercase(),
         op.path,
         op.id
@@ -133,6 +138,23 @@ mod tests {
             "->implFuture<Output=Result<(),Problem>>+Send"
         );
         assert!(method.default.is_none(), "operations have no default body");
+    }
+
+    #[test]
+    fn method_docs_carry_the_operation_description() {
+        let mut spec = tiny_spec();
+        spec.operations[0].description = Some("Puts it.".into());
+        let method: syn::TraitItemFn = syn::parse2(method(&spec.operations[0])).unwrap();
+        assert_eq!(
+            docs(&method.attrs),
+            [
+                " Put a thing",
+                "",
+                " Puts it.",
+                "",
+                " `PUT /things/{thingId}/{kind}` (operationId `putThing`)"
+            ]
+        );
     }
 
     #[test]
