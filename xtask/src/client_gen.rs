@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::convert;
 
-pub fn client(doc: &Value) -> Result<String> {
+pub fn client(doc: &Value) -> Result<proc_macro2::TokenStream> {
     let mut doc30 = convert::downgrade_to_30(doc)?;
     convert::adapt_for_client(&mut doc30);
     let spec: openapiv3::OpenAPI =
@@ -18,8 +18,7 @@ pub fn client(doc: &Value) -> Result<String> {
         .with_tag(TagStyle::Merged)
         .with_derive("PartialEq");
     let mut generator = Generator::new(&settings);
-    let tokens = generator
+    generator
         .generate_tokens(&spec)
-        .map_err(|e| anyhow::anyhow!("progenitor: {e}"))?;
-    Ok(tokens.to_string())
+        .map_err(|e| anyhow::anyhow!("progenitor: {e}"))
 }

@@ -4,6 +4,8 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use heck::{ToSnakeCase, ToUpperCamelCase};
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
 use serde_json::{Map, Value};
 
 pub struct Spec {
@@ -75,19 +77,31 @@ pub struct IntRules {
 
 impl Ty {
     /// The Rust type that holds a value of this schema.
-    pub fn rust(&self) -> String {
+    pub fn tokens(&self) -> TokenStream {
         match self {
             Ty::String(r) => match r.format.as_deref() {
-                Some("uuid") => "uuid::Uuid".into(),
-                Some("date-time") => "chrono::DateTime<chrono::Utc>".into(),
-                _ => "String".into(),
+                Some("uuid") => quote!(uuid::Uuid),
+                Some("date-time") => quote!(chrono::DateTime<chrono::Utc>),
+                _ => quote!(String),
             },
-            Ty::Integer(_) => "i64".into(),
-            Ty::Boolean => "bool".into(),
-            Ty::Any => "serde_json::Value".into(),
-            Ty::Ref(name) => name.clone(),
-            Ty::Array(item) => format!("Vec<{}>", item.rust()),
+            Ty::Integer(_) => quote!(i64),
+            Ty::Boolean => quote!(bool),
+            Ty::Any => quote!(serde_json::Value),
+            Ty::Ref(name) => {
+                let name = format_ident!("{name}");
+                quote!(#name)
+            }
+            Ty::Array(item) => {
+                let item = item.tokens();
+                quote!(Vec<#item>)
+            }
         }
+    }
+
+    /// [`Ty::tokens`] as text, as attributes such as `schemars(with = "...")` take it.
+    /// No Rust type this model produces needs a space.
+    pub fn rust(&self) -> String {
+        self.tokens().to_string().replace(' ', "")
     }
 }
 
@@ -477,5 +491,252 @@ impl Spec {
 
     pub fn schema(&self, name: &str) -> Option<&SchemaDef> {
         self.schemas.iter().find(|s| s.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A small spec: one schema, one operation with path and query parameters, a body,
+    /// a success body and the problem response.
+    fn small() -> Value {
+        json!({
+            "openapi": "3.1.0",
+            "info": {"title": "Small API", "version": "2", "description": "Small."},
+            "servers": [{"url": "/v2/"}],
+            "tags": [{"name": "Things", "description": "About things."}, {"name": "Bare"}],
+            "components": {
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                    "description": "API key."}},
+                "schemas": {
+                    "ErrorModel": {"type": "object", "properties": {}},
+                    "Thing": {"type": "object", "additionalProperties": false,
+                        "description": "A thing.",
+                        "required": ["name", "note"],
+                        "properties": {
+                            "$schema": {"type": "string", "format": "uri-reference", "readOnly": true},
+                            "name": {"type": "string", "description": "Its name.",
+                                "minLength": 1, "maxLength": 9, "pattern": "^[a-z]+$"},
+                            "note": {"type": ["string", "null"]},
+                            "size": {"type": "integer", "minimum": 0, "maximum": 10, "default": 3},
+                            "key": {"type": "string", "x-sonzai-sensitive": true,
+                                "contentEncoding": "base64"},
+                            "at": {"type": "string", "format": "date-time"},
+                            "ids": {"type": "array", "items": {"type": "string", "format": "uuid"}},
+                            "parent": {"$ref": "#/components/schemas/Thing"},
+                            "data": {}
+                        }}
+                }
+            },
+            "paths": {"/things/{thingId}": {"post": {
+                "operationId": "makeThing",
+                "summary": "Make a thing",
+                "description": "Makes it.",
+                "tags": ["Things"],
+                "parameters": [
+                    {"name": "thingId", "in": "path", "required": true,
+                        "schema": {"type": "string", "format": "uuid"}},
+                    {"name": "dryRun", "in": "query", "description": "Only check.",
+                        "schema": {"type": "boolean"}},
+                    {"name": "limit", "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "default": 5}}
+                ],
+                "requestBody": {"required": true, "content": {"application/json":
+                    {"schema": {"$ref": "#/components/schemas/Thing"}}}},
+                "responses": {
+                    "201": {"description": "Made", "content": {"application/json":
+                        {"schema": {"$ref": "#/components/schemas/Thing"}}}},
+                    "default": {"description": "Trouble", "content": {"application/problem+json":
+                        {"schema": {"$ref": "#/components/schemas/ErrorModel"}}}}
+                }
+            }}}
+        })
+    }
+
+    /// `small()` with `edit` applied, read back; the error text when it fails.
+    fn read_edited(edit: impl FnOnce(&mut Value)) -> Result<Spec> {
+        let mut doc = small();
+        edit(&mut doc);
+        Spec::from_json(&doc)
+    }
+
+    fn thing_schema(doc: &mut Value) -> &mut Value {
+        &mut doc["components"]["schemas"]["Thing"]
+    }
+
+    #[test]
+    fn reads_the_document_head() {
+        let spec = Spec::from_json(&small()).unwrap();
+        assert_eq!(spec.title, "Small API");
+        assert_eq!(spec.version, "2");
+        assert_eq!(spec.description.as_deref(), Some("Small."));
+        assert_eq!(spec.base_path, "/v2");
+        assert_eq!(
+            spec.tags,
+            [
+                ("Things".to_owned(), Some("About things.".to_owned())),
+                ("Bare".to_owned(), None)
+            ]
+        );
+        assert_eq!(spec.security_scheme.name, "bearer");
+        assert_eq!(
+            spec.security_scheme.description.as_deref(),
+            Some("API key.")
+        );
+        let names: Vec<&str> = spec.schemas.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["ErrorModel", "Thing"]);
+    }
+
+    #[test]
+    fn reads_properties_required_optional_and_rules() {
+        let spec = Spec::from_json(&small()).unwrap();
+        let thing = spec.schema("Thing").unwrap();
+        assert!(thing.deny_unknown);
+        assert!(thing.has_schema_link());
+        assert!(!spec.schema("ErrorModel").unwrap().deny_unknown);
+        assert_eq!(thing.description.as_deref(), Some("A thing."));
+        let p = |name: &str| {
+            thing
+                .properties
+                .iter()
+                .find(|p| p.json_name == name)
+                .unwrap()
+        };
+
+        let schema = p("$schema");
+        assert_eq!(schema.rust_name, "schema");
+        assert!(schema.read_only && !schema.required);
+
+        let name = p("name");
+        assert!(name.required && !name.nullable);
+        assert_eq!(name.description.as_deref(), Some("Its name."));
+        assert_eq!(
+            name.ty,
+            Ty::String(StringRules {
+                format: None,
+                min_length: Some(1),
+                max_length: Some(9),
+                pattern: Some("^[a-z]+$".into()),
+            })
+        );
+
+        let note = p("note");
+        assert!(note.required && note.nullable);
+
+        let size = p("size");
+        assert!(!size.required);
+        assert_eq!(size.default, Some(json!(3)));
+        assert_eq!(
+            size.ty,
+            Ty::Integer(IntRules {
+                format: None,
+                minimum: Some(0),
+                maximum: Some(10)
+            })
+        );
+
+        let key = p("key");
+        assert!(key.sensitive);
+        assert_eq!(key.content_encoding.as_deref(), Some("base64"));
+
+        assert_eq!(p("at").ty.rust(), "chrono::DateTime<chrono::Utc>");
+        assert_eq!(p("ids").ty.rust(), "Vec<uuid::Uuid>");
+        assert_eq!(p("parent").ty, Ty::Ref("Thing".into()));
+        assert_eq!(p("data").ty, Ty::Any);
+        assert_eq!(p("data").ty.rust(), "serde_json::Value");
+    }
+
+    #[test]
+    fn reads_parameters_body_and_responses() {
+        let spec = Spec::from_json(&small()).unwrap();
+        let [op] = spec.operations.as_slice() else {
+            panic!("one operation expected");
+        };
+        assert_eq!(op.id, "makeThing");
+        assert_eq!(op.fn_name, "make_thing");
+        assert_eq!(op.method, "post");
+        assert_eq!(op.path, "/things/{thingId}");
+        assert_eq!(op.summary.as_deref(), Some("Make a thing"));
+        assert_eq!(op.description.as_deref(), Some("Makes it."));
+        assert_eq!(op.tag, "Things");
+        assert_eq!(op.query_struct(), "MakeThingQuery");
+
+        let [thing_id] = op.path_params.as_slice() else {
+            panic!("one path parameter expected");
+        };
+        assert_eq!(thing_id.rust_name, "thing_id");
+        assert!(thing_id.required);
+        assert_eq!(thing_id.ty.rust(), "uuid::Uuid");
+
+        let [dry_run, limit] = op.query_params.as_slice() else {
+            panic!("two query parameters expected");
+        };
+        assert_eq!(
+            (dry_run.name.as_str(), dry_run.rust_name.as_str()),
+            ("dryRun", "dry_run")
+        );
+        assert_eq!(dry_run.description.as_deref(), Some("Only check."));
+        assert!(!dry_run.required && dry_run.default.is_none());
+        assert_eq!(dry_run.ty, Ty::Boolean);
+        assert_eq!(limit.default, Some(json!(5)));
+
+        assert_eq!(op.body.as_deref(), Some("Thing"));
+        assert_eq!(op.success_status, 201);
+        assert_eq!(op.success_description, "Made");
+        assert_eq!(op.success_body.as_deref(), Some("Thing"));
+        assert_eq!(op.error_description, "Trouble");
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_express() {
+        type Edit = Box<dyn FnOnce(&mut Value)>;
+        let cases: [(&str, Edit); 6] = [
+            (
+                "schema keyword `oneOf` is not supported",
+                Box::new(|d| thing_schema(d)["properties"]["name"]["oneOf"] = json!([])),
+            ),
+            (
+                "bad pattern",
+                Box::new(|d| thing_schema(d)["properties"]["name"]["pattern"] = json!("(")),
+            ),
+            (
+                "required property ghost is not defined",
+                Box::new(|d| thing_schema(d)["required"] = json!(["ghost"])),
+            ),
+            (
+                "optional request bodies are not supported",
+                Box::new(|d| {
+                    d["paths"]["/things/{thingId}"]["post"]["requestBody"]["required"] =
+                        json!(false)
+                }),
+            ),
+            (
+                "only success codes and `default` are supported",
+                Box::new(|d| {
+                    d["paths"]["/things/{thingId}"]["post"]["responses"]["404"] =
+                        json!({"description": "Missing"})
+                }),
+            ),
+            (
+                "parameters in header are not supported",
+                Box::new(|d| {
+                    d["paths"]["/things/{thingId}"]["post"]["parameters"][1]["in"] = json!("header")
+                }),
+            ),
+        ];
+        for (expected, edit) in cases {
+            let err = read_edited(edit).err().expect(expected);
+            assert!(format!("{err:#}").contains(expected), "{expected}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn keywords_become_raw_identifiers() {
+        assert_eq!(rust_ident("type"), "r#type");
+        assert_eq!(rust_ident("$schema"), "schema");
+        assert_eq!(rust_ident("webhookUrl"), "webhook_url");
     }
 }

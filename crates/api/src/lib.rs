@@ -15,6 +15,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 #[allow(clippy::all, clippy::pedantic)]
 mod generated {
     pub mod models;

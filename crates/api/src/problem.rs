@@ -6,18 +6,23 @@ use axum::response::{IntoResponse, Response};
 
 use crate::models::{ErrorDetail, ErrorModel};
 
+/// The media type of every error answer (RFC 9457).
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// An error answer. Build one with the constructors; `detail` is shown to the caller, so
 /// it must never carry secrets or internal error text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
+    /// The HTTP status answered.
     pub status: StatusCode,
+    /// The explanation shown to the caller.
     pub detail: String,
+    /// One entry per invalid input, for validation errors.
     pub errors: Option<Vec<ErrorDetail>>,
 }
 
 impl Problem {
+    /// A problem with any status and detail, without error entries.
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
         Self {
             status,
@@ -40,14 +45,17 @@ impl Problem {
         )
     }
 
+    /// 404: the resource does not exist (or belongs to another tenant).
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, detail)
     }
 
+    /// 409: the request conflicts with the current state.
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, detail)
     }
 
+    /// 413: the body is larger than `limit` bytes.
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -55,6 +63,7 @@ impl Problem {
         )
     }
 
+    /// 415: the body is not `application/json`.
     pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, detail)
     }
@@ -82,10 +91,12 @@ impl Problem {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
     }
 
+    /// 503: the service cannot answer now; the caller may retry.
     pub fn service_unavailable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, detail)
     }
 
+    /// The problem as the `ErrorModel` body it is answered with.
     pub fn to_model(&self) -> ErrorModel {
         ErrorModel {
             schema: Some(ErrorModel::SCHEMA_LINK.to_owned()),

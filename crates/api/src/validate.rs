@@ -17,10 +17,14 @@ use serde_json::{Map, Value};
 use crate::models::ErrorDetail;
 use crate::problem::Problem;
 
+/// A string `format` the validator checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// `uuid`: an RFC 4122 UUID.
     Uuid,
+    /// `date-time`: an RFC 3339 timestamp.
     DateTime,
+    /// `uri`: an absolute URI.
     Uri,
 }
 
@@ -31,6 +35,7 @@ pub struct Pattern {
 }
 
 impl Pattern {
+    /// A pattern for `source`, compiled on its first use.
     pub const fn new(source: &'static str) -> Self {
         Self {
             source,
@@ -38,10 +43,12 @@ impl Pattern {
         }
     }
 
+    /// The pattern as written in the spec.
     pub fn source(&self) -> &'static str {
         self.source
     }
 
+    /// Whether the pattern matches somewhere in `text` (JSON Schema patterns are not anchored).
     pub fn is_match(&self, text: &str) -> bool {
         self.regex
             .get_or_init(|| {
@@ -53,10 +60,15 @@ impl Pattern {
     }
 }
 
+/// The constraints the spec puts on a string input.
 pub struct StringRules {
+    /// The `format` to check, if any.
     pub format: Option<Format>,
+    /// Fewest characters allowed (`minLength`).
     pub min_length: Option<u64>,
+    /// Most characters allowed (`maxLength`).
     pub max_length: Option<u64>,
+    /// The `pattern` the string must match.
     pub pattern: Option<&'static Pattern>,
     /// Never echo the value back in an error (it may be a credential).
     pub sensitive: bool,
@@ -66,8 +78,11 @@ pub struct StringRules {
     pub forbid_nul: bool,
 }
 
+/// The constraints the spec puts on an integer input.
 pub struct IntRules {
+    /// Smallest value allowed (`minimum`).
     pub minimum: Option<i64>,
+    /// Largest value allowed (`maximum`).
     pub maximum: Option<i64>,
 }
 
@@ -100,6 +115,7 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
+/// The value as a JSON object, or `None` with an error recorded at `loc`.
 pub fn check_object<'a>(
     value: &'a Value,
     loc: &str,
@@ -191,6 +207,8 @@ fn shown(value: &Value, rules: &StringRules) -> Option<Value> {
     (!rules.sensitive).then(|| value.clone())
 }
 
+/// Checks that `value` is a string (or null, when `nullable`) within `rules`, recording
+/// an error at `loc` per problem.
 pub fn check_string(
     value: &Value,
     loc: &str,
@@ -222,6 +240,8 @@ fn int_problems(n: i64, rules: &IntRules) -> Option<String> {
     }
 }
 
+/// Checks that `value` is an integer (or null, when `nullable`) within `rules`, recording
+/// an error at `loc` per problem.
 pub fn check_integer(
     value: &Value,
     loc: &str,
@@ -253,6 +273,8 @@ pub fn check_integer(
     }
 }
 
+/// Checks that `value` is a boolean (or null, when `nullable`), recording an error at
+/// `loc` if not.
 pub fn check_boolean(value: &Value, loc: &str, nullable: bool, errors: &mut Vec<ErrorDetail>) {
     match value {
         Value::Null if nullable => {}
@@ -266,6 +288,8 @@ pub fn check_boolean(value: &Value, loc: &str, nullable: bool, errors: &mut Vec<
     }
 }
 
+/// Checks that `value` is an array (or null, when `nullable`) and each item with
+/// `item`, which gets the item's location.
 pub fn check_array(
     value: &Value,
     loc: &str,
@@ -300,6 +324,7 @@ pub async fn path_params(parts: &mut Parts) -> HashMap<String, String> {
     }
 }
 
+/// The path parameter `name`, with an error recorded per rule it breaks.
 pub fn path_string(
     params: &HashMap<String, String>,
     name: &str,
@@ -320,6 +345,8 @@ pub fn path_string(
     text
 }
 
+/// The path parameter `name` as a UUID; the nil UUID with an error recorded when it is
+/// not one.
 pub fn path_uuid(
     params: &HashMap<String, String>,
     name: &str,
@@ -413,6 +440,7 @@ pub fn query_integer(
     }
 }
 
+/// The query parameter `name`: `None` when absent (or invalid, with an error recorded).
 pub fn query_string(
     pairs: &[(String, String)],
     name: &str,
@@ -483,6 +511,8 @@ pub async fn json_body<T: DeserializeOwned>(
     }
 }
 
+/// `body` as an `application/json` answer with `status`; a 500 problem if it does not
+/// serialize.
 pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => (

@@ -26,7 +26,11 @@
 //! Errors the server answers (problem details) come back as
 //! [`Error::ErrorResponse`] holding a [`types::ErrorModel`].
 
-#[allow(clippy::all, clippy::pedantic, unused)]
+#![warn(missing_docs)]
+
+// progenitor documents types and operations from the spec but not its builders and
+// their methods, so missing_docs is allowed on its output only.
+#[allow(clippy::all, clippy::pedantic, unused, missing_docs)]
 mod generated;
 
 pub use generated::*;
@@ -38,6 +42,7 @@ use std::time::Duration;
 pub enum BuildError {
     /// The API key cannot be sent as a header value.
     InvalidApiKey,
+    /// reqwest could not build the HTTP client (for example, no TLS backend).
     Http(reqwest::Error),
 }
 

@@ -2,6 +2,7 @@
 //! The models of the API: one type per component schema, with serde, schemars and
 //! utoipa derives, and a validator per type that the router runs before deserializing.
 use crate::validate as v;
+#[doc = concat!(" The `ErrorDetail` component schema.")]
 #[derive(
     Debug,
     Clone,
@@ -12,6 +13,7 @@ use crate::validate as v;
     utoipa::ToSchema,
 )]
 #[serde(deny_unknown_fields)]
+#[schemars(description = "")]
 pub struct ErrorDetail {
     /// Where the error occurred, e.g. 'body.items[3].tags' or 'path.thing-id'
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,7 +98,8 @@ pub struct ListDeliveryAttemptsOutputBody {
     #[schemars(with = "String", extend("format" = "uri-reference", "readOnly" = true))]
     #[schema(nullable = false, format = "uri-reference", read_only)]
     pub schema: Option<String>,
-    #[schemars(required, extend("type" = ["array", "null"]))]
+    #[doc = concat!(" The `attempts` property (required, may be null).")]
+    #[schemars(description = "", required, extend("type" = ["array", "null"]))]
     #[schema(required = true)]
     pub attempts: Option<Vec<WebhookDeliveryAttempt>>,
     /// Cursor paging (extension): whether another page follows. A page can end before `limit` or `page_size` attempts when it reaches the byte budget of one page; follow `next_cursor` to continue.
@@ -131,7 +134,8 @@ pub struct ListWebhooksOutputBody {
     #[schemars(with = "String", extend("format" = "uri-reference", "readOnly" = true))]
     #[schema(nullable = false, format = "uri-reference", read_only)]
     pub schema: Option<String>,
-    #[schemars(required, extend("type" = ["array", "null"]))]
+    #[doc = concat!(" The `webhooks` property (required, may be null).")]
+    #[schemars(description = "", required, extend("type" = ["array", "null"]))]
     #[schema(required = true)]
     pub webhooks: Option<Vec<Webhook>>,
 }
@@ -232,6 +236,8 @@ pub struct PublishEventOutputBody {
     pub schema: Option<String>,
     /// Stable id of the event; deliveries carry it as `event_id` and `webhook-id`.
     pub event_id: uuid::Uuid,
+    #[doc = concat!(" The `created_at` property (required).")]
+    #[schemars(description = "")]
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// How many webhooks will receive the event.
     pub deliveries_started: i64,
@@ -259,6 +265,8 @@ pub struct RotateSigningSecretOutputBody {
     pub schema: Option<String>,
     /// The new secret; the old one stops signing at once (or after the grace period).
     pub signing_secret: String,
+    #[doc = concat!(" The `success` property (required).")]
+    #[schemars(description = "")]
     pub success: bool,
 }
 impl RotateSigningSecretOutputBody {
@@ -365,6 +373,8 @@ pub struct UpsertWebhookOutputBody {
     #[schemars(with = "String")]
     #[schema(nullable = false)]
     pub signing_secret: Option<String>,
+    #[doc = concat!(" The `success` property (required).")]
+    #[schemars(description = "")]
     pub success: bool,
 }
 impl UpsertWebhookOutputBody {
@@ -393,13 +403,22 @@ pub struct Webhook {
     #[schemars(with = "String")]
     #[schema(nullable = false)]
     pub auth_header: Option<String>,
+    #[doc = concat!(" The `created_at` property (required).")]
+    #[schemars(description = "")]
     pub created_at: chrono::DateTime<chrono::Utc>,
+    #[doc = concat!(" The `event_type` property (required).")]
+    #[schemars(description = "")]
     pub event_type: String,
     /// False once the webhook was disabled for failing; an upsert turns it back on.
     pub is_active: bool,
+    #[doc = concat!(" The `project_id` property (required).")]
+    #[schemars(description = "")]
     pub project_id: uuid::Uuid,
+    #[doc = concat!(" The `updated_at` property (required).")]
+    #[schemars(description = "")]
     pub updated_at: chrono::DateTime<chrono::Utc>,
-    #[schemars(extend("format" = "uri"))]
+    #[doc = concat!(" The `webhook_url` property (required).")]
+    #[schemars(description = "", extend("format" = "uri"))]
     #[schema(format = "uri")]
     pub webhook_url: String,
 }
@@ -424,17 +443,27 @@ pub struct WebhookDeliveryAttempt {
     #[schemars(with = "String", extend("format" = "uri-reference", "readOnly" = true))]
     #[schema(nullable = false, format = "uri-reference", read_only)]
     pub schema: Option<String>,
+    #[doc = concat!(" The `attempt_id` property (required).")]
+    #[schemars(description = "")]
     pub attempt_id: uuid::Uuid,
     /// Counts from 1 per event.
     pub attempt_number: i64,
+    #[doc = concat!(" The `created_at` property (required).")]
+    #[schemars(description = "")]
     pub created_at: chrono::DateTime<chrono::Utc>,
+    #[doc = concat!(" The `duration_ms` property (required).")]
+    #[schemars(description = "")]
     pub duration_ms: i64,
     /// Why the attempt failed when no HTTP response came back (timeout, connection refused, DNS, TLS, blocked target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "String")]
     #[schema(nullable = false)]
     pub error_message: Option<String>,
+    #[doc = concat!(" The `event_type` property (required).")]
+    #[schemars(description = "")]
     pub event_type: String,
+    #[doc = concat!(" The `project_id` property (required).")]
+    #[schemars(description = "")]
     pub project_id: uuid::Uuid,
     /// Base64 of the exact bytes sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -450,7 +479,8 @@ pub struct WebhookDeliveryAttempt {
     pub response_code: i64,
     /// `success` (a 2xx) or `failed`.
     pub status: String,
-    #[schemars(extend("format" = "uri"))]
+    #[doc = concat!(" The `webhook_url` property (required).")]
+    #[schemars(description = "", extend("format" = "uri"))]
     #[schema(format = "uri")]
     pub webhook_url: String,
 }

@@ -87,6 +87,8 @@ pub trait WebhooksApi: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ListWebhooksOutputBody, Problem>> + Send;
     /// Register or update a webhook
     ///
+    /// Creates the webhook of this event type, or replaces it. A project has at most a set number of webhooks (a server setting, 1,000 by default): creating one more answers 409 with a problem saying so; replacing an existing one is always allowed.
+    ///
     /// `PUT /projects/{projectId}/webhooks/{eventType}` (operationId `upsertWebhook`)
     fn upsert_webhook(
         &self,
@@ -105,6 +107,8 @@ pub trait WebhooksApi: Send + Sync + 'static {
         event_type: String,
     ) -> impl Future<Output = Result<(), Problem>> + Send;
     /// List webhook delivery attempts
+    ///
+    /// Newest first. A page holds at most `limit` (or `page_size`) attempts, and ends sooner when its attempts would pass the byte budget of one page (a server setting, 8 MiB of JSON by default): then `has_more` is true and `next_cursor` continues right after the last attempt listed, also when the page was asked for by `offset`. A page holds at least one attempt whenever one is left.
     ///
     /// `GET /projects/{projectId}/webhooks/{eventType}/attempts` (operationId `listDeliveryAttempts`)
     fn list_delivery_attempts(
@@ -126,6 +130,8 @@ pub trait WebhooksApi: Send + Sync + 'static {
     ) -> impl Future<Output = Result<RotateSigningSecretOutputBody, Problem>> + Send;
     /// Publish an event to a project (extension)
     ///
+    /// Extension. Records the event and starts one delivery per active webhook of the project subscribed to its event type. Answered after the event and its deliveries are committed.
+    ///
     /// `POST /projects/{projectId}/events` (operationId `publishEvent`)
     fn publish_event(
         &self,
@@ -141,6 +147,8 @@ pub trait WebhooksApi: Send + Sync + 'static {
         ctx: Self::Context,
     ) -> impl Future<Output = Result<ListWebhooksOutputBody, Problem>> + Send;
     /// Register or update a webhook (tenant-scoped)
+    ///
+    /// Creates the webhook of this event type, or replaces it. A project has at most a set number of webhooks (a server setting, 1,000 by default): creating one more answers 409 with a problem saying so; replacing an existing one is always allowed.
     ///
     /// `PUT /webhooks/{eventType}` (operationId `upsertWebhookForTenant`)
     fn upsert_webhook_for_tenant(
@@ -159,6 +167,8 @@ pub trait WebhooksApi: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Problem>> + Send;
     /// List webhook delivery attempts (tenant-scoped)
     ///
+    /// Newest first. A page holds at most `limit` (or `page_size`) attempts, and ends sooner when its attempts would pass the byte budget of one page (a server setting, 8 MiB of JSON by default): then `has_more` is true and `next_cursor` continues right after the last attempt listed, also when the page was asked for by `offset`. A page holds at least one attempt whenever one is left.
+    ///
     /// `GET /webhooks/{eventType}/attempts` (operationId `listDeliveryAttemptsForTenant`)
     fn list_delivery_attempts_for_tenant(
         &self,
@@ -176,6 +186,8 @@ pub trait WebhooksApi: Send + Sync + 'static {
         query: RotateWebhookSigningSecretForTenantQuery,
     ) -> impl Future<Output = Result<RotateSigningSecretOutputBody, Problem>> + Send;
     /// Publish an event (tenant-scoped, extension)
+    ///
+    /// Extension. Like publishEvent, for the project of the API key.
     ///
     /// `POST /events` (operationId `publishEventForTenant`)
     fn publish_event_for_tenant(
