@@ -38,11 +38,11 @@ use crate::store::{
 };
 
 /// Every key starts with this, so secret scanners and humans recognise one.
-pub const KEY_PREFIX: &str = "sk_";
+pub(crate) const KEY_PREFIX: &str = "sk_";
 /// Length of the public lookup id.
-pub const LOOKUP_ID_LEN: usize = 12;
+pub(crate) const LOOKUP_ID_LEN: usize = 12;
 /// Length of the secret part.
-pub const SECRET_LEN: usize = 40;
+pub(crate) const SECRET_LEN: usize = 40;
 
 const LOOKUP_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 const KEY_LEN: usize = KEY_PREFIX.len() + LOOKUP_ID_LEN + 1 + SECRET_LEN;
@@ -56,20 +56,13 @@ const DUMMY_HASH: &str = "000000000000000000000000000000000000000000000000000000
 pub struct ApiKey(String);
 
 impl ApiKey {
-    /// Checks the format of a key given as text (for example from a config file of a
-    /// client).
-    pub fn parse(key: &str) -> Result<Self, AuthError> {
-        split_key(key)?;
-        Ok(Self(key.to_owned()))
-    }
-
     /// The whole key, to hand to its owner or to put in an `Authorization` header.
     pub fn expose(&self) -> &str {
         &self.0
     }
 
     /// The public lookup id, the part that is safe to show in listings and logs.
-    pub fn lookup_id(&self) -> &str {
+    pub(crate) fn lookup_id(&self) -> &str {
         self.0
             .get(KEY_PREFIX.len()..KEY_PREFIX.len() + LOOKUP_ID_LEN)
             .unwrap_or_default()
@@ -119,7 +112,7 @@ impl AuthError {
 
 /// A new key for `project_id` and the record to store for it. The key is returned
 /// once here and cannot be recovered from the record.
-pub fn generate_api_key(project_id: Uuid) -> (ApiKey, ApiKeyRecord) {
+pub(crate) fn generate_api_key(project_id: Uuid) -> (ApiKey, ApiKeyRecord) {
     let mut rng = OsRng;
     let lookup_id: String = (0..LOOKUP_ID_LEN)
         .map(|_| char::from(LOOKUP_ALPHABET[rng.gen_range(0..LOOKUP_ALPHABET.len())]))
@@ -164,7 +157,7 @@ pub async fn issue_api_key(
 }
 
 /// Hex SHA-256 of a key's secret part: what the store keeps.
-pub fn hash_secret(secret: &str) -> String {
+pub(crate) fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
@@ -175,7 +168,7 @@ fn hashes_match(candidate: &str, stored: &str) -> bool {
 
 /// Splits `Bearer sk_<lookup_id>_<secret>` into lookup id and secret. The scheme is
 /// case-insensitive (RFC 9110); anything else about the value must be exact.
-pub fn parse_bearer(header_value: &str) -> Result<(&str, &str), AuthError> {
+pub(crate) fn parse_bearer(header_value: &str) -> Result<(&str, &str), AuthError> {
     let value = header_value.trim_matches([' ', '\t']);
     if value.is_empty() {
         return Err(AuthError::Malformed("empty Authorization header"));
@@ -251,7 +244,7 @@ pub async fn authenticate(
 }
 
 /// How long a found API key is trusted without asking the database again.
-pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
+pub(crate) const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// Recently found API keys, so authenticating a request does not cost a query every
 /// time. An entry lives at most [`KEY_CACHE_TTL`]; revoking a key through the same
@@ -293,13 +286,13 @@ impl KeyCache {
 /// A store whose [`WebhookStore::find_api_key`] answers from a [`KeyCache`] and whose
 /// [`WebhookStore::revoke_api_key`] drops the revoked key from it; everything else
 /// goes straight to the wrapped store.
-pub struct CachedKeys {
+pub(crate) struct CachedKeys {
     store: Arc<dyn WebhookStore>,
     keys: KeyCache,
 }
 
 impl CachedKeys {
-    pub fn new(store: Arc<dyn WebhookStore>) -> Self {
+    pub(crate) fn new(store: Arc<dyn WebhookStore>) -> Self {
         Self {
             store,
             keys: KeyCache::default(),
@@ -509,7 +502,7 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_secret() {
-        let key = ApiKey::parse(&sample_key()).unwrap();
+        let key = ApiKey(sample_key());
         assert_eq!(format!("{key:?}"), "sk_abc123def456_***");
         assert_eq!(format!("{:?}", Some(&key)), "Some(sk_abc123def456_***)");
         let (generated, _) = generate_api_key(Uuid::nil());
@@ -570,9 +563,9 @@ mod tests {
 
     #[test]
     fn api_key_parse_checks_the_format() {
-        assert!(ApiKey::parse(&sample_key()).is_ok());
-        assert!(ApiKey::parse("sk_short").is_err());
-        assert!(ApiKey::parse(&format!("Bearer {}", sample_key())).is_err());
+        assert!(split_key(&sample_key()).is_ok());
+        assert!(split_key("sk_short").is_err());
+        assert!(split_key(&format!("Bearer {}", sample_key())).is_err());
     }
 
     #[test]

@@ -17,10 +17,10 @@ use uuid::Uuid;
 
 mod common;
 mod group_commit;
-pub mod notify;
-pub mod postgres;
+pub(crate) mod notify;
+pub(crate) mod postgres;
 mod rows;
-pub mod sqlite;
+pub(crate) mod sqlite;
 
 #[cfg(test)]
 mod tests;
@@ -518,7 +518,7 @@ pub(crate) fn add_duration(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 /// backends can store it: PostgreSQL's `text` refuses NUL, so each NUL becomes
 /// U+FFFD, the same replacement character that stands for bytes that are not UTF-8
 /// (the body was decoded lossily before it got here). Everything else is kept as is.
-pub fn storable_text(text: String) -> String {
+pub(crate) fn storable_text(text: String) -> String {
     if text.contains('\0') {
         text.replace('\0', "\u{fffd}")
     } else {
@@ -528,11 +528,11 @@ pub fn storable_text(text: String) -> String {
 
 /// How many projects with pending deliveries a claim looks at one by one (see
 /// [`WebhookStore::claim_due_skipping`]). Each costs two index probes.
-pub const FAIR_CLAIM_PROJECTS: usize = 256;
+pub(crate) const FAIR_CLAIM_PROJECTS: usize = 256;
 
 /// Where a claim takes deliveries from.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum ClaimFrom<'a> {
+pub enum ClaimFrom<'a> {
     /// Up to `share` from each of these projects, oldest due first within each.
     Projects(&'a [Uuid], usize),
     /// Oldest due first across all projects but these.
@@ -602,7 +602,7 @@ pub(crate) fn status_after(outcome: &DeliveryOutcome) -> &'static str {
 /// [`FailureStreak::record`] in time order, and write the result back, so the rule
 /// exists once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FailureStreak {
+pub struct FailureStreak {
     pub consecutive_failures: i64,
     pub first_failure_at: Option<DateTime<Utc>>,
     pub is_active: bool,
@@ -646,7 +646,7 @@ impl FailureStreak {
 
 /// The database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }

@@ -104,6 +104,7 @@ impl PgStore {
     }
 
     /// Closes the pool, waiting for connections in use to come back.
+    #[cfg(test)]
     pub async fn close(&self) {
         self.tables.write.close().await;
     }

@@ -151,6 +151,7 @@ impl SqliteStore {
 
     /// Closes both pools, waiting for connections in use to come back. The writer
     /// checkpoints the WAL when it closes.
+    #[cfg(test)]
     pub async fn close(&self) {
         self.tables.read.close().await;
         self.tables.write.close().await;
