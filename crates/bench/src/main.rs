@@ -75,7 +75,7 @@ struct Args {
     quick: bool,
 
     /// Run on PostgreSQL: URL of an existing database (each scenario creates and drops
-    /// a schema of its own in it). Needs `psql`. Without it: SQLite.
+    /// a schema of its own in it). Without it: SQLite.
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
 

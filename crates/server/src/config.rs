@@ -121,11 +121,15 @@ impl DatabaseArgs {
         Ok(())
     }
 
-    /// Prepares the data directory and opens the store (running its migrations).
+    /// Prepares the data directory and opens the store (running its migrations), with
+    /// the API key cache in front of it ([`crate::auth::CachedKeys`]): a key revoked
+    /// through the store this returns is refused at once.
     pub async fn connect(&self) -> anyhow::Result<std::sync::Arc<dyn WebhookStore>> {
         self.prepare()?;
         let opened: StoreResult<_> = crate::store::connect(&self.url()).await;
-        opened.with_context(|| format!("cannot open database {}", self.url_redacted()))
+        let store =
+            opened.with_context(|| format!("cannot open database {}", self.url_redacted()))?;
+        Ok(std::sync::Arc::new(crate::auth::CachedKeys::new(store)))
     }
 }
 

@@ -2,8 +2,8 @@
 //! storage on SQLite (embedded default) or PostgreSQL (scale-out), and the delivery
 //! engine that signs, sends, retries and records every attempt. The binary
 //! `sonzai-webhooks` wraps this library; Rust programs (and the tests) can embed it:
-//! [`store::connect`] opens a database and [`server::start_with_store`] runs the API
-//! and the workers on it.
+//! [`config::DatabaseArgs::connect`] opens a database and [`server::start_with_store`]
+//! runs the API and the workers on it.
 
 // Public: what the binary, the tests and embedding programs use. Everything else is
 // private to the crate, so the compiler reports what nothing calls.

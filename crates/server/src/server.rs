@@ -169,13 +169,12 @@ async fn shutdown_signal() {
     }
 }
 
-/// Starts the API and the workers on an opened store. API keys found through it are
-/// cached briefly ([`crate::auth::CachedKeys`]).
+/// Starts the API and the workers on an opened store (from
+/// [`crate::config::DatabaseArgs::connect`], which puts the API key cache in front).
 pub async fn start_with_store(
     config: &Config,
     store: Arc<dyn WebhookStore>,
 ) -> anyhow::Result<Running> {
-    let store: Arc<dyn WebhookStore> = Arc::new(crate::auth::CachedKeys::new(store));
     let schedule = config.retry_schedule.clone();
     let policy = TargetPolicy::from_allow_private(config.allow_private_targets)
         .with_denied(config.deny_targets.iter().copied());

@@ -209,11 +209,15 @@ impl DeliveryWorker {
             }
             self.health.claiming();
             let full_projects = lanes.full_projects();
-            let claimed = match self
+            self.waker.claim_started();
+            let claim = self
                 .store
                 .claim_due_skipping(free, self.config.lease, &full_projects)
-                .await
-            {
+                .await;
+            // A full batch suggests more is due than this process can take.
+            self.waker
+                .claim_finished(claim.as_ref().is_ok_and(|c| c.len() == free));
+            let claimed = match claim {
                 Ok(claimed) => {
                     self.health.claimed();
                     backoff = Duration::from_millis(50);
@@ -229,8 +233,6 @@ impl DeliveryWorker {
                     continue;
                 }
             };
-            // A full batch suggests more is due than this process can take.
-            self.waker.set_saturated(claimed.len() == free);
             let claimed_any = !claimed.is_empty();
             let mut progressed = false;
             let (mut full, mut slowed) = (Vec::new(), Vec::new());

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sonzai_webhooks_client::Client;
-use sonzai_webhooks_server::config::Config;
+use sonzai_webhooks_server::config::{Config, DatabaseArgs};
 use sonzai_webhooks_server::server::{start_with_store, Running};
-use sonzai_webhooks_server::store::{self, WebhookStore};
+use sonzai_webhooks_server::store::WebhookStore;
 use sonzai_webhooks_testkit as kit;
 use uuid::Uuid;
 
@@ -47,8 +47,15 @@ impl TestDb {
         kit::TestDb::postgres().map(TestDb)
     }
 
+    /// The store as the server opens it, with the API key cache in front.
     pub async fn open(&self) -> Arc<dyn WebhookStore> {
-        store::connect(&self.url).await.expect("open store")
+        DatabaseArgs {
+            database_url: Some(self.url.clone()),
+            ..DatabaseArgs::default()
+        }
+        .connect()
+        .await
+        .expect("open store")
     }
 }
 
