@@ -16,9 +16,9 @@ use axum::http::request::Parts;
 use chrono::Utc;
 use sonzai_webhooks_api::models::{
     ListDeliveryAttemptsOutputBody, ListWebhooksOutputBody, PublishEventForTenantInputBody,
-    PublishEventInputBody, PublishEventOutputBody, RotateSigningSecretOutputBody,
-    UpsertWebhookForTenantInputBody, UpsertWebhookInputBody, UpsertWebhookOutputBody, Webhook,
-    WebhookDeliveryAttempt,
+    PublishEventInputBody, PublishEventOutputBody, ResendEventOutputBody,
+    RotateSigningSecretOutputBody, UpsertWebhookForTenantInputBody, UpsertWebhookInputBody,
+    UpsertWebhookOutputBody, Webhook, WebhookDeliveryAttempt,
 };
 use sonzai_webhooks_api::{
     ListDeliveryAttemptsForTenantQuery, ListDeliveryAttemptsQuery, Problem,
@@ -75,6 +75,8 @@ struct State {
     webhooks: HashMap<(Uuid, String), Stored>,
     /// Oldest first; listed newest first.
     attempts: Vec<WebhookDeliveryAttempt>,
+    /// Published events: id to (project, event type).
+    events: HashMap<Uuid, (Uuid, String)>,
     attempts_queries: Vec<AttemptsQuery>,
     grace_seconds: Vec<i64>,
 }
@@ -260,11 +262,75 @@ impl MemoryApi {
         })
     }
 
+    /// Records one successful resend attempt, with the server's answers for an
+    /// unknown webhook or event (404) and a disabled webhook (409).
+    fn resend(
+        &self,
+        project_id: Uuid,
+        event_type: String,
+        event_id: Uuid,
+    ) -> Result<ResendEventOutputBody, Problem> {
+        let now = Utc::now();
+        let mut state = self.lock();
+        let stored = state
+            .webhooks
+            .get(&(project_id, event_type.clone()))
+            .ok_or_else(|| Problem::not_found("webhook not found"))?;
+        let (active, webhook_url) = (stored.webhook.is_active, stored.webhook.webhook_url.clone());
+        if state.events.get(&event_id) != Some(&(project_id, event_type.clone())) {
+            return Err(Problem::not_found("event not found"));
+        }
+        if !active {
+            return Err(Problem::conflict("webhook disabled"));
+        }
+        state.attempts.push(Self::attempt(
+            project_id,
+            &event_type,
+            webhook_url,
+            "resend",
+            now,
+        ));
+        Ok(ResendEventOutputBody {
+            schema: None,
+            event_id,
+            queued_at: now,
+        })
+    }
+
+    fn attempt(
+        project_id: Uuid,
+        event_type: &str,
+        webhook_url: String,
+        trigger: &str,
+        now: chrono::DateTime<Utc>,
+    ) -> WebhookDeliveryAttempt {
+        WebhookDeliveryAttempt {
+            schema: None,
+            attempt_id: Uuid::new_v4(),
+            attempt_number: 1,
+            created_at: now,
+            duration_ms: 3,
+            error_message: None,
+            event_type: event_type.to_owned(),
+            project_id,
+            request_body: None,
+            response_body: Some("ok".to_owned()),
+            response_code: 200,
+            status: "success".to_owned(),
+            trigger: Some(trigger.to_owned()),
+            webhook_url,
+        }
+    }
+
     /// Records one successful attempt per active webhook subscribed to `event_type`,
     /// standing in for the delivery engine.
     fn publish(&self, project_id: Uuid, event_type: &str) -> PublishEventOutputBody {
         let now = Utc::now();
+        let event_id = Uuid::new_v4();
         let mut state = self.lock();
+        state
+            .events
+            .insert(event_id, (project_id, event_type.to_owned()));
         let targets: Vec<String> = state
             .webhooks
             .iter()
@@ -274,25 +340,13 @@ impl MemoryApi {
             .map(|(_, stored)| stored.webhook.webhook_url.clone())
             .collect();
         for webhook_url in &targets {
-            state.attempts.push(WebhookDeliveryAttempt {
-                schema: None,
-                attempt_id: Uuid::new_v4(),
-                attempt_number: 1,
-                created_at: now,
-                duration_ms: 3,
-                error_message: None,
-                event_type: event_type.to_owned(),
-                project_id,
-                request_body: None,
-                response_body: Some("ok".to_owned()),
-                response_code: 200,
-                status: "success".to_owned(),
-                webhook_url: webhook_url.clone(),
-            });
+            let attempt =
+                Self::attempt(project_id, event_type, webhook_url.clone(), "publish", now);
+            state.attempts.push(attempt);
         }
         PublishEventOutputBody {
             schema: None,
-            event_id: Uuid::new_v4(),
+            event_id,
             created_at: now,
             deliveries_started: i64::try_from(targets.len()).unwrap_or(i64::MAX),
         }
@@ -381,6 +435,18 @@ impl WebhooksApi for MemoryApi {
         Ok(self.publish(project_id, &body.event_type))
     }
 
+    async fn resend_event(
+        &self,
+        ctx: Uuid,
+        project_id: Uuid,
+        event_type: String,
+        event_id: Uuid,
+    ) -> Result<ResendEventOutputBody, Problem> {
+        self.count();
+        let project_id = Self::project(ctx, project_id)?;
+        self.resend(project_id, event_type, event_id)
+    }
+
     async fn list_webhooks_for_tenant(&self, ctx: Uuid) -> Result<ListWebhooksOutputBody, Problem> {
         self.count();
         Ok(self.list(ctx))
@@ -432,5 +498,15 @@ impl WebhooksApi for MemoryApi {
     ) -> Result<PublishEventOutputBody, Problem> {
         self.count();
         Ok(self.publish(ctx, &body.event_type))
+    }
+
+    async fn resend_event_for_tenant(
+        &self,
+        ctx: Uuid,
+        event_type: String,
+        event_id: Uuid,
+    ) -> Result<ResendEventOutputBody, Problem> {
+        self.count();
+        self.resend(ctx, event_type, event_id)
     }
 }

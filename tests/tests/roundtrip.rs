@@ -1085,3 +1085,108 @@ async fn input_bodies_accept_a_schema_link() {
     assert_eq!(api.calls(), 2);
     raw.server.stop().await.expect("server stops");
 }
+
+#[tokio::test]
+async fn resend_round_trips_on_both_routes() {
+    let (api, server) = serve_memory().await.expect("server starts");
+    let client = client(&server);
+    client
+        .upsert_webhook_for_tenant()
+        .event_type("session.end")
+        .body(types::UpsertWebhookForTenantInputBody::builder().webhook_url("https://r.test/h"))
+        .send()
+        .await
+        .expect("upsert");
+    let published = client
+        .publish_event_for_tenant()
+        .body(
+            types::PublishEventForTenantInputBody::builder()
+                .event_type("session.end")
+                .data(json!({"n": 1})),
+        )
+        .send()
+        .await
+        .expect("publish")
+        .into_inner();
+
+    let resent = client
+        .resend_event()
+        .project_id(PROJECT_ID)
+        .event_type("session.end")
+        .event_id(published.event_id)
+        .send()
+        .await
+        .expect("resend");
+    assert_eq!(resent.status(), StatusCode::ACCEPTED);
+    assert_eq!(resent.event_id, published.event_id);
+    let resent = client
+        .resend_event_for_tenant()
+        .event_type("session.end")
+        .event_id(published.event_id)
+        .send()
+        .await
+        .expect("resend for tenant");
+    assert_eq!(resent.status(), StatusCode::ACCEPTED);
+    assert_eq!(resent.event_id, published.event_id);
+
+    let attempts = client
+        .list_delivery_attempts_for_tenant()
+        .event_type("session.end")
+        .send()
+        .await
+        .expect("attempts")
+        .into_inner()
+        .attempts
+        .expect("attempts is an array");
+    let triggers: Vec<Option<&str>> = attempts.iter().map(|a| a.trigger.as_deref()).collect();
+    assert_eq!(
+        triggers,
+        [Some("resend"), Some("resend"), Some("publish")],
+        "newest first"
+    );
+
+    expect_not_found(
+        client
+            .resend_event_for_tenant()
+            .event_type("session.end")
+            .event_id(Uuid::from_u128(7))
+            .send()
+            .await,
+    );
+    expect_not_found(
+        client
+            .resend_event()
+            .project_id(PROJECT_ID)
+            .event_type("never.registered")
+            .event_id(published.event_id)
+            .send()
+            .await,
+    );
+    assert_eq!(api.calls(), 7);
+    server.stop().await.expect("server stops");
+}
+
+#[tokio::test]
+async fn resend_with_an_invalid_event_id_is_422() {
+    let (api, raw) = Raw::start().await;
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            "/api/v1/webhooks/session.end/events/not-a-uuid/resend".to_owned(),
+            &["path.eventId"],
+        ),
+        (
+            format!("/api/v1/projects/{PROJECT_ID}/webhooks/bad!type/events/x/resend"),
+            &["path.eventType", "path.eventId"],
+        ),
+    ];
+    for (path, expected) in &cases {
+        let answer = raw.send(Method::POST, path, None, None, true).await;
+        assert_eq!(answer.problem(422, path), locations(expected), "{path}");
+    }
+    assert_eq!(
+        api.calls(),
+        0,
+        "invalid requests never reach the implementation"
+    );
+    raw.server.stop().await.expect("server stops");
+}

@@ -748,6 +748,145 @@ pub mod types {
             Default::default()
         }
     }
+    ///`ResendEventEventType`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct ResendEventEventType(::std::string::String);
+    impl ::std::ops::Deref for ResendEventEventType {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<ResendEventEventType> for ::std::string::String {
+        fn from(value: ResendEventEventType) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for ResendEventEventType {
+        type Err = self::error::ConversionError;
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 128usize {
+                return Err("longer than 128 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| {
+                    ::regress::Regex::new("^[A-Za-z0-9._:-]{1,128}$").unwrap()
+                });
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[A-Za-z0-9._:-]{1,128}$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for ResendEventEventType {
+        type Error = self::error::ConversionError;
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for ResendEventEventType {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for ResendEventEventType {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`ResendEventForTenantEventType`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct ResendEventForTenantEventType(::std::string::String);
+    impl ::std::ops::Deref for ResendEventForTenantEventType {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<ResendEventForTenantEventType> for ::std::string::String {
+        fn from(value: ResendEventForTenantEventType) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for ResendEventForTenantEventType {
+        type Err = self::error::ConversionError;
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 128usize {
+                return Err("longer than 128 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| {
+                    ::regress::Regex::new("^[A-Za-z0-9._:-]{1,128}$").unwrap()
+                });
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[A-Za-z0-9._:-]{1,128}$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for ResendEventForTenantEventType {
+        type Error = self::error::ConversionError;
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for ResendEventForTenantEventType {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for ResendEventForTenantEventType {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///Result of resending an event (extension).
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct ResendEventOutputBody {
+        ///The resent event; the delivery carries it as `event_id` and `webhook-id`.
+        pub event_id: ::uuid::Uuid,
+        ///When the new delivery was queued; it is due at once.
+        pub queued_at: ::chrono::DateTime<::chrono::offset::Utc>,
+        ///The JSON Schema of this object, as a URI reference (a path on this server).
+        #[serde(
+            rename = "$schema",
+            skip_serializing_if = "::std::option::Option::is_none"
+        )]
+        pub schema: ::std::option::Option<::std::string::String>,
+    }
+    impl ResendEventOutputBody {
+        pub fn builder() -> builder::ResendEventOutputBody {
+            Default::default()
+        }
+    }
     ///Result of a secret rotation.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct RotateSigningSecretOutputBody {
@@ -1345,6 +1484,9 @@ pub mod types {
         pub schema: ::std::option::Option<::std::string::String>,
         ///`success` (a 2xx) or `failed`.
         pub status: ::std::string::String,
+        ///Why the attempt happened (extension): `publish` (the first try of a published event), `retry` (a later try of any delivery), `resend` (the first try of a resend) or `recover` (reserved). Absent on attempts recorded before it existed.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub trigger: ::std::option::Option<::std::string::String>,
         pub webhook_url: ::std::string::String,
     }
     impl WebhookDeliveryAttempt {
@@ -2006,6 +2148,80 @@ pub mod types {
             }
         }
         #[derive(Clone, Debug)]
+        pub struct ResendEventOutputBody {
+            event_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
+            queued_at: ::std::result::Result<
+                ::chrono::DateTime<::chrono::offset::Utc>,
+                ::std::string::String,
+            >,
+            schema: ::std::result::Result<
+                ::std::option::Option<::std::string::String>,
+                ::std::string::String,
+            >,
+        }
+        impl ::std::default::Default for ResendEventOutputBody {
+            fn default() -> Self {
+                Self {
+                    event_id: Err("no value supplied for event_id".to_string()),
+                    queued_at: Err("no value supplied for queued_at".to_string()),
+                    schema: Ok(Default::default()),
+                }
+            }
+        }
+        impl ResendEventOutputBody {
+            pub fn event_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::uuid::Uuid>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.event_id = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for event_id: {e}"));
+                self
+            }
+            pub fn queued_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.queued_at = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for queued_at: {e}"));
+                self
+            }
+            pub fn schema<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.schema = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for schema: {e}"));
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<ResendEventOutputBody> for super::ResendEventOutputBody {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: ResendEventOutputBody,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    event_id: value.event_id?,
+                    queued_at: value.queued_at?,
+                    schema: value.schema?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::ResendEventOutputBody> for ResendEventOutputBody {
+            fn from(value: super::ResendEventOutputBody) -> Self {
+                Self {
+                    event_id: Ok(value.event_id),
+                    queued_at: Ok(value.queued_at),
+                    schema: Ok(value.schema),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
         pub struct RotateSigningSecretOutputBody {
             schema: ::std::result::Result<
                 ::std::option::Option<::std::string::String>,
@@ -2493,6 +2709,10 @@ pub mod types {
                 ::std::string::String,
             >,
             status: ::std::result::Result<::std::string::String, ::std::string::String>,
+            trigger: ::std::result::Result<
+                ::std::option::Option<::std::string::String>,
+                ::std::string::String,
+            >,
             webhook_url: ::std::result::Result<::std::string::String, ::std::string::String>,
         }
         impl ::std::default::Default for WebhookDeliveryAttempt {
@@ -2510,6 +2730,7 @@ pub mod types {
                     response_code: Err("no value supplied for response_code".to_string()),
                     schema: Ok(Default::default()),
                     status: Err("no value supplied for status".to_string()),
+                    trigger: Ok(Default::default()),
                     webhook_url: Err("no value supplied for webhook_url".to_string()),
                 }
             }
@@ -2635,6 +2856,16 @@ pub mod types {
                     .map_err(|e| format!("error converting supplied value for status: {e}"));
                 self
             }
+            pub fn trigger<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.trigger = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for trigger: {e}"));
+                self
+            }
             pub fn webhook_url<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<::std::string::String>,
@@ -2664,6 +2895,7 @@ pub mod types {
                     response_code: value.response_code?,
                     schema: value.schema?,
                     status: value.status?,
+                    trigger: value.trigger?,
                     webhook_url: value.webhook_url?,
                 })
             }
@@ -2683,6 +2915,7 @@ pub mod types {
                     response_code: Ok(value.response_code),
                     schema: Ok(value.schema),
                     status: Ok(value.status),
+                    trigger: Ok(value.trigger),
                     webhook_url: Ok(value.webhook_url),
                 }
             }
@@ -2877,6 +3110,27 @@ impl Client {
     pub fn rotate_webhook_signing_secret(&self) -> builder::RotateWebhookSigningSecret<'_> {
         builder::RotateWebhookSigningSecret::new(self)
     }
+    /// Resend an event to a webhook (extension)
+    ///
+    /// Extension. Queues one new delivery of a stored event to the webhook of that event type, whatever happened to its earlier deliveries. The delivery carries the same `event_id` and `webhook-id` as the original and is signed with the webhook's current secret; its first attempt is recorded with `trigger: resend`. 404 when the webhook does not exist, or when the event does not exist or is not of this project and event type; 409 when the webhook is disabled (an upsert turns it back on).
+    ///
+    /// Sends a `POST` request to `/projects/{projectId}/webhooks/{eventType}/events/{eventId}/resend`
+    ///
+    /// Arguments:
+    /// - `project_id`: Project UUID
+    /// - `event_type`: Event type of the webhook and of the event
+    /// - `event_id`: Id of the event to resend, as publishing answered it (`event_id`)
+    /// ```ignore
+    /// let response = client.resend_event()
+    ///    .project_id(project_id)
+    ///    .event_type(event_type)
+    ///    .event_id(event_id)
+    ///    .send()
+    ///    .await;
+    /// ```
+    pub fn resend_event(&self) -> builder::ResendEvent<'_> {
+        builder::ResendEvent::new(self)
+    }
     /// Publish an event to a project (extension)
     ///
     /// Extension. Records the event and starts one delivery per active webhook of the project subscribed to its event type. Answered after the event and its deliveries are committed.
@@ -2985,6 +3239,25 @@ impl Client {
         &self,
     ) -> builder::RotateWebhookSigningSecretForTenant<'_> {
         builder::RotateWebhookSigningSecretForTenant::new(self)
+    }
+    /// Resend an event to a webhook (tenant-scoped, extension)
+    ///
+    /// Extension. Like resendEvent, for the project of the API key.
+    ///
+    /// Sends a `POST` request to `/webhooks/{eventType}/events/{eventId}/resend`
+    ///
+    /// Arguments:
+    /// - `event_type`: Event type of the webhook and of the event
+    /// - `event_id`: Id of the event to resend, as publishing answered it (`event_id`)
+    /// ```ignore
+    /// let response = client.resend_event_for_tenant()
+    ///    .event_type(event_type)
+    ///    .event_id(event_id)
+    ///    .send()
+    ///    .await;
+    /// ```
+    pub fn resend_event_for_tenant(&self) -> builder::ResendEventForTenant<'_> {
+        builder::ResendEventForTenant::new(self)
     }
     /// Publish an event (tenant-scoped, extension)
     ///
@@ -3521,6 +3794,106 @@ pub mod builder {
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
+                400u16..=499u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                500u16..=599u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /// Builder for [`Client::resend_event`]
+    ///
+    /// [`Client::resend_event`]: super::Client::resend_event
+    #[derive(Debug, Clone)]
+    pub struct ResendEvent<'a> {
+        client: &'a super::Client,
+        project_id: Result<::uuid::Uuid, String>,
+        event_type: Result<types::ResendEventEventType, String>,
+        event_id: Result<::uuid::Uuid, String>,
+    }
+    impl<'a> ResendEvent<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                project_id: Err("project_id was not initialized".to_string()),
+                event_type: Err("event_type was not initialized".to_string()),
+                event_id: Err("event_id was not initialized".to_string()),
+            }
+        }
+        pub fn project_id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.project_id = value
+                .try_into()
+                .map_err(|_| "conversion to `:: uuid :: Uuid` for project_id failed".to_string());
+            self
+        }
+        pub fn event_type<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::ResendEventEventType>,
+        {
+            self.event_type = value.try_into().map_err(|_| {
+                "conversion to `ResendEventEventType` for event_type failed".to_string()
+            });
+            self
+        }
+        pub fn event_id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.event_id = value
+                .try_into()
+                .map_err(|_| "conversion to `:: uuid :: Uuid` for event_id failed".to_string());
+            self
+        }
+        ///Sends a `POST` request to `/projects/{projectId}/webhooks/{eventType}/events/{eventId}/resend`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::ResendEventOutputBody>, Error<types::ErrorModel>> {
+            let Self {
+                client,
+                project_id,
+                event_type,
+                event_id,
+            } = self;
+            let project_id = project_id.map_err(Error::InvalidRequest)?;
+            let event_type = event_type.map_err(Error::InvalidRequest)?;
+            let event_id = event_id.map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/projects/{}/webhooks/{}/events/{}/resend",
+                client.baseurl,
+                encode_path(&project_id.to_string()),
+                encode_path(&event_type.to_string()),
+                encode_path(&event_id.to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .post(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "resend_event",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                202u16 => ResponseValue::from_response(response).await,
                 400u16..=499u16 => Err(Error::ErrorResponse(
                     ResponseValue::from_response(response).await?,
                 )),
@@ -4070,6 +4443,92 @@ pub mod builder {
             let response = result?;
             match response.status().as_u16() {
                 200u16 => ResponseValue::from_response(response).await,
+                400u16..=499u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                500u16..=599u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /// Builder for [`Client::resend_event_for_tenant`]
+    ///
+    /// [`Client::resend_event_for_tenant`]: super::Client::resend_event_for_tenant
+    #[derive(Debug, Clone)]
+    pub struct ResendEventForTenant<'a> {
+        client: &'a super::Client,
+        event_type: Result<types::ResendEventForTenantEventType, String>,
+        event_id: Result<::uuid::Uuid, String>,
+    }
+    impl<'a> ResendEventForTenant<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                event_type: Err("event_type was not initialized".to_string()),
+                event_id: Err("event_id was not initialized".to_string()),
+            }
+        }
+        pub fn event_type<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::ResendEventForTenantEventType>,
+        {
+            self.event_type = value.try_into().map_err(|_| {
+                "conversion to `ResendEventForTenantEventType` for event_type failed".to_string()
+            });
+            self
+        }
+        pub fn event_id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.event_id = value
+                .try_into()
+                .map_err(|_| "conversion to `:: uuid :: Uuid` for event_id failed".to_string());
+            self
+        }
+        ///Sends a `POST` request to `/webhooks/{eventType}/events/{eventId}/resend`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::ResendEventOutputBody>, Error<types::ErrorModel>> {
+            let Self {
+                client,
+                event_type,
+                event_id,
+            } = self;
+            let event_type = event_type.map_err(Error::InvalidRequest)?;
+            let event_id = event_id.map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/webhooks/{}/events/{}/resend",
+                client.baseurl,
+                encode_path(&event_type.to_string()),
+                encode_path(&event_id.to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .post(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "resend_event_for_tenant",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                202u16 => ResponseValue::from_response(response).await,
                 400u16..=499u16 => Err(Error::ErrorResponse(
                     ResponseValue::from_response(response).await?,
                 )),

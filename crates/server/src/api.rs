@@ -10,7 +10,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use sonzai_webhooks_api::models::{
     ListDeliveryAttemptsOutputBody, ListWebhooksOutputBody, PublishEventOutputBody,
-    RotateSigningSecretOutputBody, UpsertWebhookOutputBody, Webhook, WebhookDeliveryAttempt,
+    ResendEventOutputBody, RotateSigningSecretOutputBody, UpsertWebhookOutputBody, Webhook,
+    WebhookDeliveryAttempt,
 };
 use sonzai_webhooks_api::{
     ListDeliveryAttemptsForTenantQuery, ListDeliveryAttemptsQuery, Problem, WebhooksApi,
@@ -21,7 +22,9 @@ use crate::auth::{self, Caller};
 use crate::config::Config;
 use crate::delivery::guard::{self, TargetPolicy};
 use crate::engine::Engine;
-use crate::store::{self, AttemptPage, SigningSecret, StoreError, UpsertOutcome, UpsertWebhook};
+use crate::store::{
+    self, AttemptPage, ResendOutcome, SigningSecret, StoreError, UpsertOutcome, UpsertWebhook,
+};
 
 /// How much one caller can make the API take in, hold or answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +292,37 @@ impl Api {
     }
 }
 
+impl Api {
+    async fn resend(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        event_id: Uuid,
+    ) -> Result<ResendEventOutputBody, Problem> {
+        match self
+            .engine
+            .resend(project_id, event_type, event_id)
+            .await
+            .map_err(store_problem)?
+        {
+            ResendOutcome::Queued { queued_at, .. } => Ok(ResendEventOutputBody {
+                schema: None,
+                event_id,
+                queued_at,
+            }),
+            ResendOutcome::NoWebhook => Err(webhook_not_found(event_type)),
+            // The same answer whether the event does not exist or is another
+            // project's or event type's: ids of other tenants are not confirmed.
+            ResendOutcome::NoEvent => Err(Problem::not_found(format!(
+                "no event {event_id} of event type {event_type}"
+            ))),
+            ResendOutcome::Inactive => Err(Problem::conflict(format!(
+                "the webhook for event type {event_type} is disabled; an upsert turns it back on"
+            ))),
+        }
+    }
+}
+
 /// The attempts query of either route.
 struct Paging {
     limit: i64,
@@ -404,6 +438,7 @@ fn attempt_model(a: store::Attempt) -> WebhookDeliveryAttempt {
         request_body: Some(base64::engine::general_purpose::STANDARD.encode(&a.request_body)),
         response_body: a.response_body,
         error_message: a.error_message,
+        trigger: a.trigger.map(|t| t.as_str().to_owned()),
     }
 }
 
@@ -555,6 +590,27 @@ impl WebhooksApi for Api {
     ) -> Result<RotateSigningSecretOutputBody, Problem> {
         let project = self.scope(&ctx, None).await?;
         self.rotate(project, &event_type, query.grace_seconds).await
+    }
+
+    async fn resend_event(
+        &self,
+        ctx: Caller,
+        project_id: Uuid,
+        event_type: String,
+        event_id: Uuid,
+    ) -> Result<ResendEventOutputBody, Problem> {
+        let project = self.scope(&ctx, Some(project_id)).await?;
+        self.resend(project, &event_type, event_id).await
+    }
+
+    async fn resend_event_for_tenant(
+        &self,
+        ctx: Caller,
+        event_type: String,
+        event_id: Uuid,
+    ) -> Result<ResendEventOutputBody, Problem> {
+        let project = self.scope(&ctx, None).await?;
+        self.resend(project, &event_type, event_id).await
     }
 
     async fn publish_event_for_tenant(

@@ -33,8 +33,8 @@ use uuid::Uuid;
 
 use crate::store::{
     ApiKeyRecord, AttemptList, AttemptPage, ClaimedDelivery, DeliveryOutcome, DisablePolicy,
-    KeyOwner, Project, PublishEvent, Published, QueueStats, SigningSecret, StoreError, StoreResult,
-    Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
+    KeyOwner, Project, PublishEvent, Published, QueueStats, ResendOutcome, SigningSecret,
+    StoreError, StoreResult, Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
 };
 
 /// Every key starts with this, so secret scanners and humans recognise one.
@@ -385,6 +385,16 @@ impl WebhookStore for CachedKeys {
     }
     async fn publish_event(&self, event: PublishEvent<'_>) -> StoreResult<Published> {
         self.store.publish_event(event).await
+    }
+    async fn resend_event(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        event_id: Uuid,
+    ) -> StoreResult<ResendOutcome> {
+        self.store
+            .resend_event(project_id, event_type, event_id)
+            .await
     }
     async fn claim_due_skipping(
         &self,

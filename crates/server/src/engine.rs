@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::delivery::health::WorkerHealth;
 use crate::metrics::Metrics;
-use crate::store::{PublishEvent, Published, StoreResult, WebhookStore};
+use crate::store::{PublishEvent, Published, ResendOutcome, StoreResult, WebhookStore};
 use crate::wake::Waker;
 
 pub struct Engine {
@@ -66,5 +66,23 @@ impl Engine {
             }
         }
         Ok(published)
+    }
+
+    /// Queues one new delivery of a stored event (see
+    /// [`WebhookStore::resend_event`]), then wakes the workers like a publish does.
+    pub async fn resend(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        event_id: Uuid,
+    ) -> StoreResult<ResendOutcome> {
+        let outcome = self
+            .store
+            .resend_event(project_id, event_type, event_id)
+            .await?;
+        if matches!(outcome, ResendOutcome::Queued { .. }) {
+            self.waker.announce();
+        }
+        Ok(outcome)
     }
 }

@@ -246,6 +246,32 @@ impl PublishEventOutputBody {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/PublishEventOutputBody.json";
 }
+/// Result of resending an event (extension).
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct ResendEventOutputBody {
+    /// The JSON Schema of this object, as a URI reference (a path on this server).
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String", extend("format" = "uri-reference", "readOnly" = true))]
+    #[schema(nullable = false, format = "uri-reference", read_only)]
+    pub schema: Option<String>,
+    /// The resent event; the delivery carries it as `event_id` and `webhook-id`.
+    pub event_id: uuid::Uuid,
+    /// When the new delivery was queued; it is due at once.
+    pub queued_at: chrono::DateTime<chrono::Utc>,
+}
+impl ResendEventOutputBody {
+    /// The `$schema` link this body carries in responses.
+    pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/ResendEventOutputBody.json";
+}
 /// Result of a secret rotation.
 #[derive(
     Debug,
@@ -479,6 +505,11 @@ pub struct WebhookDeliveryAttempt {
     pub response_code: i64,
     /// `success` (a 2xx) or `failed`.
     pub status: String,
+    /// Why the attempt happened (extension): `publish` (the first try of a published event), `retry` (a later try of any delivery), `resend` (the first try of a resend) or `recover` (reserved). Absent on attempts recorded before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
+    #[schema(nullable = false)]
+    pub trigger: Option<String>,
     #[doc = concat!(" The `webhook_url` property (required).")]
     #[schemars(description = "", extend("format" = "uri"))]
     #[schema(format = "uri")]
@@ -1050,6 +1081,81 @@ pub fn validate_publish_event_output_body(
         }
     }
 }
+/// Checks a JSON value against the `ResendEventOutputBody` schema, one entry per problem.
+pub fn validate_resend_event_output_body(
+    value: &serde_json::Value,
+    loc: &str,
+    errors: &mut Vec<ErrorDetail>,
+) {
+    let Some(object) = v::check_object(value, loc, errors) else {
+        return;
+    };
+    v::check_properties(
+        object,
+        loc,
+        &["$schema", "event_id", "queued_at"],
+        &["event_id", "queued_at"],
+        true,
+        errors,
+    );
+    {
+        const NAME: &str = "$schema";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: None,
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "event_id";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: Some(v::Format::Uuid),
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "queued_at";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: Some(v::Format::DateTime),
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+}
 /// Checks a JSON value against the `RotateSigningSecretOutputBody` schema, one entry per problem.
 pub fn validate_rotate_signing_secret_output_body(
     value: &serde_json::Value,
@@ -1518,6 +1624,7 @@ pub fn validate_webhook_delivery_attempt(
             "response_body",
             "response_code",
             "status",
+            "trigger",
             "webhook_url",
         ],
         &[
@@ -1751,6 +1858,25 @@ pub fn validate_webhook_delivery_attempt(
         }
     }
     {
+        const NAME: &str = "trigger";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: None,
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
         const NAME: &str = "webhook_url";
         if let Some(value) = object.get(NAME) {
             v::check_string(
@@ -1781,6 +1907,7 @@ pub const SCHEMA_NAMES: &[&str] = &[
     "PublishEventForTenantInputBody",
     "PublishEventInputBody",
     "PublishEventOutputBody",
+    "ResendEventOutputBody",
     "RotateSigningSecretOutputBody",
     "UpsertWebhookForTenantInputBody",
     "UpsertWebhookInputBody",
@@ -1802,6 +1929,7 @@ pub fn json_schema(name: &str) -> Option<serde_json::Value> {
         }
         "PublishEventInputBody" => schemars::schema_for!(PublishEventInputBody),
         "PublishEventOutputBody" => schemars::schema_for!(PublishEventOutputBody),
+        "ResendEventOutputBody" => schemars::schema_for!(ResendEventOutputBody),
         "RotateSigningSecretOutputBody" => {
             schemars::schema_for!(RotateSigningSecretOutputBody)
         }

@@ -128,6 +128,18 @@ pub trait WebhooksApi: Send + Sync + 'static {
         event_type: String,
         query: RotateWebhookSigningSecretQuery,
     ) -> impl Future<Output = Result<RotateSigningSecretOutputBody, Problem>> + Send;
+    /// Resend an event to a webhook (extension)
+    ///
+    /// Extension. Queues one new delivery of a stored event to the webhook of that event type, whatever happened to its earlier deliveries. The delivery carries the same `event_id` and `webhook-id` as the original and is signed with the webhook's current secret; its first attempt is recorded with `trigger: resend`. 404 when the webhook does not exist, or when the event does not exist or is not of this project and event type; 409 when the webhook is disabled (an upsert turns it back on).
+    ///
+    /// `POST /projects/{projectId}/webhooks/{eventType}/events/{eventId}/resend` (operationId `resendEvent`)
+    fn resend_event(
+        &self,
+        ctx: Self::Context,
+        project_id: uuid::Uuid,
+        event_type: String,
+        event_id: uuid::Uuid,
+    ) -> impl Future<Output = Result<ResendEventOutputBody, Problem>> + Send;
     /// Publish an event to a project (extension)
     ///
     /// Extension. Records the event and starts one delivery per active webhook of the project subscribed to its event type. Answered after the event and its deliveries are committed.
@@ -185,6 +197,17 @@ pub trait WebhooksApi: Send + Sync + 'static {
         event_type: String,
         query: RotateWebhookSigningSecretForTenantQuery,
     ) -> impl Future<Output = Result<RotateSigningSecretOutputBody, Problem>> + Send;
+    /// Resend an event to a webhook (tenant-scoped, extension)
+    ///
+    /// Extension. Like resendEvent, for the project of the API key.
+    ///
+    /// `POST /webhooks/{eventType}/events/{eventId}/resend` (operationId `resendEventForTenant`)
+    fn resend_event_for_tenant(
+        &self,
+        ctx: Self::Context,
+        event_type: String,
+        event_id: uuid::Uuid,
+    ) -> impl Future<Output = Result<ResendEventOutputBody, Problem>> + Send;
     /// Publish an event (tenant-scoped, extension)
     ///
     /// Extension. Like publishEvent, for the project of the API key.
@@ -613,6 +636,86 @@ pub async fn rotate_webhook_signing_secret<T: WebhooksApi>(
             out.schema
                 .get_or_insert_with(|| RotateSigningSecretOutputBody::SCHEMA_LINK.to_owned());
             v::json_response(StatusCode::from_u16(200).unwrap_or(StatusCode::OK), &out)
+        }
+        Err(problem) => problem.into_response(),
+    }
+}
+#[utoipa::path(
+    post,
+    path = "/projects/{projectId}/webhooks/{eventType}/events/{eventId}/resend",
+    operation_id = "resendEvent",
+    tag = "Webhooks",
+    summary = "Resend an event to a webhook (extension)",
+    description = "Extension. Queues one new delivery of a stored event to the webhook of that event type, whatever happened to its earlier deliveries. The delivery carries the same `event_id` and `webhook-id` as the original and is signed with the webhook's current secret; its first attempt is recorded with `trigger: resend`. 404 when the webhook does not exist, or when the event does not exist or is not of this project and event type; 409 when the webhook is disabled (an upsert turns it back on).",
+    params(
+        ("projectId" = uuid::Uuid, Path, description = "Project UUID"),
+        (
+            "eventType" = String,
+            Path,
+            description = "Event type of the webhook and of the event",
+            min_length = 1,
+            max_length = 128,
+            pattern = "^[A-Za-z0-9._:-]{1,128}$"
+        ),
+        (
+            "eventId" = uuid::Uuid,
+            Path,
+            description = "Id of the event to resend, as publishing answered it (`event_id`)"
+        )
+    ),
+    responses(
+        (
+            status = 202,
+            description = "Accepted",
+            body = ResendEventOutputBody,
+            content_type = "application/json"
+        ),
+        (
+            status = "default",
+            description = "Error",
+            body = ErrorModel,
+            content_type = "application/problem+json"
+        )
+    ),
+    security(("apiKey" = []))
+)]
+/// `POST /projects/{projectId}/webhooks/{eventType}/events/{eventId}/resend`: validates the request, then calls [`WebhooksApi::resend_event`].
+pub async fn resend_event<T: WebhooksApi>(State(api): State<Arc<T>>, request: Request) -> Response {
+    let (mut parts, _) = request.into_parts();
+    let ctx = match api.authenticate(&parts).await {
+        Ok(ctx) => ctx,
+        Err(problem) => return problem.into_response(),
+    };
+    let mut errors = Vec::new();
+    let path = v::path_params(&mut parts).await;
+    let project_id = v::path_uuid(&path, "projectId", &mut errors);
+    let event_type = v::path_string(
+        &path,
+        "eventType",
+        &v::StringRules {
+            format: None,
+            min_length: Some(1),
+            max_length: Some(128),
+            pattern: Some(&PATTERN_0),
+            sensitive: false,
+            forbid_nul: true,
+        },
+        &mut errors,
+    );
+    let event_id = v::path_uuid(&path, "eventId", &mut errors);
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
+    if !errors.is_empty() {
+        return Problem::validation(errors).into_response();
+    }
+    match api
+        .resend_event(ctx, project_id, event_type, event_id)
+        .await
+    {
+        Ok(mut out) => {
+            out.schema
+                .get_or_insert_with(|| ResendEventOutputBody::SCHEMA_LINK.to_owned());
+            v::json_response(StatusCode::from_u16(202).unwrap_or(StatusCode::OK), &out)
         }
         Err(problem) => problem.into_response(),
     }
@@ -1099,6 +1202,84 @@ pub async fn rotate_webhook_signing_secret_for_tenant<T: WebhooksApi>(
 }
 #[utoipa::path(
     post,
+    path = "/webhooks/{eventType}/events/{eventId}/resend",
+    operation_id = "resendEventForTenant",
+    tag = "Webhooks",
+    summary = "Resend an event to a webhook (tenant-scoped, extension)",
+    description = "Extension. Like resendEvent, for the project of the API key.",
+    params(
+        (
+            "eventType" = String,
+            Path,
+            description = "Event type of the webhook and of the event",
+            min_length = 1,
+            max_length = 128,
+            pattern = "^[A-Za-z0-9._:-]{1,128}$"
+        ),
+        (
+            "eventId" = uuid::Uuid,
+            Path,
+            description = "Id of the event to resend, as publishing answered it (`event_id`)"
+        )
+    ),
+    responses(
+        (
+            status = 202,
+            description = "Accepted",
+            body = ResendEventOutputBody,
+            content_type = "application/json"
+        ),
+        (
+            status = "default",
+            description = "Error",
+            body = ErrorModel,
+            content_type = "application/problem+json"
+        )
+    ),
+    security(("apiKey" = []))
+)]
+/// `POST /webhooks/{eventType}/events/{eventId}/resend`: validates the request, then calls [`WebhooksApi::resend_event_for_tenant`].
+pub async fn resend_event_for_tenant<T: WebhooksApi>(
+    State(api): State<Arc<T>>,
+    request: Request,
+) -> Response {
+    let (mut parts, _) = request.into_parts();
+    let ctx = match api.authenticate(&parts).await {
+        Ok(ctx) => ctx,
+        Err(problem) => return problem.into_response(),
+    };
+    let mut errors = Vec::new();
+    let path = v::path_params(&mut parts).await;
+    let event_type = v::path_string(
+        &path,
+        "eventType",
+        &v::StringRules {
+            format: None,
+            min_length: Some(1),
+            max_length: Some(128),
+            pattern: Some(&PATTERN_0),
+            sensitive: false,
+            forbid_nul: true,
+        },
+        &mut errors,
+    );
+    let event_id = v::path_uuid(&path, "eventId", &mut errors);
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
+    if !errors.is_empty() {
+        return Problem::validation(errors).into_response();
+    }
+    match api.resend_event_for_tenant(ctx, event_type, event_id).await {
+        Ok(mut out) => {
+            out.schema
+                .get_or_insert_with(|| ResendEventOutputBody::SCHEMA_LINK.to_owned());
+            v::json_response(StatusCode::from_u16(202).unwrap_or(StatusCode::OK), &out)
+        }
+        Err(problem) => problem.into_response(),
+    }
+}
+#[utoipa::path(
+    post,
     path = "/events",
     operation_id = "publishEventForTenant",
     tag = "Events",
@@ -1193,6 +1374,11 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "POST",
+        "/api/v1/projects/{projectId}/webhooks/{eventType}/events/{eventId}/resend",
+        "resendEvent",
+    ),
+    (
+        "POST",
         "/api/v1/projects/{projectId}/events",
         "publishEvent",
     ),
@@ -1216,6 +1402,11 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
         "POST",
         "/api/v1/webhooks/{eventType}/rotate-secret",
         "rotateWebhookSigningSecretForTenant",
+    ),
+    (
+        "POST",
+        "/api/v1/webhooks/{eventType}/events/{eventId}/resend",
+        "resendEventForTenant",
     ),
     ("POST", "/api/v1/events", "publishEventForTenant"),
 ];
@@ -1241,6 +1432,10 @@ pub fn router<T: WebhooksApi>(api: Arc<T>) -> Router {
             axum::routing::post(rotate_webhook_signing_secret::<T>),
         )
         .route(
+            "/api/v1/projects/{projectId}/webhooks/{eventType}/events/{eventId}/resend",
+            axum::routing::post(resend_event::<T>),
+        )
+        .route(
             "/api/v1/projects/{projectId}/events",
             axum::routing::post(publish_event::<T>),
         )
@@ -1260,6 +1455,10 @@ pub fn router<T: WebhooksApi>(api: Arc<T>) -> Router {
         .route(
             "/api/v1/webhooks/{eventType}/rotate-secret",
             axum::routing::post(rotate_webhook_signing_secret_for_tenant::<T>),
+        )
+        .route(
+            "/api/v1/webhooks/{eventType}/events/{eventId}/resend",
+            axum::routing::post(resend_event_for_tenant::<T>),
         )
         .route(
             "/api/v1/events",
@@ -1290,12 +1489,14 @@ pub fn router<T: WebhooksApi>(api: Arc<T>) -> Router {
         delete_webhook,
         list_delivery_attempts,
         rotate_webhook_signing_secret,
+        resend_event,
         publish_event,
         list_webhooks_for_tenant,
         upsert_webhook_for_tenant,
         delete_webhook_for_tenant,
         list_delivery_attempts_for_tenant,
         rotate_webhook_signing_secret_for_tenant,
+        resend_event_for_tenant,
         publish_event_for_tenant
     ),
     components(
@@ -1307,6 +1508,7 @@ pub fn router<T: WebhooksApi>(api: Arc<T>) -> Router {
             PublishEventForTenantInputBody,
             PublishEventInputBody,
             PublishEventOutputBody,
+            ResendEventOutputBody,
             RotateSigningSecretOutputBody,
             UpsertWebhookForTenantInputBody,
             UpsertWebhookInputBody,

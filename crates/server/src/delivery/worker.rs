@@ -434,6 +434,8 @@ pub async fn deliver(
             response_body: result.response_body.map(storable_text),
             error_message: result.error.map(storable_text),
             created_at: started_at,
+            // The store derives it from the delivery when recording.
+            trigger: None,
         },
         retry_at,
     };

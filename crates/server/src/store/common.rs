@@ -28,8 +28,8 @@ use super::{
     add_duration, attempt_list, attempt_listing_sql, claim_fairly, now_micros, truncate_micros,
     webhook_limit_reached, ApiKeyRecord, AttemptList, AttemptPage, AttemptStatus, ClaimFrom,
     ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyOwner, Project,
-    PublishEvent, Published, QueueStats, SigningSecret, StoreError, StoreResult, Tenant,
-    UpsertOutcome, UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
+    PublishEvent, Published, QueueStats, ResendOutcome, SigningSecret, StoreError, StoreResult,
+    Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
 };
 
 /// The little that differs between the databases inside otherwise shared statements.
@@ -326,6 +326,62 @@ where
         Self::cancel_pending(&mut tx, webhook_id, now).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// See [`WebhookStore::resend_event`]. The webhook's row is read in the write
+    /// transaction, so a concurrent delete either comes first (no webhook) or cancels
+    /// the new delivery after it.
+    pub async fn resend_event(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        event_id: Uuid,
+    ) -> StoreResult<ResendOutcome> {
+        let now = now_micros();
+        let mut tx = DB::begin_write(&self.write).await?;
+        let webhook: Option<WebhookRow> = sqlx::query_as(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE project_id = $1 AND event_type = $2"
+        ))
+        .bind(project_id)
+        .bind(event_type)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(webhook) = webhook.map(Webhook::from) else {
+            return Ok(ResendOutcome::NoWebhook);
+        };
+        let event: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM events WHERE id = $1 AND project_id = $2 AND event_type = $3",
+        )
+        .bind(event_id)
+        .bind(project_id)
+        .bind(event_type)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if event.is_none() {
+            return Ok(ResendOutcome::NoEvent);
+        }
+        if !webhook.is_active {
+            return Ok(ResendOutcome::Inactive);
+        }
+        let delivery_id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, status, \
+                 attempts_made, next_attempt_at, created_at, updated_at, origin) \
+             VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6, 'resend')",
+        )
+        .bind(delivery_id)
+        .bind(event_id)
+        .bind(webhook.id)
+        .bind(project_id)
+        .bind(event_type)
+        .bind(Micros(now))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ResendOutcome::Queued {
+            delivery_id,
+            queued_at: now,
+        })
     }
 
     pub async fn rotate_secret(
@@ -697,6 +753,16 @@ where
     }
     async fn publish_event(&self, event: PublishEvent<'_>) -> StoreResult<Published> {
         BackendOps::publish_event(self, event).await
+    }
+    async fn resend_event(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        event_id: Uuid,
+    ) -> StoreResult<ResendOutcome> {
+        self.tables()
+            .resend_event(project_id, event_type, event_id)
+            .await
     }
     async fn claim_due_skipping(
         &self,

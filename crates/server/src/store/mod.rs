@@ -210,6 +210,56 @@ pub struct Attempt {
     pub response_body: Option<String>,
     pub error_message: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Why the attempt happened, as listed; `None` for attempts recorded before
+    /// triggers were kept. Recording ignores it: the store derives it from the
+    /// delivery's origin and the attempt number, so the workers need not know.
+    pub trigger: Option<AttemptTrigger>,
+}
+
+/// Why an attempt happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptTrigger {
+    /// The first try of a published event.
+    Publish,
+    /// A later try of any delivery.
+    Retry,
+    /// The first try of a resent event.
+    Resend,
+    /// Reserved for deliveries restarted by recovery.
+    Recover,
+}
+
+impl AttemptTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptTrigger::Publish => "publish",
+            AttemptTrigger::Retry => "retry",
+            AttemptTrigger::Resend => "resend",
+            AttemptTrigger::Recover => "recover",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Publish, Self::Retry, Self::Resend, Self::Recover]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+}
+
+/// What [`WebhookStore::resend_event`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResendOutcome {
+    /// A new delivery is pending, due at `queued_at`.
+    Queued {
+        delivery_id: Uuid,
+        queued_at: DateTime<Utc>,
+    },
+    /// No webhook for (project, event type).
+    NoWebhook,
+    /// No event with that id of (project, event type).
+    NoEvent,
+    /// The webhook is disabled.
+    Inactive,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,7 +334,7 @@ pub(crate) fn attempt_listing_sql(after: bool) -> String {
          ) \
          SELECT a.id, a.delivery_id, a.event_id, a.project_id, a.event_type, a.webhook_url, \
              a.response_code, a.duration_ms, a.attempt_number, a.status, a.error_message, \
-             a.created_at, {fits} AS fits, \
+             a.created_at, a.\"trigger\", {fits} AS fits, \
              CASE WHEN {fits} THEN a.request_body END AS request_body, \
              CASE WHEN {fits} THEN a.response_body END AS response_body \
          FROM sized s JOIN attempts a ON a.id = s.id \
@@ -444,6 +494,15 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// of (project, event type). With an idempotency key seen since
     /// `idempotency_since`, returns the first answer with `duplicate: true`.
     async fn publish_event(&self, event: PublishEvent<'_>) -> StoreResult<Published>;
+    /// One transaction: checks that the event is of (project, event type) and that
+    /// webhook exists and is active, then queues one new pending delivery of the event
+    /// to it, due now and with origin `resend`, whatever became of the earlier ones.
+    async fn resend_event(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        event_id: Uuid,
+    ) -> StoreResult<ResendOutcome>;
     /// Claims up to `max` pending deliveries that are due and not leased by a live
     /// claim (or whose lease has expired), oldest due first, leasing them for `lease`.
     async fn claim_due(&self, max: usize, lease: Duration) -> StoreResult<Vec<ClaimedDelivery>> {

@@ -28,7 +28,9 @@ use uuid::Uuid;
 
 use super::common::{BackendOps, Dialect, Tables};
 use super::group_commit::{Committer, GroupCommit, PublishJob};
-use super::rows::{ClaimedRow, StreakRow, WebhookRow, ATTEMPT_COLUMNS, WEBHOOK_COLUMNS};
+use super::rows::{
+    attempt_trigger_sql, ClaimedRow, StreakRow, WebhookRow, ATTEMPT_COLUMNS, WEBHOOK_COLUMNS,
+};
 use super::{
     add_duration, now_micros, status_after, truncate_micros, Attempt, ClaimFrom, ClaimedDelivery,
     DeliveryOutcome, DisablePolicy, FailureStreak, PublishEvent, Published, StoreError,
@@ -279,11 +281,13 @@ impl BackendOps for PgStore {
             o.iter().map(|o| f(&o.attempt)).collect()
         }
         sqlx::query(&format!(
-            "INSERT INTO attempts ({ATTEMPT_COLUMNS}) \
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], \
-                 $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::bytea[], \
-                 $12::text[], $13::text[], $14::timestamptz[]) \
-             ON CONFLICT (id) DO NOTHING"
+            "INSERT INTO attempts ({ATTEMPT_COLUMNS}, \"trigger\") \
+             SELECT u.*, {} FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], \
+                 $5::text[], $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::text[], \
+                 $11::bytea[], $12::text[], $13::text[], $14::timestamptz[]) \
+                 AS u({ATTEMPT_COLUMNS}) \
+             ON CONFLICT (id) DO NOTHING",
+            attempt_trigger_sql("u.attempt_number", "u.delivery_id")
         ))
         .bind(col(outcomes, |a| a.id))
         .bind(col(outcomes, |a| a.delivery_id))

@@ -12,8 +12,8 @@ use sqlx::{Database, Decode, Encode, Postgres, Sqlite, Type};
 use uuid::Uuid;
 
 use super::{
-    ApiKeyRecord, Attempt, AttemptStatus, ClaimedDelivery, FailureStreak, Project, SigningSecret,
-    StoreError, Tenant, Webhook,
+    ApiKeyRecord, Attempt, AttemptStatus, AttemptTrigger, ClaimedDelivery, FailureStreak, Project,
+    SigningSecret, StoreError, Tenant, Webhook,
 };
 
 /// An instant as both backends store it, at microsecond precision.
@@ -185,6 +185,15 @@ pub(crate) const ATTEMPT_COLUMNS: &str = "id, delivery_id, event_id, project_id,
      webhook_url, response_code, duration_ms, attempt_number, status, request_body, \
      response_body, error_message, created_at";
 
+/// The `trigger` of an attempt being recorded, from its number and delivery id
+/// columns: a later try is a retry, a first try is whatever started the delivery.
+pub(crate) fn attempt_trigger_sql(attempt_number: &str, delivery_id: &str) -> String {
+    format!(
+        "CASE WHEN {attempt_number} > 1 THEN 'retry' \
+         ELSE (SELECT origin FROM deliveries WHERE deliveries.id = {delivery_id}) END"
+    )
+}
+
 #[derive(sqlx::FromRow)]
 pub(crate) struct AttemptRow {
     id: Uuid,
@@ -201,6 +210,7 @@ pub(crate) struct AttemptRow {
     response_body: Option<String>,
     error_message: Option<String>,
     created_at: Micros,
+    trigger: Option<String>,
 }
 
 impl TryFrom<AttemptRow> for Attempt {
@@ -215,6 +225,14 @@ impl TryFrom<AttemptRow> for Attempt {
                     format!("unknown attempt status {other:?}").into(),
                 )))
             }
+        };
+        let trigger = match r.trigger.as_deref() {
+            None => None,
+            Some(t) => Some(AttemptTrigger::parse(t).ok_or_else(|| {
+                StoreError::Database(sqlx::Error::Decode(
+                    format!("unknown attempt trigger {t:?}").into(),
+                ))
+            })?),
         };
         Ok(Attempt {
             id: r.id,
@@ -231,6 +249,7 @@ impl TryFrom<AttemptRow> for Attempt {
             response_body: r.response_body,
             error_message: r.error_message,
             created_at: r.created_at.0,
+            trigger,
         })
     }
 }

@@ -197,6 +197,7 @@ store_cases!(
     projects_are_isolated,
     queue_stats_and_next_due,
     recording_the_same_batch_twice_counts_once,
+    resend_queues_one_new_delivery_and_attempts_say_why,
 );
 
 // --- fixtures -------------------------------------------------------------------------
@@ -312,6 +313,7 @@ fn attempt_for(claim: &ClaimedDelivery, status: AttemptStatus, at: DateTime<Utc>
         response_body: Some(format!("answer {code}")),
         error_message: error,
         created_at: truncate_micros(at),
+        trigger: None,
     }
 }
 
@@ -1313,6 +1315,12 @@ async fn attempts_page_newest_first(db: Arc<TestDb>) {
         o.attempt.attempt_number = n as i64 + 1;
         o.attempt.response_body = None;
         o.attempt.request_body = vec![0, 159, 146, 150, n as u8];
+        // Listed as the store derives it: a published delivery's first try, then retries.
+        o.attempt.trigger = Some(if n == 0 {
+            AttemptTrigger::Publish
+        } else {
+            AttemptTrigger::Retry
+        });
         stored.push(o.attempt.clone());
         outcomes.push(o);
     }
@@ -1695,6 +1703,100 @@ async fn queue_stats_and_next_due(db: Arc<TestDb>) {
     assert_eq!(s.next_due().await.unwrap(), Some(truncate_micros(retry_at)));
 }
 
+async fn resend_queues_one_new_delivery_and_attempts_say_why(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let p = new_project(s).await;
+    let other = new_project(s).await;
+    let (hook, _) = new_webhook(s, p.id, "session.end").await;
+    new_webhook(s, p.id, "memory.created").await;
+    new_webhook(s, other.id, "session.end").await;
+    let event = publish(s, p.id, "session.end").await.event_id;
+    let theirs = publish(s, other.id, "session.end").await.event_id;
+    let claims = s.claim_due(10, LEASE).await.unwrap();
+    assert_eq!(claims.len(), 2);
+    let ours = claims.iter().find(|c| c.event_id == event).unwrap();
+    let first = outcome(ours, AttemptStatus::Success, now_micros(), None);
+    record(s, &[first], NEVER_DISABLE).await;
+    assert_eq!(
+        pending(s).await,
+        1,
+        "the other project's delivery is still leased"
+    );
+
+    // Another project's event, another event type's webhook, no such event or webhook.
+    for (project, event_type, id, expected) in [
+        (p.id, "session.end", theirs, ResendOutcome::NoEvent),
+        (p.id, "memory.created", event, ResendOutcome::NoEvent),
+        (p.id, "session.end", Uuid::now_v7(), ResendOutcome::NoEvent),
+        (p.id, "never.registered", event, ResendOutcome::NoWebhook),
+        (other.id, "session.end", event, ResendOutcome::NoEvent),
+    ] {
+        let got = s.resend_event(project, event_type, id).await.unwrap();
+        assert_eq!(got, expected, "{event_type} {id}");
+    }
+    assert_eq!(pending(s).await, 1, "refused resends queue nothing");
+
+    // A succeeded event is delivered again: same event, data and webhook.
+    let before = now_micros();
+    let ResendOutcome::Queued {
+        delivery_id,
+        queued_at,
+    } = s.resend_event(p.id, "session.end", event).await.unwrap()
+    else {
+        panic!("expected the resend to be queued");
+    };
+    assert!(queued_at >= before);
+    let again = claim_one(s).await;
+    assert_eq!(again.delivery_id, delivery_id);
+    assert_eq!((again.event_id, again.webhook_id), (event, hook.id));
+    assert_eq!(again.data, "{\"n\":1}");
+    assert_eq!(again.attempts_made, 0);
+    // It fails once and is retried.
+    let failed = outcome(
+        &again,
+        AttemptStatus::Failed,
+        now_micros(),
+        Some(now_micros()),
+    );
+    record(s, &[failed], NEVER_DISABLE).await;
+    let retried = claim_one(s).await;
+    assert_eq!(retried.delivery_id, delivery_id);
+    let ok = outcome(&retried, AttemptStatus::Success, now_micros(), None);
+    record(s, &[ok], NEVER_DISABLE).await;
+
+    let attempts = all_attempts(s, p.id, "session.end").await;
+    let seen: Vec<(i64, Option<AttemptTrigger>)> = attempts
+        .iter()
+        .map(|a| (a.attempt_number, a.trigger))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (2, Some(AttemptTrigger::Retry)),
+            (1, Some(AttemptTrigger::Resend)),
+            (1, Some(AttemptTrigger::Publish)),
+        ],
+        "newest first"
+    );
+    assert!(attempts.iter().all(|a| a.event_id == event));
+
+    // A disabled webhook refuses, and queues nothing.
+    new_webhook(s, p.id, "disabled.soon").await;
+    let doomed = publish(s, p.id, "disabled.soon").await.event_id;
+    let c = claim_one(s).await;
+    let disable_at_once = DisablePolicy {
+        failures: 1,
+        min_age: Duration::ZERO,
+    };
+    let failed = outcome(&c, AttemptStatus::Failed, now_micros(), Some(now_micros()));
+    assert_eq!(record(s, &[failed], disable_at_once).await.len(), 1);
+    assert_eq!(
+        s.resend_event(p.id, "disabled.soon", doomed).await.unwrap(),
+        ResendOutcome::Inactive
+    );
+    assert_eq!(pending(s).await, 1, "only the other project's delivery");
+}
+
 async fn recording_the_same_batch_twice_counts_once(db: Arc<TestDb>) {
     let s = &*db.store;
     let policy = DisablePolicy {
@@ -1783,7 +1885,7 @@ async fn postgres_concurrent_startups_migrate_once() {
             .await
             .unwrap();
         // Each migration once, not once per process.
-        assert_eq!(applied, 2);
+        assert_eq!(applied, 3);
         for store in stores {
             store.close().await;
         }
