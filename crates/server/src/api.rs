@@ -314,7 +314,7 @@ impl Api {
             // The same answer whether the event does not exist or is another
             // project's or event type's: ids of other tenants are not confirmed.
             ResendOutcome::NoEvent => Err(Problem::not_found(format!(
-                "no event {event_id} of event type {event_type}"
+                "no such event of event type {event_type}"
             ))),
             ResendOutcome::Inactive => Err(Problem::conflict(format!(
                 "the webhook for event type {event_type} is disabled; an upsert turns it back on"

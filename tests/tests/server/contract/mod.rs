@@ -13,6 +13,7 @@
 mod attempts;
 mod errors;
 mod events;
+mod resend;
 mod rotation;
 mod tenancy;
 mod webhooks;
