@@ -656,4 +656,33 @@ mod tests {
             internal.detail
         );
     }
+
+    #[test]
+    fn attempts_without_a_trigger_omit_the_field() {
+        let attempt = store::Attempt {
+            id: Uuid::now_v7(),
+            delivery_id: Uuid::now_v7(),
+            event_id: Uuid::now_v7(),
+            project_id: Uuid::now_v7(),
+            event_type: "session.end".into(),
+            webhook_url: "https://example.com/h".into(),
+            response_code: 200,
+            duration_ms: 5,
+            attempt_number: 1,
+            status: store::AttemptStatus::Success,
+            request_body: b"{}".to_vec(),
+            response_body: None,
+            error_message: None,
+            created_at: chrono::Utc::now(),
+            trigger: None,
+        };
+        let old = serde_json::to_value(attempt_model(attempt.clone())).unwrap();
+        assert!(old.get("trigger").is_none(), "{old}");
+        let resent = store::Attempt {
+            trigger: Some(store::AttemptTrigger::Resend),
+            ..attempt
+        };
+        let resent = serde_json::to_value(attempt_model(resent)).unwrap();
+        assert_eq!(resent["trigger"], "resend");
+    }
 }

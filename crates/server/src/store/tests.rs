@@ -16,6 +16,7 @@ use sqlx::postgres::PgConnectOptions;
 use uuid::Uuid;
 
 use super::postgres::PgStore;
+use super::rows::Micros;
 use super::sqlite::SqliteStore;
 use super::*;
 
@@ -1864,16 +1865,32 @@ async fn sqlite_in_memory_database_works() {
     assert_eq!(store.list_tenants().await.unwrap(), vec![tenant]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_concurrent_startups_migrate_once() {
+/// Runs `case` on a fresh schema of the test PostgreSQL (when there is one), then
+/// drops the schema however the case ends.
+async fn in_pg_schema<F, Fut>(case: F)
+where
+    F: FnOnce(PgConnectOptions) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let Some(url) = test_database_url() else {
         return;
     };
     let schema = PgSchema::create(&url).await;
-    let result = AssertUnwindSafe(async {
+    let result = AssertUnwindSafe(case(schema.options()))
+        .catch_unwind()
+        .await;
+    schema.drop_schema().await;
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_startups_migrate_once() {
+    in_pg_schema(|options| async move {
         let mut starts = tokio::task::JoinSet::new();
         for _ in 0..4 {
-            let options = schema.options();
+            let options = options.clone();
             starts.spawn(async move { PgStore::connect_with(options, 2).await });
         }
         let mut stores = Vec::new();
@@ -1890,12 +1907,7 @@ async fn postgres_concurrent_startups_migrate_once() {
             store.close().await;
         }
     })
-    .catch_unwind()
     .await;
-    schema.drop_schema().await;
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 // --- the failure-streak rule --------------------------------------------------------------
@@ -1964,4 +1976,180 @@ fn durations_saturate_instead_of_overflowing() {
     let far = add_duration(t, Duration::MAX);
     assert!(far > t + chrono::Duration::days(365 * 99));
     assert!(far < t + chrono::Duration::days(365 * 101));
+}
+
+// --- migrating a database of the previous release -----------------------------------
+
+/// `migrator` without the trigger migration and later ones: the schema the previous
+/// release left behind.
+fn before_trigger(mut migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    let old: Vec<_> = migrator
+        .migrations
+        .iter()
+        .filter(|m| m.version < 3)
+        .cloned()
+        .collect();
+    assert_eq!(old.len(), 2);
+    migrator.migrations = old.into();
+    migrator
+}
+
+/// Rows as the previous release stored them on `$pool`: a webhook, an event delivered
+/// with one attempt, and an event still pending. Evaluates to the project id. A macro
+/// because the statements are the same on both databases but the pools' types are not.
+macro_rules! insert_old_rows {
+    ($pool:expr) => {{
+        let pool = $pool;
+        let at = Micros(now_micros() - chrono::Duration::minutes(5));
+        let (tenant, project, webhook) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, 'old', $2)")
+            .bind(tenant)
+            .bind(at)
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO projects (id, tenant_id, name, created_at) VALUES ($1, $2, 'old', $3)",
+        )
+        .bind(project)
+        .bind(tenant)
+        .bind(at)
+        .execute(pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO webhooks (id, project_id, event_type, webhook_url, signing_secret, \
+                 is_active, consecutive_failures, created_at, updated_at) \
+             VALUES ($1, $2, 'session.end', 'https://old.example/hook', 'whsec_old', true, 0, \
+                 $3, $3)",
+        )
+        .bind(webhook)
+        .bind(project)
+        .bind(at)
+        .execute(pool)
+        .await
+        .unwrap();
+        for (status, made) in [("succeeded", 1i64), ("pending", 0)] {
+            let (event, delivery) = (Uuid::now_v7(), Uuid::now_v7());
+            sqlx::query(
+                "INSERT INTO events (id, project_id, event_type, data, created_at) \
+                 VALUES ($1, $2, 'session.end', '{\"old\":true}', $3)",
+            )
+            .bind(event)
+            .bind(project)
+            .bind(at)
+            .execute(pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, \
+                     status, attempts_made, next_attempt_at, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, 'session.end', $5, $6, $7, $7, $7)",
+            )
+            .bind(delivery)
+            .bind(event)
+            .bind(webhook)
+            .bind(project)
+            .bind(status)
+            .bind(made)
+            .bind(at)
+            .execute(pool)
+            .await
+            .unwrap();
+            if made > 0 {
+                sqlx::query(
+                    "INSERT INTO attempts (id, delivery_id, event_id, project_id, event_type, \
+                         webhook_url, response_code, duration_ms, attempt_number, status, \
+                         request_body, created_at) \
+                     VALUES ($1, $2, $3, $4, 'session.end', 'https://old.example/hook', 200, 5, \
+                         1, 'success', $5, $6)",
+                )
+                .bind(Uuid::now_v7())
+                .bind(delivery)
+                .bind(event)
+                .bind(project)
+                .bind(b"{\"old\":true}".to_vec())
+                .bind(at)
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+        }
+        project
+    }};
+}
+
+/// What a store opened (and so migrated) on [`insert_old_rows`] must show: the old
+/// attempt without a trigger, the old pending delivery tried as a publish, and the old
+/// events resendable.
+async fn old_rows_after_the_trigger_migration(s: &dyn WebhookStore, project: Uuid) {
+    let old = all_attempts(s, project, "session.end").await;
+    assert_eq!(old.len(), 1);
+    assert_eq!(old[0].trigger, None, "old attempts keep no trigger");
+
+    let waiting = claim_one(s).await;
+    let done = outcome(&waiting, AttemptStatus::Success, now_micros(), None);
+    record(s, &[done], NEVER_DISABLE).await;
+    let resent = s
+        .resend_event(project, "session.end", old[0].event_id)
+        .await
+        .unwrap();
+    assert!(matches!(resent, ResendOutcome::Queued { .. }), "{resent:?}");
+    let again = claim_one(s).await;
+    assert_eq!(again.event_id, old[0].event_id);
+    let done = outcome(&again, AttemptStatus::Success, now_micros(), None);
+    record(s, &[done], NEVER_DISABLE).await;
+
+    let triggers: Vec<Option<AttemptTrigger>> = all_attempts(s, project, "session.end")
+        .await
+        .iter()
+        .map(|a| a.trigger)
+        .collect();
+    assert_eq!(
+        triggers,
+        [
+            Some(AttemptTrigger::Resend),
+            Some(AttemptTrigger::Publish),
+            None
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_database_of_the_previous_release_migrates() {
+    let fresh = FreshDb::sqlite();
+    std::fs::create_dir_all(fresh.dir().join("data")).expect("data dir");
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(&fresh.url)
+        .expect("sqlite URL")
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.expect("open");
+    before_trigger(sqlx::migrate!("./migrations/sqlite"))
+        .run(&pool)
+        .await
+        .expect("previous migrations");
+    let project = insert_old_rows!(&pool);
+    pool.close().await;
+
+    let store = SqliteStore::connect(&fresh.url).await.expect("migrate");
+    old_rows_after_the_trigger_migration(&store, project).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_database_of_the_previous_release_migrates() {
+    in_pg_schema(|options| async move {
+        let pool = sqlx::PgPool::connect_with(options.clone())
+            .await
+            .expect("open");
+        before_trigger(sqlx::migrate!("./migrations/postgres"))
+            .run(&pool)
+            .await
+            .expect("previous migrations");
+        let project = insert_old_rows!(&pool);
+        pool.close().await;
+
+        let store = PgStore::connect_with(options, 2).await.expect("migrate");
+        old_rows_after_the_trigger_migration(&store, project).await;
+        store.close().await;
+    })
+    .await;
 }
