@@ -1190,3 +1190,41 @@ async fn resend_with_an_invalid_event_id_is_422() {
     );
     raw.server.stop().await.expect("server stops");
 }
+
+#[tokio::test]
+async fn resend_answers_202_linking_its_schema() {
+    let (_api, raw) = Raw::start().await;
+    raw.put_json(
+        "/api/v1/webhooks/session.end",
+        r#"{"webhook_url":"https://x.test/h"}"#,
+    )
+    .await;
+    let published = raw
+        .send(
+            Method::POST,
+            "/api/v1/events",
+            Some("application/json"),
+            Some(br#"{"event_type":"session.end","data":{}}"#.to_vec()),
+            true,
+        )
+        .await
+        .json();
+    let event_id = published["event_id"].as_str().expect("event_id");
+    let resent = raw
+        .send(
+            Method::POST,
+            &format!("/api/v1/webhooks/session.end/events/{event_id}/resend"),
+            None,
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(resent.status, StatusCode::ACCEPTED, "{}", resent.text());
+    assert_eq!(resent.headers[CONTENT_TYPE], "application/json");
+    let body = resent.json();
+    assert_eq!(body["$schema"], models::ResendEventOutputBody::SCHEMA_LINK);
+    assert_eq!(body["event_id"], event_id);
+    let _: models::ResendEventOutputBody =
+        serde_json::from_value(body).expect("a ResendEventOutputBody");
+    raw.server.stop().await.expect("server stops");
+}
