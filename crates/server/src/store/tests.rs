@@ -326,6 +326,7 @@ fn outcome(
         lease_token: claim.lease_token,
         attempt: attempt_for(claim, status, at),
         retry_at,
+        disable_webhook: false,
     }
 }
 
