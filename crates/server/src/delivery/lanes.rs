@@ -339,6 +339,28 @@ mod tests {
     }
 
     #[test]
+    fn nothing_more_goes_to_a_gone_webhook_until_shortly_after_it_is_recorded() {
+        let lanes = Lanes::new(1, 100, Duration::from_secs(30));
+        let (gone, other) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(matches!(lanes.admit(delivery(gone)), Admission::Go(_)));
+        assert!(matches!(lanes.admit(delivery(gone)), Admission::Parked));
+        // The 410 is marked before its place frees up: the parked one goes back.
+        lanes.gone(gone);
+        lanes.finish(gone, false);
+        let (ready, stale) = lanes.ready(10);
+        assert!(ready.is_empty());
+        assert_eq!(stale.len(), 1);
+        assert!(matches!(
+            lanes.admit(delivery(gone)),
+            Admission::HandBack(_)
+        ));
+        assert!(matches!(lanes.admit(delivery(other)), Admission::Go(_)));
+        // Once recorded, the store decides again after a short grace.
+        lanes.gone_recorded(gone);
+        assert!(lanes.lock().gone[&gone] <= Instant::now() + GONE_AFTER_RECORD);
+    }
+
+    #[test]
     fn parking_longer_than_half_a_lease_hands_back() {
         let lanes = Lanes::new(1, 100, Duration::from_millis(20));
         let hot = Uuid::now_v7();
