@@ -315,6 +315,19 @@ pub struct Config {
     )]
     pub retry_schedule: RetrySchedule,
 
+    /// Longest wait a receiver's `Retry-After` (on a 429 or 503) can put before the
+    /// next try; a longer one is cut to this. The retry schedule still sets the
+    /// earliest time, and the try still counts against it.
+    #[arg(
+        long,
+        env = "SONZAI_MAX_RETRY_AFTER",
+        value_name = "DURATION",
+        default_value = crate::delivery::answer::DEFAULT_MAX_RETRY_AFTER,
+        value_parser = duration::parse_flag,
+        help_heading = "Delivery"
+    )]
+    pub max_retry_after: Duration,
+
     /// A webhook is switched off (`is_active: false`) after this many consecutive
     /// failed attempts, if they also span at least --disable-after. Upserting the
     /// webhook switches it back on.
@@ -696,6 +709,7 @@ mod tests {
             ),
             ("delivery_timeout", "SONZAI_DELIVERY_TIMEOUT"),
             ("retry_schedule", "SONZAI_RETRY_SCHEDULE"),
+            ("max_retry_after", "SONZAI_MAX_RETRY_AFTER"),
             ("disable_after_failures", "SONZAI_DISABLE_AFTER_FAILURES"),
             ("disable_after", "SONZAI_DISABLE_AFTER"),
             ("lease", "SONZAI_LEASE"),

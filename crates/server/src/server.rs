@@ -203,6 +203,7 @@ pub async fn start_with_store(
             idle_poll: Duration::from_secs(1),
             shutdown_grace: config.shutdown_grace,
             per_webhook_limit: config.per_webhook_limit(),
+            max_retry_after: config.max_retry_after,
         },
         engine.waker.clone(),
         engine.metrics.clone(),

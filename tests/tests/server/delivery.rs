@@ -16,18 +16,18 @@ use sonzai_webhooks_verify::Verifier;
 use crate::support::{self, Answer, Received, Receiver, TestDb, TestServer};
 
 /// Upper bound for anything that should happen within a retry schedule or two.
-const WAIT: Duration = Duration::from_secs(10);
-const POLL: Duration = Duration::from_millis(25);
+pub(super) const WAIT: Duration = Duration::from_secs(10);
+pub(super) const POLL: Duration = Duration::from_millis(25);
 
 /// Sum of the test retry schedule (`100ms,200ms,400ms`) plus slack: after this long
 /// without a new request, none is coming.
-const PAST_SCHEDULE: Duration = Duration::from_millis(1500);
+pub(super) const PAST_SCHEDULE: Duration = Duration::from_millis(1500);
 
 type Attempt = types::WebhookDeliveryAttempt;
 
 /// Creates or replaces the webhook of `event_type`; answers the signing secret when
 /// the webhook was created.
-async fn upsert(
+pub(super) async fn upsert(
     server: &TestServer,
     event_type: &str,
     url: &str,
@@ -53,7 +53,7 @@ fn upsert_body(url: &str, auth_header: Option<&str>) -> types::UpsertWebhookForT
     }
 }
 
-async fn publish(
+pub(super) async fn publish(
     server: &TestServer,
     event_type: &str,
     data: serde_json::Value,
@@ -86,7 +86,7 @@ async fn rotate(server: &TestServer, event_type: &str, grace_seconds: Option<i64
 }
 
 /// The recorded attempts of `event_type`, oldest first.
-async fn attempts(server: &TestServer, event_type: &str) -> Vec<Attempt> {
+pub(super) async fn attempts(server: &TestServer, event_type: &str) -> Vec<Attempt> {
     let mut list = server
         .client
         .list_delivery_attempts_for_tenant()
@@ -105,7 +105,7 @@ async fn attempts(server: &TestServer, event_type: &str) -> Vec<Attempt> {
 
 /// Waits until at least `n` attempts of `event_type` are recorded (they are written
 /// in batches after the receiver answered) and returns them, oldest first.
-async fn wait_attempts(server: &TestServer, event_type: &str, n: usize) -> Vec<Attempt> {
+pub(super) async fn wait_attempts(server: &TestServer, event_type: &str, n: usize) -> Vec<Attempt> {
     let found = support::poll_until(WAIT, POLL, move || async move {
         let list = attempts(server, event_type).await;
         (list.len() >= n).then_some(list)
@@ -120,7 +120,7 @@ async fn wait_attempts(server: &TestServer, event_type: &str, n: usize) -> Vec<A
     }
 }
 
-async fn webhook(server: &TestServer, event_type: &str) -> Option<types::Webhook> {
+pub(super) async fn webhook(server: &TestServer, event_type: &str) -> Option<types::Webhook> {
     server
         .client
         .list_webhooks_for_tenant()
@@ -186,7 +186,7 @@ fn verifies_with(r: &Received, secret: &str) -> bool {
     sonzai
 }
 
-fn backend_note(db: &TestDb) -> String {
+pub(super) fn backend_note(db: &TestDb) -> String {
     format!("{:?}", db.backend)
 }
 

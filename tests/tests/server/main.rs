@@ -9,5 +9,6 @@ mod delivery;
 mod durability;
 mod hardening;
 mod hostile;
+mod receiver_answers;
 mod scaleout;
 mod support;

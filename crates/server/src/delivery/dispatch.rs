@@ -15,7 +15,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, LOCATION};
+use http::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use http::{HeaderName, HeaderValue, Method};
 use reqwest::redirect::Policy;
 use reqwest::Url;
@@ -114,6 +114,8 @@ pub struct DispatchResult {
     /// The receiver did not answer (or finish its answer) within the timeout: the
     /// worker gives such a webhook fewer slots until it answers again.
     pub timed_out: bool,
+    /// The response's `Retry-After` header, as sent (see [`super::answer`]).
+    pub retry_after: Option<String>,
 }
 
 impl DispatchResult {
@@ -125,6 +127,7 @@ impl DispatchResult {
             error: Some(error),
             success: false,
             timed_out: false,
+            retry_after: None,
         }
     }
 
@@ -252,6 +255,12 @@ impl Dispatcher {
                 .get(LOCATION)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         });
+        // Not valid text is not a valid Retry-After either: the schedule decides.
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
 
         let mut body = Vec::with_capacity(
             response
@@ -310,6 +319,7 @@ impl Dispatcher {
             success: status.is_success() && error.is_none(),
             error,
             timed_out: body_timed_out,
+            retry_after,
         }
     }
 

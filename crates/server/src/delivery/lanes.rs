@@ -16,7 +16,7 @@
 //! throughput to the limits. Parking is bounded too (`limit` per webhook); beyond it,
 //! deliveries are handed back to the store to be claimed again a little later, and so
 //! is anything parked for longer than half a lease, so a parked claim never outlives
-//! its lease.
+//! its lease, or parked for a webhook whose receiver just answered 410 Gone.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::store::ClaimedDelivery;
+
+/// How long a webhook still counts as gone after its 410 is recorded.
+const GONE_AFTER_RECORD: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Lane {
@@ -49,6 +52,9 @@ struct State {
     projects: HashMap<Uuid, usize>,
     /// webhook → its reduced limit while its attempts time out
     slowed: HashMap<Uuid, usize>,
+    /// webhook → until when it counts as gone: its receiver answered 410 and the
+    /// outcome that disables it may not be recorded yet.
+    gone: HashMap<Uuid, Instant>,
 }
 
 impl State {
@@ -71,6 +77,12 @@ impl State {
         let project_in_flight = self.projects.get(&project).copied().unwrap_or(0);
         lane_in_flight < self.webhook_limit(limit, webhook)
             && project_in_flight < self.project_limit(slots, project)
+    }
+
+    fn is_gone(&self, webhook: Uuid) -> bool {
+        self.gone
+            .get(&webhook)
+            .is_some_and(|until| *until > Instant::now())
     }
 
     fn take(&mut self, webhook: Uuid, project: Uuid) {
@@ -105,6 +117,9 @@ impl Lanes {
     pub fn admit(&self, delivery: ClaimedDelivery) -> Admission {
         let mut state = self.lock();
         let (webhook, project) = (delivery.webhook_id, delivery.project_id);
+        if state.is_gone(webhook) {
+            return Admission::HandBack(delivery);
+        }
         if state.has_room(self.slots, self.limit, webhook, project) {
             state.take(webhook, project);
             return Admission::Go(delivery);
@@ -137,6 +152,29 @@ impl Lanes {
             if lane.in_flight == 0 && lane.parked.is_empty() {
                 state.lanes.remove(&webhook);
             }
+        }
+    }
+
+    /// The webhook's receiver answered 410 Gone. Until the outcome is recorded (which
+    /// disables the webhook and cancels its deliveries) nothing more is sent to it
+    /// from here: its parked deliveries and new claims of it are handed back. The
+    /// mark lasts at most a lease, so a write that never happens cannot stop the
+    /// webhook for good.
+    pub fn gone(&self, webhook: Uuid) {
+        let mut state = self.lock();
+        let now = Instant::now();
+        state.gone.retain(|_, until| *until > now);
+        state.gone.insert(webhook, now + self.max_park * 2);
+    }
+
+    /// The 410 outcome is recorded: from now on the store has the webhook off and its
+    /// deliveries cancelled. The mark stays a moment longer for a claim read just
+    /// before that commit.
+    pub fn gone_recorded(&self, webhook: Uuid) {
+        let mut state = self.lock();
+        let soon = Instant::now() + GONE_AFTER_RECORD;
+        if let Some(until) = state.gone.get_mut(&webhook) {
+            *until = (*until).min(soon);
         }
     }
 
@@ -188,7 +226,7 @@ impl Lanes {
                 state.lanes.get(&webhook).and_then(|l| l.parked.front())
             {
                 let project = front.project_id;
-                if parked_at.elapsed() > self.max_park {
+                if parked_at.elapsed() > self.max_park || state.is_gone(webhook) {
                     if let Some((d, _)) = state
                         .lanes
                         .get_mut(&webhook)
@@ -298,6 +336,28 @@ mod tests {
         assert_eq!(lanes.parked(), 1);
         assert_eq!(lanes.drain_parked().len(), 1);
         assert_eq!(lanes.parked(), 0);
+    }
+
+    #[test]
+    fn nothing_more_goes_to_a_gone_webhook_until_shortly_after_it_is_recorded() {
+        let lanes = Lanes::new(1, 100, Duration::from_secs(30));
+        let (gone, other) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(matches!(lanes.admit(delivery(gone)), Admission::Go(_)));
+        assert!(matches!(lanes.admit(delivery(gone)), Admission::Parked));
+        // The 410 is marked before its place frees up: the parked one goes back.
+        lanes.gone(gone);
+        lanes.finish(gone, false);
+        let (ready, stale) = lanes.ready(10);
+        assert!(ready.is_empty());
+        assert_eq!(stale.len(), 1);
+        assert!(matches!(
+            lanes.admit(delivery(gone)),
+            Admission::HandBack(_)
+        ));
+        assert!(matches!(lanes.admit(delivery(other)), Admission::Go(_)));
+        // Once recorded, the store decides again after a short grace.
+        lanes.gone_recorded(gone);
+        assert!(lanes.lock().gone[&gone] <= Instant::now() + GONE_AFTER_RECORD);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::answer;
 use super::dispatch::{Dispatcher, OutgoingRequest};
 use super::health::WorkerHealth;
 use super::lanes::{Admission, Lanes};
@@ -52,6 +53,8 @@ pub struct WorkerConfig {
     /// Most deliveries in flight to one webhook (see [`super::lanes`]), so a hanging
     /// receiver with a backlog cannot take every slot.
     pub per_webhook_limit: usize,
+    /// Longest wait a receiver's `Retry-After` can impose (see [`super::answer`]).
+    pub max_retry_after: Duration,
 }
 
 /// How long a delivery handed back because its webhook's lane and parking are full
@@ -86,10 +89,15 @@ struct Slot {
     lanes: Arc<Lanes>,
     /// Poked when the slot comes back, so a claimer waiting for room wakes up.
     freed: Arc<Notify>,
+    /// The webhook whose receiver answered 410 Gone with this delivery.
+    gone: Option<Uuid>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if let Some(webhook) = self.gone {
+            self.lanes.gone_recorded(webhook);
+        }
         self.lanes.release(self.project);
         self.freed.notify_one();
     }
@@ -157,19 +165,26 @@ impl DeliveryWorker {
                     .insert(delivery.delivery_id, delivery.lease_token);
                 let dispatcher = self.dispatcher.clone();
                 let schedule = self.config.schedule.clone();
+                let max_retry_after = self.config.max_retry_after;
                 let tx = outcomes_tx.clone();
                 let metrics = self.metrics.clone();
                 let lanes = lanes.clone();
                 let lane_freed = lane_freed.clone();
-                let slot = Slot {
+                let mut slot = Slot {
                     _permit: permit,
                     project: delivery.project_id,
                     lanes: lanes.clone(),
                     freed: lane_freed.clone(),
+                    gone: None,
                 };
                 tasks.spawn(async move {
                     let (outcome, timed_out) =
-                        deliver(&dispatcher, &schedule, &delivery, &metrics).await;
+                        deliver(&dispatcher, &schedule, max_retry_after, &delivery, &metrics).await;
+                    if outcome.disable_webhook {
+                        // Before its place frees up, so no parked delivery of it goes.
+                        lanes.gone(delivery.webhook_id);
+                        slot.gone = Some(delivery.webhook_id);
+                    }
                     lanes.finish(delivery.webhook_id, timed_out);
                     lane_freed.notify_one();
                     // The recorder outlives every delivery task; a send can only fail after
@@ -368,6 +383,7 @@ impl DeliveryWorker {
 pub async fn deliver(
     dispatcher: &Dispatcher,
     schedule: &RetrySchedule,
+    max_retry_after: Duration,
     d: &ClaimedDelivery,
     metrics: &Metrics,
 ) -> (DeliveryOutcome, bool) {
@@ -382,14 +398,29 @@ pub async fn deliver(
         })
         .await;
     let attempt_number = d.attempts_made + 1;
-    let retry_at = if result.success {
-        None
-    } else {
-        u32::try_from(attempt_number)
-            .ok()
-            .and_then(|n| schedule.next_delay(n))
-            .and_then(|delay| chrono::Duration::from_std(delay).ok())
-            .map(|delay| Utc::now() + delay)
+    let now = Utc::now();
+    let step = match u32::try_from(attempt_number) {
+        Ok(n) if !result.success => Some(answer::next_step(
+            schedule,
+            n,
+            result.status,
+            result.retry_after.as_deref(),
+            max_retry_after,
+            now,
+        )),
+        _ => None,
+    };
+    let retry_at = step
+        .as_ref()
+        .and_then(|step| step.retry_in)
+        .and_then(|delay| chrono::Duration::from_std(delay).ok())
+        .map(|delay| now + delay);
+    let disable_webhook = step.as_ref().is_some_and(|step| step.disable_webhook);
+    // What the receiver asked for comes first; a failure of its own (a body that
+    // stalled, say) is kept after it.
+    let error = match (step.and_then(|step| step.message), result.error) {
+        (Some(asked), Some(error)) => Some(format!("{asked}; {error}")),
+        (asked, error) => asked.or(error),
     };
     let status = if result.success {
         AttemptStatus::Success
@@ -411,7 +442,7 @@ pub async fn deliver(
         status = status.as_str(),
         response_code = result.status,
         duration_ms = result.duration.as_millis() as u64,
-        error = result.error.as_deref().unwrap_or(""),
+        error = error.as_deref().unwrap_or(""),
         retry = retry_at.is_some(),
         "delivery attempt"
     );
@@ -432,12 +463,13 @@ pub async fn deliver(
             status,
             request_body: body.to_vec(),
             response_body: result.response_body.map(storable_text),
-            error_message: result.error.map(storable_text),
+            error_message: error.map(storable_text),
             created_at: started_at,
             // The store derives it from the delivery when recording.
             trigger: None,
         },
         retry_at,
+        disable_webhook,
     };
     (outcome, timed_out)
 }
@@ -568,7 +600,7 @@ async fn record_loop(
         let retries = batch.iter().any(|outcome| outcome.retry_at.is_some());
         let (disabled, written) = recorder.record(batch).await;
         for webhook_id in &disabled {
-            tracing::warn!(%webhook_id, "webhook disabled after repeated failures");
+            tracing::warn!(%webhook_id, "webhook disabled (repeated failures or 410 Gone)");
         }
         recorder.metrics.webhooks_disabled(disabled.len());
         {

@@ -573,14 +573,19 @@ where
         policy: DisablePolicy,
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<Uuid>> {
-        // Webhook id -> the applied attempts (time, status).
-        let mut applied: BTreeMap<Uuid, Vec<(DateTime<Utc>, AttemptStatus)>> = BTreeMap::new();
+        // Webhook id -> the applied attempts (time, status, 410 Gone). Like a failure
+        // streak, a 410 counts only while its delivery's lease still held: a late
+        // answer to a delivery that was cancelled meanwhile (its webhook deleted, or
+        // disabled and perhaps re-enabled by an upsert since) changes nothing.
+        type Applied = (DateTime<Utc>, AttemptStatus, bool);
+        let mut applied: BTreeMap<Uuid, Vec<Applied>> = BTreeMap::new();
         for o in outcomes {
             if let Some(webhook) = live.get(&o.delivery_id) {
-                applied
-                    .entry(*webhook)
-                    .or_default()
-                    .push((truncate_micros(o.attempt.created_at), o.attempt.status));
+                applied.entry(*webhook).or_default().push((
+                    truncate_micros(o.attempt.created_at),
+                    o.attempt.status,
+                    o.disable_webhook,
+                ));
             }
         }
         let mut disabled = Vec::new();
@@ -590,10 +595,13 @@ where
                 continue;
             };
             let mut streak = before;
-            attempts.sort_by_key(|(at, _)| *at);
+            attempts.sort_by_key(|(at, _, _)| *at);
             let mut disables = false;
-            for (at, status) in attempts {
+            for (at, status, gone) in attempts {
                 disables |= streak.record(status, at, policy);
+                if gone {
+                    disables |= streak.gone();
+                }
             }
             if streak == before {
                 continue;

@@ -422,6 +422,9 @@ pub struct DeliveryOutcome {
     /// `None`: the delivery is finished (succeeded, or failed for good).
     /// `Some(t)`: try again at `t`.
     pub retry_at: Option<DateTime<Utc>>,
+    /// The receiver answered `410 Gone`: recording this outcome also switches the
+    /// webhook off and cancels its pending deliveries, in the same transaction.
+    pub disable_webhook: bool,
 }
 
 /// When a webhook is switched off for failing.
@@ -700,6 +703,12 @@ impl FailureStreak {
                 }
             }
         }
+    }
+
+    /// The receiver answered `410 Gone`: switches the webhook off. Returns true when
+    /// this is what disables it (false if it is off already).
+    pub(crate) fn gone(&mut self) -> bool {
+        std::mem::replace(&mut self.is_active, false)
     }
 }
 

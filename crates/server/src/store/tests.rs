@@ -189,6 +189,7 @@ store_cases!(
     concurrent_claimers_never_share_a_delivery,
     outcomes_finish_retry_and_number_attempts,
     failing_webhook_is_disabled_by_policy,
+    gone_disables_at_once_and_a_late_gone_changes_nothing,
     success_resets_the_failure_streak,
     release_makes_claims_available_at_once,
     attempts_page_newest_first,
@@ -329,6 +330,7 @@ fn outcome(
         lease_token: claim.lease_token,
         attempt: attempt_for(claim, status, at),
         retry_at,
+        disable_webhook: false,
     }
 }
 
@@ -1182,6 +1184,51 @@ async fn failing_webhook_is_disabled_by_policy(db: Arc<TestDb>) {
             .unwrap()
             .is_active
     );
+}
+
+/// A 410 disables at once, whatever the policy, and cancels the other deliveries in
+/// the same transaction. A 410 recorded after its delivery was cancelled (lease gone)
+/// is stale like any other outcome: it does not disable the webhook re-enabled since.
+async fn gone_disables_at_once_and_a_late_gone_changes_nothing(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let policy = DisablePolicy {
+        failures: 100,
+        min_age: Duration::from_secs(3600),
+    };
+    let p = new_project(s).await;
+    let (hook, _) = new_webhook(s, p.id, "user.left").await;
+    publish(s, p.id, "user.left").await;
+    publish(s, p.id, "user.left").await;
+    let claims = s.claim_due(10, LEASE).await.unwrap();
+    assert_eq!(claims.len(), 2);
+    let gone = |c: &ClaimedDelivery| DeliveryOutcome {
+        disable_webhook: true,
+        ..outcome(c, AttemptStatus::Failed, now_micros(), None)
+    };
+
+    assert_eq!(record(s, &[gone(&claims[0])], policy).await, vec![hook.id]);
+    assert!(
+        !s.get_webhook(p.id, "user.left")
+            .await
+            .unwrap()
+            .unwrap()
+            .is_active
+    );
+    assert_eq!(pending(s).await, 0, "the other delivery is cancelled");
+
+    upsert(s, p.id, "user.left", "https://back.example/").await;
+    assert_eq!(
+        record(s, &[gone(&claims[1])], policy).await,
+        Vec::<Uuid>::new()
+    );
+    assert!(
+        s.get_webhook(p.id, "user.left")
+            .await
+            .unwrap()
+            .unwrap()
+            .is_active
+    );
+    assert_eq!(all_attempts(s, p.id, "user.left").await.len(), 2);
 }
 
 async fn success_resets_the_failure_streak(db: Arc<TestDb>) {
