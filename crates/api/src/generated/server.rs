@@ -660,7 +660,9 @@ pub async fn rotate_webhook_signing_secret<T: WebhooksApi>(
         (
             "eventId" = uuid::Uuid,
             Path,
-            description = "Id of the event to resend, as publishing answered it (`event_id`)"
+            description = "Id of the event to resend, as publishing answered it (`event_id`)",
+            min_length = 36,
+            max_length = 36
         )
     ),
     responses(
@@ -1219,7 +1221,9 @@ pub async fn rotate_webhook_signing_secret_for_tenant<T: WebhooksApi>(
         (
             "eventId" = uuid::Uuid,
             Path,
-            description = "Id of the event to resend, as publishing answered it (`event_id`)"
+            description = "Id of the event to resend, as publishing answered it (`event_id`)",
+            min_length = 36,
+            max_length = 36
         )
     ),
     responses(
