@@ -300,6 +300,7 @@ mod tests {
             previous_secret: None,
             attempts_made: 0,
             lease_token: Uuid::now_v7(),
+            origin: crate::store::AttemptTrigger::Publish,
         }
     }
 

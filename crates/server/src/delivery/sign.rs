@@ -97,6 +97,7 @@ mod tests {
             previous_secret: previous.map(|p| SigningSecret::from_stored(p.into())),
             attempts_made: 0,
             lease_token: Uuid::nil(),
+            origin: crate::store::AttemptTrigger::Publish,
         }
     }
 

@@ -29,8 +29,8 @@ use super::retry::RetrySchedule;
 use super::sign;
 use crate::metrics::Metrics;
 use crate::store::{
-    storable_text, Attempt, AttemptStatus, ClaimedDelivery, DeliveryOutcome, DisablePolicy,
-    WebhookStore,
+    storable_text, Attempt, AttemptStatus, AttemptTrigger, ClaimedDelivery, DeliveryOutcome,
+    DisablePolicy, WebhookStore,
 };
 use crate::wake::Waker;
 
@@ -465,8 +465,12 @@ pub async fn deliver(
             response_body: result.response_body.map(storable_text),
             error_message: error.map(storable_text),
             created_at: started_at,
-            // The store derives it from the delivery when recording.
-            trigger: None,
+            // Known from the claim, so recording reads no other row for it.
+            trigger: Some(if attempt_number > 1 {
+                AttemptTrigger::Retry
+            } else {
+                d.origin
+            }),
         },
         retry_at,
         disable_webhook,

@@ -211,8 +211,8 @@ pub struct Attempt {
     pub error_message: Option<String>,
     pub created_at: DateTime<Utc>,
     /// Why the attempt happened, as listed; `None` for attempts recorded before
-    /// triggers were kept. Recording ignores it: the store derives it from the
-    /// delivery's origin and the attempt number, so the workers need not know.
+    /// triggers were kept. Recording stores the one given; without one, the store
+    /// derives it from the delivery's origin and the attempt number.
     pub trigger: Option<AttemptTrigger>,
 }
 
@@ -411,6 +411,9 @@ pub struct ClaimedDelivery {
     pub attempts_made: i64,
     /// The lease this claim holds; recording an outcome checks it still holds.
     pub lease_token: Uuid,
+    /// What started the delivery (`Publish`, `Resend` or `Recover`): the trigger of
+    /// its first attempt.
+    pub origin: AttemptTrigger,
 }
 
 /// What a worker reports about one claimed delivery.

@@ -32,9 +32,9 @@ use super::rows::{
     attempt_trigger_sql, ClaimedRow, StreakRow, WebhookRow, ATTEMPT_COLUMNS, WEBHOOK_COLUMNS,
 };
 use super::{
-    add_duration, now_micros, status_after, truncate_micros, Attempt, ClaimFrom, ClaimedDelivery,
-    DeliveryOutcome, DisablePolicy, FailureStreak, PublishEvent, Published, StoreError,
-    StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
+    add_duration, now_micros, status_after, truncate_micros, Attempt, AttemptTrigger, ClaimFrom,
+    ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, PublishEvent, Published,
+    StoreError, StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -185,10 +185,10 @@ impl BackendOps for PgStore {
                      next_attempt_at = $4, updated_at = $1 \
                  FROM due WHERE d.id = due.id \
                  RETURNING d.id, d.event_id, d.webhook_id, d.project_id, d.event_type, \
-                     d.attempts_made, d.lease_token \
+                     d.attempts_made, d.lease_token, d.origin \
              ) \
              SELECT c.id, c.event_id, c.webhook_id, c.project_id, c.event_type, \
-                 c.attempts_made, c.lease_token, \
+                 c.attempts_made, c.lease_token, c.origin, \
                  e.created_at AS event_created_at, e.data, \
                  w.webhook_url, w.auth_header, w.signing_secret, \
                  CASE WHEN w.previous_secret_expires_at > $1 THEN w.previous_secret END \
@@ -282,12 +282,13 @@ impl BackendOps for PgStore {
         }
         sqlx::query(&format!(
             "INSERT INTO attempts ({ATTEMPT_COLUMNS}, \"trigger\") \
-             SELECT u.*, {} FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], \
-                 $5::text[], $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::text[], \
-                 $11::bytea[], $12::text[], $13::text[], $14::timestamptz[]) \
-                 AS u({ATTEMPT_COLUMNS}) \
+             SELECT {ATTEMPT_COLUMNS}, {} FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], \
+                 $4::uuid[], $5::text[], $6::text[], $7::int8[], $8::int8[], $9::int8[], \
+                 $10::text[], $11::bytea[], $12::text[], $13::text[], $14::timestamptz[], \
+                 $15::text[]) \
+                 AS u({ATTEMPT_COLUMNS}, given_trigger) \
              ON CONFLICT (id) DO NOTHING",
-            attempt_trigger_sql("u.attempt_number", "u.delivery_id")
+            attempt_trigger_sql("u.given_trigger", "u.attempt_number", "u.delivery_id")
         ))
         .bind(col(outcomes, |a| a.id))
         .bind(col(outcomes, |a| a.delivery_id))
@@ -303,6 +304,7 @@ impl BackendOps for PgStore {
         .bind(col(outcomes, |a| a.response_body.as_deref()))
         .bind(col(outcomes, |a| a.error_message.as_deref()))
         .bind(col(outcomes, |a| truncate_micros(a.created_at)))
+        .bind(col(outcomes, |a| a.trigger.map(AttemptTrigger::as_str)))
         .execute(&mut *tx)
         .await?;
 

@@ -185,12 +185,14 @@ pub(crate) const ATTEMPT_COLUMNS: &str = "id, delivery_id, event_id, project_id,
      webhook_url, response_code, duration_ms, attempt_number, status, request_body, \
      response_body, error_message, created_at";
 
-/// The `trigger` of an attempt being recorded, from its number and delivery id
-/// columns: a later try is a retry, a first try is whatever started the delivery.
-pub(crate) fn attempt_trigger_sql(attempt_number: &str, delivery_id: &str) -> String {
+/// The `trigger` of an attempt being recorded: the one the worker gave (`given`,
+/// known from the claim, so the hot path reads no other row) or, when none was given,
+/// derived from its number and delivery id columns: a later try is a retry, a first
+/// try is whatever started the delivery.
+pub(crate) fn attempt_trigger_sql(given: &str, attempt_number: &str, delivery_id: &str) -> String {
     format!(
-        "CASE WHEN {attempt_number} > 1 THEN 'retry' \
-         ELSE (SELECT origin FROM deliveries WHERE deliveries.id = {delivery_id}) END"
+        "COALESCE({given}, CASE WHEN {attempt_number} > 1 THEN 'retry' \
+         ELSE (SELECT origin FROM deliveries WHERE deliveries.id = {delivery_id}) END)"
     )
 }
 
@@ -270,6 +272,7 @@ pub(crate) struct ClaimedRow {
     previous_secret: Option<String>,
     attempts_made: i64,
     lease_token: Uuid,
+    origin: String,
 }
 
 impl From<ClaimedRow> for ClaimedDelivery {
@@ -288,6 +291,8 @@ impl From<ClaimedRow> for ClaimedDelivery {
             previous_secret: r.previous_secret.map(SigningSecret::from_stored),
             attempts_made: r.attempts_made,
             lease_token: r.lease_token,
+            // The column's CHECK allows only known origins.
+            origin: AttemptTrigger::parse(&r.origin).unwrap_or(AttemptTrigger::Publish),
         }
     }
 }

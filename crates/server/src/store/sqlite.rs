@@ -31,9 +31,9 @@ use super::common::{BackendOps, Dialect, Tables};
 use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::rows::{attempt_trigger_sql, opt, ClaimedRow, Micros, StreakRow, ATTEMPT_COLUMNS};
 use super::{
-    add_duration, now_micros, status_after, truncate_micros, ClaimFrom, ClaimedDelivery,
-    DeliveryOutcome, DisablePolicy, FailureStreak, PublishEvent, Published, StoreError,
-    StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
+    add_duration, now_micros, status_after, truncate_micros, AttemptTrigger, ClaimFrom,
+    ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, PublishEvent, Published,
+    StoreError, StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
 };
 
 mod file;
@@ -252,7 +252,7 @@ impl BackendOps for SqliteStore {
             .push_bind(max)
             .push(
                 ") RETURNING id, event_id, webhook_id, project_id, event_type, attempts_made, \
-                 lease_token, \
+                 lease_token, origin, \
                  (SELECT e.created_at FROM events e WHERE e.id = event_id) AS event_created_at, \
                  (SELECT e.data FROM events e WHERE e.id = event_id) AS data, \
                  (SELECT w.webhook_url FROM webhooks w WHERE w.id = webhook_id) AS webhook_url, \
@@ -354,7 +354,7 @@ impl BackendOps for SqliteStore {
             let mut attempts = QueryBuilder::<Sqlite>::new(format!(
                 "INSERT INTO attempts ({ATTEMPT_COLUMNS}, \"trigger\") SELECT {}, {} FROM (",
                 columns.join(", "),
-                attempt_trigger_sql("column9", "column2")
+                attempt_trigger_sql("column15", "column9", "column2")
             ));
             attempts.push_values(chunk, |mut row, outcome| {
                 let a = &outcome.attempt;
@@ -371,7 +371,8 @@ impl BackendOps for SqliteStore {
                     .push_bind(a.request_body.as_slice())
                     .push_bind(a.response_body.as_deref())
                     .push_bind(a.error_message.as_deref())
-                    .push_bind(Micros(truncate_micros(a.created_at)));
+                    .push_bind(Micros(truncate_micros(a.created_at)))
+                    .push_bind(a.trigger.map(AttemptTrigger::as_str));
             });
             // `WHERE true` keeps SQLite from reading ON CONFLICT as a join constraint.
             attempts.push(") WHERE true ON CONFLICT (id) DO NOTHING");
