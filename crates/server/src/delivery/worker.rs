@@ -465,12 +465,7 @@ pub async fn deliver(
             response_body: result.response_body.map(storable_text),
             error_message: error.map(storable_text),
             created_at: started_at,
-            // Known from the claim, so recording reads no other row for it.
-            trigger: Some(if attempt_number > 1 {
-                AttemptTrigger::Retry
-            } else {
-                d.origin
-            }),
+            trigger: Some(AttemptTrigger::of_attempt(d.origin, attempt_number)),
         },
         retry_at,
         disable_webhook,

@@ -211,8 +211,8 @@ pub struct Attempt {
     pub error_message: Option<String>,
     pub created_at: DateTime<Utc>,
     /// Why the attempt happened, as listed; `None` for attempts recorded before
-    /// triggers were kept. Recording stores the one given; without one, the store
-    /// derives it from the delivery's origin and the attempt number.
+    /// triggers were kept. Recording stores it as given
+    /// ([`AttemptTrigger::of_attempt`]).
     pub trigger: Option<AttemptTrigger>,
 }
 
@@ -236,6 +236,16 @@ impl AttemptTrigger {
             AttemptTrigger::Retry => "retry",
             AttemptTrigger::Resend => "resend",
             AttemptTrigger::Recover => "recover",
+        }
+    }
+
+    /// The trigger of attempt `attempt_number` of a delivery started by `origin`: a
+    /// later try is a retry, a first try is whatever started the delivery.
+    pub(crate) fn of_attempt(origin: AttemptTrigger, attempt_number: i64) -> Self {
+        if attempt_number > 1 {
+            AttemptTrigger::Retry
+        } else {
+            origin
         }
     }
 

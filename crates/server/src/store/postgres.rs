@@ -28,9 +28,7 @@ use uuid::Uuid;
 
 use super::common::{BackendOps, Dialect, Tables};
 use super::group_commit::{Committer, GroupCommit, PublishJob};
-use super::rows::{
-    attempt_trigger_sql, ClaimedRow, StreakRow, WebhookRow, ATTEMPT_COLUMNS, WEBHOOK_COLUMNS,
-};
+use super::rows::{ClaimedRow, StreakRow, WebhookRow, ATTEMPT_COLUMNS, WEBHOOK_COLUMNS};
 use super::{
     add_duration, now_micros, status_after, truncate_micros, Attempt, AttemptTrigger, ClaimFrom,
     ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, PublishEvent, Published,
@@ -282,13 +280,10 @@ impl BackendOps for PgStore {
         }
         sqlx::query(&format!(
             "INSERT INTO attempts ({ATTEMPT_COLUMNS}, \"trigger\") \
-             SELECT {ATTEMPT_COLUMNS}, {} FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], \
-                 $4::uuid[], $5::text[], $6::text[], $7::int8[], $8::int8[], $9::int8[], \
-                 $10::text[], $11::bytea[], $12::text[], $13::text[], $14::timestamptz[], \
-                 $15::text[]) \
-                 AS u({ATTEMPT_COLUMNS}, given_trigger) \
-             ON CONFLICT (id) DO NOTHING",
-            attempt_trigger_sql("u.given_trigger", "u.attempt_number", "u.delivery_id")
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], \
+                 $5::text[], $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::text[], \
+                 $11::bytea[], $12::text[], $13::text[], $14::timestamptz[], $15::text[]) \
+             ON CONFLICT (id) DO NOTHING"
         ))
         .bind(col(outcomes, |a| a.id))
         .bind(col(outcomes, |a| a.delivery_id))

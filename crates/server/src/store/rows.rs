@@ -185,17 +185,6 @@ pub(crate) const ATTEMPT_COLUMNS: &str = "id, delivery_id, event_id, project_id,
      webhook_url, response_code, duration_ms, attempt_number, status, request_body, \
      response_body, error_message, created_at";
 
-/// The `trigger` of an attempt being recorded: the one the worker gave (`given`,
-/// known from the claim, so the hot path reads no other row) or, when none was given,
-/// derived from its number and delivery id columns: a later try is a retry, a first
-/// try is whatever started the delivery.
-pub(crate) fn attempt_trigger_sql(given: &str, attempt_number: &str, delivery_id: &str) -> String {
-    format!(
-        "COALESCE({given}, CASE WHEN {attempt_number} > 1 THEN 'retry' \
-         ELSE (SELECT origin FROM deliveries WHERE deliveries.id = {delivery_id}) END)"
-    )
-}
-
 #[derive(sqlx::FromRow)]
 pub(crate) struct AttemptRow {
     id: Uuid,

@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use super::common::{BackendOps, Dialect, Tables};
 use super::group_commit::{Committer, GroupCommit, PublishJob};
-use super::rows::{attempt_trigger_sql, opt, ClaimedRow, Micros, StreakRow, ATTEMPT_COLUMNS};
+use super::rows::{opt, ClaimedRow, Micros, StreakRow, ATTEMPT_COLUMNS};
 use super::{
     add_duration, now_micros, status_after, truncate_micros, AttemptTrigger, ClaimFrom,
     ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, PublishEvent, Published,
@@ -350,11 +350,8 @@ impl BackendOps for SqliteStore {
             // Ignoring an attempt id already stored makes a retried batch (after a
             // commit whose acknowledgement was lost) harmless: its leases are gone by
             // then, so nothing is counted twice either.
-            let columns = (1..=14).map(|i| format!("column{i}")).collect::<Vec<_>>();
             let mut attempts = QueryBuilder::<Sqlite>::new(format!(
-                "INSERT INTO attempts ({ATTEMPT_COLUMNS}, \"trigger\") SELECT {}, {} FROM (",
-                columns.join(", "),
-                attempt_trigger_sql("column15", "column9", "column2")
+                "INSERT INTO attempts ({ATTEMPT_COLUMNS}, \"trigger\") "
             ));
             attempts.push_values(chunk, |mut row, outcome| {
                 let a = &outcome.attempt;
@@ -374,8 +371,7 @@ impl BackendOps for SqliteStore {
                     .push_bind(Micros(truncate_micros(a.created_at)))
                     .push_bind(a.trigger.map(AttemptTrigger::as_str));
             });
-            // `WHERE true` keeps SQLite from reading ON CONFLICT as a join constraint.
-            attempts.push(") WHERE true ON CONFLICT (id) DO NOTHING");
+            attempts.push(" ON CONFLICT (id) DO NOTHING");
             attempts.build().execute(&mut *tx).await?;
 
             // Finish or reschedule the deliveries whose lease still holds.

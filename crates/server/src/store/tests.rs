@@ -315,7 +315,10 @@ fn attempt_for(claim: &ClaimedDelivery, status: AttemptStatus, at: DateTime<Utc>
         response_body: Some(format!("answer {code}")),
         error_message: error,
         created_at: truncate_micros(at),
-        trigger: None,
+        trigger: Some(AttemptTrigger::of_attempt(
+            claim.origin,
+            claim.attempts_made + 1,
+        )),
     }
 }
 
