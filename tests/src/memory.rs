@@ -13,12 +13,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use chrono::Utc;
 use sonzai_webhooks_api::models::{
     ListDeliveryAttemptsOutputBody, ListWebhooksOutputBody, PublishEventForTenantInputBody,
-    PublishEventInputBody, PublishEventOutputBody, ResendEventOutputBody,
-    RotateSigningSecretOutputBody, UpsertWebhookForTenantInputBody, UpsertWebhookInputBody,
-    UpsertWebhookOutputBody, Webhook, WebhookDeliveryAttempt,
+    PublishEventInputBody, PublishEventOutputBody, RecoverWebhookInputBody, Recovery,
+    ResendEventOutputBody, RotateSigningSecretOutputBody, UpsertWebhookForTenantInputBody,
+    UpsertWebhookInputBody, UpsertWebhookOutputBody, Webhook, WebhookDeliveryAttempt,
 };
 use sonzai_webhooks_api::{
     ListDeliveryAttemptsForTenantQuery, ListDeliveryAttemptsQuery, Problem,
@@ -79,6 +80,8 @@ struct State {
     events: HashMap<Uuid, (Uuid, String)>,
     attempts_queries: Vec<AttemptsQuery>,
     grace_seconds: Vec<i64>,
+    /// Started recoveries, with the project they belong to.
+    recoveries: HashMap<Uuid, (Uuid, Recovery)>,
 }
 
 /// See the module documentation.
@@ -297,6 +300,57 @@ impl MemoryApi {
         })
     }
 
+    /// A recovery as the server answers it, finished at once: every published event of
+    /// the type "matches". A dry run (200) is not kept; a started one (202) is.
+    fn recover(
+        &self,
+        project_id: Uuid,
+        event_type: String,
+        body: RecoverWebhookInputBody,
+    ) -> Result<(StatusCode, Recovery), Problem> {
+        let now = Utc::now();
+        let mut state = self.lock();
+        if !state
+            .webhooks
+            .contains_key(&(project_id, event_type.clone()))
+        {
+            return Err(Problem::not_found("webhook not found"));
+        }
+        let matched = state
+            .events
+            .values()
+            .filter(|(p, t)| *p == project_id && *t == event_type)
+            .count() as i64;
+        let dry_run = body.dry_run.unwrap_or(false);
+        let recovery = Recovery {
+            schema: None,
+            recovery_id: Uuid::now_v7(),
+            event_type,
+            since: body.since,
+            until: body.until.unwrap_or(now),
+            include: body.include.unwrap_or_else(|| vec!["failed".to_owned()]),
+            status: if dry_run { "dry_run" } else { "done" }.to_owned(),
+            matched,
+            queued: if dry_run { 0 } else { matched },
+            created_at: now,
+            finished_at: Some(now),
+        };
+        if dry_run {
+            return Ok((StatusCode::OK, recovery));
+        }
+        state
+            .recoveries
+            .insert(recovery.recovery_id, (project_id, recovery.clone()));
+        Ok((StatusCode::ACCEPTED, recovery))
+    }
+
+    fn recovery(&self, project_id: Uuid, recovery_id: Uuid) -> Result<Recovery, Problem> {
+        match self.lock().recoveries.get(&recovery_id) {
+            Some((project, recovery)) if *project == project_id => Ok(recovery.clone()),
+            _ => Err(Problem::not_found("recovery not found")),
+        }
+    }
+
     fn attempt(
         project_id: Uuid,
         event_type: &str,
@@ -508,5 +562,67 @@ impl WebhooksApi for MemoryApi {
     ) -> Result<ResendEventOutputBody, Problem> {
         self.count();
         self.resend(ctx, event_type, event_id)
+    }
+
+    async fn recover_webhook(
+        &self,
+        ctx: Uuid,
+        project_id: Uuid,
+        event_type: String,
+        body: RecoverWebhookInputBody,
+    ) -> Result<(StatusCode, Recovery), Problem> {
+        self.count();
+        let project_id = Self::project(ctx, project_id)?;
+        self.recover(project_id, event_type, body)
+    }
+
+    async fn recover_webhook_for_tenant(
+        &self,
+        ctx: Uuid,
+        event_type: String,
+        body: RecoverWebhookInputBody,
+    ) -> Result<(StatusCode, Recovery), Problem> {
+        self.count();
+        self.recover(ctx, event_type, body)
+    }
+
+    async fn get_recovery(
+        &self,
+        ctx: Uuid,
+        project_id: Uuid,
+        recovery_id: Uuid,
+    ) -> Result<Recovery, Problem> {
+        self.count();
+        let project_id = Self::project(ctx, project_id)?;
+        self.recovery(project_id, recovery_id)
+    }
+
+    async fn get_recovery_for_tenant(
+        &self,
+        ctx: Uuid,
+        recovery_id: Uuid,
+    ) -> Result<Recovery, Problem> {
+        self.count();
+        self.recovery(ctx, recovery_id)
+    }
+
+    async fn cancel_recovery(
+        &self,
+        ctx: Uuid,
+        project_id: Uuid,
+        recovery_id: Uuid,
+    ) -> Result<(), Problem> {
+        self.count();
+        let project_id = Self::project(ctx, project_id)?;
+        self.recovery(project_id, recovery_id).map(|_| ())
+    }
+
+    async fn cancel_recovery_for_tenant(
+        &self,
+        ctx: Uuid,
+        recovery_id: Uuid,
+    ) -> Result<(), Problem> {
+        self.count();
+        self.recovery(ctx, recovery_id).map(|_| ())
     }
 }

@@ -305,7 +305,7 @@ fn same_paths_methods_and_operation_ids() {
         out
     }
     let expected = operations(&spec());
-    assert_eq!(expected.len(), 14, "openapi.json declares 14 operations");
+    assert_eq!(expected.len(), 20, "openapi.json declares 20 operations");
     assert_eq!(operations(&generated()), expected);
 }
 

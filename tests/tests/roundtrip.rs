@@ -1228,3 +1228,116 @@ async fn resend_answers_202_linking_its_schema() {
         serde_json::from_value(body).expect("a ResendEventOutputBody");
     raw.server.stop().await.expect("server stops");
 }
+
+#[tokio::test]
+async fn recovery_round_trips_on_both_routes_with_both_success_statuses() {
+    let (api, server) = serve_memory().await.expect("server starts");
+    let client = client(&server);
+    client
+        .upsert_webhook_for_tenant()
+        .event_type("session.end")
+        .body(types::UpsertWebhookForTenantInputBody::builder().webhook_url("https://r.test/h"))
+        .send()
+        .await
+        .expect("upsert");
+    for n in 0..2 {
+        client
+            .publish_event_for_tenant()
+            .body(
+                types::PublishEventForTenantInputBody::builder()
+                    .event_type("session.end")
+                    .data(json!({"n": n})),
+            )
+            .send()
+            .await
+            .expect("publish");
+    }
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+
+    // A dry run answers 200, a recovery 202: the router writes the status the
+    // implementation chose, and the client reads either into `Recovery`.
+    let dry = client
+        .recover_webhook()
+        .project_id(PROJECT_ID)
+        .event_type("session.end")
+        .body(
+            types::RecoverWebhookInputBody::builder()
+                .since(since)
+                .dry_run(true),
+        )
+        .send()
+        .await
+        .expect("dry run");
+    assert_eq!(dry.status(), StatusCode::OK);
+    assert_eq!((dry.status.as_str(), dry.matched), ("dry_run", 2));
+    let include: Vec<&str> = dry.include.iter().map(|k| k.as_str()).collect();
+    assert_eq!(include, ["failed"], "the default");
+    let started = client
+        .recover_webhook_for_tenant()
+        .event_type("session.end")
+        .body(
+            types::RecoverWebhookInputBody::builder()
+                .since(since)
+                .include(vec!["missed".parse().unwrap(), "failed".parse().unwrap()]),
+        )
+        .send()
+        .await
+        .expect("recover");
+    assert_eq!(started.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        started.schema.as_deref(),
+        Some("/api/v1/schemas/Recovery.json")
+    );
+    let id = started.recovery_id;
+    assert_eq!(started.include.len(), 2);
+
+    let got = client
+        .get_recovery()
+        .project_id(PROJECT_ID)
+        .recovery_id(id)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.recovery_id, id);
+    let got = client
+        .get_recovery_for_tenant()
+        .recovery_id(id)
+        .send()
+        .await
+        .expect("get for tenant");
+    assert_eq!(got.queued, 2);
+    let cancelled = client
+        .cancel_recovery()
+        .project_id(PROJECT_ID)
+        .recovery_id(id)
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(cancelled.status(), StatusCode::NO_CONTENT);
+    let cancelled = client
+        .cancel_recovery_for_tenant()
+        .recovery_id(id)
+        .send()
+        .await
+        .expect("cancel for tenant");
+    assert_eq!(cancelled.status(), StatusCode::NO_CONTENT);
+    expect_not_found(
+        client
+            .get_recovery_for_tenant()
+            .recovery_id(Uuid::from_u128(9))
+            .send()
+            .await,
+    );
+    expect_not_found(
+        client
+            .recover_webhook()
+            .project_id(PROJECT_ID)
+            .event_type("never.registered")
+            .body(types::RecoverWebhookInputBody::builder().since(since))
+            .send()
+            .await,
+    );
+    assert_eq!(api.calls(), 11);
+    server.stop().await.expect("server stops");
+}

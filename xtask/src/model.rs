@@ -116,8 +116,10 @@ pub struct Operation {
     pub path_params: Vec<Param>,
     pub query_params: Vec<Param>,
     pub body: Option<String>,
-    pub success_status: u16,
-    pub success_description: String,
+    /// The success responses, in status order, each with its description. They share
+    /// one body: several of them (such as 200 for a dry run, 202 otherwise) make the
+    /// trait method answer the status along with the body.
+    pub successes: Vec<(u16, String)>,
     pub success_body: Option<String>,
     pub error_description: String,
 }
@@ -354,7 +356,8 @@ fn read_operation(path: &str, method: &str, v: &Value) -> Result<Operation> {
         .get("responses")
         .and_then(Value::as_object)
         .ok_or_else(|| anyhow!("{id}: responses missing"))?;
-    let mut success = None;
+    let mut successes = Vec::new();
+    let mut success_body = None;
     let mut error_description = None;
     for (code, response) in responses {
         let description = response
@@ -377,17 +380,20 @@ fn read_operation(path: &str, method: &str, v: &Value) -> Result<Operation> {
         if !(200..300).contains(&status) {
             bail!("{id}: only success codes and `default` are supported, found {code}");
         }
-        if success.is_some() {
-            bail!("{id}: several success responses are not supported");
-        }
         let body = json_content_ref(response, "application/json");
         if body.is_none() && response.get("content").is_some() {
             bail!("{id}: success body must be an application/json $ref");
         }
-        success = Some((status, description, body));
+        if !successes.is_empty() && body != success_body {
+            bail!("{id}: success responses with different bodies are not supported");
+        }
+        success_body = body;
+        successes.push((status, description));
     }
-    let (success_status, success_description, success_body) =
-        success.ok_or_else(|| anyhow!("{id}: no success response"))?;
+    if successes.is_empty() {
+        bail!("{id}: no success response");
+    }
+    successes.sort_by_key(|(status, _)| *status);
     let tag = obj
         .get("tags")
         .and_then(|t| t.get(0))
@@ -404,8 +410,7 @@ fn read_operation(path: &str, method: &str, v: &Value) -> Result<Operation> {
         path_params,
         query_params,
         body,
-        success_status,
-        success_description,
+        successes,
         success_body,
         error_description: error_description
             .ok_or_else(|| anyhow!("{id}: a `default` problem+json response is required"))?,
@@ -684,8 +689,7 @@ mod tests {
         assert_eq!(limit.default, Some(json!(5)));
 
         assert_eq!(op.body.as_deref(), Some("Thing"));
-        assert_eq!(op.success_status, 201);
-        assert_eq!(op.success_description, "Made");
+        assert_eq!(op.successes, vec![(201, "Made".to_owned())]);
         assert_eq!(op.success_body.as_deref(), Some("Thing"));
         assert_eq!(op.error_description, "Trouble");
     }
@@ -693,7 +697,7 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_express() {
         type Edit = Box<dyn FnOnce(&mut Value)>;
-        let cases: [(&str, Edit); 6] = [
+        let cases: [(&str, Edit); 7] = [
             (
                 "schema keyword `oneOf` is not supported",
                 Box::new(|d| thing_schema(d)["properties"]["name"]["oneOf"] = json!([])),
@@ -718,6 +722,13 @@ mod tests {
                 Box::new(|d| {
                     d["paths"]["/things/{thingId}"]["post"]["responses"]["404"] =
                         json!({"description": "Missing"})
+                }),
+            ),
+            (
+                "success responses with different bodies are not supported",
+                Box::new(|d| {
+                    d["paths"]["/things/{thingId}"]["post"]["responses"]["200"] =
+                        json!({"description": "Other"})
                 }),
             ),
             (

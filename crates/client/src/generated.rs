@@ -748,6 +748,187 @@ pub mod types {
             Default::default()
         }
     }
+    ///`RecoverWebhookEventType`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct RecoverWebhookEventType(::std::string::String);
+    impl ::std::ops::Deref for RecoverWebhookEventType {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<RecoverWebhookEventType> for ::std::string::String {
+        fn from(value: RecoverWebhookEventType) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for RecoverWebhookEventType {
+        type Err = self::error::ConversionError;
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 128usize {
+                return Err("longer than 128 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| {
+                    ::regress::Regex::new("^[A-Za-z0-9._:-]{1,128}$").unwrap()
+                });
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[A-Za-z0-9._:-]{1,128}$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for RecoverWebhookEventType {
+        type Error = self::error::ConversionError;
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for RecoverWebhookEventType {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for RecoverWebhookEventType {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`RecoverWebhookForTenantEventType`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct RecoverWebhookForTenantEventType(::std::string::String);
+    impl ::std::ops::Deref for RecoverWebhookForTenantEventType {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<RecoverWebhookForTenantEventType> for ::std::string::String {
+        fn from(value: RecoverWebhookForTenantEventType) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for RecoverWebhookForTenantEventType {
+        type Err = self::error::ConversionError;
+        fn from_str(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 128usize {
+                return Err("longer than 128 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> =
+                ::std::sync::LazyLock::new(|| {
+                    ::regress::Regex::new("^[A-Za-z0-9._:-]{1,128}$").unwrap()
+                });
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[A-Za-z0-9._:-]{1,128}$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for RecoverWebhookForTenantEventType {
+        type Error = self::error::ConversionError;
+        fn try_from(value: &str) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for RecoverWebhookForTenantEventType {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for RecoverWebhookForTenantEventType {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///What to recover (extension).
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct RecoverWebhookInputBody {
+        ///Count the matching events and queue nothing.
+        #[serde(default)]
+        pub dry_run: bool,
+        ///Which events to queue again: `failed` (delivered to this webhook without success) and/or `missed` (never delivered to it). Default `["failed"]`; an empty list is refused (422).
+        #[serde(default = "defaults::recover_webhook_input_body_include")]
+        pub include: ::std::vec::Vec<::std::string::String>,
+        ///Accepted and ignored.
+        #[serde(
+            rename = "$schema",
+            skip_serializing_if = "::std::option::Option::is_none"
+        )]
+        pub schema: ::std::option::Option<::std::string::String>,
+        ///Start of the window (inclusive), by the events' publish time.
+        pub since: ::chrono::DateTime<::chrono::offset::Utc>,
+        ///End of the window (exclusive); default and at most now.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub until: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+    }
+    impl RecoverWebhookInputBody {
+        pub fn builder() -> builder::RecoverWebhookInputBody {
+            Default::default()
+        }
+    }
+    ///A recovery of a webhook: what it matched and how far it got (extension).
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct Recovery {
+        pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
+        ///Event type of the recovered webhook.
+        pub event_type: ::std::string::String,
+        ///When it finished; absent while running.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub finished_at: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+        ///What was matched, without repeats.
+        pub include: ::std::vec::Vec<::std::string::String>,
+        ///Events that matched when the recovery started.
+        pub matched: i64,
+        ///Events queued again so far. Less than `matched` only while running, when cancelled, or when an event stopped matching meanwhile (a resend delivered it).
+        pub queued: i64,
+        ///Id for `getRecovery` and `cancelRecovery` (a dry run's is not kept).
+        pub recovery_id: ::uuid::Uuid,
+        ///The JSON Schema of this object, as a URI reference (a path on this server).
+        #[serde(
+            rename = "$schema",
+            skip_serializing_if = "::std::option::Option::is_none"
+        )]
+        pub schema: ::std::option::Option<::std::string::String>,
+        ///Start of the window (inclusive).
+        pub since: ::chrono::DateTime<::chrono::offset::Utc>,
+        ///`running`, `done`, `cancelled` (by `cancelRecovery`, or because the webhook was deleted or disabled meanwhile) or `dry_run`.
+        pub status: ::std::string::String,
+        ///End of the window (exclusive), as applied.
+        pub until: ::chrono::DateTime<::chrono::offset::Utc>,
+    }
+    impl Recovery {
+        pub fn builder() -> builder::Recovery {
+            Default::default()
+        }
+    }
     ///`ResendEventEventType`
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
@@ -1484,7 +1665,7 @@ pub mod types {
         pub schema: ::std::option::Option<::std::string::String>,
         ///`success` (a 2xx) or `failed`.
         pub status: ::std::string::String,
-        ///Why the attempt happened (extension): `publish` (the first try of a published event), `retry` (a later try of any delivery), `resend` (the first try of a resend) or `recover` (reserved). Absent on attempts recorded before it existed.
+        ///Why the attempt happened (extension): `publish` (the first try of a published event), `retry` (a later try of any delivery), `resend` (the first try of a resend) or `recover` (the first try of a delivery queued by a recovery). Absent on attempts recorded before it existed.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub trigger: ::std::option::Option<::std::string::String>,
         pub webhook_url: ::std::string::String,
@@ -2144,6 +2325,316 @@ pub mod types {
                     deliveries_started: Ok(value.deliveries_started),
                     event_id: Ok(value.event_id),
                     schema: Ok(value.schema),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct RecoverWebhookInputBody {
+            dry_run: ::std::result::Result<bool, ::std::string::String>,
+            include: ::std::result::Result<
+                ::std::vec::Vec<::std::string::String>,
+                ::std::string::String,
+            >,
+            schema: ::std::result::Result<
+                ::std::option::Option<::std::string::String>,
+                ::std::string::String,
+            >,
+            since: ::std::result::Result<
+                ::chrono::DateTime<::chrono::offset::Utc>,
+                ::std::string::String,
+            >,
+            until: ::std::result::Result<
+                ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+                ::std::string::String,
+            >,
+        }
+        impl ::std::default::Default for RecoverWebhookInputBody {
+            fn default() -> Self {
+                Self {
+                    dry_run: Ok(Default::default()),
+                    include: Ok(super::defaults::recover_webhook_input_body_include()),
+                    schema: Ok(Default::default()),
+                    since: Err("no value supplied for since".to_string()),
+                    until: Ok(Default::default()),
+                }
+            }
+        }
+        impl RecoverWebhookInputBody {
+            pub fn dry_run<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<bool>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.dry_run = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for dry_run: {e}"));
+                self
+            }
+            pub fn include<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.include = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for include: {e}"));
+                self
+            }
+            pub fn schema<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.schema = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for schema: {e}"));
+                self
+            }
+            pub fn since<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.since = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for since: {e}"));
+                self
+            }
+            pub fn until<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.until = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for until: {e}"));
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<RecoverWebhookInputBody> for super::RecoverWebhookInputBody {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: RecoverWebhookInputBody,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    dry_run: value.dry_run?,
+                    include: value.include?,
+                    schema: value.schema?,
+                    since: value.since?,
+                    until: value.until?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::RecoverWebhookInputBody> for RecoverWebhookInputBody {
+            fn from(value: super::RecoverWebhookInputBody) -> Self {
+                Self {
+                    dry_run: Ok(value.dry_run),
+                    include: Ok(value.include),
+                    schema: Ok(value.schema),
+                    since: Ok(value.since),
+                    until: Ok(value.until),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct Recovery {
+            created_at: ::std::result::Result<
+                ::chrono::DateTime<::chrono::offset::Utc>,
+                ::std::string::String,
+            >,
+            event_type: ::std::result::Result<::std::string::String, ::std::string::String>,
+            finished_at: ::std::result::Result<
+                ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+                ::std::string::String,
+            >,
+            include: ::std::result::Result<
+                ::std::vec::Vec<::std::string::String>,
+                ::std::string::String,
+            >,
+            matched: ::std::result::Result<i64, ::std::string::String>,
+            queued: ::std::result::Result<i64, ::std::string::String>,
+            recovery_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
+            schema: ::std::result::Result<
+                ::std::option::Option<::std::string::String>,
+                ::std::string::String,
+            >,
+            since: ::std::result::Result<
+                ::chrono::DateTime<::chrono::offset::Utc>,
+                ::std::string::String,
+            >,
+            status: ::std::result::Result<::std::string::String, ::std::string::String>,
+            until: ::std::result::Result<
+                ::chrono::DateTime<::chrono::offset::Utc>,
+                ::std::string::String,
+            >,
+        }
+        impl ::std::default::Default for Recovery {
+            fn default() -> Self {
+                Self {
+                    created_at: Err("no value supplied for created_at".to_string()),
+                    event_type: Err("no value supplied for event_type".to_string()),
+                    finished_at: Ok(Default::default()),
+                    include: Err("no value supplied for include".to_string()),
+                    matched: Err("no value supplied for matched".to_string()),
+                    queued: Err("no value supplied for queued".to_string()),
+                    recovery_id: Err("no value supplied for recovery_id".to_string()),
+                    schema: Ok(Default::default()),
+                    since: Err("no value supplied for since".to_string()),
+                    status: Err("no value supplied for status".to_string()),
+                    until: Err("no value supplied for until".to_string()),
+                }
+            }
+        }
+        impl Recovery {
+            pub fn created_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.created_at = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for created_at: {e}"));
+                self
+            }
+            pub fn event_type<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.event_type = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for event_type: {e}"));
+                self
+            }
+            pub fn finished_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.finished_at = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for finished_at: {e}"));
+                self
+            }
+            pub fn include<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.include = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for include: {e}"));
+                self
+            }
+            pub fn matched<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<i64>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.matched = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for matched: {e}"));
+                self
+            }
+            pub fn queued<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<i64>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.queued = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for queued: {e}"));
+                self
+            }
+            pub fn recovery_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::uuid::Uuid>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.recovery_id = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for recovery_id: {e}"));
+                self
+            }
+            pub fn schema<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.schema = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for schema: {e}"));
+                self
+            }
+            pub fn since<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.since = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for since: {e}"));
+                self
+            }
+            pub fn status<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.status = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for status: {e}"));
+                self
+            }
+            pub fn until<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.until = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for until: {e}"));
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<Recovery> for super::Recovery {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: Recovery,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    created_at: value.created_at?,
+                    event_type: value.event_type?,
+                    finished_at: value.finished_at?,
+                    include: value.include?,
+                    matched: value.matched?,
+                    queued: value.queued?,
+                    recovery_id: value.recovery_id?,
+                    schema: value.schema?,
+                    since: value.since?,
+                    status: value.status?,
+                    until: value.until?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::Recovery> for Recovery {
+            fn from(value: super::Recovery) -> Self {
+                Self {
+                    created_at: Ok(value.created_at),
+                    event_type: Ok(value.event_type),
+                    finished_at: Ok(value.finished_at),
+                    include: Ok(value.include),
+                    matched: Ok(value.matched),
+                    queued: Ok(value.queued),
+                    recovery_id: Ok(value.recovery_id),
+                    schema: Ok(value.schema),
+                    since: Ok(value.since),
+                    status: Ok(value.status),
+                    until: Ok(value.until),
                 }
             }
         }
@@ -2926,6 +3417,10 @@ pub mod types {
         pub(super) fn error_model_type() -> ::std::string::String {
             "about:blank".to_string()
         }
+        pub(super) fn recover_webhook_input_body_include() -> ::std::vec::Vec<::std::string::String>
+        {
+            vec!["failed".to_string()]
+        }
     }
     /// Error types.
     pub mod error {
@@ -3131,6 +3626,65 @@ impl Client {
     pub fn resend_event(&self) -> builder::ResendEvent<'_> {
         builder::ResendEvent::new(self)
     }
+    /// Recover a webhook after an outage (extension)
+    ///
+    /// Extension. Queues again, oldest first, the events of this event type published in [`since`, `until`) that this webhook did not get: `failed` ones (every delivery to it ended failed or cancelled, none succeeded and none is pending) and, when asked, `missed` ones (no delivery to it at all: published while it was disabled, or before it was re-created). Every matched event is queued, with no cap; the recovery is a durable job that any server process resumes after a crash, queues in batches while the webhook's pending deliveries stay below a bound (so a large recovery never floods the queue ahead of fresh events), and records its progress (`getRecovery`). Each recovered delivery's first attempt has `trigger: recover`. Answers 202 with the running recovery; with `dry_run: true`, 200 with the count and nothing queued. 404 when the webhook does not exist; 409 when it is disabled (an upsert turns it back on); 422 when `since` is not before `until`.
+    ///
+    /// Sends a `POST` request to `/projects/{projectId}/webhooks/{eventType}/recover`
+    ///
+    /// Arguments:
+    /// - `project_id`: Project UUID
+    /// - `event_type`: Event type of the webhook to recover
+    /// - `body`
+    /// ```ignore
+    /// let response = client.recover_webhook()
+    ///    .project_id(project_id)
+    ///    .event_type(event_type)
+    ///    .body(body)
+    ///    .send()
+    ///    .await;
+    /// ```
+    pub fn recover_webhook(&self) -> builder::RecoverWebhook<'_> {
+        builder::RecoverWebhook::new(self)
+    }
+    /// Get a recovery (extension)
+    ///
+    /// Extension. The recovery's progress: `status` is `running`, `done` or `cancelled`; `matched` events counted when it started, `queued` so far. 404 when there is no such recovery in this project.
+    ///
+    /// Sends a `GET` request to `/projects/{projectId}/recoveries/{recoveryId}`
+    ///
+    /// Arguments:
+    /// - `project_id`: Project UUID
+    /// - `recovery_id`: Id of the recovery, as starting it answered (`recovery_id`)
+    /// ```ignore
+    /// let response = client.get_recovery()
+    ///    .project_id(project_id)
+    ///    .recovery_id(recovery_id)
+    ///    .send()
+    ///    .await;
+    /// ```
+    pub fn get_recovery(&self) -> builder::GetRecovery<'_> {
+        builder::GetRecovery::new(self)
+    }
+    /// Cancel a recovery (extension)
+    ///
+    /// Extension. Stops a running recovery from queueing more events (its status becomes `cancelled`); deliveries it already queued go on. A recovery already finished is left as it is. 404 when there is no such recovery in this project.
+    ///
+    /// Sends a `DELETE` request to `/projects/{projectId}/recoveries/{recoveryId}`
+    ///
+    /// Arguments:
+    /// - `project_id`: Project UUID
+    /// - `recovery_id`: Id of the recovery, as starting it answered (`recovery_id`)
+    /// ```ignore
+    /// let response = client.cancel_recovery()
+    ///    .project_id(project_id)
+    ///    .recovery_id(recovery_id)
+    ///    .send()
+    ///    .await;
+    /// ```
+    pub fn cancel_recovery(&self) -> builder::CancelRecovery<'_> {
+        builder::CancelRecovery::new(self)
+    }
     /// Publish an event to a project (extension)
     ///
     /// Extension. Records the event and starts one delivery per active webhook of the project subscribed to its event type. Answered after the event and its deliveries are committed.
@@ -3258,6 +3812,59 @@ impl Client {
     /// ```
     pub fn resend_event_for_tenant(&self) -> builder::ResendEventForTenant<'_> {
         builder::ResendEventForTenant::new(self)
+    }
+    /// Recover a webhook after an outage (extension)
+    ///
+    /// Extension. Queues again, oldest first, the events of this event type published in [`since`, `until`) that this webhook did not get: `failed` ones (every delivery to it ended failed or cancelled, none succeeded and none is pending) and, when asked, `missed` ones (no delivery to it at all: published while it was disabled, or before it was re-created). Every matched event is queued, with no cap; the recovery is a durable job that any server process resumes after a crash, queues in batches while the webhook's pending deliveries stay below a bound (so a large recovery never floods the queue ahead of fresh events), and records its progress (`getRecovery`). Each recovered delivery's first attempt has `trigger: recover`. Answers 202 with the running recovery; with `dry_run: true`, 200 with the count and nothing queued. 404 when the webhook does not exist; 409 when it is disabled (an upsert turns it back on); 422 when `since` is not before `until`.
+    ///
+    /// Sends a `POST` request to `/webhooks/{eventType}/recover`
+    ///
+    /// Arguments:
+    /// - `event_type`: Event type of the webhook to recover
+    /// - `body`
+    /// ```ignore
+    /// let response = client.recover_webhook_for_tenant()
+    ///    .event_type(event_type)
+    ///    .body(body)
+    ///    .send()
+    ///    .await;
+    /// ```
+    pub fn recover_webhook_for_tenant(&self) -> builder::RecoverWebhookForTenant<'_> {
+        builder::RecoverWebhookForTenant::new(self)
+    }
+    /// Get a recovery (extension)
+    ///
+    /// Extension. The recovery's progress: `status` is `running`, `done` or `cancelled`; `matched` events counted when it started, `queued` so far. 404 when there is no such recovery in this project.
+    ///
+    /// Sends a `GET` request to `/recoveries/{recoveryId}`
+    ///
+    /// Arguments:
+    /// - `recovery_id`: Id of the recovery, as starting it answered (`recovery_id`)
+    /// ```ignore
+    /// let response = client.get_recovery_for_tenant()
+    ///    .recovery_id(recovery_id)
+    ///    .send()
+    ///    .await;
+    /// ```
+    pub fn get_recovery_for_tenant(&self) -> builder::GetRecoveryForTenant<'_> {
+        builder::GetRecoveryForTenant::new(self)
+    }
+    /// Cancel a recovery (extension)
+    ///
+    /// Extension. Stops a running recovery from queueing more events (its status becomes `cancelled`); deliveries it already queued go on. A recovery already finished is left as it is. 404 when there is no such recovery in this project.
+    ///
+    /// Sends a `DELETE` request to `/recoveries/{recoveryId}`
+    ///
+    /// Arguments:
+    /// - `recovery_id`: Id of the recovery, as starting it answered (`recovery_id`)
+    /// ```ignore
+    /// let response = client.cancel_recovery_for_tenant()
+    ///    .recovery_id(recovery_id)
+    ///    .send()
+    ///    .await;
+    /// ```
+    pub fn cancel_recovery_for_tenant(&self) -> builder::CancelRecoveryForTenant<'_> {
+        builder::CancelRecoveryForTenant::new(self)
     }
     /// Publish an event (tenant-scoped, extension)
     ///
@@ -3904,6 +4511,294 @@ pub mod builder {
             }
         }
     }
+    /// Builder for [`Client::recover_webhook`]
+    ///
+    /// [`Client::recover_webhook`]: super::Client::recover_webhook
+    #[derive(Debug, Clone)]
+    pub struct RecoverWebhook<'a> {
+        client: &'a super::Client,
+        project_id: Result<::uuid::Uuid, String>,
+        event_type: Result<types::RecoverWebhookEventType, String>,
+        body: Result<types::builder::RecoverWebhookInputBody, String>,
+    }
+    impl<'a> RecoverWebhook<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                project_id: Err("project_id was not initialized".to_string()),
+                event_type: Err("event_type was not initialized".to_string()),
+                body: Ok(::std::default::Default::default()),
+            }
+        }
+        pub fn project_id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.project_id = value
+                .try_into()
+                .map_err(|_| "conversion to `:: uuid :: Uuid` for project_id failed".to_string());
+            self
+        }
+        pub fn event_type<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::RecoverWebhookEventType>,
+        {
+            self.event_type = value.try_into().map_err(|_| {
+                "conversion to `RecoverWebhookEventType` for event_type failed".to_string()
+            });
+            self
+        }
+        pub fn body<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::RecoverWebhookInputBody>,
+            <V as std::convert::TryInto<types::RecoverWebhookInputBody>>::Error: std::fmt::Display,
+        {
+            self.body = value.try_into().map(From::from).map_err(|s| {
+                format!(
+                    "conversion to `RecoverWebhookInputBody` for body failed: {}",
+                    s
+                )
+            });
+            self
+        }
+        pub fn body_map<F>(mut self, f: F) -> Self
+        where
+            F: std::ops::FnOnce(
+                types::builder::RecoverWebhookInputBody,
+            ) -> types::builder::RecoverWebhookInputBody,
+        {
+            self.body = self.body.map(f);
+            self
+        }
+        ///Sends a `POST` request to `/projects/{projectId}/webhooks/{eventType}/recover`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::Recovery>, Error<types::ErrorModel>> {
+            let Self {
+                client,
+                project_id,
+                event_type,
+                body,
+            } = self;
+            let project_id = project_id.map_err(Error::InvalidRequest)?;
+            let event_type = event_type.map_err(Error::InvalidRequest)?;
+            let body = body
+                .and_then(|v| {
+                    types::RecoverWebhookInputBody::try_from(v).map_err(|e| e.to_string())
+                })
+                .map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/projects/{}/webhooks/{}/recover",
+                client.baseurl,
+                encode_path(&project_id.to_string()),
+                encode_path(&event_type.to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .post(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .json(&body)
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "recover_webhook",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => ResponseValue::from_response(response).await,
+                202u16 => ResponseValue::from_response(response).await,
+                400u16..=499u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                500u16..=599u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /// Builder for [`Client::get_recovery`]
+    ///
+    /// [`Client::get_recovery`]: super::Client::get_recovery
+    #[derive(Debug, Clone)]
+    pub struct GetRecovery<'a> {
+        client: &'a super::Client,
+        project_id: Result<::uuid::Uuid, String>,
+        recovery_id: Result<::uuid::Uuid, String>,
+    }
+    impl<'a> GetRecovery<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                project_id: Err("project_id was not initialized".to_string()),
+                recovery_id: Err("recovery_id was not initialized".to_string()),
+            }
+        }
+        pub fn project_id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.project_id = value
+                .try_into()
+                .map_err(|_| "conversion to `:: uuid :: Uuid` for project_id failed".to_string());
+            self
+        }
+        pub fn recovery_id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.recovery_id = value
+                .try_into()
+                .map_err(|_| "conversion to `:: uuid :: Uuid` for recovery_id failed".to_string());
+            self
+        }
+        ///Sends a `GET` request to `/projects/{projectId}/recoveries/{recoveryId}`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::Recovery>, Error<types::ErrorModel>> {
+            let Self {
+                client,
+                project_id,
+                recovery_id,
+            } = self;
+            let project_id = project_id.map_err(Error::InvalidRequest)?;
+            let recovery_id = recovery_id.map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/projects/{}/recoveries/{}",
+                client.baseurl,
+                encode_path(&project_id.to_string()),
+                encode_path(&recovery_id.to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .get(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "get_recovery",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => ResponseValue::from_response(response).await,
+                400u16..=499u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                500u16..=599u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /// Builder for [`Client::cancel_recovery`]
+    ///
+    /// [`Client::cancel_recovery`]: super::Client::cancel_recovery
+    #[derive(Debug, Clone)]
+    pub struct CancelRecovery<'a> {
+        client: &'a super::Client,
+        project_id: Result<::uuid::Uuid, String>,
+        recovery_id: Result<::uuid::Uuid, String>,
+    }
+    impl<'a> CancelRecovery<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                project_id: Err("project_id was not initialized".to_string()),
+                recovery_id: Err("recovery_id was not initialized".to_string()),
+            }
+        }
+        pub fn project_id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.project_id = value
+                .try_into()
+                .map_err(|_| "conversion to `:: uuid :: Uuid` for project_id failed".to_string());
+            self
+        }
+        pub fn recovery_id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.recovery_id = value
+                .try_into()
+                .map_err(|_| "conversion to `:: uuid :: Uuid` for recovery_id failed".to_string());
+            self
+        }
+        ///Sends a `DELETE` request to `/projects/{projectId}/recoveries/{recoveryId}`
+        pub async fn send(self) -> Result<ResponseValue<()>, Error<types::ErrorModel>> {
+            let Self {
+                client,
+                project_id,
+                recovery_id,
+            } = self;
+            let project_id = project_id.map_err(Error::InvalidRequest)?;
+            let recovery_id = recovery_id.map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/projects/{}/recoveries/{}",
+                client.baseurl,
+                encode_path(&project_id.to_string()),
+                encode_path(&recovery_id.to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .delete(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "cancel_recovery",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                204u16 => Ok(ResponseValue::empty(response)),
+                400u16..=499u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                500u16..=599u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
     /// Builder for [`Client::publish_event`]
     ///
     /// [`Client::publish_event`]: super::Client::publish_event
@@ -4529,6 +5424,252 @@ pub mod builder {
             let response = result?;
             match response.status().as_u16() {
                 202u16 => ResponseValue::from_response(response).await,
+                400u16..=499u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                500u16..=599u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /// Builder for [`Client::recover_webhook_for_tenant`]
+    ///
+    /// [`Client::recover_webhook_for_tenant`]: super::Client::recover_webhook_for_tenant
+    #[derive(Debug, Clone)]
+    pub struct RecoverWebhookForTenant<'a> {
+        client: &'a super::Client,
+        event_type: Result<types::RecoverWebhookForTenantEventType, String>,
+        body: Result<types::builder::RecoverWebhookInputBody, String>,
+    }
+    impl<'a> RecoverWebhookForTenant<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                event_type: Err("event_type was not initialized".to_string()),
+                body: Ok(::std::default::Default::default()),
+            }
+        }
+        pub fn event_type<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::RecoverWebhookForTenantEventType>,
+        {
+            self.event_type = value.try_into().map_err(|_| {
+                "conversion to `RecoverWebhookForTenantEventType` for event_type failed".to_string()
+            });
+            self
+        }
+        pub fn body<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::RecoverWebhookInputBody>,
+            <V as std::convert::TryInto<types::RecoverWebhookInputBody>>::Error: std::fmt::Display,
+        {
+            self.body = value.try_into().map(From::from).map_err(|s| {
+                format!(
+                    "conversion to `RecoverWebhookInputBody` for body failed: {}",
+                    s
+                )
+            });
+            self
+        }
+        pub fn body_map<F>(mut self, f: F) -> Self
+        where
+            F: std::ops::FnOnce(
+                types::builder::RecoverWebhookInputBody,
+            ) -> types::builder::RecoverWebhookInputBody,
+        {
+            self.body = self.body.map(f);
+            self
+        }
+        ///Sends a `POST` request to `/webhooks/{eventType}/recover`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::Recovery>, Error<types::ErrorModel>> {
+            let Self {
+                client,
+                event_type,
+                body,
+            } = self;
+            let event_type = event_type.map_err(Error::InvalidRequest)?;
+            let body = body
+                .and_then(|v| {
+                    types::RecoverWebhookInputBody::try_from(v).map_err(|e| e.to_string())
+                })
+                .map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/webhooks/{}/recover",
+                client.baseurl,
+                encode_path(&event_type.to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .post(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .json(&body)
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "recover_webhook_for_tenant",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => ResponseValue::from_response(response).await,
+                202u16 => ResponseValue::from_response(response).await,
+                400u16..=499u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                500u16..=599u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /// Builder for [`Client::get_recovery_for_tenant`]
+    ///
+    /// [`Client::get_recovery_for_tenant`]: super::Client::get_recovery_for_tenant
+    #[derive(Debug, Clone)]
+    pub struct GetRecoveryForTenant<'a> {
+        client: &'a super::Client,
+        recovery_id: Result<::uuid::Uuid, String>,
+    }
+    impl<'a> GetRecoveryForTenant<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                recovery_id: Err("recovery_id was not initialized".to_string()),
+            }
+        }
+        pub fn recovery_id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.recovery_id = value
+                .try_into()
+                .map_err(|_| "conversion to `:: uuid :: Uuid` for recovery_id failed".to_string());
+            self
+        }
+        ///Sends a `GET` request to `/recoveries/{recoveryId}`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::Recovery>, Error<types::ErrorModel>> {
+            let Self {
+                client,
+                recovery_id,
+            } = self;
+            let recovery_id = recovery_id.map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/recoveries/{}",
+                client.baseurl,
+                encode_path(&recovery_id.to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .get(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "get_recovery_for_tenant",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => ResponseValue::from_response(response).await,
+                400u16..=499u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                500u16..=599u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /// Builder for [`Client::cancel_recovery_for_tenant`]
+    ///
+    /// [`Client::cancel_recovery_for_tenant`]: super::Client::cancel_recovery_for_tenant
+    #[derive(Debug, Clone)]
+    pub struct CancelRecoveryForTenant<'a> {
+        client: &'a super::Client,
+        recovery_id: Result<::uuid::Uuid, String>,
+    }
+    impl<'a> CancelRecoveryForTenant<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                recovery_id: Err("recovery_id was not initialized".to_string()),
+            }
+        }
+        pub fn recovery_id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.recovery_id = value
+                .try_into()
+                .map_err(|_| "conversion to `:: uuid :: Uuid` for recovery_id failed".to_string());
+            self
+        }
+        ///Sends a `DELETE` request to `/recoveries/{recoveryId}`
+        pub async fn send(self) -> Result<ResponseValue<()>, Error<types::ErrorModel>> {
+            let Self {
+                client,
+                recovery_id,
+            } = self;
+            let recovery_id = recovery_id.map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/recoveries/{}",
+                client.baseurl,
+                encode_path(&recovery_id.to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .delete(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "cancel_recovery_for_tenant",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                204u16 => Ok(ResponseValue::empty(response)),
                 400u16..=499u16 => Err(Error::ErrorResponse(
                     ResponseValue::from_response(response).await?,
                 )),

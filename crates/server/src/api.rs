@@ -10,8 +10,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use sonzai_webhooks_api::models::{
     ListDeliveryAttemptsOutputBody, ListWebhooksOutputBody, PublishEventOutputBody,
-    ResendEventOutputBody, RotateSigningSecretOutputBody, UpsertWebhookOutputBody, Webhook,
-    WebhookDeliveryAttempt,
+    RecoverWebhookInputBody, Recovery, ResendEventOutputBody, RotateSigningSecretOutputBody,
+    UpsertWebhookOutputBody, Webhook, WebhookDeliveryAttempt,
 };
 use sonzai_webhooks_api::{
     ListDeliveryAttemptsForTenantQuery, ListDeliveryAttemptsQuery, Problem, WebhooksApi,
@@ -23,7 +23,8 @@ use crate::config::Config;
 use crate::delivery::guard::{self, TargetPolicy};
 use crate::engine::Engine;
 use crate::store::{
-    self, AttemptPage, ResendOutcome, SigningSecret, StoreError, UpsertOutcome, UpsertWebhook,
+    self, AttemptPage, RecoverInclude, RecoverOutcome, RecoverRequest, ResendOutcome,
+    SigningSecret, StoreError, UpsertOutcome, UpsertWebhook,
 };
 
 /// How much one caller can make the API take in, hold or answer.
@@ -316,10 +317,123 @@ impl Api {
             ResendOutcome::NoEvent => Err(Problem::not_found(format!(
                 "no such event of event type {event_type}"
             ))),
-            ResendOutcome::Inactive => Err(Problem::conflict(format!(
-                "the webhook for event type {event_type} is disabled; an upsert turns it back on"
-            ))),
+            ResendOutcome::Inactive => Err(webhook_disabled(event_type)),
         }
+    }
+}
+
+impl Api {
+    async fn recover(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+        body: RecoverWebhookInputBody,
+    ) -> Result<(http::StatusCode, Recovery), Problem> {
+        let now = store::now_micros();
+        // Nothing is published later than now: a window reaching past it ends there.
+        let until = body.until.map_or(now, |until| until.min(now));
+        if body.since >= until {
+            return Err(Problem::invalid(
+                "body.since",
+                "expected an instant before `until` (default and at most now)",
+            ));
+        }
+        let kinds = body.include.unwrap_or_else(|| vec!["failed".to_owned()]);
+        if kinds.is_empty() {
+            return Err(Problem::invalid(
+                "body.include",
+                "expected at least one of `failed`, `missed`",
+            ));
+        }
+        if let Some(i) = kinds.iter().position(|k| k != "failed" && k != "missed") {
+            return Err(Problem::invalid(
+                &format!("body.include[{i}]"),
+                "expected `failed` or `missed`",
+            ));
+        }
+        let include = RecoverInclude {
+            failed: kinds.iter().any(|k| k == "failed"),
+            missed: kinds.iter().any(|k| k == "missed"),
+        };
+        let dry_run = body.dry_run.unwrap_or(false);
+        let outcome = self
+            .engine
+            .recover(RecoverRequest {
+                project_id,
+                event_type,
+                since: body.since,
+                until,
+                include,
+                dry_run,
+            })
+            .await
+            .map_err(store_problem)?;
+        match outcome {
+            RecoverOutcome::Started(recovery) => {
+                let status = if dry_run {
+                    http::StatusCode::OK
+                } else {
+                    http::StatusCode::ACCEPTED
+                };
+                Ok((status, recovery_model(recovery)))
+            }
+            RecoverOutcome::NoWebhook => Err(webhook_not_found(event_type)),
+            RecoverOutcome::Inactive => Err(webhook_disabled(event_type)),
+        }
+    }
+
+    async fn get_recovery(&self, project_id: Uuid, recovery_id: Uuid) -> Result<Recovery, Problem> {
+        self.store()
+            .get_recovery(project_id, recovery_id)
+            .await
+            .map_err(store_problem)?
+            .map(recovery_model)
+            .ok_or_else(recovery_not_found)
+    }
+
+    async fn cancel_recovery(&self, project_id: Uuid, recovery_id: Uuid) -> Result<(), Problem> {
+        if self
+            .store()
+            .cancel_recovery(project_id, recovery_id)
+            .await
+            .map_err(store_problem)?
+        {
+            Ok(())
+        } else {
+            Err(recovery_not_found())
+        }
+    }
+}
+
+/// The same answer whether the recovery does not exist or is another project's.
+fn recovery_not_found() -> Problem {
+    Problem::not_found("no such recovery in this project")
+}
+
+fn webhook_disabled(event_type: &str) -> Problem {
+    Problem::conflict(format!(
+        "the webhook for event type {event_type} is disabled; an upsert turns it back on"
+    ))
+}
+
+fn recovery_model(r: store::Recovery) -> Recovery {
+    let include = [("failed", r.include.failed), ("missed", r.include.missed)]
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    Recovery {
+        schema: None,
+        recovery_id: r.id,
+        event_type: r.event_type,
+        since: r.since,
+        until: r.until,
+        include,
+        status: r.status.as_str().to_owned(),
+        matched: r.matched,
+        queued: r.queued,
+        created_at: r.created_at,
+        finished_at: r.finished_at,
     }
 }
 
@@ -611,6 +725,65 @@ impl WebhooksApi for Api {
     ) -> Result<ResendEventOutputBody, Problem> {
         let project = self.scope(&ctx, None).await?;
         self.resend(project, &event_type, event_id).await
+    }
+
+    async fn recover_webhook(
+        &self,
+        ctx: Caller,
+        project_id: Uuid,
+        event_type: String,
+        body: RecoverWebhookInputBody,
+    ) -> Result<(http::StatusCode, Recovery), Problem> {
+        let project = self.scope(&ctx, Some(project_id)).await?;
+        self.recover(project, &event_type, body).await
+    }
+
+    async fn recover_webhook_for_tenant(
+        &self,
+        ctx: Caller,
+        event_type: String,
+        body: RecoverWebhookInputBody,
+    ) -> Result<(http::StatusCode, Recovery), Problem> {
+        let project = self.scope(&ctx, None).await?;
+        self.recover(project, &event_type, body).await
+    }
+
+    async fn get_recovery(
+        &self,
+        ctx: Caller,
+        project_id: Uuid,
+        recovery_id: Uuid,
+    ) -> Result<Recovery, Problem> {
+        let project = self.scope(&ctx, Some(project_id)).await?;
+        Api::get_recovery(self, project, recovery_id).await
+    }
+
+    async fn get_recovery_for_tenant(
+        &self,
+        ctx: Caller,
+        recovery_id: Uuid,
+    ) -> Result<Recovery, Problem> {
+        let project = self.scope(&ctx, None).await?;
+        Api::get_recovery(self, project, recovery_id).await
+    }
+
+    async fn cancel_recovery(
+        &self,
+        ctx: Caller,
+        project_id: Uuid,
+        recovery_id: Uuid,
+    ) -> Result<(), Problem> {
+        let project = self.scope(&ctx, Some(project_id)).await?;
+        Api::cancel_recovery(self, project, recovery_id).await
+    }
+
+    async fn cancel_recovery_for_tenant(
+        &self,
+        ctx: Caller,
+        recovery_id: Uuid,
+    ) -> Result<(), Problem> {
+        let project = self.scope(&ctx, None).await?;
+        Api::cancel_recovery(self, project, recovery_id).await
     }
 
     async fn publish_event_for_tenant(

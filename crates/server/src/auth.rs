@@ -33,7 +33,8 @@ use uuid::Uuid;
 
 use crate::store::{
     ApiKeyRecord, AttemptList, AttemptPage, ClaimedDelivery, DeliveryOutcome, DisablePolicy,
-    KeyOwner, Project, PublishEvent, Published, QueueStats, ResendOutcome, SigningSecret,
+    KeyOwner, Project, PublishEvent, Published, QueueStats, RecoverOutcome, RecoverRequest,
+    Recovery, RecoveryClaim, RecoveryProgress, RecoveryStep, ResendOutcome, SigningSecret,
     StoreError, StoreResult, Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
 };
 
@@ -395,6 +396,36 @@ impl WebhookStore for CachedKeys {
         self.store
             .resend_event(project_id, event_type, event_id)
             .await
+    }
+    async fn start_recovery(&self, request: RecoverRequest<'_>) -> StoreResult<RecoverOutcome> {
+        self.store.start_recovery(request).await
+    }
+    async fn get_recovery(
+        &self,
+        project_id: Uuid,
+        recovery_id: Uuid,
+    ) -> StoreResult<Option<Recovery>> {
+        self.store.get_recovery(project_id, recovery_id).await
+    }
+    async fn cancel_recovery(&self, project_id: Uuid, recovery_id: Uuid) -> StoreResult<bool> {
+        self.store.cancel_recovery(project_id, recovery_id).await
+    }
+    async fn claim_recoveries(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> StoreResult<Vec<RecoveryClaim>> {
+        self.store.claim_recoveries(max, lease).await
+    }
+    async fn advance_recovery(
+        &self,
+        claim: RecoveryClaim,
+        step: RecoveryStep,
+    ) -> StoreResult<RecoveryProgress> {
+        self.store.advance_recovery(claim, step).await
+    }
+    async fn release_recovery(&self, claim: RecoveryClaim) -> StoreResult<()> {
+        self.store.release_recovery(claim).await
     }
     async fn claim_due_skipping(
         &self,

@@ -10,12 +10,17 @@ use uuid::Uuid;
 
 use crate::delivery::health::WorkerHealth;
 use crate::metrics::Metrics;
-use crate::store::{PublishEvent, Published, ResendOutcome, StoreResult, WebhookStore};
+use crate::store::{
+    PublishEvent, Published, RecoverOutcome, RecoverRequest, ResendOutcome, StoreResult,
+    WebhookStore,
+};
 use crate::wake::Waker;
 
 pub struct Engine {
     pub store: Arc<dyn WebhookStore>,
     pub waker: Arc<Waker>,
+    /// Wakes this process's recovery runner when a recovery starts.
+    pub recoveries: Arc<tokio::sync::Notify>,
     pub metrics: Arc<Metrics>,
     /// Whether the delivery loop is making progress (for `/readyz`).
     pub health: Arc<WorkerHealth>,
@@ -28,6 +33,7 @@ impl Engine {
         Self {
             store,
             waker: Arc::default(),
+            recoveries: Arc::default(),
             metrics: Arc::default(),
             health: Arc::default(),
             idempotency_window,
@@ -82,6 +88,17 @@ impl Engine {
             .await?;
         if matches!(outcome, ResendOutcome::Queued { .. }) {
             self.waker.announce();
+        }
+        Ok(outcome)
+    }
+
+    /// Starts a recovery (see [`WebhookStore::start_recovery`]) and wakes this
+    /// process's runner to work on it.
+    pub async fn recover(&self, request: RecoverRequest<'_>) -> StoreResult<RecoverOutcome> {
+        let dry_run = request.dry_run;
+        let outcome = self.store.start_recovery(request).await?;
+        if !dry_run && matches!(outcome, RecoverOutcome::Started(_)) {
+            self.recoveries.notify_one();
         }
         Ok(outcome)
     }

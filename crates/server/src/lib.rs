@@ -17,6 +17,7 @@ mod duration;
 mod engine;
 mod listener;
 mod metrics;
+mod recovery;
 pub mod server;
 pub mod store;
 mod wake;

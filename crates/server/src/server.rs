@@ -26,6 +26,7 @@ use crate::delivery::guard::TargetPolicy;
 use crate::delivery::worker::{DeliveryWorker, WorkerConfig};
 use crate::engine::Engine;
 use crate::listener::Limits;
+use crate::recovery::RecoveryRunner;
 use crate::store::WebhookStore;
 
 /// A started server: its address and the handle to stop it.
@@ -34,6 +35,7 @@ pub struct Running {
     shutdown: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
     workers: JoinHandle<()>,
+    recoveries: JoinHandle<()>,
 }
 
 impl Running {
@@ -48,6 +50,7 @@ impl Running {
     pub async fn wait(self) {
         let _ = self.http.await;
         let _ = self.workers.await;
+        let _ = self.recoveries.await;
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
@@ -224,6 +227,16 @@ pub async fn start_with_store(
         })
     };
 
+    let recoveries = tokio::spawn(
+        RecoveryRunner {
+            store: store.clone(),
+            waker: engine.waker.clone(),
+            kick: engine.recoveries.clone(),
+            lease: config.lease,
+        }
+        .run(shutdown.clone()),
+    );
+
     let api = Api::new(engine.clone(), policy, config.into());
     let app = app(
         Arc::new(api),
@@ -252,6 +265,7 @@ pub async fn start_with_store(
         shutdown,
         http,
         workers,
+        recoveries,
     })
 }
 

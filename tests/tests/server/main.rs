@@ -10,5 +10,6 @@ mod durability;
 mod hardening;
 mod hostile;
 mod receiver_answers;
+mod recovery;
 mod scaleout;
 mod support;

@@ -50,17 +50,18 @@ pub fn utoipa_path_attr(spec: &Spec, op: &Operation) -> TokenStream {
         let body = ident(body);
         parts.push(quote!(request_body(content = #body, content_type = "application/json")));
     }
-    let status = unsuffixed(op.success_status.into());
-    let description = &op.success_description;
-    let success = match &op.success_body {
-        Some(body) => {
-            let body = ident(body);
-            quote!((status = #status, description = #description, body = #body, content_type = "application/json"))
+    let successes = op.successes.iter().map(|(status, description)| {
+        let status = unsuffixed((*status).into());
+        match &op.success_body {
+            Some(body) => {
+                let body = ident(body);
+                quote!((status = #status, description = #description, body = #body, content_type = "application/json"))
+            }
+            None => quote!((status = #status, description = #description)),
         }
-        None => quote!((status = #status, description = #description)),
-    };
+    });
     let error = &op.error_description;
-    parts.push(quote!(responses(#success, (status = "default", description = #error, body = ErrorModel, content_type = "application/problem+json"))));
+    parts.push(quote!(responses(#(#successes,)* (status = "default", description = #error, body = ErrorModel, content_type = "application/problem+json"))));
     let scheme = &spec.security_scheme.name;
     parts.push(quote!(security((#scheme = []))));
     quote!(#[utoipa::path(#(#parts),*)])
@@ -166,9 +167,19 @@ pub fn handler(spec: &Spec, op: &Operation, patterns: &mut Patterns) -> TokenStr
         });
         call_args.push(quote!(body));
     }
-    let status = unsuffixed(op.success_status.into());
-    let status = quote!(StatusCode::from_u16(#status).unwrap_or(StatusCode::OK));
     let call = quote!(api.#name(#(#call_args),*).await);
+    // With one success response its status is fixed here; with several, the trait
+    // method answers which one along with the body.
+    let (ok, status) = match op.successes.as_slice() {
+        [(status, _)] => {
+            let status = unsuffixed((*status).into());
+            (
+                quote!(mut out),
+                quote!(StatusCode::from_u16(#status).unwrap_or(StatusCode::OK)),
+            )
+        }
+        _ => (quote!((status, mut out)), quote!(status)),
+    };
     let answer = match &op.success_body {
         Some(body) => {
             let link = spec
@@ -180,7 +191,7 @@ pub fn handler(spec: &Spec, op: &Operation, patterns: &mut Patterns) -> TokenStr
                 });
             quote! {
                 match #call {
-                    Ok(mut out) => { #link v::json_response(#status, &out) }
+                    Ok(#ok) => { #link v::json_response(#status, &out) }
                     Err(problem) => problem.into_response()
                 }
             }
@@ -364,6 +375,34 @@ mod tests {
                 "v::json_response(StatusCode::from_u16(200).unwrap_or(StatusCode::OK), &out)"
             ),
             "{code}"
+        );
+    }
+
+    #[test]
+    fn several_success_statuses_are_answered_as_the_trait_says() {
+        let mut spec = get_spec();
+        spec.operations[0]
+            .successes
+            .push((202, "Accepted".to_owned()));
+        let op = &spec.operations[0];
+        let code = pretty(handler(&spec, op, &mut Patterns::default()));
+        assert!(code.contains("Ok((status, mut out)) =>"), "{code}");
+        assert!(code.contains("v::json_response(status, &out)"), "{code}");
+        let attr = utoipa_path_attr(&spec, op).to_string().replace(' ', "");
+        assert!(
+            attr.contains("(status=200,description=\"Thething\",body=Thing")
+                && attr.contains("(status=202,description=\"Accepted\",body=Thing"),
+            "{attr}"
+        );
+        let method: syn::TraitItemFn = syn::parse2(crate::api_gen::trait_::method(op)).unwrap();
+        assert_eq!(
+            method
+                .sig
+                .output
+                .to_token_stream()
+                .to_string()
+                .replace(' ', ""),
+            "->implFuture<Output=Result<(StatusCode,Thing),Problem>>+Send"
         );
     }
 }

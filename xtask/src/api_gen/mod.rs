@@ -64,9 +64,7 @@ fn ident(name: &str) -> Ident {
 
 /// A JSON value (a default) as a Rust literal expression: JSON scalars are Rust literals.
 fn json_tokens(v: &Value) -> TokenStream {
-    v.to_string()
-        .parse()
-        .expect("a JSON scalar is a Rust literal")
+    v.to_string().parse().expect("JSON text is Rust tokens")
 }
 
 fn unsuffixed(n: u64) -> Literal {

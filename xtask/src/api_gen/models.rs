@@ -158,9 +158,15 @@ pub fn field(p: &Property) -> TokenStream {
         extend.push(quote!("readOnly" = true));
         utoipa.push(quote!(read_only));
     }
-    if let Some(default) = p.default.as_ref().map(json_tokens) {
+    if let Some(value) = p.default.as_ref() {
+        let default = json_tokens(value);
         extend.push(quote!("default" = #default));
-        utoipa.push(quote!(default = #default));
+        // utoipa takes a literal, or `json!` for a list or an object.
+        if value.is_array() || value.is_object() {
+            utoipa.push(quote!(default = json!(#default)));
+        } else {
+            utoipa.push(quote!(default = #default));
+        }
     }
     if let Some(encoding) = &p.content_encoding {
         extend.push(quote!("contentEncoding" = #encoding));

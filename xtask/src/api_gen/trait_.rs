@@ -54,6 +54,12 @@ pub fn method(op: &Operation) -> TokenStream {
         }
         None => quote!(()),
     };
+    // Several success responses: the method says which status it answers.
+    let ok = if op.successes.len() > 1 {
+        quote!((StatusCode, #ok))
+    } else {
+        ok
+    };
     quote! {
         #docs
         fn #name(&self, ctx: Self::Context, #(#path_params,)* #query #body)

@@ -246,6 +246,91 @@ impl PublishEventOutputBody {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/PublishEventOutputBody.json";
 }
+/// What to recover (extension).
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverWebhookInputBody {
+    /// Accepted and ignored.
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
+    #[schema(nullable = false)]
+    pub schema: Option<String>,
+    /// Start of the window (inclusive), by the events' publish time.
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// End of the window (exclusive); default and at most now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "chrono::DateTime<chrono::Utc>")]
+    #[schema(nullable = false)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Which events to queue again: `failed` (delivered to this webhook without success) and/or `missed` (never delivered to it). Default `["failed"]`; an empty list is refused (422).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Vec<String>", extend("default" = ["failed"]))]
+    #[schema(nullable = false, default = json!(["failed"]))]
+    pub include: Option<Vec<String>>,
+    /// Count the matching events and queue nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "bool", extend("default" = false))]
+    #[schema(nullable = false, default = false)]
+    pub dry_run: Option<bool>,
+}
+impl RecoverWebhookInputBody {
+    /// The `$schema` link this body carries in responses.
+    pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/RecoverWebhookInputBody.json";
+}
+/// A recovery of a webhook: what it matched and how far it got (extension).
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct Recovery {
+    /// The JSON Schema of this object, as a URI reference (a path on this server).
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String", extend("format" = "uri-reference", "readOnly" = true))]
+    #[schema(nullable = false, format = "uri-reference", read_only)]
+    pub schema: Option<String>,
+    /// Id for `getRecovery` and `cancelRecovery` (a dry run's is not kept).
+    pub recovery_id: uuid::Uuid,
+    /// Event type of the recovered webhook.
+    pub event_type: String,
+    /// Start of the window (inclusive).
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// End of the window (exclusive), as applied.
+    pub until: chrono::DateTime<chrono::Utc>,
+    /// What was matched, without repeats.
+    pub include: Vec<String>,
+    /// `running`, `done`, `cancelled` (by `cancelRecovery`, or because the webhook was deleted or disabled meanwhile) or `dry_run`.
+    pub status: String,
+    /// Events that matched when the recovery started.
+    pub matched: i64,
+    /// Events queued again so far. Less than `matched` only while running, when cancelled, or when an event stopped matching meanwhile (a resend delivered it).
+    pub queued: i64,
+    #[doc = concat!(" The `created_at` property (required).")]
+    #[schemars(description = "")]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// When it finished; absent while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "chrono::DateTime<chrono::Utc>")]
+    #[schema(nullable = false)]
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+impl Recovery {
+    /// The `$schema` link this body carries in responses.
+    pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/Recovery.json";
+}
 /// Result of resending an event (extension).
 #[derive(
     Debug,
@@ -505,7 +590,7 @@ pub struct WebhookDeliveryAttempt {
     pub response_code: i64,
     /// `success` (a 2xx) or `failed`.
     pub status: String,
-    /// Why the attempt happened (extension): `publish` (the first try of a published event), `retry` (a later try of any delivery), `resend` (the first try of a resend) or `recover` (reserved). Absent on attempts recorded before it existed.
+    /// Why the attempt happened (extension): `publish` (the first try of a published event), `retry` (a later try of any delivery), `resend` (the first try of a resend) or `recover` (the first try of a delivery queued by a recovery). Absent on attempts recorded before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "String")]
     #[schema(nullable = false)]
@@ -1074,6 +1159,361 @@ pub fn validate_publish_event_output_body(
                 &v::IntRules {
                     minimum: None,
                     maximum: None,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+}
+/// Checks a JSON value against the `RecoverWebhookInputBody` schema, one entry per problem.
+pub fn validate_recover_webhook_input_body(
+    value: &serde_json::Value,
+    loc: &str,
+    errors: &mut Vec<ErrorDetail>,
+) {
+    let Some(object) = v::check_object(value, loc, errors) else {
+        return;
+    };
+    v::check_properties(
+        object,
+        loc,
+        &["$schema", "since", "until", "include", "dry_run"],
+        &["since"],
+        true,
+        errors,
+    );
+    {
+        const NAME: &str = "$schema";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: None,
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "since";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: Some(v::Format::DateTime),
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "until";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: Some(v::Format::DateTime),
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "include";
+        if let Some(value) = object.get(NAME) {
+            v::check_array(
+                value,
+                &v::child(loc, NAME),
+                false,
+                errors,
+                |item, item_loc, errors| {
+                    let item_loc = item_loc.to_owned();
+                    v::check_string(
+                        item,
+                        &item_loc,
+                        &v::StringRules {
+                            format: None,
+                            min_length: None,
+                            max_length: None,
+                            pattern: None,
+                            sensitive: false,
+                            forbid_nul: true,
+                        },
+                        false,
+                        errors,
+                    );
+                },
+            );
+        }
+    }
+    {
+        const NAME: &str = "dry_run";
+        if let Some(value) = object.get(NAME) {
+            v::check_boolean(value, &v::child(loc, NAME), false, errors);
+        }
+    }
+}
+/// Checks a JSON value against the `Recovery` schema, one entry per problem.
+pub fn validate_recovery(value: &serde_json::Value, loc: &str, errors: &mut Vec<ErrorDetail>) {
+    let Some(object) = v::check_object(value, loc, errors) else {
+        return;
+    };
+    v::check_properties(
+        object,
+        loc,
+        &[
+            "$schema",
+            "recovery_id",
+            "event_type",
+            "since",
+            "until",
+            "include",
+            "status",
+            "matched",
+            "queued",
+            "created_at",
+            "finished_at",
+        ],
+        &[
+            "recovery_id",
+            "event_type",
+            "since",
+            "until",
+            "include",
+            "status",
+            "matched",
+            "queued",
+            "created_at",
+        ],
+        true,
+        errors,
+    );
+    {
+        const NAME: &str = "$schema";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: None,
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "recovery_id";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: Some(v::Format::Uuid),
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "event_type";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: None,
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "since";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: Some(v::Format::DateTime),
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "until";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: Some(v::Format::DateTime),
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "include";
+        if let Some(value) = object.get(NAME) {
+            v::check_array(
+                value,
+                &v::child(loc, NAME),
+                false,
+                errors,
+                |item, item_loc, errors| {
+                    let item_loc = item_loc.to_owned();
+                    v::check_string(
+                        item,
+                        &item_loc,
+                        &v::StringRules {
+                            format: None,
+                            min_length: None,
+                            max_length: None,
+                            pattern: None,
+                            sensitive: false,
+                            forbid_nul: true,
+                        },
+                        false,
+                        errors,
+                    );
+                },
+            );
+        }
+    }
+    {
+        const NAME: &str = "status";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: None,
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "matched";
+        if let Some(value) = object.get(NAME) {
+            v::check_integer(
+                value,
+                &v::child(loc, NAME),
+                &v::IntRules {
+                    minimum: None,
+                    maximum: None,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "queued";
+        if let Some(value) = object.get(NAME) {
+            v::check_integer(
+                value,
+                &v::child(loc, NAME),
+                &v::IntRules {
+                    minimum: None,
+                    maximum: None,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "created_at";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: Some(v::Format::DateTime),
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "finished_at";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: Some(v::Format::DateTime),
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
                 },
                 false,
                 errors,
@@ -1907,6 +2347,8 @@ pub const SCHEMA_NAMES: &[&str] = &[
     "PublishEventForTenantInputBody",
     "PublishEventInputBody",
     "PublishEventOutputBody",
+    "RecoverWebhookInputBody",
+    "Recovery",
     "ResendEventOutputBody",
     "RotateSigningSecretOutputBody",
     "UpsertWebhookForTenantInputBody",
@@ -1929,6 +2371,8 @@ pub fn json_schema(name: &str) -> Option<serde_json::Value> {
         }
         "PublishEventInputBody" => schemars::schema_for!(PublishEventInputBody),
         "PublishEventOutputBody" => schemars::schema_for!(PublishEventOutputBody),
+        "RecoverWebhookInputBody" => schemars::schema_for!(RecoverWebhookInputBody),
+        "Recovery" => schemars::schema_for!(Recovery),
         "ResendEventOutputBody" => schemars::schema_for!(ResendEventOutputBody),
         "RotateSigningSecretOutputBody" => {
             schemars::schema_for!(RotateSigningSecretOutputBody)

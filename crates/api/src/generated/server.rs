@@ -140,6 +140,40 @@ pub trait WebhooksApi: Send + Sync + 'static {
         event_type: String,
         event_id: uuid::Uuid,
     ) -> impl Future<Output = Result<ResendEventOutputBody, Problem>> + Send;
+    /// Recover a webhook after an outage (extension)
+    ///
+    /// Extension. Queues again, oldest first, the events of this event type published in [`since`, `until`) that this webhook did not get: `failed` ones (every delivery to it ended failed or cancelled, none succeeded and none is pending) and, when asked, `missed` ones (no delivery to it at all: published while it was disabled, or before it was re-created). Every matched event is queued, with no cap; the recovery is a durable job that any server process resumes after a crash, queues in batches while the webhook's pending deliveries stay below a bound (so a large recovery never floods the queue ahead of fresh events), and records its progress (`getRecovery`). Each recovered delivery's first attempt has `trigger: recover`. Answers 202 with the running recovery; with `dry_run: true`, 200 with the count and nothing queued. 404 when the webhook does not exist; 409 when it is disabled (an upsert turns it back on); 422 when `since` is not before `until`.
+    ///
+    /// `POST /projects/{projectId}/webhooks/{eventType}/recover` (operationId `recoverWebhook`)
+    fn recover_webhook(
+        &self,
+        ctx: Self::Context,
+        project_id: uuid::Uuid,
+        event_type: String,
+        body: RecoverWebhookInputBody,
+    ) -> impl Future<Output = Result<(StatusCode, Recovery), Problem>> + Send;
+    /// Get a recovery (extension)
+    ///
+    /// Extension. The recovery's progress: `status` is `running`, `done` or `cancelled`; `matched` events counted when it started, `queued` so far. 404 when there is no such recovery in this project.
+    ///
+    /// `GET /projects/{projectId}/recoveries/{recoveryId}` (operationId `getRecovery`)
+    fn get_recovery(
+        &self,
+        ctx: Self::Context,
+        project_id: uuid::Uuid,
+        recovery_id: uuid::Uuid,
+    ) -> impl Future<Output = Result<Recovery, Problem>> + Send;
+    /// Cancel a recovery (extension)
+    ///
+    /// Extension. Stops a running recovery from queueing more events (its status becomes `cancelled`); deliveries it already queued go on. A recovery already finished is left as it is. 404 when there is no such recovery in this project.
+    ///
+    /// `DELETE /projects/{projectId}/recoveries/{recoveryId}` (operationId `cancelRecovery`)
+    fn cancel_recovery(
+        &self,
+        ctx: Self::Context,
+        project_id: uuid::Uuid,
+        recovery_id: uuid::Uuid,
+    ) -> impl Future<Output = Result<(), Problem>> + Send;
     /// Publish an event to a project (extension)
     ///
     /// Extension. Records the event and starts one delivery per active webhook of the project subscribed to its event type. Answered after the event and its deliveries are committed.
@@ -208,6 +242,37 @@ pub trait WebhooksApi: Send + Sync + 'static {
         event_type: String,
         event_id: uuid::Uuid,
     ) -> impl Future<Output = Result<ResendEventOutputBody, Problem>> + Send;
+    /// Recover a webhook after an outage (extension)
+    ///
+    /// Extension. Queues again, oldest first, the events of this event type published in [`since`, `until`) that this webhook did not get: `failed` ones (every delivery to it ended failed or cancelled, none succeeded and none is pending) and, when asked, `missed` ones (no delivery to it at all: published while it was disabled, or before it was re-created). Every matched event is queued, with no cap; the recovery is a durable job that any server process resumes after a crash, queues in batches while the webhook's pending deliveries stay below a bound (so a large recovery never floods the queue ahead of fresh events), and records its progress (`getRecovery`). Each recovered delivery's first attempt has `trigger: recover`. Answers 202 with the running recovery; with `dry_run: true`, 200 with the count and nothing queued. 404 when the webhook does not exist; 409 when it is disabled (an upsert turns it back on); 422 when `since` is not before `until`.
+    ///
+    /// `POST /webhooks/{eventType}/recover` (operationId `recoverWebhookForTenant`)
+    fn recover_webhook_for_tenant(
+        &self,
+        ctx: Self::Context,
+        event_type: String,
+        body: RecoverWebhookInputBody,
+    ) -> impl Future<Output = Result<(StatusCode, Recovery), Problem>> + Send;
+    /// Get a recovery (extension)
+    ///
+    /// Extension. The recovery's progress: `status` is `running`, `done` or `cancelled`; `matched` events counted when it started, `queued` so far. 404 when there is no such recovery in this project.
+    ///
+    /// `GET /recoveries/{recoveryId}` (operationId `getRecoveryForTenant`)
+    fn get_recovery_for_tenant(
+        &self,
+        ctx: Self::Context,
+        recovery_id: uuid::Uuid,
+    ) -> impl Future<Output = Result<Recovery, Problem>> + Send;
+    /// Cancel a recovery (extension)
+    ///
+    /// Extension. Stops a running recovery from queueing more events (its status becomes `cancelled`); deliveries it already queued go on. A recovery already finished is left as it is. 404 when there is no such recovery in this project.
+    ///
+    /// `DELETE /recoveries/{recoveryId}` (operationId `cancelRecoveryForTenant`)
+    fn cancel_recovery_for_tenant(
+        &self,
+        ctx: Self::Context,
+        recovery_id: uuid::Uuid,
+    ) -> impl Future<Output = Result<(), Problem>> + Send;
     /// Publish an event (tenant-scoped, extension)
     ///
     /// Extension. Like publishEvent, for the project of the API key.
@@ -719,6 +784,214 @@ pub async fn resend_event<T: WebhooksApi>(State(api): State<Arc<T>>, request: Re
                 .get_or_insert_with(|| ResendEventOutputBody::SCHEMA_LINK.to_owned());
             v::json_response(StatusCode::from_u16(202).unwrap_or(StatusCode::OK), &out)
         }
+        Err(problem) => problem.into_response(),
+    }
+}
+#[utoipa::path(
+    post,
+    path = "/projects/{projectId}/webhooks/{eventType}/recover",
+    operation_id = "recoverWebhook",
+    tag = "Webhooks",
+    summary = "Recover a webhook after an outage (extension)",
+    description = "Extension. Queues again, oldest first, the events of this event type published in [`since`, `until`) that this webhook did not get: `failed` ones (every delivery to it ended failed or cancelled, none succeeded and none is pending) and, when asked, `missed` ones (no delivery to it at all: published while it was disabled, or before it was re-created). Every matched event is queued, with no cap; the recovery is a durable job that any server process resumes after a crash, queues in batches while the webhook's pending deliveries stay below a bound (so a large recovery never floods the queue ahead of fresh events), and records its progress (`getRecovery`). Each recovered delivery's first attempt has `trigger: recover`. Answers 202 with the running recovery; with `dry_run: true`, 200 with the count and nothing queued. 404 when the webhook does not exist; 409 when it is disabled (an upsert turns it back on); 422 when `since` is not before `until`.",
+    params(
+        ("projectId" = uuid::Uuid, Path, description = "Project UUID"),
+        (
+            "eventType" = String,
+            Path,
+            description = "Event type of the webhook to recover",
+            min_length = 1,
+            max_length = 128,
+            pattern = "^[A-Za-z0-9._:-]{1,128}$"
+        )
+    ),
+    request_body(content = RecoverWebhookInputBody, content_type = "application/json"),
+    responses(
+        (
+            status = 200,
+            description = "Dry run: what would be queued",
+            body = Recovery,
+            content_type = "application/json"
+        ),
+        (
+            status = 202,
+            description = "Accepted: the recovery is running",
+            body = Recovery,
+            content_type = "application/json"
+        ),
+        (
+            status = "default",
+            description = "Error",
+            body = ErrorModel,
+            content_type = "application/problem+json"
+        )
+    ),
+    security(("apiKey" = []))
+)]
+/// `POST /projects/{projectId}/webhooks/{eventType}/recover`: validates the request, then calls [`WebhooksApi::recover_webhook`].
+pub async fn recover_webhook<T: WebhooksApi>(
+    State(api): State<Arc<T>>,
+    request: Request,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let ctx = match api.authenticate(&parts).await {
+        Ok(ctx) => ctx,
+        Err(problem) => return problem.into_response(),
+    };
+    let mut errors = Vec::new();
+    let path = v::path_params(&mut parts).await;
+    let project_id = v::path_uuid(&path, "projectId", &mut errors);
+    let event_type = v::path_string(
+        &path,
+        "eventType",
+        &v::StringRules {
+            format: None,
+            min_length: Some(1),
+            max_length: Some(128),
+            pattern: Some(&PATTERN_0),
+            sensitive: false,
+            forbid_nul: true,
+        },
+        &mut errors,
+    );
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
+    let body: Option<RecoverWebhookInputBody> = match v::json_body(
+        &parts,
+        body,
+        api.max_body_bytes(),
+        validate_recover_webhook_input_body,
+        &mut errors,
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(problem) => return problem.into_response(),
+    };
+    if !errors.is_empty() {
+        return Problem::validation(errors).into_response();
+    }
+    let Some(body) = body else {
+        return Problem::validation(errors).into_response();
+    };
+    match api.recover_webhook(ctx, project_id, event_type, body).await {
+        Ok((status, mut out)) => {
+            out.schema
+                .get_or_insert_with(|| Recovery::SCHEMA_LINK.to_owned());
+            v::json_response(status, &out)
+        }
+        Err(problem) => problem.into_response(),
+    }
+}
+#[utoipa::path(
+    get,
+    path = "/projects/{projectId}/recoveries/{recoveryId}",
+    operation_id = "getRecovery",
+    tag = "Webhooks",
+    summary = "Get a recovery (extension)",
+    description = "Extension. The recovery's progress: `status` is `running`, `done` or `cancelled`; `matched` events counted when it started, `queued` so far. 404 when there is no such recovery in this project.",
+    params(
+        ("projectId" = uuid::Uuid, Path, description = "Project UUID"),
+        (
+            "recoveryId" = uuid::Uuid,
+            Path,
+            description = "Id of the recovery, as starting it answered (`recovery_id`)",
+            min_length = 36,
+            max_length = 36
+        )
+    ),
+    responses(
+        (
+            status = 200,
+            description = "OK",
+            body = Recovery,
+            content_type = "application/json"
+        ),
+        (
+            status = "default",
+            description = "Error",
+            body = ErrorModel,
+            content_type = "application/problem+json"
+        )
+    ),
+    security(("apiKey" = []))
+)]
+/// `GET /projects/{projectId}/recoveries/{recoveryId}`: validates the request, then calls [`WebhooksApi::get_recovery`].
+pub async fn get_recovery<T: WebhooksApi>(State(api): State<Arc<T>>, request: Request) -> Response {
+    let (mut parts, _) = request.into_parts();
+    let ctx = match api.authenticate(&parts).await {
+        Ok(ctx) => ctx,
+        Err(problem) => return problem.into_response(),
+    };
+    let mut errors = Vec::new();
+    let path = v::path_params(&mut parts).await;
+    let project_id = v::path_uuid(&path, "projectId", &mut errors);
+    let recovery_id = v::path_uuid(&path, "recoveryId", &mut errors);
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
+    if !errors.is_empty() {
+        return Problem::validation(errors).into_response();
+    }
+    match api.get_recovery(ctx, project_id, recovery_id).await {
+        Ok(mut out) => {
+            out.schema
+                .get_or_insert_with(|| Recovery::SCHEMA_LINK.to_owned());
+            v::json_response(StatusCode::from_u16(200).unwrap_or(StatusCode::OK), &out)
+        }
+        Err(problem) => problem.into_response(),
+    }
+}
+#[utoipa::path(
+    delete,
+    path = "/projects/{projectId}/recoveries/{recoveryId}",
+    operation_id = "cancelRecovery",
+    tag = "Webhooks",
+    summary = "Cancel a recovery (extension)",
+    description = "Extension. Stops a running recovery from queueing more events (its status becomes `cancelled`); deliveries it already queued go on. A recovery already finished is left as it is. 404 when there is no such recovery in this project.",
+    params(
+        ("projectId" = uuid::Uuid, Path, description = "Project UUID"),
+        (
+            "recoveryId" = uuid::Uuid,
+            Path,
+            description = "Id of the recovery, as starting it answered (`recovery_id`)",
+            min_length = 36,
+            max_length = 36
+        )
+    ),
+    responses(
+        (status = 204, description = "No Content"),
+        (
+            status = "default",
+            description = "Error",
+            body = ErrorModel,
+            content_type = "application/problem+json"
+        )
+    ),
+    security(("apiKey" = []))
+)]
+/// `DELETE /projects/{projectId}/recoveries/{recoveryId}`: validates the request, then calls [`WebhooksApi::cancel_recovery`].
+pub async fn cancel_recovery<T: WebhooksApi>(
+    State(api): State<Arc<T>>,
+    request: Request,
+) -> Response {
+    let (mut parts, _) = request.into_parts();
+    let ctx = match api.authenticate(&parts).await {
+        Ok(ctx) => ctx,
+        Err(problem) => return problem.into_response(),
+    };
+    let mut errors = Vec::new();
+    let path = v::path_params(&mut parts).await;
+    let project_id = v::path_uuid(&path, "projectId", &mut errors);
+    let recovery_id = v::path_uuid(&path, "recoveryId", &mut errors);
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
+    if !errors.is_empty() {
+        return Problem::validation(errors).into_response();
+    }
+    match api.cancel_recovery(ctx, project_id, recovery_id).await {
+        Ok(()) => StatusCode::from_u16(204)
+            .unwrap_or(StatusCode::OK)
+            .into_response(),
         Err(problem) => problem.into_response(),
     }
 }
@@ -1284,6 +1557,211 @@ pub async fn resend_event_for_tenant<T: WebhooksApi>(
 }
 #[utoipa::path(
     post,
+    path = "/webhooks/{eventType}/recover",
+    operation_id = "recoverWebhookForTenant",
+    tag = "Webhooks",
+    summary = "Recover a webhook after an outage (extension)",
+    description = "Extension. Queues again, oldest first, the events of this event type published in [`since`, `until`) that this webhook did not get: `failed` ones (every delivery to it ended failed or cancelled, none succeeded and none is pending) and, when asked, `missed` ones (no delivery to it at all: published while it was disabled, or before it was re-created). Every matched event is queued, with no cap; the recovery is a durable job that any server process resumes after a crash, queues in batches while the webhook's pending deliveries stay below a bound (so a large recovery never floods the queue ahead of fresh events), and records its progress (`getRecovery`). Each recovered delivery's first attempt has `trigger: recover`. Answers 202 with the running recovery; with `dry_run: true`, 200 with the count and nothing queued. 404 when the webhook does not exist; 409 when it is disabled (an upsert turns it back on); 422 when `since` is not before `until`.",
+    params(
+        (
+            "eventType" = String,
+            Path,
+            description = "Event type of the webhook to recover",
+            min_length = 1,
+            max_length = 128,
+            pattern = "^[A-Za-z0-9._:-]{1,128}$"
+        )
+    ),
+    request_body(content = RecoverWebhookInputBody, content_type = "application/json"),
+    responses(
+        (
+            status = 200,
+            description = "Dry run: what would be queued",
+            body = Recovery,
+            content_type = "application/json"
+        ),
+        (
+            status = 202,
+            description = "Accepted: the recovery is running",
+            body = Recovery,
+            content_type = "application/json"
+        ),
+        (
+            status = "default",
+            description = "Error",
+            body = ErrorModel,
+            content_type = "application/problem+json"
+        )
+    ),
+    security(("apiKey" = []))
+)]
+/// `POST /webhooks/{eventType}/recover`: validates the request, then calls [`WebhooksApi::recover_webhook_for_tenant`].
+pub async fn recover_webhook_for_tenant<T: WebhooksApi>(
+    State(api): State<Arc<T>>,
+    request: Request,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let ctx = match api.authenticate(&parts).await {
+        Ok(ctx) => ctx,
+        Err(problem) => return problem.into_response(),
+    };
+    let mut errors = Vec::new();
+    let path = v::path_params(&mut parts).await;
+    let event_type = v::path_string(
+        &path,
+        "eventType",
+        &v::StringRules {
+            format: None,
+            min_length: Some(1),
+            max_length: Some(128),
+            pattern: Some(&PATTERN_0),
+            sensitive: false,
+            forbid_nul: true,
+        },
+        &mut errors,
+    );
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
+    let body: Option<RecoverWebhookInputBody> = match v::json_body(
+        &parts,
+        body,
+        api.max_body_bytes(),
+        validate_recover_webhook_input_body,
+        &mut errors,
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(problem) => return problem.into_response(),
+    };
+    if !errors.is_empty() {
+        return Problem::validation(errors).into_response();
+    }
+    let Some(body) = body else {
+        return Problem::validation(errors).into_response();
+    };
+    match api.recover_webhook_for_tenant(ctx, event_type, body).await {
+        Ok((status, mut out)) => {
+            out.schema
+                .get_or_insert_with(|| Recovery::SCHEMA_LINK.to_owned());
+            v::json_response(status, &out)
+        }
+        Err(problem) => problem.into_response(),
+    }
+}
+#[utoipa::path(
+    get,
+    path = "/recoveries/{recoveryId}",
+    operation_id = "getRecoveryForTenant",
+    tag = "Webhooks",
+    summary = "Get a recovery (extension)",
+    description = "Extension. The recovery's progress: `status` is `running`, `done` or `cancelled`; `matched` events counted when it started, `queued` so far. 404 when there is no such recovery in this project.",
+    params(
+        (
+            "recoveryId" = uuid::Uuid,
+            Path,
+            description = "Id of the recovery, as starting it answered (`recovery_id`)",
+            min_length = 36,
+            max_length = 36
+        )
+    ),
+    responses(
+        (
+            status = 200,
+            description = "OK",
+            body = Recovery,
+            content_type = "application/json"
+        ),
+        (
+            status = "default",
+            description = "Error",
+            body = ErrorModel,
+            content_type = "application/problem+json"
+        )
+    ),
+    security(("apiKey" = []))
+)]
+/// `GET /recoveries/{recoveryId}`: validates the request, then calls [`WebhooksApi::get_recovery_for_tenant`].
+pub async fn get_recovery_for_tenant<T: WebhooksApi>(
+    State(api): State<Arc<T>>,
+    request: Request,
+) -> Response {
+    let (mut parts, _) = request.into_parts();
+    let ctx = match api.authenticate(&parts).await {
+        Ok(ctx) => ctx,
+        Err(problem) => return problem.into_response(),
+    };
+    let mut errors = Vec::new();
+    let path = v::path_params(&mut parts).await;
+    let recovery_id = v::path_uuid(&path, "recoveryId", &mut errors);
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
+    if !errors.is_empty() {
+        return Problem::validation(errors).into_response();
+    }
+    match api.get_recovery_for_tenant(ctx, recovery_id).await {
+        Ok(mut out) => {
+            out.schema
+                .get_or_insert_with(|| Recovery::SCHEMA_LINK.to_owned());
+            v::json_response(StatusCode::from_u16(200).unwrap_or(StatusCode::OK), &out)
+        }
+        Err(problem) => problem.into_response(),
+    }
+}
+#[utoipa::path(
+    delete,
+    path = "/recoveries/{recoveryId}",
+    operation_id = "cancelRecoveryForTenant",
+    tag = "Webhooks",
+    summary = "Cancel a recovery (extension)",
+    description = "Extension. Stops a running recovery from queueing more events (its status becomes `cancelled`); deliveries it already queued go on. A recovery already finished is left as it is. 404 when there is no such recovery in this project.",
+    params(
+        (
+            "recoveryId" = uuid::Uuid,
+            Path,
+            description = "Id of the recovery, as starting it answered (`recovery_id`)",
+            min_length = 36,
+            max_length = 36
+        )
+    ),
+    responses(
+        (status = 204, description = "No Content"),
+        (
+            status = "default",
+            description = "Error",
+            body = ErrorModel,
+            content_type = "application/problem+json"
+        )
+    ),
+    security(("apiKey" = []))
+)]
+/// `DELETE /recoveries/{recoveryId}`: validates the request, then calls [`WebhooksApi::cancel_recovery_for_tenant`].
+pub async fn cancel_recovery_for_tenant<T: WebhooksApi>(
+    State(api): State<Arc<T>>,
+    request: Request,
+) -> Response {
+    let (mut parts, _) = request.into_parts();
+    let ctx = match api.authenticate(&parts).await {
+        Ok(ctx) => ctx,
+        Err(problem) => return problem.into_response(),
+    };
+    let mut errors = Vec::new();
+    let path = v::path_params(&mut parts).await;
+    let recovery_id = v::path_uuid(&path, "recoveryId", &mut errors);
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
+    if !errors.is_empty() {
+        return Problem::validation(errors).into_response();
+    }
+    match api.cancel_recovery_for_tenant(ctx, recovery_id).await {
+        Ok(()) => StatusCode::from_u16(204)
+            .unwrap_or(StatusCode::OK)
+            .into_response(),
+        Err(problem) => problem.into_response(),
+    }
+}
+#[utoipa::path(
+    post,
     path = "/events",
     operation_id = "publishEventForTenant",
     tag = "Events",
@@ -1383,6 +1861,21 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "POST",
+        "/api/v1/projects/{projectId}/webhooks/{eventType}/recover",
+        "recoverWebhook",
+    ),
+    (
+        "GET",
+        "/api/v1/projects/{projectId}/recoveries/{recoveryId}",
+        "getRecovery",
+    ),
+    (
+        "DELETE",
+        "/api/v1/projects/{projectId}/recoveries/{recoveryId}",
+        "cancelRecovery",
+    ),
+    (
+        "POST",
         "/api/v1/projects/{projectId}/events",
         "publishEvent",
     ),
@@ -1412,6 +1905,21 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
         "/api/v1/webhooks/{eventType}/events/{eventId}/resend",
         "resendEventForTenant",
     ),
+    (
+        "POST",
+        "/api/v1/webhooks/{eventType}/recover",
+        "recoverWebhookForTenant",
+    ),
+    (
+        "GET",
+        "/api/v1/recoveries/{recoveryId}",
+        "getRecoveryForTenant",
+    ),
+    (
+        "DELETE",
+        "/api/v1/recoveries/{recoveryId}",
+        "cancelRecoveryForTenant",
+    ),
     ("POST", "/api/v1/events", "publishEventForTenant"),
 ];
 /// The router serving every operation under `/api/v1`, plus
@@ -1440,6 +1948,14 @@ pub fn router<T: WebhooksApi>(api: Arc<T>) -> Router {
             axum::routing::post(resend_event::<T>),
         )
         .route(
+            "/api/v1/projects/{projectId}/webhooks/{eventType}/recover",
+            axum::routing::post(recover_webhook::<T>),
+        )
+        .route(
+            "/api/v1/projects/{projectId}/recoveries/{recoveryId}",
+            axum::routing::get(get_recovery::<T>).delete(cancel_recovery::<T>),
+        )
+        .route(
             "/api/v1/projects/{projectId}/events",
             axum::routing::post(publish_event::<T>),
         )
@@ -1463,6 +1979,15 @@ pub fn router<T: WebhooksApi>(api: Arc<T>) -> Router {
         .route(
             "/api/v1/webhooks/{eventType}/events/{eventId}/resend",
             axum::routing::post(resend_event_for_tenant::<T>),
+        )
+        .route(
+            "/api/v1/webhooks/{eventType}/recover",
+            axum::routing::post(recover_webhook_for_tenant::<T>),
+        )
+        .route(
+            "/api/v1/recoveries/{recoveryId}",
+            axum::routing::get(get_recovery_for_tenant::<T>)
+                .delete(cancel_recovery_for_tenant::<T>),
         )
         .route(
             "/api/v1/events",
@@ -1494,6 +2019,9 @@ pub fn router<T: WebhooksApi>(api: Arc<T>) -> Router {
         list_delivery_attempts,
         rotate_webhook_signing_secret,
         resend_event,
+        recover_webhook,
+        get_recovery,
+        cancel_recovery,
         publish_event,
         list_webhooks_for_tenant,
         upsert_webhook_for_tenant,
@@ -1501,6 +2029,9 @@ pub fn router<T: WebhooksApi>(api: Arc<T>) -> Router {
         list_delivery_attempts_for_tenant,
         rotate_webhook_signing_secret_for_tenant,
         resend_event_for_tenant,
+        recover_webhook_for_tenant,
+        get_recovery_for_tenant,
+        cancel_recovery_for_tenant,
         publish_event_for_tenant
     ),
     components(
@@ -1512,6 +2043,8 @@ pub fn router<T: WebhooksApi>(api: Arc<T>) -> Router {
             PublishEventForTenantInputBody,
             PublishEventInputBody,
             PublishEventOutputBody,
+            RecoverWebhookInputBody,
+            Recovery,
             ResendEventOutputBody,
             RotateSigningSecretOutputBody,
             UpsertWebhookForTenantInputBody,

@@ -28,8 +28,9 @@ use super::{
     add_duration, attempt_list, attempt_listing_sql, claim_fairly, now_micros, truncate_micros,
     webhook_limit_reached, ApiKeyRecord, AttemptList, AttemptPage, AttemptStatus, ClaimFrom,
     ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyOwner, Project,
-    PublishEvent, Published, QueueStats, ResendOutcome, SigningSecret, StoreError, StoreResult,
-    Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
+    PublishEvent, Published, QueueStats, RecoverOutcome, RecoverRequest, Recovery, RecoveryClaim,
+    RecoveryProgress, RecoveryStep, ResendOutcome, SigningSecret, StoreError, StoreResult, Tenant,
+    UpsertOutcome, UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
 };
 
 /// The little that differs between the databases inside otherwise shared statements.
@@ -37,6 +38,12 @@ pub(crate) trait Dialect: Database {
     /// A test that the optional uuid parameter `$1` is NULL (PostgreSQL must be told
     /// the parameter's type when nothing else in the statement says it).
     const UUID_1_IS_NULL: &'static str;
+    /// Row locks, appended to a SELECT: nothing on SQLite, whose write transaction
+    /// already excludes every other writer.
+    const FOR_UPDATE: &'static str;
+    const FOR_SHARE: &'static str;
+    /// Appended to a sub-select picking rows to lease: locked ones are passed over.
+    const SKIP_LOCKED: &'static str;
 
     /// Rows a statement changed (each database's result type has the count, but not
     /// through a common trait).
@@ -771,6 +778,36 @@ where
         self.tables()
             .resend_event(project_id, event_type, event_id)
             .await
+    }
+    async fn start_recovery(&self, request: RecoverRequest<'_>) -> StoreResult<RecoverOutcome> {
+        self.tables().start_recovery(request).await
+    }
+    async fn get_recovery(
+        &self,
+        project_id: Uuid,
+        recovery_id: Uuid,
+    ) -> StoreResult<Option<Recovery>> {
+        self.tables().get_recovery(project_id, recovery_id).await
+    }
+    async fn cancel_recovery(&self, project_id: Uuid, recovery_id: Uuid) -> StoreResult<bool> {
+        self.tables().cancel_recovery(project_id, recovery_id).await
+    }
+    async fn claim_recoveries(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> StoreResult<Vec<RecoveryClaim>> {
+        self.tables().claim_recoveries(max, lease).await
+    }
+    async fn advance_recovery(
+        &self,
+        claim: RecoveryClaim,
+        step: RecoveryStep,
+    ) -> StoreResult<RecoveryProgress> {
+        self.tables().advance_recovery(claim, step).await
+    }
+    async fn release_recovery(&self, claim: RecoveryClaim) -> StoreResult<()> {
+        self.tables().release_recovery(claim).await
     }
     async fn claim_due_skipping(
         &self,

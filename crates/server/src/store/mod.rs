@@ -19,11 +19,17 @@ mod common;
 mod group_commit;
 pub(crate) mod notify;
 pub(crate) mod postgres;
+mod recovery;
 mod rows;
 pub(crate) mod sqlite;
 
 #[cfg(test)]
 mod tests;
+
+pub use recovery::{
+    RecoverInclude, RecoverOutcome, RecoverRequest, Recovery, RecoveryClaim, RecoveryProgress,
+    RecoveryStatus, RecoveryStep,
+};
 
 /// Errors a store reports. Everything unexpected is `Database`; callers turn it into an
 /// opaque 500 and log it.
@@ -519,6 +525,35 @@ pub trait WebhookStore: Send + Sync + 'static {
         event_type: &str,
         event_id: Uuid,
     ) -> StoreResult<ResendOutcome>;
+    /// Starts a recovery of the webhook of (project, event type): counts the events of
+    /// the window that match and, unless it is a dry run, stores the job, which
+    /// runners then advance ([`WebhookStore::advance_recovery`]).
+    async fn start_recovery(&self, request: RecoverRequest<'_>) -> StoreResult<RecoverOutcome>;
+    /// The recovery with this id of the project, if any.
+    async fn get_recovery(
+        &self,
+        project_id: Uuid,
+        recovery_id: Uuid,
+    ) -> StoreResult<Option<Recovery>>;
+    /// Cancels a running recovery of the project (a finished one stays as it is).
+    /// Returns false when the project has no such recovery.
+    async fn cancel_recovery(&self, project_id: Uuid, recovery_id: Uuid) -> StoreResult<bool>;
+    /// Leases up to `max` running recoveries that no live runner holds, oldest first.
+    async fn claim_recoveries(
+        &self,
+        max: usize,
+        lease: Duration,
+    ) -> StoreResult<Vec<RecoveryClaim>>;
+    /// One batch of a leased recovery, in one transaction: queues the matching events
+    /// among the next `step.scan` and moves the job's cursor past them, renewing the
+    /// lease; nothing while the webhook has `step.max_pending` pending deliveries.
+    async fn advance_recovery(
+        &self,
+        claim: RecoveryClaim,
+        step: RecoveryStep,
+    ) -> StoreResult<RecoveryProgress>;
+    /// Lets a recovery's lease go, so any runner may take it at once.
+    async fn release_recovery(&self, claim: RecoveryClaim) -> StoreResult<()>;
     /// Claims up to `max` pending deliveries that are due and not leased by a live
     /// claim (or whose lease has expired), oldest due first, leasing them for `lease`.
     async fn claim_due(&self, max: usize, lease: Duration) -> StoreResult<Vec<ClaimedDelivery>> {

@@ -114,6 +114,9 @@ impl PgStore {
 // transactions lock the rows they need.
 impl Dialect for Postgres {
     const UUID_1_IS_NULL: &'static str = "$1::uuid IS NULL";
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const FOR_SHARE: &'static str = " FOR SHARE";
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 
     fn rows_affected(done: &PgQueryResult) -> u64 {
         done.rows_affected()

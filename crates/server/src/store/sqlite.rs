@@ -165,6 +165,9 @@ impl SqliteStore {
 // SQLite types its parameters from their values, and takes the write lock up front.
 impl Dialect for Sqlite {
     const UUID_1_IS_NULL: &'static str = "$1 IS NULL";
+    const FOR_UPDATE: &'static str = "";
+    const FOR_SHARE: &'static str = "";
+    const SKIP_LOCKED: &'static str = "";
 
     fn rows_affected(done: &SqliteQueryResult) -> u64 {
         done.rows_affected()
