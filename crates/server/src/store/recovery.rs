@@ -2,7 +2,7 @@
 //! a webhook did not get (`failed`: its deliveries to the webhook all ended failed or
 //! cancelled; `missed`: it has none). The same SQL on both backends.
 //!
-//! A job is a row. Runners ([`crate::recovery`]) lease it like a delivery and advance
+//! A job is a row. The recovery runners lease it like a delivery and advance
 //! it one batch at a time: each batch is one write transaction that checks the lease
 //! still holds, looks at the next [`RecoveryStep::scan`] events after the job's cursor,
 //! queues the matching ones and moves the cursor past them. A runner that dies loses

@@ -1952,7 +1952,7 @@ async fn postgres_concurrent_startups_migrate_once() {
             .await
             .unwrap();
         // Each migration once, not once per process.
-        assert_eq!(applied, 3);
+        assert_eq!(applied, 4);
         for store in stores {
             store.close().await;
         }
