@@ -332,7 +332,11 @@ impl Api {
         let now = store::now_micros();
         // Nothing is published later than now: a window reaching past it ends there.
         let until = body.until.map_or(now, |until| until.min(now));
-        if body.since >= until {
+        // No event is older than the epoch, and PostgreSQL cannot store every instant
+        // the schema allows (a year before 4713 BC): a window reaching back further
+        // starts there.
+        let since = body.since.max(chrono::DateTime::UNIX_EPOCH);
+        if since >= until {
             return Err(Problem::invalid(
                 "body.since",
                 "expected an instant before `until` (default and at most now)",
@@ -361,7 +365,7 @@ impl Api {
             .recover(RecoverRequest {
                 project_id,
                 event_type,
-                since: body.since,
+                since,
                 until,
                 include,
                 dry_run,
