@@ -41,6 +41,27 @@ async fn finished(h: &Harness, path: &str, wait: Duration) -> Value {
     }
 }
 
+/// Starts a recovery of the `missed` events of `event_type` since `since`, on the
+/// tenant route, with the generated client.
+async fn recover_missed(
+    client: &sonzai_webhooks_client::Client,
+    event_type: &str,
+    since: DateTime<Utc>,
+) -> types::Recovery {
+    client
+        .recover_webhook_for_tenant()
+        .event_type(event_type)
+        .body(
+            types::RecoverWebhookInputBody::builder()
+                .since(since)
+                .include(vec!["missed".to_owned()]),
+        )
+        .send()
+        .await
+        .expect("recover")
+        .into_inner()
+}
+
 /// Whether the webhook of `event_type` is active, as listed.
 async fn is_active(h: &Harness, event_type: &str) -> bool {
     let webhooks = h.call(Method::GET, "/webhooks", None).await;
@@ -234,19 +255,7 @@ async fn recover_missed_finds_the_events_published_while_the_webhook_was_disable
         assert_eq!(count(&["missed", "failed"]).await, json!(4));
         assert_eq!(count(&["failed", "failed"]).await, json!(1));
 
-        let started = h
-            .client()
-            .recover_webhook_for_tenant()
-            .event_type("user.left")
-            .body(
-                types::RecoverWebhookInputBody::builder()
-                    .since(since)
-                    .include(vec!["missed".parse().unwrap()]),
-            )
-            .send()
-            .await
-            .expect("recover")
-            .into_inner();
+        let started = recover_missed(&h.client(), "user.left", since).await;
         assert_eq!(started.include.len(), 1);
         let path = format!("/recoveries/{}", started.recovery_id);
         let done = finished(&h, &path, WAIT).await;
@@ -529,18 +538,7 @@ async fn a_recovery_killed_midway_is_finished_by_another_process() {
             .expect("upsert");
         let since = Utc::now() - chrono::Duration::minutes(10);
         seed_missed(&db, tenant.project_id, "bulk", EVENTS, since).await;
-        let started = client
-            .recover_webhook_for_tenant()
-            .event_type("bulk")
-            .body(
-                types::RecoverWebhookInputBody::builder()
-                    .since(since)
-                    .include(vec!["missed".parse().unwrap()]),
-            )
-            .send()
-            .await
-            .expect("recover")
-            .into_inner();
+        let started = recover_missed(&client, "bulk", since).await;
         assert_eq!(started.matched, EVENTS);
 
         // Killed once it is under way.
