@@ -372,6 +372,70 @@ pub async fn list_webhooks(
     Ok((elapsed, bytes.len(), count))
 }
 
+/// A recovery's state, as `recoverWebhook` and `getRecovery` answer it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct RecoveryState {
+    pub recovery_id: String,
+    pub status: String,
+    pub matched: u64,
+    pub queued: u64,
+}
+
+/// Starts a recovery of the events of `event_type` published since `since` that never
+/// reached its webhook ("missed").
+pub async fn recover(
+    client: &reqwest::Client,
+    target: &Target,
+    event_type: &str,
+    since: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<RecoveryState> {
+    let response = client
+        .post(format!(
+            "{}/api/v1/webhooks/{event_type}/recover",
+            target.base
+        ))
+        .header(AUTHORIZATION, &target.auth)
+        .json(&serde_json::json!({
+            "since": since.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "include": ["missed"],
+        }))
+        .send()
+        .await
+        .with_context(|| format!("recovering webhook {event_type}"))?;
+    recovery_answer(response, StatusCode::ACCEPTED, "recover").await
+}
+
+/// Reads a recovery's progress.
+pub async fn recovery(
+    client: &reqwest::Client,
+    target: &Target,
+    recovery_id: &str,
+) -> anyhow::Result<RecoveryState> {
+    let response = client
+        .get(format!("{}/api/v1/recoveries/{recovery_id}", target.base))
+        .header(AUTHORIZATION, &target.auth)
+        .send()
+        .await
+        .context("reading a recovery")?;
+    recovery_answer(response, StatusCode::OK, "getRecovery").await
+}
+
+async fn recovery_answer(
+    response: reqwest::Response,
+    expected: StatusCode,
+    operation: &str,
+) -> anyhow::Result<RecoveryState> {
+    let status = response.status();
+    let text = response
+        .text()
+        .await
+        .with_context(|| format!("reading the {operation} answer"))?;
+    if status != expected {
+        bail!("{operation} answered {status}: {}", snippet(&text));
+    }
+    serde_json::from_str(&text).with_context(|| format!("{operation} answer: {}", snippet(&text)))
+}
+
 /// The start of an error body, enough to recognise the problem without flooding the
 /// terminal.
 fn snippet(text: &str) -> String {

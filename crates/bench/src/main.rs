@@ -41,6 +41,12 @@ Scenarios:
            it drains (also shown: the quiet latency while the backlog was still due,
            if it emptied during the quiet phase). Goal: quiet p99 ≤ 50 ms.
       --receiver-delay-ms does not apply to B5.
+  R1  recovery after an outage (not part of `all`): 100,000 events (--quick: 10,000)
+      published before their webhook exists, then the webhook is registered and
+      recovered (include missed); meanwhile 50 ordinary events/s for 30 s (--quick:
+      6 s) go to another webhook of the project. Reports the recovered deliveries/s,
+      duplicates and missing, the job's matched and queued, and the ordinary
+      end-to-end latency while the recovery ran. --receiver-delay-ms does not apply.
 
 Examples:
   cargo xtask bench --quick
@@ -49,6 +55,7 @@ Examples:
   cargo xtask bench --postgres postgres://... --processes 2 --scenario B1
   cargo xtask bench --receiver-delay-ms 50 --workers 1024 --scenario B1
   cargo xtask bench --scenario B5 --postgres postgres://...
+  cargo xtask bench --scenario R1 --postgres postgres://...
 
 Each scenario gets a fresh database (SQLite in a temporary directory, or a schema of
 its own on PostgreSQL, dropped afterwards) and fresh server processes.";
@@ -65,8 +72,8 @@ const SERVER_DEFAULT_WORKERS: usize = 256;
     after_help = AFTER_HELP
 )]
 struct Args {
-    /// Which scenario to run (`all`: B1 to B4; `B5`: B5a and B5b).
-    #[arg(long, value_name = "B1|B2|B3|B4|B5|B5a|B5b|all", default_value = "all",
+    /// Which scenario to run (`all`: B1 to B4; `B5`: B5a and B5b; R1: recovery).
+    #[arg(long, value_name = "B1|B2|B3|B4|B5|B5a|B5b|R1|all", default_value = "all",
           value_parser = parse_scenarios)]
     scenario: ScenarioChoice,
 
@@ -140,7 +147,7 @@ fn parse_scenarios(input: &str) -> Result<ScenarioChoice, String> {
     <Scenario as clap::ValueEnum>::from_str(input, true)
         .map(|one| ScenarioChoice(vec![one]))
         .map_err(|_| {
-            format!("unknown scenario {input:?}; expected B1, B2, B3, B4, B5, B5a, B5b or all")
+            format!("unknown scenario {input:?}; expected B1, B2, B3, B4, B5, B5a, B5b, R1 or all")
         })
 }
 
@@ -331,7 +338,9 @@ mod tests {
         assert_eq!(parsed("b1"), Ok(vec![Scenario::B1]));
         assert_eq!(parsed("B5"), Ok(vec![Scenario::B5a, Scenario::B5b]));
         assert_eq!(parsed("b5b"), Ok(vec![Scenario::B5b]));
+        assert_eq!(parsed("r1"), Ok(vec![Scenario::R1]));
         assert!(parsed("B6").is_err());
+        assert!(!Scenario::ALL.contains(&Scenario::R1));
         assert!(!Scenario::ALL.contains(&Scenario::B5a));
     }
 

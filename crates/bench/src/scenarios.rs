@@ -2,6 +2,7 @@
 //! leftovers (a backlog, a grown table) never colour the next one's figures.
 
 mod noisy;
+mod recovery;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,10 +38,13 @@ pub enum Scenario {
     /// Noisy neighbour: one project's backlog drains while another publishes.
     #[value(name = "B5b")]
     B5b,
+    /// Recovery: 100,000 missed events recovered while ordinary deliveries go on.
+    #[value(name = "R1")]
+    R1,
 }
 
 impl Scenario {
-    /// What `all` runs. B5 is left out: it takes minutes, most of them waiting.
+    /// What `all` runs. B5 and R1 are left out: they take minutes.
     pub const ALL: [Scenario; 4] = [Scenario::B1, Scenario::B2, Scenario::B3, Scenario::B4];
     /// What `B5` runs.
     pub const B5: [Scenario; 2] = [Scenario::B5a, Scenario::B5b];
@@ -139,6 +143,7 @@ pub async fn run(scenario: Scenario, settings: &Settings) -> anyhow::Result<Bloc
         }
         Scenario::B5a => noisy::hanging_receivers(settings).await,
         Scenario::B5b => noisy::slow_backlog(settings).await,
+        Scenario::R1 => recovery::recover_missed(settings).await,
     }
 }
 

@@ -18,15 +18,17 @@ use crate::wake::Waker;
 const MAX_HELD: usize = 8;
 
 /// How one batch is sized: 500 events looked at per write transaction keeps it to a
-/// few milliseconds, so publishes never wait long behind it; 1,000 pending deliveries
-/// per webhook are enough to keep every worker busy with that webhook while leaving
-/// fresh events a short queue to wait in.
+/// few milliseconds, so publishes never wait long behind it. Fresh events of the
+/// project queue behind the recovered deliveries still pending, so the webhook keeps
+/// no more than 256 of them: as many as the default workers have in flight, which
+/// the engine drains in tens of milliseconds when the receiver is fast.
 const SCAN: usize = 500;
-const MAX_PENDING: usize = 1_000;
+const MAX_PENDING: usize = 256;
 
 /// How long the runner waits when every job it holds waits for its webhook's queue to
-/// drain.
-const BACKOFF: Duration = Duration::from_millis(20);
+/// drain: well under the time a fast receiver takes to drain it, so the queue does
+/// not run dry between batches.
+const BACKOFF: Duration = Duration::from_millis(10);
 
 /// How often an idle runner looks for jobs: a job started in this process wakes it at
 /// once, one started in another process (or left by a dead one) is found this late.

@@ -7,9 +7,9 @@
 //! still holds, looks at the next [`RecoveryStep::scan`] events after the job's cursor,
 //! queues the matching ones and moves the cursor past them. A runner that dies loses
 //! its lease and another takes the job over at the cursor, so no event is skipped and
-//! none is queued twice by the job. A batch waits while the webhook already has
-//! [`RecoveryStep::max_pending`] pending deliveries, so a recovery of any size never
-//! floods the queue ahead of fresh events.
+//! none is queued twice by the job. A batch queues no more than the webhook's
+//! [`RecoveryStep::max_pending`] pending deliveries have room for, so a recovery of any
+//! size never floods the queue ahead of fresh events.
 
 use std::time::Duration;
 
@@ -114,7 +114,7 @@ pub struct RecoveryStep {
     /// Events looked at per batch (matching or not), which bounds the batch's time in
     /// the write transaction.
     pub scan: usize,
-    /// No batch while the webhook has this many pending deliveries.
+    /// A batch leaves the webhook with at most this many pending deliveries.
     pub max_pending: usize,
     /// The lease a batch renews.
     pub lease: Duration,
@@ -461,7 +461,14 @@ where
         .fetch_one(&mut *tx)
         .await?;
         let expires = Micros(add_duration(now, step.lease));
-        if pending >= i64::try_from(step.max_pending).unwrap_or(i64::MAX) {
+        // Every event looked at may match, so a batch looks at no more than the queue
+        // has room for: fresh events of the project never wait behind more than
+        // max_pending recovered ones.
+        let room = step
+            .max_pending
+            .saturating_sub(usize::try_from(pending).unwrap_or(usize::MAX));
+        let limit = step.scan.min(room);
+        if limit == 0 {
             sqlx::query("UPDATE recoveries SET lease_expires_at = $1 WHERE id = $2")
                 .bind(expires)
                 .bind(claim.id)
@@ -491,7 +498,7 @@ where
         .bind(job.cursor_at)
         .bind(job.cursor_id)
         .bind(job.until)
-        .bind(i64::try_from(step.scan).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *tx)
         .await?;
         let hits: Vec<Uuid> = scanned
@@ -531,7 +538,7 @@ where
         }
         let queued = i64::try_from(hits.len()).unwrap_or(i64::MAX);
         match scanned.last() {
-            Some((id, at, _)) if scanned.len() >= step.scan => {
+            Some((id, at, _)) if scanned.len() >= limit => {
                 sqlx::query(
                     "UPDATE recoveries SET cursor_at = $1, cursor_id = $2, queued = queued + $3, \
                          lease_expires_at = $4, updated_at = $5 WHERE id = $6",
