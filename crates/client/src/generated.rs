@@ -126,6 +126,31 @@ pub mod types {
                 })
         }
     }
+    ///`data` of the operator event `sonzai.delivery.exhausted`: a delivery ran out of tries. At most one per webhook per hour (the server's `--exhausted-notice-every`); the ones in between are counted in `suppressed` of the next (extension).
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct DeliveryExhaustedData {
+        ///Attempts made.
+        pub attempts: i64,
+        ///The event that was not delivered; `recoverWebhook` with `include: ["failed"]` or `resendEvent` sends it again.
+        pub event_id: ::uuid::Uuid,
+        ///Event type of the webhook concerned.
+        pub event_type: ::std::string::String,
+        ///What went wrong on the last attempt, if the server has words for it.
+        #[serde(deserialize_with = "::std::option::Option::deserialize")]
+        pub last_error: ::std::option::Option<::std::string::String>,
+        ///Status of the last answer; null when there was no HTTP answer (timeout, refused connection).
+        #[serde(deserialize_with = "::std::option::Option::deserialize")]
+        pub last_response_code: ::std::option::Option<i64>,
+        ///Deliveries of this webhook that ran out of tries since the previous `sonzai.delivery.exhausted` and were not reported on their own.
+        pub suppressed: i64,
+        ///URL of the webhook concerned.
+        pub webhook_url: ::std::string::String,
+    }
+    impl DeliveryExhaustedData {
+        pub fn builder() -> builder::DeliveryExhaustedData {
+            Default::default()
+        }
+    }
     ///`ErrorDetail`
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, Default, PartialEq)]
     pub struct ErrorDetail {
@@ -461,7 +486,7 @@ pub mod types {
     pub struct PublishEventForTenantInputBody {
         ///Event payload, any JSON value; delivered as the `data` field of the delivery body. It is kept as the JSON text published, so strings in it may hold any character, U+0000 included (as the escape `\u0000`).
         pub data: ::serde_json::Value,
-        ///Event type; webhooks subscribed to it receive the event.
+        ///Event type; webhooks subscribed to it receive the event. Types starting with `sonzai.` are the server's own operator events and are refused (422).
         pub event_type: PublishEventForTenantInputBodyEventType,
         ///Publishing again with the same key within the retention window returns the first answer and creates nothing.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -478,7 +503,7 @@ pub mod types {
             Default::default()
         }
     }
-    ///Event type; webhooks subscribed to it receive the event.
+    ///Event type; webhooks subscribed to it receive the event. Types starting with `sonzai.` are the server's own operator events and are refused (422).
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
     pub struct PublishEventForTenantInputBodyEventType(::std::string::String);
@@ -598,7 +623,7 @@ pub mod types {
     pub struct PublishEventInputBody {
         ///Event payload, any JSON value; delivered as the `data` field of the delivery body. It is kept as the JSON text published, so strings in it may hold any character, U+0000 included (as the escape `\u0000`).
         pub data: ::serde_json::Value,
-        ///Event type; webhooks subscribed to it receive the event.
+        ///Event type; webhooks subscribed to it receive the event. Types starting with `sonzai.` are the server's own operator events and are refused (422).
         pub event_type: PublishEventInputBodyEventType,
         ///Publishing again with the same key within the retention window returns the first answer and creates nothing.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -615,7 +640,7 @@ pub mod types {
             Default::default()
         }
     }
-    ///Event type; webhooks subscribed to it receive the event.
+    ///Event type; webhooks subscribed to it receive the event. Types starting with `sonzai.` are the server's own operator events and are refused (422).
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
     pub struct PublishEventInputBodyEventType(::std::string::String);
@@ -926,6 +951,25 @@ pub mod types {
     }
     impl Recovery {
         pub fn builder() -> builder::Recovery {
+            Default::default()
+        }
+    }
+    ///`data` of the operator event `sonzai.recovery.completed`: a recovery finished (extension).
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct RecoveryCompletedData {
+        ///Event type of the recovered webhook.
+        pub event_type: ::std::string::String,
+        ///Events that matched when the recovery started.
+        pub matched: i64,
+        ///Deliveries it queued.
+        pub queued: i64,
+        ///The recovery, as `getRecovery` knows it.
+        pub recovery_id: ::uuid::Uuid,
+        ///`done`, or `cancelled` (by `cancelRecovery`, or because the webhook was deleted or disabled meanwhile).
+        pub status: ::std::string::String,
+    }
+    impl RecoveryCompletedData {
+        pub fn builder() -> builder::RecoveryCompletedData {
             Default::default()
         }
     }
@@ -1675,8 +1719,171 @@ pub mod types {
             Default::default()
         }
     }
+    ///`data` of the operator event `sonzai.webhook.disabled`: a webhook was switched off (extension).
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct WebhookDisabledData {
+        ///Failed attempts in a row when it was switched off.
+        pub consecutive_failures: i64,
+        ///Event type of the webhook concerned.
+        pub event_type: ::std::string::String,
+        ///Status of the last answer; null when there was no HTTP answer (timeout, refused connection).
+        #[serde(deserialize_with = "::std::option::Option::deserialize")]
+        pub last_response_code: ::std::option::Option<i64>,
+        ///`failing` (its failure streak reached the server's disable policy) or `gone` (the receiver answered 410 Gone). Upserting the webhook switches it back on.
+        pub reason: ::std::string::String,
+        ///URL of the webhook concerned.
+        pub webhook_url: ::std::string::String,
+    }
+    impl WebhookDisabledData {
+        pub fn builder() -> builder::WebhookDisabledData {
+            Default::default()
+        }
+    }
+    ///`data` of the operator event `sonzai.webhook.recovered`: the first success after 3 or more failed attempts in a row (extension).
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct WebhookRecoveredData {
+        ///Event type of the webhook concerned.
+        pub event_type: ::std::string::String,
+        ///Failed attempts in a row before this success.
+        pub failures: i64,
+        ///URL of the webhook concerned.
+        pub webhook_url: ::std::string::String,
+    }
+    impl WebhookRecoveredData {
+        pub fn builder() -> builder::WebhookRecoveredData {
+            Default::default()
+        }
+    }
     /// Types for composing complex structures.
     pub mod builder {
+        #[derive(Clone, Debug)]
+        pub struct DeliveryExhaustedData {
+            attempts: ::std::result::Result<i64, ::std::string::String>,
+            event_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
+            event_type: ::std::result::Result<::std::string::String, ::std::string::String>,
+            last_error: ::std::result::Result<
+                ::std::option::Option<::std::string::String>,
+                ::std::string::String,
+            >,
+            last_response_code:
+                ::std::result::Result<::std::option::Option<i64>, ::std::string::String>,
+            suppressed: ::std::result::Result<i64, ::std::string::String>,
+            webhook_url: ::std::result::Result<::std::string::String, ::std::string::String>,
+        }
+        impl ::std::default::Default for DeliveryExhaustedData {
+            fn default() -> Self {
+                Self {
+                    attempts: Err("no value supplied for attempts".to_string()),
+                    event_id: Err("no value supplied for event_id".to_string()),
+                    event_type: Err("no value supplied for event_type".to_string()),
+                    last_error: Err("no value supplied for last_error".to_string()),
+                    last_response_code: Err("no value supplied for last_response_code".to_string()),
+                    suppressed: Err("no value supplied for suppressed".to_string()),
+                    webhook_url: Err("no value supplied for webhook_url".to_string()),
+                }
+            }
+        }
+        impl DeliveryExhaustedData {
+            pub fn attempts<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<i64>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.attempts = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for attempts: {e}"));
+                self
+            }
+            pub fn event_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::uuid::Uuid>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.event_id = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for event_id: {e}"));
+                self
+            }
+            pub fn event_type<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.event_type = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for event_type: {e}"));
+                self
+            }
+            pub fn last_error<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.last_error = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for last_error: {e}"));
+                self
+            }
+            pub fn last_response_code<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<i64>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.last_response_code = value.try_into().map_err(|e| {
+                    format!("error converting supplied value for last_response_code: {e}")
+                });
+                self
+            }
+            pub fn suppressed<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<i64>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.suppressed = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for suppressed: {e}"));
+                self
+            }
+            pub fn webhook_url<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.webhook_url = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for webhook_url: {e}"));
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<DeliveryExhaustedData> for super::DeliveryExhaustedData {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: DeliveryExhaustedData,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    attempts: value.attempts?,
+                    event_id: value.event_id?,
+                    event_type: value.event_type?,
+                    last_error: value.last_error?,
+                    last_response_code: value.last_response_code?,
+                    suppressed: value.suppressed?,
+                    webhook_url: value.webhook_url?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::DeliveryExhaustedData> for DeliveryExhaustedData {
+            fn from(value: super::DeliveryExhaustedData) -> Self {
+                Self {
+                    attempts: Ok(value.attempts),
+                    event_id: Ok(value.event_id),
+                    event_type: Ok(value.event_type),
+                    last_error: Ok(value.last_error),
+                    last_response_code: Ok(value.last_response_code),
+                    suppressed: Ok(value.suppressed),
+                    webhook_url: Ok(value.webhook_url),
+                }
+            }
+        }
         #[derive(Clone, Debug)]
         pub struct ErrorDetail {
             location: ::std::result::Result<
@@ -2639,6 +2846,102 @@ pub mod types {
             }
         }
         #[derive(Clone, Debug)]
+        pub struct RecoveryCompletedData {
+            event_type: ::std::result::Result<::std::string::String, ::std::string::String>,
+            matched: ::std::result::Result<i64, ::std::string::String>,
+            queued: ::std::result::Result<i64, ::std::string::String>,
+            recovery_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
+            status: ::std::result::Result<::std::string::String, ::std::string::String>,
+        }
+        impl ::std::default::Default for RecoveryCompletedData {
+            fn default() -> Self {
+                Self {
+                    event_type: Err("no value supplied for event_type".to_string()),
+                    matched: Err("no value supplied for matched".to_string()),
+                    queued: Err("no value supplied for queued".to_string()),
+                    recovery_id: Err("no value supplied for recovery_id".to_string()),
+                    status: Err("no value supplied for status".to_string()),
+                }
+            }
+        }
+        impl RecoveryCompletedData {
+            pub fn event_type<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.event_type = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for event_type: {e}"));
+                self
+            }
+            pub fn matched<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<i64>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.matched = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for matched: {e}"));
+                self
+            }
+            pub fn queued<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<i64>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.queued = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for queued: {e}"));
+                self
+            }
+            pub fn recovery_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::uuid::Uuid>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.recovery_id = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for recovery_id: {e}"));
+                self
+            }
+            pub fn status<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.status = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for status: {e}"));
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<RecoveryCompletedData> for super::RecoveryCompletedData {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: RecoveryCompletedData,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    event_type: value.event_type?,
+                    matched: value.matched?,
+                    queued: value.queued?,
+                    recovery_id: value.recovery_id?,
+                    status: value.status?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::RecoveryCompletedData> for RecoveryCompletedData {
+            fn from(value: super::RecoveryCompletedData) -> Self {
+                Self {
+                    event_type: Ok(value.event_type),
+                    matched: Ok(value.matched),
+                    queued: Ok(value.queued),
+                    recovery_id: Ok(value.recovery_id),
+                    status: Ok(value.status),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
         pub struct ResendEventOutputBody {
             event_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
             queued_at: ::std::result::Result<
@@ -3407,6 +3710,173 @@ pub mod types {
                     schema: Ok(value.schema),
                     status: Ok(value.status),
                     trigger: Ok(value.trigger),
+                    webhook_url: Ok(value.webhook_url),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct WebhookDisabledData {
+            consecutive_failures: ::std::result::Result<i64, ::std::string::String>,
+            event_type: ::std::result::Result<::std::string::String, ::std::string::String>,
+            last_response_code:
+                ::std::result::Result<::std::option::Option<i64>, ::std::string::String>,
+            reason: ::std::result::Result<::std::string::String, ::std::string::String>,
+            webhook_url: ::std::result::Result<::std::string::String, ::std::string::String>,
+        }
+        impl ::std::default::Default for WebhookDisabledData {
+            fn default() -> Self {
+                Self {
+                    consecutive_failures: Err(
+                        "no value supplied for consecutive_failures".to_string()
+                    ),
+                    event_type: Err("no value supplied for event_type".to_string()),
+                    last_response_code: Err("no value supplied for last_response_code".to_string()),
+                    reason: Err("no value supplied for reason".to_string()),
+                    webhook_url: Err("no value supplied for webhook_url".to_string()),
+                }
+            }
+        }
+        impl WebhookDisabledData {
+            pub fn consecutive_failures<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<i64>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.consecutive_failures = value.try_into().map_err(|e| {
+                    format!("error converting supplied value for consecutive_failures: {e}")
+                });
+                self
+            }
+            pub fn event_type<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.event_type = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for event_type: {e}"));
+                self
+            }
+            pub fn last_response_code<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<i64>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.last_response_code = value.try_into().map_err(|e| {
+                    format!("error converting supplied value for last_response_code: {e}")
+                });
+                self
+            }
+            pub fn reason<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.reason = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for reason: {e}"));
+                self
+            }
+            pub fn webhook_url<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.webhook_url = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for webhook_url: {e}"));
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<WebhookDisabledData> for super::WebhookDisabledData {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: WebhookDisabledData,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    consecutive_failures: value.consecutive_failures?,
+                    event_type: value.event_type?,
+                    last_response_code: value.last_response_code?,
+                    reason: value.reason?,
+                    webhook_url: value.webhook_url?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::WebhookDisabledData> for WebhookDisabledData {
+            fn from(value: super::WebhookDisabledData) -> Self {
+                Self {
+                    consecutive_failures: Ok(value.consecutive_failures),
+                    event_type: Ok(value.event_type),
+                    last_response_code: Ok(value.last_response_code),
+                    reason: Ok(value.reason),
+                    webhook_url: Ok(value.webhook_url),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct WebhookRecoveredData {
+            event_type: ::std::result::Result<::std::string::String, ::std::string::String>,
+            failures: ::std::result::Result<i64, ::std::string::String>,
+            webhook_url: ::std::result::Result<::std::string::String, ::std::string::String>,
+        }
+        impl ::std::default::Default for WebhookRecoveredData {
+            fn default() -> Self {
+                Self {
+                    event_type: Err("no value supplied for event_type".to_string()),
+                    failures: Err("no value supplied for failures".to_string()),
+                    webhook_url: Err("no value supplied for webhook_url".to_string()),
+                }
+            }
+        }
+        impl WebhookRecoveredData {
+            pub fn event_type<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.event_type = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for event_type: {e}"));
+                self
+            }
+            pub fn failures<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<i64>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.failures = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for failures: {e}"));
+                self
+            }
+            pub fn webhook_url<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.webhook_url = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for webhook_url: {e}"));
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<WebhookRecoveredData> for super::WebhookRecoveredData {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: WebhookRecoveredData,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    event_type: value.event_type?,
+                    failures: value.failures?,
+                    webhook_url: value.webhook_url?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::WebhookRecoveredData> for WebhookRecoveredData {
+            fn from(value: super::WebhookRecoveredData) -> Self {
+                Self {
+                    event_type: Ok(value.event_type),
+                    failures: Ok(value.failures),
                     webhook_url: Ok(value.webhook_url),
                 }
             }

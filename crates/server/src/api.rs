@@ -279,6 +279,12 @@ impl Api {
         data: &serde_json::Value,
         idempotency_key: Option<&str>,
     ) -> Result<PublishEventOutputBody, Problem> {
+        if store::operator::is_reserved(event_type) {
+            return Err(Problem::invalid(
+                "body.event_type",
+                "event types starting with `sonzai.` are the server's own operator events",
+            ));
+        }
         let published = self
             .engine
             .publish(project_id, event_type, data, idempotency_key)
@@ -402,6 +408,8 @@ impl Api {
             .await
             .map_err(store_problem)?
         {
+            // The cancellation may have queued its sonzai.recovery.completed.
+            self.engine.waker.announce();
             Ok(())
         } else {
             Err(recovery_not_found())

@@ -33,9 +33,10 @@ use uuid::Uuid;
 
 use crate::store::{
     ApiKeyRecord, AttemptList, AttemptPage, ClaimedDelivery, DeliveryOutcome, DisablePolicy,
-    KeyOwner, Project, PublishEvent, Published, QueueStats, RecoverOutcome, RecoverRequest,
-    Recovery, RecoveryClaim, RecoveryProgress, RecoveryStep, ResendOutcome, SigningSecret,
-    StoreError, StoreResult, Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
+    KeyOwner, Project, PublishEvent, Published, QueueStats, Recorded, RecoverOutcome,
+    RecoverRequest, Recovery, RecoveryClaim, RecoveryProgress, RecoveryStep, ResendOutcome,
+    SigningSecret, StoreError, StoreResult, Tenant, UpsertOutcome, UpsertWebhook, Webhook,
+    WebhookStore,
 };
 
 /// Every key starts with this, so secret scanners and humans recognise one.
@@ -439,7 +440,7 @@ impl WebhookStore for CachedKeys {
         &self,
         outcomes: &[DeliveryOutcome],
         policy: DisablePolicy,
-    ) -> StoreResult<Vec<Uuid>> {
+    ) -> StoreResult<Recorded> {
         self.store.record_outcomes(outcomes, policy).await
     }
     async fn release(

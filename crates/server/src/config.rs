@@ -355,6 +355,19 @@ pub struct Config {
     )]
     pub disable_after: Duration,
 
+    /// At most one `sonzai.delivery.exhausted` operator event per webhook per this
+    /// long; deliveries that run out of tries in between are counted in the next
+    /// one's `suppressed`.
+    #[arg(
+        long,
+        env = "SONZAI_EXHAUSTED_NOTICE_EVERY",
+        value_name = "DURATION",
+        default_value = "1h",
+        value_parser = duration::parse_flag,
+        help_heading = "Delivery"
+    )]
+    pub exhausted_notice_every: Duration,
+
     /// How long a claimed delivery stays reserved for the process that claimed it. If
     /// that process dies, another one takes the delivery over after this. Must be
     /// longer than --delivery-timeout.
@@ -491,6 +504,7 @@ impl Config {
         DisablePolicy {
             failures: self.disable_after_failures,
             min_age: self.disable_after,
+            exhausted_window: self.exhausted_notice_every,
         }
     }
 
@@ -661,7 +675,8 @@ mod tests {
             c.disable_policy(),
             DisablePolicy {
                 failures: 3,
-                min_age: Duration::from_secs(3600)
+                min_age: Duration::from_secs(3600),
+                exhausted_window: Duration::from_secs(3600),
             }
         );
         assert_eq!(c.lease, Duration::from_secs(60));
@@ -712,6 +727,7 @@ mod tests {
             ("max_retry_after", "SONZAI_MAX_RETRY_AFTER"),
             ("disable_after_failures", "SONZAI_DISABLE_AFTER_FAILURES"),
             ("disable_after", "SONZAI_DISABLE_AFTER"),
+            ("exhausted_notice_every", "SONZAI_EXHAUSTED_NOTICE_EVERY"),
             ("lease", "SONZAI_LEASE"),
             ("allow_private_targets", "SONZAI_ALLOW_PRIVATE_TARGETS"),
             ("max_body_bytes", "SONZAI_MAX_BODY_BYTES"),

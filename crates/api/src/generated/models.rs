@@ -2,6 +2,39 @@
 //! The models of the API: one type per component schema, with serde, schemars and
 //! utoipa derives, and a validator per type that the router runs before deserializing.
 use crate::validate as v;
+/// `data` of the operator event `sonzai.delivery.exhausted`: a delivery ran out of tries. At most one per webhook per hour (the server's `--exhausted-notice-every`); the ones in between are counted in `suppressed` of the next (extension).
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryExhaustedData {
+    /// Event type of the webhook concerned.
+    pub event_type: String,
+    /// URL of the webhook concerned.
+    #[schemars(extend("format" = "uri"))]
+    #[schema(format = "uri")]
+    pub webhook_url: String,
+    /// The event that was not delivered; `recoverWebhook` with `include: ["failed"]` or `resendEvent` sends it again.
+    pub event_id: uuid::Uuid,
+    /// Attempts made.
+    pub attempts: i64,
+    /// Status of the last answer; null when there was no HTTP answer (timeout, refused connection).
+    #[schemars(required, extend("type" = ["integer", "null"]))]
+    #[schema(required = true)]
+    pub last_response_code: Option<i64>,
+    /// What went wrong on the last attempt, if the server has words for it.
+    #[schemars(required, extend("type" = ["string", "null"]))]
+    #[schema(required = true)]
+    pub last_error: Option<String>,
+    /// Deliveries of this webhook that ran out of tries since the previous `sonzai.delivery.exhausted` and were not reported on their own.
+    pub suppressed: i64,
+}
 #[doc = concat!(" The `ErrorDetail` component schema.")]
 #[derive(
     Debug,
@@ -160,7 +193,7 @@ pub struct PublishEventForTenantInputBody {
     #[schemars(with = "String")]
     #[schema(nullable = false)]
     pub schema: Option<String>,
-    /// Event type; webhooks subscribed to it receive the event.
+    /// Event type; webhooks subscribed to it receive the event. Types starting with `sonzai.` are the server's own operator events and are refused (422).
     #[schemars(
         length(min = 1, max = 128),
         regex(pattern = "^[A-Za-z0-9._:-]{1,128}$")
@@ -197,7 +230,7 @@ pub struct PublishEventInputBody {
     #[schemars(with = "String")]
     #[schema(nullable = false)]
     pub schema: Option<String>,
-    /// Event type; webhooks subscribed to it receive the event.
+    /// Event type; webhooks subscribed to it receive the event. Types starting with `sonzai.` are the server's own operator events and are refused (422).
     #[schemars(
         length(min = 1, max = 128),
         regex(pattern = "^[A-Za-z0-9._:-]{1,128}$")
@@ -330,6 +363,29 @@ pub struct Recovery {
 impl Recovery {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/Recovery.json";
+}
+/// `data` of the operator event `sonzai.recovery.completed`: a recovery finished (extension).
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryCompletedData {
+    /// The recovery, as `getRecovery` knows it.
+    pub recovery_id: uuid::Uuid,
+    /// Event type of the recovered webhook.
+    pub event_type: String,
+    /// `done`, or `cancelled` (by `cancelRecovery`, or because the webhook was deleted or disabled meanwhile).
+    pub status: String,
+    /// Events that matched when the recovery started.
+    pub matched: i64,
+    /// Deliveries it queued.
+    pub queued: i64,
 }
 /// Result of resending an event (extension).
 #[derive(
@@ -603,6 +659,209 @@ pub struct WebhookDeliveryAttempt {
 impl WebhookDeliveryAttempt {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/WebhookDeliveryAttempt.json";
+}
+/// `data` of the operator event `sonzai.webhook.disabled`: a webhook was switched off (extension).
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDisabledData {
+    /// Event type of the webhook concerned.
+    pub event_type: String,
+    /// URL of the webhook concerned.
+    #[schemars(extend("format" = "uri"))]
+    #[schema(format = "uri")]
+    pub webhook_url: String,
+    /// `failing` (its failure streak reached the server's disable policy) or `gone` (the receiver answered 410 Gone). Upserting the webhook switches it back on.
+    pub reason: String,
+    /// Failed attempts in a row when it was switched off.
+    pub consecutive_failures: i64,
+    /// Status of the last answer; null when there was no HTTP answer (timeout, refused connection).
+    #[schemars(required, extend("type" = ["integer", "null"]))]
+    #[schema(required = true)]
+    pub last_response_code: Option<i64>,
+}
+/// `data` of the operator event `sonzai.webhook.recovered`: the first success after 3 or more failed attempts in a row (extension).
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookRecoveredData {
+    /// Event type of the webhook concerned.
+    pub event_type: String,
+    /// URL of the webhook concerned.
+    #[schemars(extend("format" = "uri"))]
+    #[schema(format = "uri")]
+    pub webhook_url: String,
+    /// Failed attempts in a row before this success.
+    pub failures: i64,
+}
+/// Checks a JSON value against the `DeliveryExhaustedData` schema, one entry per problem.
+pub fn validate_delivery_exhausted_data(
+    value: &serde_json::Value,
+    loc: &str,
+    errors: &mut Vec<ErrorDetail>,
+) {
+    let Some(object) = v::check_object(value, loc, errors) else {
+        return;
+    };
+    v::check_properties(
+        object,
+        loc,
+        &[
+            "event_type",
+            "webhook_url",
+            "event_id",
+            "attempts",
+            "last_response_code",
+            "last_error",
+            "suppressed",
+        ],
+        &[
+            "event_type",
+            "webhook_url",
+            "event_id",
+            "attempts",
+            "last_response_code",
+            "last_error",
+            "suppressed",
+        ],
+        true,
+        errors,
+    );
+    {
+        const NAME: &str = "event_type";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: None,
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "webhook_url";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: Some(v::Format::Uri),
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "event_id";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: Some(v::Format::Uuid),
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "attempts";
+        if let Some(value) = object.get(NAME) {
+            v::check_integer(
+                value,
+                &v::child(loc, NAME),
+                &v::IntRules {
+                    minimum: None,
+                    maximum: None,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "last_response_code";
+        if let Some(value) = object.get(NAME) {
+            v::check_integer(
+                value,
+                &v::child(loc, NAME),
+                &v::IntRules {
+                    minimum: None,
+                    maximum: None,
+                },
+                true,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "last_error";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: None,
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                true,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "suppressed";
+        if let Some(value) = object.get(NAME) {
+            v::check_integer(
+                value,
+                &v::child(loc, NAME),
+                &v::IntRules {
+                    minimum: None,
+                    maximum: None,
+                },
+                false,
+                errors,
+            );
+        }
+    }
 }
 /// Checks a JSON value against the `ErrorDetail` schema, one entry per problem.
 pub fn validate_error_detail(value: &serde_json::Value, loc: &str, errors: &mut Vec<ErrorDetail>) {
@@ -1521,6 +1780,111 @@ pub fn validate_recovery(value: &serde_json::Value, loc: &str, errors: &mut Vec<
         }
     }
 }
+/// Checks a JSON value against the `RecoveryCompletedData` schema, one entry per problem.
+pub fn validate_recovery_completed_data(
+    value: &serde_json::Value,
+    loc: &str,
+    errors: &mut Vec<ErrorDetail>,
+) {
+    let Some(object) = v::check_object(value, loc, errors) else {
+        return;
+    };
+    v::check_properties(
+        object,
+        loc,
+        &["recovery_id", "event_type", "status", "matched", "queued"],
+        &["recovery_id", "event_type", "status", "matched", "queued"],
+        true,
+        errors,
+    );
+    {
+        const NAME: &str = "recovery_id";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: Some(v::Format::Uuid),
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "event_type";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: None,
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "status";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: None,
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "matched";
+        if let Some(value) = object.get(NAME) {
+            v::check_integer(
+                value,
+                &v::child(loc, NAME),
+                &v::IntRules {
+                    minimum: None,
+                    maximum: None,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "queued";
+        if let Some(value) = object.get(NAME) {
+            v::check_integer(
+                value,
+                &v::child(loc, NAME),
+                &v::IntRules {
+                    minimum: None,
+                    maximum: None,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+}
 /// Checks a JSON value against the `ResendEventOutputBody` schema, one entry per problem.
 pub fn validate_resend_event_output_body(
     value: &serde_json::Value,
@@ -2336,10 +2700,199 @@ pub fn validate_webhook_delivery_attempt(
         }
     }
 }
+/// Checks a JSON value against the `WebhookDisabledData` schema, one entry per problem.
+pub fn validate_webhook_disabled_data(
+    value: &serde_json::Value,
+    loc: &str,
+    errors: &mut Vec<ErrorDetail>,
+) {
+    let Some(object) = v::check_object(value, loc, errors) else {
+        return;
+    };
+    v::check_properties(
+        object,
+        loc,
+        &[
+            "event_type",
+            "webhook_url",
+            "reason",
+            "consecutive_failures",
+            "last_response_code",
+        ],
+        &[
+            "event_type",
+            "webhook_url",
+            "reason",
+            "consecutive_failures",
+            "last_response_code",
+        ],
+        true,
+        errors,
+    );
+    {
+        const NAME: &str = "event_type";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: None,
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "webhook_url";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: Some(v::Format::Uri),
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "reason";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: None,
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "consecutive_failures";
+        if let Some(value) = object.get(NAME) {
+            v::check_integer(
+                value,
+                &v::child(loc, NAME),
+                &v::IntRules {
+                    minimum: None,
+                    maximum: None,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "last_response_code";
+        if let Some(value) = object.get(NAME) {
+            v::check_integer(
+                value,
+                &v::child(loc, NAME),
+                &v::IntRules {
+                    minimum: None,
+                    maximum: None,
+                },
+                true,
+                errors,
+            );
+        }
+    }
+}
+/// Checks a JSON value against the `WebhookRecoveredData` schema, one entry per problem.
+pub fn validate_webhook_recovered_data(
+    value: &serde_json::Value,
+    loc: &str,
+    errors: &mut Vec<ErrorDetail>,
+) {
+    let Some(object) = v::check_object(value, loc, errors) else {
+        return;
+    };
+    v::check_properties(
+        object,
+        loc,
+        &["event_type", "webhook_url", "failures"],
+        &["event_type", "webhook_url", "failures"],
+        true,
+        errors,
+    );
+    {
+        const NAME: &str = "event_type";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: None,
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "webhook_url";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: Some(v::Format::Uri),
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "failures";
+        if let Some(value) = object.get(NAME) {
+            v::check_integer(
+                value,
+                &v::child(loc, NAME),
+                &v::IntRules {
+                    minimum: None,
+                    maximum: None,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+}
 static PATTERN_0: v::Pattern = v::Pattern::new("^[A-Za-z0-9._:-]{1,128}$");
 static PATTERN_1: v::Pattern = v::Pattern::new("^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F]*$");
 /// The names of all component schemas.
 pub const SCHEMA_NAMES: &[&str] = &[
+    "DeliveryExhaustedData",
     "ErrorDetail",
     "ErrorModel",
     "ListDeliveryAttemptsOutputBody",
@@ -2349,6 +2902,7 @@ pub const SCHEMA_NAMES: &[&str] = &[
     "PublishEventOutputBody",
     "RecoverWebhookInputBody",
     "Recovery",
+    "RecoveryCompletedData",
     "ResendEventOutputBody",
     "RotateSigningSecretOutputBody",
     "UpsertWebhookForTenantInputBody",
@@ -2356,10 +2910,13 @@ pub const SCHEMA_NAMES: &[&str] = &[
     "UpsertWebhookOutputBody",
     "Webhook",
     "WebhookDeliveryAttempt",
+    "WebhookDisabledData",
+    "WebhookRecoveredData",
 ];
 /// The JSON Schema (draft 2020-12, derived by schemars) of the component `name`.
 pub fn json_schema(name: &str) -> Option<serde_json::Value> {
     let schema = match name {
+        "DeliveryExhaustedData" => schemars::schema_for!(DeliveryExhaustedData),
         "ErrorDetail" => schemars::schema_for!(ErrorDetail),
         "ErrorModel" => schemars::schema_for!(ErrorModel),
         "ListDeliveryAttemptsOutputBody" => {
@@ -2373,6 +2930,7 @@ pub fn json_schema(name: &str) -> Option<serde_json::Value> {
         "PublishEventOutputBody" => schemars::schema_for!(PublishEventOutputBody),
         "RecoverWebhookInputBody" => schemars::schema_for!(RecoverWebhookInputBody),
         "Recovery" => schemars::schema_for!(Recovery),
+        "RecoveryCompletedData" => schemars::schema_for!(RecoveryCompletedData),
         "ResendEventOutputBody" => schemars::schema_for!(ResendEventOutputBody),
         "RotateSigningSecretOutputBody" => {
             schemars::schema_for!(RotateSigningSecretOutputBody)
@@ -2384,6 +2942,8 @@ pub fn json_schema(name: &str) -> Option<serde_json::Value> {
         "UpsertWebhookOutputBody" => schemars::schema_for!(UpsertWebhookOutputBody),
         "Webhook" => schemars::schema_for!(Webhook),
         "WebhookDeliveryAttempt" => schemars::schema_for!(WebhookDeliveryAttempt),
+        "WebhookDisabledData" => schemars::schema_for!(WebhookDisabledData),
+        "WebhookRecoveredData" => schemars::schema_for!(WebhookRecoveredData),
         _ => return None,
     };
     serde_json::to_value(schema).ok()

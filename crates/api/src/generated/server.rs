@@ -2036,6 +2036,7 @@ pub fn router<T: WebhooksApi>(api: Arc<T>) -> Router {
     ),
     components(
         schemas(
+            DeliveryExhaustedData,
             ErrorDetail,
             ErrorModel,
             ListDeliveryAttemptsOutputBody,
@@ -2045,13 +2046,16 @@ pub fn router<T: WebhooksApi>(api: Arc<T>) -> Router {
             PublishEventOutputBody,
             RecoverWebhookInputBody,
             Recovery,
+            RecoveryCompletedData,
             ResendEventOutputBody,
             RotateSigningSecretOutputBody,
             UpsertWebhookForTenantInputBody,
             UpsertWebhookInputBody,
             UpsertWebhookOutputBody,
             Webhook,
-            WebhookDeliveryAttempt
+            WebhookDeliveryAttempt,
+            WebhookDisabledData,
+            WebhookRecoveredData
         )
     ),
     tags(

@@ -30,7 +30,7 @@ use super::sign;
 use crate::metrics::Metrics;
 use crate::store::{
     storable_text, Attempt, AttemptStatus, AttemptTrigger, ClaimedDelivery, DeliveryOutcome,
-    DisablePolicy, WebhookStore,
+    DisablePolicy, Recorded, WebhookStore,
 };
 use crate::wake::Waker;
 
@@ -495,14 +495,14 @@ impl Recorder {
     /// Writes `batch`, retrying transient failures (with backoff) until shutdown's
     /// deadline. A permanent failure is returned at once: retrying it would block
     /// every slot behind one bad row.
-    async fn write(&self, batch: &[DeliveryOutcome]) -> Result<Vec<Uuid>, GaveUp> {
+    async fn write(&self, batch: &[DeliveryOutcome]) -> Result<Recorded, GaveUp> {
         let mut backoff = Duration::from_millis(20);
         loop {
             self.health.recording();
             match self.store.record_outcomes(batch, self.policy).await {
-                Ok(disabled) => {
+                Ok(recorded) => {
                     self.health.recorded();
-                    return Ok(disabled);
+                    return Ok(recorded);
                 }
                 Err(e) if !e.is_transient() => return Err(GaveUp::Permanent(e)),
                 Err(e) => {
@@ -523,22 +523,22 @@ impl Recorder {
     /// one, so one bad row costs only itself. A row refused alone is written again
     /// without the receiver's text (response body, error message); one refused even
     /// then is logged and counted, and its delivery is sent again when its lease runs
-    /// out. Returns the webhooks disabled and the outcomes that were written.
-    async fn record(&self, batch: Vec<DeliveryOutcome>) -> (Vec<Uuid>, Vec<Uuid>) {
+    /// out. Returns what recording did and the outcomes that were written.
+    async fn record(&self, batch: Vec<DeliveryOutcome>) -> (Recorded, Vec<Uuid>) {
         let error = match self.write(&batch).await {
-            Ok(disabled) => {
-                return (disabled, batch.iter().map(|o| o.delivery_id).collect());
+            Ok(recorded) => {
+                return (recorded, batch.iter().map(|o| o.delivery_id).collect());
             }
-            Err(GaveUp::Deadline) => return (Vec::new(), Vec::new()),
+            Err(GaveUp::Deadline) => return (Recorded::default(), Vec::new()),
             Err(GaveUp::Permanent(e)) => e,
         };
         tracing::error!(error = %error, batch = batch.len(), "the store refused a batch of attempts; recording them one by one");
-        let mut disabled = Vec::new();
+        let mut recorded = Recorded::default();
         let mut written = Vec::new();
         for outcome in batch {
             let error = match self.write(std::slice::from_ref(&outcome)).await {
-                Ok(d) => {
-                    disabled.extend(d);
+                Ok(one) => {
+                    recorded.absorb(one);
                     written.push(outcome.delivery_id);
                     continue;
                 }
@@ -559,7 +559,7 @@ impl Recorder {
                 Ok(d) => {
                     tracing::warn!(error = %error, delivery_id = %stripped.delivery_id, "attempt recorded without the receiver's text, which the store refused");
                     self.metrics.attempts_stripped(1);
-                    disabled.extend(d);
+                    recorded.absorb(d);
                     written.push(stripped.delivery_id);
                 }
                 Err(GaveUp::Deadline) => {}
@@ -574,7 +574,7 @@ impl Recorder {
         }
         // A batch refused as a whole still made progress: the loop is not stuck.
         self.health.recorded();
-        (disabled, written)
+        (recorded, written)
     }
 }
 
@@ -597,11 +597,11 @@ async fn record_loop(
     while rx.recv_many(&mut received, MAX_RECORD_BATCH).await > 0 {
         let (batch, permits): (Vec<_>, Vec<_>) = received.drain(..).unzip();
         let retries = batch.iter().any(|outcome| outcome.retry_at.is_some());
-        let (disabled, written) = recorder.record(batch).await;
-        for webhook_id in &disabled {
+        let (recorded, written) = recorder.record(batch).await;
+        for webhook_id in &recorded.disabled {
             tracing::warn!(%webhook_id, "webhook disabled (repeated failures or 410 Gone)");
         }
-        recorder.metrics.webhooks_disabled(disabled.len());
+        recorder.metrics.webhooks_disabled(recorded.disabled.len());
         {
             // Outcomes not written (shutdown's deadline passed) stay in flight, so
             // shutdown hands their claims back.
@@ -611,7 +611,10 @@ async fn record_loop(
             }
         }
         drop(permits);
-        if retries {
+        if recorded.notices > 0 {
+            // Operator events are queued like publishes.
+            waker.announce();
+        } else if retries {
             waker.wake();
         }
     }

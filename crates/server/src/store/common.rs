@@ -20,6 +20,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
+use super::operator::{is_reserved, response_code, About, DisabledReason, Notice};
 use super::rows::{
     opt, ApiKeyRow, AttemptRow, Micros, ProjectRow, TenantRow, UpsertedRow, WebhookRow,
     WEBHOOK_COLUMNS,
@@ -28,9 +29,9 @@ use super::{
     add_duration, attempt_list, attempt_listing_sql, claim_fairly, now_micros, truncate_micros,
     webhook_limit_reached, ApiKeyRecord, AttemptList, AttemptPage, AttemptStatus, ClaimFrom,
     ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyOwner, Project,
-    PublishEvent, Published, QueueStats, RecoverOutcome, RecoverRequest, Recovery, RecoveryClaim,
-    RecoveryProgress, RecoveryStep, ResendOutcome, SigningSecret, StoreError, StoreResult, Tenant,
-    UpsertOutcome, UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
+    PublishEvent, Published, QueueStats, Recorded, RecoverOutcome, RecoverRequest, Recovery,
+    RecoveryClaim, RecoveryProgress, RecoveryStep, ResendOutcome, SigningSecret, StoreError,
+    StoreResult, Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
 };
 
 /// The little that differs between the databases inside otherwise shared statements.
@@ -570,8 +571,9 @@ where
     /// The end of `record_outcomes`: `live` maps each delivery whose lease still held
     /// to its webhook, and `streaks` holds those webhooks' streaks as loaded inside the
     /// same transaction. Replays the applied attempts into each streak in time order,
-    /// writes back the streaks that changed, and cancels the pending deliveries of the
-    /// webhooks this disables, which it returns.
+    /// writes back the streaks that changed, cancels the pending deliveries of the
+    /// webhooks this disables, and publishes the operator events all this calls for,
+    /// in the same transaction.
     pub async fn replay_streaks(
         tx: &mut DB::Connection,
         outcomes: &[DeliveryOutcome],
@@ -579,59 +581,110 @@ where
         streaks: &BTreeMap<Uuid, FailureStreak>,
         policy: DisablePolicy,
         now: DateTime<Utc>,
-    ) -> StoreResult<Vec<Uuid>> {
-        // Webhook id -> the applied attempts (time, status, 410 Gone). Like a failure
-        // streak, a 410 counts only while its delivery's lease still held: a late
-        // answer to a delivery that was cancelled meanwhile (its webhook deleted, or
-        // disabled and perhaps re-enabled by an upsert since) changes nothing.
-        type Applied = (DateTime<Utc>, AttemptStatus, bool);
-        let mut applied: BTreeMap<Uuid, Vec<Applied>> = BTreeMap::new();
+    ) -> StoreResult<Recorded> {
+        // Webhook id -> the applied outcomes (time, outcome). Like a failure streak, a
+        // 410 counts only while its delivery's lease still held: a late answer to a
+        // delivery that was cancelled meanwhile (its webhook deleted, or disabled and
+        // perhaps re-enabled by an upsert since) changes nothing.
+        let mut applied: BTreeMap<Uuid, Vec<(DateTime<Utc>, &DeliveryOutcome)>> = BTreeMap::new();
         for o in outcomes {
             if let Some(webhook) = live.get(&o.delivery_id) {
-                applied.entry(*webhook).or_default().push((
-                    truncate_micros(o.attempt.created_at),
-                    o.attempt.status,
-                    o.disable_webhook,
-                ));
+                applied
+                    .entry(*webhook)
+                    .or_default()
+                    .push((truncate_micros(o.attempt.created_at), o));
             }
         }
-        let mut disabled = Vec::new();
+        let mut recorded = Recorded::default();
         for (webhook_id, mut attempts) in applied {
             // A webhook deleted meanwhile has no streak left to keep.
             let Some(before) = streaks.get(&webhook_id).copied() else {
                 continue;
             };
             let mut streak = before;
-            attempts.sort_by_key(|(at, _, _)| *at);
-            let mut disables = false;
-            for (at, status, gone) in attempts {
-                disables |= streak.record(status, at, policy);
-                if gone {
-                    disables |= streak.gone();
+            attempts.sort_by_key(|(at, _)| *at);
+            let mut disabled_by: Option<(&DeliveryOutcome, DisabledReason)> = None;
+            let mut notices = Vec::new();
+            for (at, outcome) in &attempts {
+                let a = &outcome.attempt;
+                let about = About {
+                    project_id: a.project_id,
+                    event_type: &a.event_type,
+                    webhook_url: &a.webhook_url,
+                };
+                if a.status == AttemptStatus::Success && streak.consecutive_failures >= 3 {
+                    notices.push(Notice::WebhookRecovered {
+                        about,
+                        failures: streak.consecutive_failures,
+                    });
+                }
+                if streak.record(a.status, *at, policy) {
+                    disabled_by = Some((outcome, DisabledReason::Failing));
+                }
+                if outcome.disable_webhook && streak.gone() {
+                    disabled_by = Some((outcome, DisabledReason::Gone));
+                }
+                // Out of tries (a 410 is reported as the webhook's switching off).
+                if outcome.retry_at.is_none()
+                    && a.status == AttemptStatus::Failed
+                    && !outcome.disable_webhook
+                    && !is_reserved(&a.event_type)
+                {
+                    if let Some(suppressed) =
+                        Self::exhausted_report(&mut *tx, webhook_id, policy.exhausted_window, now)
+                            .await?
+                    {
+                        notices.push(Notice::DeliveryExhausted {
+                            about,
+                            event_id: a.event_id,
+                            attempts: a.attempt_number,
+                            last_response_code: response_code(a.response_code),
+                            last_error: a.error_message.as_deref(),
+                            suppressed,
+                        });
+                    }
                 }
             }
-            if streak == before {
-                continue;
+            if let Some((outcome, reason)) = disabled_by {
+                let a = &outcome.attempt;
+                notices.push(Notice::WebhookDisabled {
+                    about: About {
+                        project_id: a.project_id,
+                        event_type: &a.event_type,
+                        webhook_url: &a.webhook_url,
+                    },
+                    reason,
+                    consecutive_failures: streak.consecutive_failures,
+                    last_response_code: response_code(a.response_code),
+                });
             }
-            sqlx::query(
-                "UPDATE webhooks SET consecutive_failures = $1, first_failure_at = $2, \
-                     is_active = $3, updated_at = CASE WHEN $4 THEN $5 ELSE updated_at END \
-                 WHERE id = $6",
-            )
-            .bind(streak.consecutive_failures)
-            .bind(opt(streak.first_failure_at))
-            .bind(streak.is_active)
-            .bind(disables)
-            .bind(Micros(now))
-            .bind(webhook_id)
-            .execute(&mut *tx)
-            .await?;
-            if disables {
-                Self::cancel_pending(&mut *tx, webhook_id, now).await?;
-                disabled.push(webhook_id);
+            if streak != before {
+                let disables = disabled_by.is_some();
+                sqlx::query(
+                    "UPDATE webhooks SET consecutive_failures = $1, first_failure_at = $2, \
+                         is_active = $3, updated_at = CASE WHEN $4 THEN $5 ELSE updated_at END \
+                     WHERE id = $6",
+                )
+                .bind(streak.consecutive_failures)
+                .bind(opt(streak.first_failure_at))
+                .bind(streak.is_active)
+                .bind(disables)
+                .bind(Micros(now))
+                .bind(webhook_id)
+                .execute(&mut *tx)
+                .await?;
+                if disables {
+                    Self::cancel_pending(&mut *tx, webhook_id, now).await?;
+                    recorded.disabled.push(webhook_id);
+                }
+            }
+            for notice in &notices {
+                if Self::emit(&mut *tx, notice, now).await? {
+                    recorded.notices += 1;
+                }
             }
         }
-        Ok(disabled)
+        Ok(recorded)
     }
 }
 
@@ -669,7 +722,7 @@ pub(crate) trait BackendOps: Send + Sync + 'static {
         &self,
         outcomes: &[DeliveryOutcome],
         policy: DisablePolicy,
-    ) -> impl Future<Output = StoreResult<Vec<Uuid>>> + Send;
+    ) -> impl Future<Output = StoreResult<Recorded>> + Send;
     /// Called with at least one claim.
     fn release(
         &self,
@@ -824,9 +877,9 @@ where
         &self,
         outcomes: &[DeliveryOutcome],
         policy: DisablePolicy,
-    ) -> StoreResult<Vec<Uuid>> {
+    ) -> StoreResult<Recorded> {
         if outcomes.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Recorded::default());
         }
         BackendOps::record_outcomes(self, outcomes, policy).await
     }

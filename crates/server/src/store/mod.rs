@@ -18,6 +18,7 @@ use uuid::Uuid;
 mod common;
 mod group_commit;
 pub(crate) mod notify;
+pub(crate) mod operator;
 pub(crate) mod postgres;
 mod recovery;
 mod rows;
@@ -453,6 +454,26 @@ pub struct DisablePolicy {
     pub failures: i64,
     /// ...spanning at least this long since the first of them.
     pub min_age: Duration,
+    /// At most one `sonzai.delivery.exhausted` per webhook per this long; the ones in
+    /// between are counted in the next one's `suppressed`.
+    pub exhausted_window: Duration,
+}
+
+/// What recording a batch of outcomes did besides storing them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// Webhooks it switched off.
+    pub disabled: Vec<Uuid>,
+    /// Operator events it queued a delivery for.
+    pub notices: usize,
+}
+
+impl Recorded {
+    /// Adds what another batch did.
+    pub fn absorb(&mut self, other: Recorded) {
+        self.disabled.extend(other.disabled);
+        self.notices += other.notices;
+    }
 }
 
 /// The store behind the API and the delivery workers.
@@ -575,13 +596,13 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// reschedules the delivery and releases its lease, and updates the webhook's
     /// failure streak, disabling it (and cancelling its pending deliveries) when the
     /// streak passes `policy`. An outcome whose lease no longer holds (taken over after
-    /// expiry) still records its attempt but leaves the delivery alone.
-    /// Returns the ids of webhooks disabled by this call.
+    /// expiry) still records its attempt but leaves the delivery alone. The operator
+    /// events this calls for are published in the same transaction.
     async fn record_outcomes(
         &self,
         outcomes: &[DeliveryOutcome],
         policy: DisablePolicy,
-    ) -> StoreResult<Vec<Uuid>>;
+    ) -> StoreResult<Recorded>;
     /// Hands claimed deliveries back, due again at `due` (graceful shutdown hands them
     /// back due now; a worker deferring deliveries to a webhook at its in-flight limit
     /// hands them back due a moment later). Clears their leases; an attempt is not

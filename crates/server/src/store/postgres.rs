@@ -32,7 +32,7 @@ use super::rows::{ClaimedRow, StreakRow, WebhookRow, ATTEMPT_COLUMNS, WEBHOOK_CO
 use super::{
     add_duration, now_micros, status_after, truncate_micros, Attempt, AttemptTrigger, ClaimFrom,
     ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, PublishEvent, Published,
-    StoreError, StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
+    Recorded, StoreError, StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -253,7 +253,7 @@ impl BackendOps for PgStore {
         &self,
         outcomes: &[DeliveryOutcome],
         policy: DisablePolicy,
-    ) -> StoreResult<Vec<Uuid>> {
+    ) -> StoreResult<Recorded> {
         let now = now_micros();
         let delivery_ids: Vec<Uuid> = outcomes.iter().map(|o| o.delivery_id).collect();
         let mut tx = self.pool().begin().await?;
@@ -333,11 +333,11 @@ impl BackendOps for PgStore {
 
         // 4. Replay the applied attempts into each webhook's streak, in time order.
         let live: BTreeMap<Uuid, Uuid> = live.into_iter().collect();
-        let disabled =
+        let recorded =
             Tables::<Postgres>::replay_streaks(&mut tx, outcomes, &live, &streaks, policy, now)
                 .await?;
         tx.commit().await?;
-        Ok(disabled)
+        Ok(recorded)
     }
 
     async fn release(&self, claims: &[(Uuid, Uuid)], due: DateTime<Utc>) -> StoreResult<()> {

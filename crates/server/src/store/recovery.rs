@@ -18,6 +18,7 @@ use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Type};
 use uuid::Uuid;
 
 use super::common::{Column, Dialect, Tables};
+use super::operator::Notice;
 use super::rows::{opt, Micros};
 use super::{add_duration, now_micros, truncate_micros, StoreError, StoreResult};
 
@@ -350,15 +351,7 @@ where
         if found.is_none() {
             return Ok(false);
         }
-        sqlx::query(
-            "UPDATE recoveries SET status = 'cancelled', finished_at = $1, updated_at = $1, \
-                 lease_token = NULL, lease_expires_at = NULL \
-             WHERE id = $2 AND status = 'running'",
-        )
-        .bind(now)
-        .bind(recovery_id)
-        .execute(&mut *tx)
-        .await?;
+        Self::finish_recovery(&mut tx, recovery_id, RecoveryStatus::Cancelled, now.0).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -574,15 +567,28 @@ where
         status: RecoveryStatus,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
-        sqlx::query(
+        let finished: Option<(Uuid, String, i64, i64)> = sqlx::query_as(
             "UPDATE recoveries SET status = $1, finished_at = $2, updated_at = $2, \
-                 lease_token = NULL, lease_expires_at = NULL WHERE id = $3",
+                 lease_token = NULL, lease_expires_at = NULL \
+             WHERE id = $3 AND status = 'running' \
+             RETURNING project_id, event_type, matched, queued",
         )
         .bind(status.as_str())
         .bind(opt(Some(now)))
         .bind(id)
-        .execute(tx)
+        .fetch_optional(&mut *tx)
         .await?;
+        if let Some((project_id, event_type, matched, queued)) = finished {
+            let notice = Notice::RecoveryCompleted {
+                project_id,
+                recovery_id: id,
+                event_type: &event_type,
+                status: status.as_str(),
+                matched,
+                queued,
+            };
+            Self::emit(tx, &notice, now).await?;
+        }
         Ok(())
     }
 }

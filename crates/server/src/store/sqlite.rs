@@ -33,7 +33,7 @@ use super::rows::{opt, ClaimedRow, Micros, StreakRow, ATTEMPT_COLUMNS};
 use super::{
     add_duration, now_micros, status_after, truncate_micros, AttemptTrigger, ClaimFrom,
     ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, PublishEvent, Published,
-    StoreError, StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
+    Recorded, StoreError, StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
 };
 
 mod file;
@@ -342,7 +342,7 @@ impl BackendOps for SqliteStore {
         &self,
         outcomes: &[DeliveryOutcome],
         policy: DisablePolicy,
-    ) -> StoreResult<Vec<Uuid>> {
+    ) -> StoreResult<Recorded> {
         let now = now_micros();
         let mut tx = Sqlite::begin_write(self.writer()).await?;
 
@@ -420,11 +420,11 @@ impl BackendOps for SqliteStore {
             streaks.extend(rows.into_iter().map(|r| (r.id, FailureStreak::from(r))));
         }
 
-        let disabled =
+        let recorded =
             Tables::<Sqlite>::replay_streaks(&mut tx, outcomes, &live, &streaks, policy, now)
                 .await?;
         tx.commit().await?;
-        Ok(disabled)
+        Ok(recorded)
     }
 
     /// All in one write transaction: the writer is the only lock there is.

@@ -35,6 +35,7 @@ const NO_PAGE_BUDGET: usize = usize::MAX;
 const NEVER_DISABLE: DisablePolicy = DisablePolicy {
     failures: i64::MAX,
     min_age: Duration::ZERO,
+    exhausted_window: Duration::from_secs(3600),
 };
 
 // --- harness --------------------------------------------------------------------------
@@ -352,6 +353,7 @@ async fn record(
         .record_outcomes(outcomes, policy)
         .await
         .expect("record outcomes")
+        .disabled
 }
 
 async fn all_attempts(
@@ -735,6 +737,7 @@ async fn publish_targets_active_webhooks_only(db: Arc<TestDb>) {
         DisablePolicy {
             failures: 1,
             min_age: Duration::ZERO,
+            exhausted_window: Duration::from_secs(3600),
         },
     )
     .await;
@@ -1115,6 +1118,7 @@ async fn failing_webhook_is_disabled_by_policy(db: Arc<TestDb>) {
     let policy = DisablePolicy {
         failures: 3,
         min_age: Duration::from_secs(3600),
+        exhausted_window: Duration::from_secs(3600),
     };
     let p = new_project(s).await;
     let (hook, _) = new_webhook(s, p.id, "session.end").await;
@@ -1197,6 +1201,7 @@ async fn gone_disables_at_once_and_a_late_gone_changes_nothing(db: Arc<TestDb>) 
     let policy = DisablePolicy {
         failures: 100,
         min_age: Duration::from_secs(3600),
+        exhausted_window: Duration::from_secs(3600),
     };
     let p = new_project(s).await;
     let (hook, _) = new_webhook(s, p.id, "user.left").await;
@@ -1239,6 +1244,7 @@ async fn success_resets_the_failure_streak(db: Arc<TestDb>) {
     let policy = DisablePolicy {
         failures: 3,
         min_age: Duration::ZERO,
+        exhausted_window: Duration::from_secs(3600),
     };
     let p = new_project(s).await;
     let (hook, _) = new_webhook(s, p.id, "session.end").await;
@@ -1838,6 +1844,7 @@ async fn resend_queues_one_new_delivery_and_attempts_say_why(db: Arc<TestDb>) {
     let disable_at_once = DisablePolicy {
         failures: 1,
         min_age: Duration::ZERO,
+        exhausted_window: Duration::from_secs(3600),
     };
     let failed = outcome(&c, AttemptStatus::Failed, now_micros(), Some(now_micros()));
     assert_eq!(record(s, &[failed], disable_at_once).await.len(), 1);
@@ -1853,6 +1860,7 @@ async fn recording_the_same_batch_twice_counts_once(db: Arc<TestDb>) {
     let policy = DisablePolicy {
         failures: 2,
         min_age: Duration::ZERO,
+        exhausted_window: Duration::from_secs(3600),
     };
     let p = new_project(s).await;
     new_webhook(s, p.id, "session.end").await;
@@ -1952,7 +1960,7 @@ async fn postgres_concurrent_startups_migrate_once() {
             .await
             .unwrap();
         // Each migration once, not once per process.
-        assert_eq!(applied, 4);
+        assert_eq!(applied, 5);
         for store in stores {
             store.close().await;
         }
@@ -1967,6 +1975,7 @@ fn streak_needs_both_enough_failures_and_enough_time() {
     let policy = DisablePolicy {
         failures: 3,
         min_age: Duration::from_secs(60),
+        exhausted_window: Duration::from_secs(3600),
     };
     let t = now_micros();
     let at = |secs| t + chrono::Duration::seconds(secs);
@@ -1995,6 +2004,7 @@ fn streak_is_reset_by_a_success() {
     let policy = DisablePolicy {
         failures: 2,
         min_age: Duration::ZERO,
+        exhausted_window: Duration::from_secs(3600),
     };
     let t = now_micros();
     let mut streak = FailureStreak {
