@@ -9,6 +9,7 @@ mod delivery;
 mod durability;
 mod hardening;
 mod hostile;
+mod operator_events;
 mod receiver_answers;
 mod recovery;
 mod scaleout;
