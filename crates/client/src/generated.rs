@@ -908,7 +908,7 @@ pub mod types {
             skip_serializing_if = "::std::option::Option::is_none"
         )]
         pub schema: ::std::option::Option<::std::string::String>,
-        ///Start of the window (inclusive), by the events' publish time.
+        ///Start of the window (inclusive), by the events' publish time; no older than the server's retention period.
         pub since: ::chrono::DateTime<::chrono::offset::Utc>,
         ///End of the window (exclusive); default and at most now.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -4077,7 +4077,7 @@ impl Client {
     }
     /// Resend an event to a webhook (extension)
     ///
-    /// Extension. Queues one new delivery of a stored event to the webhook of that event type, whatever happened to its earlier deliveries. The delivery carries the same `event_id` and `webhook-id` as the original and is signed with the webhook's current secret; its first attempt is recorded with `trigger: resend`. 404 when the webhook does not exist, or when the event does not exist or is not of this project and event type; 409 when the webhook is disabled (an upsert turns it back on).
+    /// Extension. Queues one new delivery of a stored event to the webhook of that event type, whatever happened to its earlier deliveries. The delivery carries the same `event_id` and `webhook-id` as the original and is signed with the webhook's current secret; its first attempt is recorded with `trigger: resend`. 404 when the webhook does not exist, or when the event does not exist or is not of this project and event type; 409 when the webhook is disabled (an upsert turns it back on); 410 when the event is older than the server's retention period (`--retention`) and has been removed.
     ///
     /// Sends a `POST` request to `/projects/{projectId}/webhooks/{eventType}/events/{eventId}/resend`
     ///
@@ -4098,7 +4098,7 @@ impl Client {
     }
     /// Recover a webhook after an outage (extension)
     ///
-    /// Extension. Queues again, oldest first, the events of this event type published in [`since`, `until`) that this webhook did not get: `failed` ones (every delivery to it ended failed or cancelled, none succeeded and none is pending) and, when asked, `missed` ones (no delivery to it at all: published while it was disabled, or before it was re-created). Every matched event is queued, with no cap; the recovery is a durable job that any server process resumes after a crash, queues in batches while the webhook's pending deliveries stay below a bound (so a large recovery never floods the queue ahead of fresh events), and records its progress (`getRecovery`). Each recovered delivery's first attempt has `trigger: recover`. Answers 202 with the running recovery; with `dry_run: true`, 200 with the count and nothing queued. 404 when the webhook does not exist; 409 when it is disabled (an upsert turns it back on); 422 when `since` is not before `until`.
+    /// Extension. Queues again, oldest first, the events of this event type published in [`since`, `until`) that this webhook did not get: `failed` ones (every delivery to it ended failed or cancelled, none succeeded and none is pending) and, when asked, `missed` ones (no delivery to it at all: published while it was disabled, or before it was re-created). Every matched event is queued, with no cap; the recovery is a durable job that any server process resumes after a crash, queues in batches while the webhook's pending deliveries stay below a bound (so a large recovery never floods the queue ahead of fresh events), and records its progress (`getRecovery`). Each recovered delivery's first attempt has `trigger: recover`. Answers 202 with the running recovery; with `dry_run: true`, 200 with the count and nothing queued. 404 when the webhook does not exist; 409 when it is disabled (an upsert turns it back on); 422 when `since` is not before `until`, or is older than the server's retention period (`--retention`, default 30 days).
     ///
     /// Sends a `POST` request to `/projects/{projectId}/webhooks/{eventType}/recover`
     ///
@@ -4285,7 +4285,7 @@ impl Client {
     }
     /// Recover a webhook after an outage (extension)
     ///
-    /// Extension. Queues again, oldest first, the events of this event type published in [`since`, `until`) that this webhook did not get: `failed` ones (every delivery to it ended failed or cancelled, none succeeded and none is pending) and, when asked, `missed` ones (no delivery to it at all: published while it was disabled, or before it was re-created). Every matched event is queued, with no cap; the recovery is a durable job that any server process resumes after a crash, queues in batches while the webhook's pending deliveries stay below a bound (so a large recovery never floods the queue ahead of fresh events), and records its progress (`getRecovery`). Each recovered delivery's first attempt has `trigger: recover`. Answers 202 with the running recovery; with `dry_run: true`, 200 with the count and nothing queued. 404 when the webhook does not exist; 409 when it is disabled (an upsert turns it back on); 422 when `since` is not before `until`.
+    /// Extension. Queues again, oldest first, the events of this event type published in [`since`, `until`) that this webhook did not get: `failed` ones (every delivery to it ended failed or cancelled, none succeeded and none is pending) and, when asked, `missed` ones (no delivery to it at all: published while it was disabled, or before it was re-created). Every matched event is queued, with no cap; the recovery is a durable job that any server process resumes after a crash, queues in batches while the webhook's pending deliveries stay below a bound (so a large recovery never floods the queue ahead of fresh events), and records its progress (`getRecovery`). Each recovered delivery's first attempt has `trigger: recover`. Answers 202 with the running recovery; with `dry_run: true`, 200 with the count and nothing queued. 404 when the webhook does not exist; 409 when it is disabled (an upsert turns it back on); 422 when `since` is not before `until`, or is older than the server's retention period (`--retention`, default 30 days).
     ///
     /// Sends a `POST` request to `/webhooks/{eventType}/recover`
     ///

@@ -19,7 +19,7 @@ use sonzai_webhooks_api::{
 use uuid::Uuid;
 
 use crate::auth::{self, Caller};
-use crate::config::Config;
+use crate::config::{Config, Retention};
 use crate::delivery::guard::{self, TargetPolicy};
 use crate::engine::Engine;
 use crate::store::{
@@ -36,6 +36,8 @@ pub struct Limits {
     pub max_attempts_page_bytes: usize,
     /// Most webhooks one project may have.
     pub max_webhooks_per_project: usize,
+    /// How far back stored events go (what resend and recover can reach).
+    pub retention: Retention,
 }
 
 impl From<&Config> for Limits {
@@ -44,6 +46,7 @@ impl From<&Config> for Limits {
             max_body_bytes: config.max_body_bytes,
             max_attempts_page_bytes: config.max_attempts_page_bytes,
             max_webhooks_per_project: config.max_webhooks_per_project,
+            retention: config.retention,
         }
     }
 }
@@ -320,9 +323,25 @@ impl Api {
             ResendOutcome::NoWebhook => Err(webhook_not_found(event_type)),
             // The same answer whether the event does not exist or is another
             // project's or event type's: ids of other tenants are not confirmed.
-            ResendOutcome::NoEvent => Err(Problem::not_found(format!(
-                "no such event of event type {event_type}"
-            ))),
+            ResendOutcome::NoEvent => {
+                // An id the server made before the horizon names an event retention
+                // has removed (whatever project it was in: the answer confirms no
+                // other tenant's ids).
+                let horizon = self.limits.retention.horizon(store::now_micros());
+                let removed = store::v7_time(event_id)
+                    .zip(horizon)
+                    .is_some_and(|(made, horizon)| made < horizon);
+                if removed {
+                    Err(Problem::new(
+                        http::StatusCode::GONE,
+                        "this event is older than the retention period and has been removed",
+                    ))
+                } else {
+                    Err(Problem::not_found(format!(
+                        "no such event of event type {event_type}"
+                    )))
+                }
+            }
             ResendOutcome::Inactive => Err(webhook_disabled(event_type)),
         }
     }
@@ -342,6 +361,17 @@ impl Api {
         // the schema allows (a year before 4713 BC): a window reaching back further
         // starts there.
         let since = body.since.max(chrono::DateTime::UNIX_EPOCH);
+        if let Some(horizon) = self.limits.retention.horizon(now) {
+            if since < horizon {
+                return Err(Problem::invalid(
+                    "body.since",
+                    format!(
+                        "expected an instant within the retention period (not before {})",
+                        horizon.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
+                ));
+            }
+        }
         if since >= until {
             return Err(Problem::invalid(
                 "body.since",

@@ -33,10 +33,10 @@ use uuid::Uuid;
 
 use crate::store::{
     ApiKeyRecord, AttemptList, AttemptPage, ClaimedDelivery, DeliveryOutcome, DisablePolicy,
-    KeyOwner, Project, PublishEvent, Published, QueueStats, Recorded, RecoverOutcome,
+    KeyOwner, Project, PublishEvent, Published, PurgeStep, QueueStats, Recorded, RecoverOutcome,
     RecoverRequest, Recovery, RecoveryClaim, RecoveryProgress, RecoveryStep, ResendOutcome,
-    SigningSecret, StoreError, StoreResult, Tenant, UpsertOutcome, UpsertWebhook, Webhook,
-    WebhookStore,
+    RetentionLock, RetentionTable, SigningSecret, StoreError, StoreResult, Tenant, UpsertOutcome,
+    UpsertWebhook, Webhook, WebhookStore,
 };
 
 /// Every key starts with this, so secret scanners and humans recognise one.
@@ -442,6 +442,18 @@ impl WebhookStore for CachedKeys {
         policy: DisablePolicy,
     ) -> StoreResult<Recorded> {
         self.store.record_outcomes(outcomes, policy).await
+    }
+    async fn retention_lock(&self) -> StoreResult<Option<RetentionLock>> {
+        self.store.retention_lock().await
+    }
+    async fn purge(
+        &self,
+        table: RetentionTable,
+        horizon: chrono::DateTime<Utc>,
+        after: Uuid,
+        batch: usize,
+    ) -> StoreResult<PurgeStep> {
+        self.store.purge(table, horizon, after, batch).await
     }
     async fn release(
         &self,

@@ -368,6 +368,32 @@ pub struct Config {
     )]
     pub exhausted_notice_every: Duration,
 
+    /// Events, finished deliveries and attempts older than this are deleted (`0` or
+    /// `off`: everything is kept). A pending delivery and its event are never
+    /// deleted; resending an event already removed answers 410, and a recovery can
+    /// reach back no further than this.
+    #[arg(
+        long,
+        env = "SONZAI_RETENTION",
+        value_name = "DURATION",
+        default_value = "30d",
+        value_parser = parse_retention,
+        help_heading = "Database"
+    )]
+    pub retention: Retention,
+
+    /// How often retention looks for rows past the horizon (one process at a time
+    /// does the work).
+    #[arg(
+        long,
+        env = "SONZAI_RETENTION_EVERY",
+        value_name = "DURATION",
+        default_value = "1m",
+        value_parser = duration::parse_flag,
+        help_heading = "Database"
+    )]
+    pub retention_every: Duration,
+
     /// How long a claimed delivery stays reserved for the process that claimed it. If
     /// that process dies, another one takes the delivery over after this. Must be
     /// longer than --delivery-timeout.
@@ -539,6 +565,40 @@ impl Config {
 
 /// Builds a `sqlite://` URL for a file path. The store's URL parser percent-decodes
 /// the path and splits it at `?`, so `%`, `?` and `#` in directory names are encoded.
+/// How long rows are kept (`--retention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Everything is kept.
+    Off,
+    /// Rows older than this are deleted.
+    For(Duration),
+}
+
+impl Retention {
+    /// The horizon at `now`: rows created before it go. `None`: everything stays.
+    pub fn horizon(
+        self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self {
+            Retention::Off => None,
+            Retention::For(keep) => chrono::Duration::from_std(keep)
+                .ok()
+                .and_then(|keep| now.checked_sub_signed(keep)),
+        }
+    }
+}
+
+fn parse_retention(input: &str) -> Result<Retention, String> {
+    if input.trim().eq_ignore_ascii_case("off") {
+        return Ok(Retention::Off);
+    }
+    match duration::parse_flag(input)? {
+        Duration::ZERO => Ok(Retention::Off),
+        keep => Ok(Retention::For(keep)),
+    }
+}
+
 fn sqlite_url(path: &Path) -> String {
     let text = path.to_string_lossy();
     let mut encoded = String::with_capacity(text.len());
@@ -702,6 +762,28 @@ mod tests {
     }
 
     #[test]
+    fn retention_is_a_duration_or_off() {
+        let default = parse(&["serve"]).unwrap().config;
+        assert_eq!(
+            default.retention,
+            Retention::For(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(default.retention_every, Duration::from_secs(60));
+        for off in ["off", "OFF", "0", "0s"] {
+            let parsed = parse(&["serve", "--retention", off]).unwrap().config;
+            assert_eq!(parsed.retention, Retention::Off, "{off}");
+            assert_eq!(parsed.retention.horizon(chrono::Utc::now()), None);
+        }
+        let week = parse(&["serve", "--retention", "7d"])
+            .unwrap()
+            .config
+            .retention;
+        let now = chrono::Utc::now();
+        assert_eq!(week.horizon(now), Some(now - chrono::Duration::days(7)));
+        assert!(parse(&["serve", "--retention", "forever"]).is_err());
+    }
+
+    #[test]
     fn boolean_flag_accepts_explicit_values() {
         let on = parse(&["serve", "--allow-private-targets=yes"]).unwrap();
         assert!(on.config.allow_private_targets);
@@ -728,6 +810,8 @@ mod tests {
             ("disable_after_failures", "SONZAI_DISABLE_AFTER_FAILURES"),
             ("disable_after", "SONZAI_DISABLE_AFTER"),
             ("exhausted_notice_every", "SONZAI_EXHAUSTED_NOTICE_EVERY"),
+            ("retention", "SONZAI_RETENTION"),
+            ("retention_every", "SONZAI_RETENTION_EVERY"),
             ("lease", "SONZAI_LEASE"),
             ("allow_private_targets", "SONZAI_ALLOW_PRIVATE_TARGETS"),
             ("max_body_bytes", "SONZAI_MAX_BODY_BYTES"),

@@ -18,6 +18,7 @@ mod engine;
 mod listener;
 mod metrics;
 mod recovery;
+mod retention;
 pub mod server;
 pub mod store;
 mod wake;

@@ -79,6 +79,8 @@ pub struct Metrics {
     /// outcomes the store refused even stripped; their deliveries are tried again
     /// when the lease runs out
     attempts_unrecorded: AtomicU64,
+    /// table → rows deleted by retention
+    retention_purged: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -127,6 +129,10 @@ impl Metrics {
 
     pub fn attempts_unrecorded(&self, n: u64) {
         self.attempts_unrecorded.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn retention_purged(&self, table: &'static str, n: u64) {
+        *lock(&self.retention_purged).entry(table).or_default() += n;
     }
 
     /// The exposition text; `queue` comes from the store at scrape time.
@@ -185,6 +191,16 @@ impl Metrics {
             "# HELP sonzai_attempts_unrecorded_total Attempts the store refused even stripped (logged; the delivery is tried again after its lease).\n# TYPE sonzai_attempts_unrecorded_total counter\nsonzai_attempts_unrecorded_total {}",
             self.attempts_unrecorded.load(Ordering::Relaxed)
         );
+        out.push_str("# HELP sonzai_retention_purged_total Rows deleted by retention, by table.\n# TYPE sonzai_retention_purged_total counter\n");
+        let purged = lock(&self.retention_purged);
+        for table in ["attempts", "deliveries", "events", "recoveries"] {
+            let _ = writeln!(
+                out,
+                "sonzai_retention_purged_total{{table=\"{table}\"}} {}",
+                purged.get(table).copied().unwrap_or(0)
+            );
+        }
+        drop(purged);
         if let Some(q) = queue {
             let _ = writeln!(
                 out,
@@ -229,6 +245,11 @@ mod tests {
         assert!(text.contains("sonzai_events_published_total 3"));
         assert!(text.contains("sonzai_delivery_attempts_total{outcome=\"success\"} 1"));
         assert!(text.contains("sonzai_delivery_queue_depth 4"));
+        m.retention_purged("attempts", 5);
+        m.retention_purged("attempts", 2);
+        let text = m.render(None);
+        assert!(text.contains("sonzai_retention_purged_total{table=\"attempts\"} 7"));
+        assert!(text.contains("sonzai_retention_purged_total{table=\"events\"} 0"));
         assert!(text.contains("sonzai_delivery_oldest_due_age_seconds 2"));
     }
 }

@@ -27,6 +27,7 @@ use crate::delivery::worker::{DeliveryWorker, WorkerConfig};
 use crate::engine::Engine;
 use crate::listener::Limits;
 use crate::recovery::RecoveryRunner;
+use crate::retention::RetentionTask;
 use crate::store::WebhookStore;
 
 /// A started server: its address and the handle to stop it.
@@ -36,6 +37,7 @@ pub struct Running {
     http: JoinHandle<std::io::Result<()>>,
     workers: JoinHandle<()>,
     recoveries: JoinHandle<()>,
+    retention: JoinHandle<()>,
 }
 
 impl Running {
@@ -51,6 +53,7 @@ impl Running {
         let _ = self.http.await;
         let _ = self.workers.await;
         let _ = self.recoveries.await;
+        let _ = self.retention.await;
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
@@ -237,6 +240,16 @@ pub async fn start_with_store(
         .run(shutdown.clone()),
     );
 
+    let retention = tokio::spawn(
+        RetentionTask {
+            store: store.clone(),
+            metrics: engine.metrics.clone(),
+            retention: config.retention,
+            every: config.retention_every,
+        }
+        .run(shutdown.clone()),
+    );
+
     let api = Api::new(engine.clone(), policy, config.into());
     let app = app(
         Arc::new(api),
@@ -266,6 +279,7 @@ pub async fn start_with_store(
         http,
         workers,
         recoveries,
+        retention,
     })
 }
 

@@ -12,5 +12,6 @@ mod hostile;
 mod operator_events;
 mod receiver_answers;
 mod recovery;
+mod retention;
 mod scaleout;
 mod support;

@@ -296,7 +296,7 @@ pub struct RecoverWebhookInputBody {
     #[schemars(with = "String")]
     #[schema(nullable = false)]
     pub schema: Option<String>,
-    /// Start of the window (inclusive), by the events' publish time.
+    /// Start of the window (inclusive), by the events' publish time; no older than the server's retention period.
     pub since: chrono::DateTime<chrono::Utc>,
     /// End of the window (exclusive); default and at most now.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -29,9 +29,10 @@ use super::{
     add_duration, attempt_list, attempt_listing_sql, claim_fairly, now_micros, truncate_micros,
     webhook_limit_reached, ApiKeyRecord, AttemptList, AttemptPage, AttemptStatus, ClaimFrom,
     ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyOwner, Project,
-    PublishEvent, Published, QueueStats, Recorded, RecoverOutcome, RecoverRequest, Recovery,
-    RecoveryClaim, RecoveryProgress, RecoveryStep, ResendOutcome, SigningSecret, StoreError,
-    StoreResult, Tenant, UpsertOutcome, UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
+    PublishEvent, Published, PurgeStep, QueueStats, Recorded, RecoverOutcome, RecoverRequest,
+    Recovery, RecoveryClaim, RecoveryProgress, RecoveryStep, ResendOutcome, RetentionLock,
+    RetentionTable, SigningSecret, StoreError, StoreResult, Tenant, UpsertOutcome, UpsertWebhook,
+    Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
 };
 
 /// The little that differs between the databases inside otherwise shared statements.
@@ -729,6 +730,10 @@ pub(crate) trait BackendOps: Send + Sync + 'static {
         claims: &[(Uuid, Uuid)],
         due: DateTime<Utc>,
     ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// One process owns the database (SQLite): the right to purge is always free.
+    fn retention_lock(&self) -> impl Future<Output = StoreResult<Option<RetentionLock>>> + Send {
+        async { Ok(Some(RetentionLock::default())) }
+    }
 }
 
 // The bounds are those of the impl of `Tables` (the column types both databases bind
@@ -882,6 +887,18 @@ where
             return Ok(Recorded::default());
         }
         BackendOps::record_outcomes(self, outcomes, policy).await
+    }
+    async fn retention_lock(&self) -> StoreResult<Option<RetentionLock>> {
+        BackendOps::retention_lock(self).await
+    }
+    async fn purge(
+        &self,
+        table: RetentionTable,
+        horizon: DateTime<Utc>,
+        after: Uuid,
+        batch: usize,
+    ) -> StoreResult<PurgeStep> {
+        self.tables().purge(table, horizon, after, batch).await
     }
     async fn release(&self, claims: &[(Uuid, Uuid)], due: DateTime<Utc>) -> StoreResult<()> {
         if claims.is_empty() {

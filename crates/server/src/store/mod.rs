@@ -21,11 +21,39 @@ pub(crate) mod notify;
 pub(crate) mod operator;
 pub(crate) mod postgres;
 mod recovery;
+pub(crate) mod retention;
 mod rows;
 pub(crate) mod sqlite;
 
 #[cfg(test)]
 mod tests;
+
+pub use retention::{v7_time, PurgeStep, RetentionTable};
+
+/// The right to run retention, held while a run lasts. On PostgreSQL it is a session
+/// advisory lock on a connection of its own (outside the pool), so a process that
+/// dies lets it go with its connection; SQLite has one process and needs none.
+#[derive(Debug, Default)]
+pub struct RetentionLock {
+    pub(crate) connection: Option<sqlx::PgConnection>,
+}
+
+impl RetentionLock {
+    /// Lets the lock go (and closes its connection).
+    pub async fn release(self) {
+        use sqlx::Connection as _;
+        if let Some(mut connection) = self.connection {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1, hashtext(current_schema()))")
+                .bind(postgres::RETENTION_LOCK)
+                .execute(&mut connection)
+                .await;
+            if let Err(e) = unlocked {
+                tracing::warn!(error = %e, "releasing the retention lock failed; closing its connection lets it go");
+            }
+            let _ = connection.close().await;
+        }
+    }
+}
 
 pub use recovery::{
     RecoverInclude, RecoverOutcome, RecoverRequest, Recovery, RecoveryClaim, RecoveryProgress,
@@ -603,6 +631,21 @@ pub trait WebhookStore: Send + Sync + 'static {
         outcomes: &[DeliveryOutcome],
         policy: DisablePolicy,
     ) -> StoreResult<Recorded>;
+
+    // --- retention ------------------------------------------------------------------
+    /// Takes the right to purge (one process at a time): `None` while another process
+    /// holds it. Hand it back with [`RetentionLock::release`].
+    async fn retention_lock(&self) -> StoreResult<Option<RetentionLock>>;
+    /// One batch of retention (see `store/retention.rs`): looks at the next `batch`
+    /// rows of `table` after `after` created before `horizon`, and deletes those that
+    /// may go.
+    async fn purge(
+        &self,
+        table: RetentionTable,
+        horizon: DateTime<Utc>,
+        after: Uuid,
+        batch: usize,
+    ) -> StoreResult<PurgeStep>;
     /// Hands claimed deliveries back, due again at `due` (graceful shutdown hands them
     /// back due now; a worker deferring deliveries to a webhook at its in-flight limit
     /// hands them back due a moment later). Clears their leases; an attempt is not

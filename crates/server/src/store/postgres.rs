@@ -32,8 +32,13 @@ use super::rows::{ClaimedRow, StreakRow, WebhookRow, ATTEMPT_COLUMNS, WEBHOOK_CO
 use super::{
     add_duration, now_micros, status_after, truncate_micros, Attempt, AttemptTrigger, ClaimFrom,
     ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, PublishEvent, Published,
-    Recorded, StoreError, StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
+    Recorded, RetentionLock, StoreError, StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
 };
+
+/// The advisory lock of retention, so one process at a time purges: this key ("sonz")
+/// with the schema's name hashed as the second, so deployments in separate schemas of
+/// one database do not wait on each other.
+pub(crate) const RETENTION_LOCK: i32 = 0x736f_6e7a;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -129,6 +134,26 @@ impl Dialect for Postgres {
 
 impl BackendOps for PgStore {
     type Db = Postgres;
+
+    /// A session lock on a connection taken out of the pool: held while the run
+    /// lasts, and let go with the connection if the process dies.
+    async fn retention_lock(&self) -> StoreResult<Option<RetentionLock>> {
+        let mut connection = self.pool().acquire().await?.detach();
+        let got: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext(current_schema()))")
+                .bind(RETENTION_LOCK)
+                .fetch_one(&mut connection)
+                .await?;
+        if got {
+            Ok(Some(RetentionLock {
+                connection: Some(connection),
+            }))
+        } else {
+            use sqlx::Connection as _;
+            let _ = connection.close().await;
+            Ok(None)
+        }
+    }
 
     fn tables(&self) -> &Tables<Postgres> {
         &self.tables

@@ -1943,6 +1943,55 @@ where
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_retention_runs_in_one_process_at_a_time() {
+    in_pg_schema(|options| async move {
+        let first = PgStore::connect_with(options.clone(), 2).await.unwrap();
+        let second = PgStore::connect_with(options, 2).await.unwrap();
+        let held = first
+            .retention_lock()
+            .await
+            .unwrap()
+            .expect("free at first");
+        assert!(
+            second.retention_lock().await.unwrap().is_none(),
+            "held by the first"
+        );
+        held.release().await;
+        let taken = second
+            .retention_lock()
+            .await
+            .unwrap()
+            .expect("free once let go");
+        // A holder that goes away without letting go (a dead process) frees it too.
+        drop(taken);
+        let again = support_poll(|| async { first.retention_lock().await.unwrap() }).await;
+        again.release().await;
+        first.close().await;
+        second.close().await;
+    })
+    .await;
+}
+
+/// Polls `f` for up to 5 s until it answers something.
+async fn support_poll<T, F, Fut>(mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(found) = f().await {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still not there after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_concurrent_startups_migrate_once() {
     in_pg_schema(|options| async move {

@@ -1,0 +1,173 @@
+//! Retention: deleting what is older than the horizon, a batch at a time, with the same
+//! SQL on both backends.
+//!
+//! Every id the server writes is a UUIDv7, whose leading 48 bits are its row's
+//! creation time in milliseconds, and both databases compare uuids bytewise: "created
+//! before the horizon" is then a range of the primary key. Each table is walked in id
+//! order from a cursor, so the rows that must stay (a pending delivery and its event, a
+//! delivery that finished after the horizon) are stepped over once per run, never
+//! scanned again by every batch, and no index is added to the hot tables for it.
+//!
+//! Tables go children first: attempts, then finished deliveries left without attempts,
+//! then events left without deliveries, then finished recoveries.
+
+use chrono::{DateTime, Utc};
+use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Type};
+use uuid::Uuid;
+
+use super::common::{Column, Dialect, Tables};
+use super::rows::Micros;
+use super::StoreResult;
+
+/// A table retention purges, in the order a run takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetentionTable {
+    Attempts,
+    Deliveries,
+    Events,
+    Recoveries,
+}
+
+impl RetentionTable {
+    pub const ALL: [RetentionTable; 4] = [
+        RetentionTable::Attempts,
+        RetentionTable::Deliveries,
+        RetentionTable::Events,
+        RetentionTable::Recoveries,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetentionTable::Attempts => "attempts",
+            RetentionTable::Deliveries => "deliveries",
+            RetentionTable::Events => "events",
+            RetentionTable::Recoveries => "recoveries",
+        }
+    }
+
+    /// Of the table's rows in a range of ids, those that may go, and whether the
+    /// condition reads the horizon (`$3`).
+    fn deletable(self) -> (&'static str, bool) {
+        match self {
+            RetentionTable::Attempts => ("true", false),
+            RetentionTable::Deliveries => (
+                "status <> 'pending' AND updated_at < $3 \
+                 AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.delivery_id = deliveries.id)",
+                true,
+            ),
+            RetentionTable::Events => (
+                "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
+                false,
+            ),
+            RetentionTable::Recoveries => ("status <> 'running' AND updated_at < $3", true),
+        }
+    }
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeStep {
+    pub deleted: u64,
+    /// Where the next batch starts; `None`: the table is done for this run.
+    pub next: Option<Uuid>,
+}
+
+/// The smallest UUIDv7 of the millisecond `at`: every id created before it sorts
+/// below.
+pub fn v7_floor(at: DateTime<Utc>) -> Uuid {
+    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    bytes[6] = 0x70;
+    bytes[8] = 0x80;
+    Uuid::from_bytes(bytes)
+}
+
+/// When a UUIDv7 was made, if `id` is one.
+pub fn v7_time(id: Uuid) -> Option<DateTime<Utc>> {
+    if id.get_version_num() != 7 {
+        return None;
+    }
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
+}
+
+// The bounds are those of the impl of `Tables` in `common`.
+impl<DB: Dialect> Tables<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'r> &'r str: ColumnIndex<DB::Row>,
+    usize: ColumnIndex<DB::Row>,
+    Uuid: Column<DB>,
+    Micros: Column<DB>,
+    i64: Column<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    /// Looks at the next `batch` rows of `table` after `after` created before
+    /// `horizon`, and deletes those that may go, in one write transaction.
+    pub async fn purge(
+        &self,
+        table: RetentionTable,
+        horizon: DateTime<Utc>,
+        after: Uuid,
+        batch: usize,
+    ) -> StoreResult<PurgeStep> {
+        let name = table.as_str();
+        let mut tx = DB::begin_write(&self.write).await?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(&format!(
+            "SELECT id FROM {name} WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3"
+        ))
+        .bind(after)
+        .bind(v7_floor(horizon))
+        .bind(i64::try_from(batch).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(last) = ids.last().copied() else {
+            return Ok(PurgeStep {
+                deleted: 0,
+                next: None,
+            });
+        };
+        let (deletable, reads_horizon) = table.deletable();
+        let sql = format!("DELETE FROM {name} WHERE id > $1 AND id <= $2 AND {deletable}");
+        let mut delete = sqlx::query(&sql).bind(after).bind(last);
+        if reads_horizon {
+            delete = delete.bind(Micros(horizon));
+        }
+        let done = delete.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(PurgeStep {
+            deleted: DB::rows_affected(&done),
+            next: (ids.len() >= batch).then_some(last),
+        })
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn the_floor_of_an_instant_sorts_below_every_id_made_after_it() {
+        let at = DateTime::parse_from_rfc3339("2026-11-02T10:00:00.123Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let floor = v7_floor(at);
+        assert_eq!(floor.get_version_num(), 7);
+        assert_eq!(v7_time(floor), Some(at));
+        let before = Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            u64::try_from(at.timestamp()).unwrap(),
+            122_000_000,
+        ));
+        let after = Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            u64::try_from(at.timestamp()).unwrap(),
+            124_000_000,
+        ));
+        assert!(before < floor && floor < after);
+        assert!(Uuid::now_v7() > floor);
+        assert_eq!(v7_time(Uuid::new_v4()), None);
+    }
+}
