@@ -47,6 +47,11 @@ Scenarios:
       6 s) go to another webhook of the project. Reports the recovered deliveries/s,
       duplicates and missing, the job's matched and queued, and the ordinary
       end-to-end latency while the recovery ran. --receiver-delay-ms does not apply.
+  P1  retention under load (not part of `all`): B1 on fresh servers, then B1 again
+      on servers keeping one day (--retention 1d) while they purge 1,000,000 attempts
+      (--quick: 100,000), with 100,000 deliveries and events, seeded two days old.
+      Reports both runs, the change in deliveries/s and e2e p99 (goal: within 20 %)
+      and the purge rate (rows/s, from the first row purged to the last).
 
 Examples:
   cargo xtask bench --quick
@@ -56,6 +61,7 @@ Examples:
   cargo xtask bench --receiver-delay-ms 50 --workers 1024 --scenario B1
   cargo xtask bench --scenario B5 --postgres postgres://...
   cargo xtask bench --scenario R1 --postgres postgres://...
+  cargo xtask bench --scenario P1 --postgres postgres://...
 
 Each scenario gets a fresh database (SQLite in a temporary directory, or a schema of
 its own on PostgreSQL, dropped afterwards) and fresh server processes.";
@@ -72,8 +78,9 @@ const SERVER_DEFAULT_WORKERS: usize = 256;
     after_help = AFTER_HELP
 )]
 struct Args {
-    /// Which scenario to run (`all`: B1 to B4; `B5`: B5a and B5b; R1: recovery).
-    #[arg(long, value_name = "B1|B2|B3|B4|B5|B5a|B5b|R1|all", default_value = "all",
+    /// Which scenario to run (`all`: B1 to B4; `B5`: B5a and B5b; R1: recovery; P1:
+    /// retention).
+    #[arg(long, value_name = "B1|B2|B3|B4|B5|B5a|B5b|R1|P1|all", default_value = "all",
           value_parser = parse_scenarios)]
     scenario: ScenarioChoice,
 
@@ -147,7 +154,9 @@ fn parse_scenarios(input: &str) -> Result<ScenarioChoice, String> {
     <Scenario as clap::ValueEnum>::from_str(input, true)
         .map(|one| ScenarioChoice(vec![one]))
         .map_err(|_| {
-            format!("unknown scenario {input:?}; expected B1, B2, B3, B4, B5, B5a, B5b, R1 or all")
+            format!(
+                "unknown scenario {input:?}; expected B1, B2, B3, B4, B5, B5a, B5b, R1, P1 or all"
+            )
         })
 }
 
@@ -339,6 +348,7 @@ mod tests {
         assert_eq!(parsed("B5"), Ok(vec![Scenario::B5a, Scenario::B5b]));
         assert_eq!(parsed("b5b"), Ok(vec![Scenario::B5b]));
         assert_eq!(parsed("r1"), Ok(vec![Scenario::R1]));
+        assert_eq!(parsed("P1"), Ok(vec![Scenario::P1]));
         assert!(parsed("B6").is_err());
         assert!(!Scenario::ALL.contains(&Scenario::R1));
         assert!(!Scenario::ALL.contains(&Scenario::B5a));

@@ -167,6 +167,13 @@ impl Block {
         }
     }
 
+    /// Appends `other`'s lines, each label prefixed with `prefix`.
+    pub fn append(&mut self, prefix: &str, other: Block) {
+        for (label, value) in other.lines {
+            self.lines.push((format!("{prefix} {label}"), value));
+        }
+    }
+
     pub fn render(&self) -> String {
         let width = self.lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
         let mut out = format!("=== {}\n", self.title);

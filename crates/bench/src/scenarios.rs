@@ -2,6 +2,7 @@
 //! leftovers (a backlog, a grown table) never colour the next one's figures.
 
 mod noisy;
+mod purge;
 mod recovery;
 
 use std::sync::Arc;
@@ -41,10 +42,13 @@ pub enum Scenario {
     /// Recovery: 100,000 missed events recovered while ordinary deliveries go on.
     #[value(name = "R1")]
     R1,
+    /// Retention: B1 while 1,000,000 old attempts are purged, against B1 alone.
+    #[value(name = "P1")]
+    P1,
 }
 
 impl Scenario {
-    /// What `all` runs. B5 and R1 are left out: they take minutes.
+    /// What `all` runs. B5, R1 and P1 are left out: they take minutes.
     pub const ALL: [Scenario; 4] = [Scenario::B1, Scenario::B2, Scenario::B3, Scenario::B4];
     /// What `B5` runs.
     pub const B5: [Scenario; 2] = [Scenario::B5a, Scenario::B5b];
@@ -144,6 +148,7 @@ pub async fn run(scenario: Scenario, settings: &Settings) -> anyhow::Result<Bloc
         Scenario::B5a => noisy::hanging_receivers(settings).await,
         Scenario::B5b => noisy::slow_backlog(settings).await,
         Scenario::R1 => recovery::recover_missed(settings).await,
+        Scenario::P1 => purge::b1_while_purging(settings).await,
     }
 }
 
@@ -170,6 +175,16 @@ impl Fleet {
         projects: usize,
         tenancy: Tenancy,
     ) -> anyhow::Result<Self> {
+        Self::launch_with(settings, &settings.server, projects, tenancy).await
+    }
+
+    /// Like [`Fleet::launch`], the servers started with `options`.
+    async fn launch_with(
+        settings: &Settings,
+        options: &ServerOptions,
+        projects: usize,
+        tenancy: Tenancy,
+    ) -> anyhow::Result<Self> {
         let started = Instant::now();
         let db = Database::create(&settings.backend)?;
         let mut servers = Vec::with_capacity(settings.processes);
@@ -180,7 +195,7 @@ impl Fleet {
         let use_banner = db.is_embedded() && projects == 1 && settings.processes == 1;
         let projects = if use_banner {
             let (server, credentials) =
-                ServerProcess::start(&settings.bin, &db, 0, &settings.server, true).await?;
+                ServerProcess::start(&settings.bin, &db, 0, options, true).await?;
             servers.push(server);
             vec![credentials.context("no credentials in the banner")?]
         } else {
@@ -191,10 +206,9 @@ impl Fleet {
                 .context("provisioning projects and keys")?
         };
         for index in servers.len()..settings.processes {
-            let (server, _) =
-                ServerProcess::start(&settings.bin, &db, index, &settings.server, false)
-                    .await
-                    .with_context(|| format!("starting server process {index}"))?;
+            let (server, _) = ServerProcess::start(&settings.bin, &db, index, options, false)
+                .await
+                .with_context(|| format!("starting server process {index}"))?;
             servers.push(server);
         }
         Ok(Self {
@@ -302,6 +316,15 @@ async fn drain(receiver: &Receiver, expecting: usize, deadline: Instant) -> bool
     }
 }
 
+/// What a publishing scenario measured, for scenarios that compare two runs.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    /// Deliveries per second, first publish to last arrival.
+    rate: f64,
+    /// End-to-end p99.
+    p99: Option<Duration>,
+}
+
 /// A publishing scenario: register one webhook per project, publish, wait for the
 /// deliveries, and report.
 async fn deliveries(
@@ -310,8 +333,23 @@ async fn deliveries(
     projects: usize,
     shape: Shape,
 ) -> anyhow::Result<Block> {
+    let (block, _) =
+        deliveries_with(settings, &settings.server, title, projects, shape, None).await?;
+    Ok(block)
+}
+
+/// [`deliveries`] on servers started with `options`; with `backlog`, old rows are
+/// seeded for retention to purge while the events are published.
+async fn deliveries_with(
+    settings: &Settings,
+    options: &ServerOptions,
+    title: String,
+    projects: usize,
+    shape: Shape,
+    backlog: Option<&purge::Backlog>,
+) -> anyhow::Result<(Block, Figures)> {
     let receiver = Receiver::start(settings.receiver_delay).await?;
-    let fleet = Fleet::launch(settings, projects, Tenancy::Shared).await?;
+    let fleet = Fleet::launch_with(settings, options, projects, Tenancy::Shared).await?;
     let client = load::client()?;
     for (index, project) in fleet.projects.iter().enumerate() {
         let target = Target::new(&fleet.servers[0].base, &project.key);
@@ -325,6 +363,10 @@ async fn deliveries(
         .with_context(|| format!("registering the webhook of project {}", project.project_id))?;
     }
     let targets = Arc::new(fleet.targets());
+    let purging = match backlog {
+        Some(backlog) => Some(backlog.seed(&fleet, &client).await?),
+        None => None,
+    };
 
     let before = fleet.usage()?;
     let bench_before = Usage::of("self")?;
@@ -376,6 +418,10 @@ async fn deliveries(
     let malformed = receiver.malformed();
     let servers = server_usage(&fleet, &before, &after, settings.ticks_per_second);
     let setup = fleet.setup;
+    let purged = match (backlog, purging) {
+        (Some(backlog), Some(purging)) => Some(backlog.finish(&fleet, &client, purging).await?),
+        _ => None,
+    };
     fleet.stop().await;
     drop(receiver);
 
@@ -431,7 +477,12 @@ async fn deliveries(
         ),
     );
     let mut latencies = matched.latencies.clone();
-    block.latency("end-to-end latency", Percentiles::of(&mut latencies));
+    let e2e = Percentiles::of(&mut latencies);
+    block.latency("end-to-end latency", e2e);
+    let figures = Figures {
+        rate: matched.delivered as f64 / delivery_wall.as_secs_f64().max(f64::EPSILON),
+        p99: e2e.map(|p| p.p99),
+    };
     let mut integrity = format!(
         "duplicates {}  missing {}",
         matched.duplicates, matched.missing
@@ -459,7 +510,10 @@ async fn deliveries(
             bench_cpu.as_secs_f64()
         ),
     );
-    Ok(block)
+    if let Some(purged) = purged {
+        purged.report(&mut block);
+    }
+    Ok((block, figures))
 }
 
 /// B4: sequential upserts of distinct event types, then sequential list calls.

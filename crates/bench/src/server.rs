@@ -56,6 +56,11 @@ impl Database {
         self.db.sqlite_data_dir().is_some()
     }
 
+    /// The database's URL, for the scenarios that seed rows straight into it.
+    pub fn url(&self) -> &str {
+        &self.db.url
+    }
+
     /// The `serve`/admin flags that select this database.
     fn args(&self) -> Vec<String> {
         match self.db.sqlite_data_dir() {
