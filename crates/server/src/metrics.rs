@@ -245,11 +245,11 @@ mod tests {
         assert!(text.contains("sonzai_events_published_total 3"));
         assert!(text.contains("sonzai_delivery_attempts_total{outcome=\"success\"} 1"));
         assert!(text.contains("sonzai_delivery_queue_depth 4"));
+        assert!(text.contains("sonzai_delivery_oldest_due_age_seconds 2"));
         m.retention_purged("attempts", 5);
         m.retention_purged("attempts", 2);
         let text = m.render(None);
         assert!(text.contains("sonzai_retention_purged_total{table=\"attempts\"} 7"));
         assert!(text.contains("sonzai_retention_purged_total{table=\"events\"} 0"));
-        assert!(text.contains("sonzai_delivery_oldest_due_age_seconds 2"));
     }
 }
