@@ -216,6 +216,10 @@ async fn rows_past_the_horizon_go_and_pending_work_stays() {
         let orphan_event = rows.event(old);
         let orphan = rows.delivery(orphan_event, Uuid::now_v7(), "failed", old, old);
         rows.attempt(orphan, orphan_event, old);
+        // An event of today whose id is no UUIDv7 and sorts before every old one
+        // (imported, say): the time stored with it decides, so it stays.
+        let imported = Uuid::from_u128(0x0000_0000_0000_4000_8000_0000_0000_0001);
+        rows.events.push((imported, now));
         insert(&db, h.project(), "order.paid", &rows).await;
         // And today's traffic, delivered by the server.
         let fresh = h.publish("order.paid", json!({"n": 1})).await;
@@ -243,7 +247,7 @@ async fn rows_past_the_horizon_go_and_pending_work_stays() {
         let events = ids(&db, "events").await;
         assert_eq!(
             events,
-            BTreeSet::from([pending_event, resent_event, fresh.event_id]),
+            BTreeSet::from([pending_event, resent_event, imported, fresh.event_id]),
             "{on}"
         );
         let deliveries = ids(&db, "deliveries").await;

@@ -2,8 +2,9 @@
 //! SQL on both backends.
 //!
 //! Every id the server writes is a UUIDv7, whose leading 48 bits are its row's
-//! creation time in milliseconds, and both databases compare uuids bytewise: "created
-//! before the horizon" is then a range of the primary key. Each table is walked in id
+//! creation time in milliseconds, and both databases compare uuids bytewise: the rows
+//! created before the horizon are then within a range of the primary key (the stored
+//! time still decides each row). Each table is walked in id
 //! order from a cursor, so the rows that must stay (a pending delivery and its event, a
 //! delivery that finished after the horizon) are stepped over once per run, never
 //! scanned again by every batch, and no index is added to the hot tables for it.
@@ -45,21 +46,21 @@ impl RetentionTable {
         }
     }
 
-    /// Of the table's rows in a range of ids, those that may go, and whether the
-    /// condition reads the horizon (`$3`).
-    fn deletable(self) -> (&'static str, bool) {
+    /// Of the table's rows in a range of ids, those that may go. The id range only
+    /// finds the candidates quickly; the stored time decides, so a row whose id is not
+    /// a UUIDv7 of its time (imported, say) is never deleted early.
+    fn deletable(self) -> &'static str {
         match self {
-            RetentionTable::Attempts => ("true", false),
-            RetentionTable::Deliveries => (
+            RetentionTable::Attempts => "created_at < $3",
+            RetentionTable::Deliveries => {
                 "status <> 'pending' AND updated_at < $3 \
-                 AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.delivery_id = deliveries.id)",
-                true,
-            ),
-            RetentionTable::Events => (
-                "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)",
-                false,
-            ),
-            RetentionTable::Recoveries => ("status <> 'running' AND updated_at < $3", true),
+                 AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.delivery_id = deliveries.id)"
+            }
+            RetentionTable::Events => {
+                "created_at < $3 \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id)"
+            }
+            RetentionTable::Recoveries => "status <> 'running' AND updated_at < $3",
         }
     }
 }
@@ -129,13 +130,15 @@ where
                 next: None,
             });
         };
-        let (deletable, reads_horizon) = table.deletable();
-        let sql = format!("DELETE FROM {name} WHERE id > $1 AND id <= $2 AND {deletable}");
-        let mut delete = sqlx::query(&sql).bind(after).bind(last);
-        if reads_horizon {
-            delete = delete.bind(Micros(horizon));
-        }
-        let done = delete.execute(&mut *tx).await?;
+        let done = sqlx::query(&format!(
+            "DELETE FROM {name} WHERE id > $1 AND id <= $2 AND {}",
+            table.deletable()
+        ))
+        .bind(after)
+        .bind(last)
+        .bind(Micros(horizon))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(PurgeStep {
             deleted: DB::rows_affected(&done),
