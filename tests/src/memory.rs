@@ -159,13 +159,18 @@ impl MemoryApi {
         event_type: String,
         webhook_url: String,
         auth_header: Option<String>,
+        (rate_limit, ordered): (Option<i64>, Option<bool>),
     ) -> UpsertWebhookOutputBody {
+        // Shown only when set, as the server does.
+        let ordered = ordered.filter(|on| *on);
         let now = Utc::now();
         let mut state = self.lock();
         let key = (project_id, event_type.clone());
         if let Some(stored) = state.webhooks.get_mut(&key) {
             stored.webhook.webhook_url = webhook_url;
             stored.webhook.auth_header = auth_header;
+            stored.webhook.rate_limit = rate_limit;
+            stored.webhook.ordered = ordered;
             stored.webhook.is_active = true;
             stored.webhook.updated_at = now;
             return UpsertWebhookOutputBody {
@@ -184,6 +189,8 @@ impl MemoryApi {
             project_id,
             updated_at: now,
             webhook_url,
+            rate_limit,
+            ordered,
         };
         state.webhooks.insert(
             key,
@@ -441,7 +448,13 @@ impl WebhooksApi for MemoryApi {
     ) -> Result<UpsertWebhookOutputBody, Problem> {
         self.count();
         let project_id = Self::project(ctx, project_id)?;
-        Ok(self.upsert(project_id, event_type, body.webhook_url, body.auth_header))
+        Ok(self.upsert(
+            project_id,
+            event_type,
+            body.webhook_url,
+            body.auth_header,
+            (body.rate_limit, body.ordered),
+        ))
     }
 
     async fn delete_webhook(
@@ -513,7 +526,13 @@ impl WebhooksApi for MemoryApi {
         body: UpsertWebhookForTenantInputBody,
     ) -> Result<UpsertWebhookOutputBody, Problem> {
         self.count();
-        Ok(self.upsert(ctx, event_type, body.webhook_url, body.auth_header))
+        Ok(self.upsert(
+            ctx,
+            event_type,
+            body.webhook_url,
+            body.auth_header,
+            (body.rate_limit, body.ordered),
+        ))
     }
 
     async fn delete_webhook_for_tenant(

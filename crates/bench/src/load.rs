@@ -321,11 +321,22 @@ pub async fn upsert_webhook(
     event_type: &str,
     webhook_url: &str,
 ) -> anyhow::Result<Duration> {
+    let body = serde_json::json!({ "webhook_url": webhook_url });
+    upsert_webhook_as(client, target, event_type, &body).await
+}
+
+/// Like [`upsert_webhook`] with a whole body (delivery controls and all).
+pub async fn upsert_webhook_as(
+    client: &reqwest::Client,
+    target: &Target,
+    event_type: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let response = client
         .put(format!("{}/api/v1/webhooks/{event_type}", target.base))
         .header(AUTHORIZATION, &target.auth)
-        .json(&serde_json::json!({ "webhook_url": webhook_url }))
+        .json(body)
         .send()
         .await
         .with_context(|| format!("upserting webhook {event_type}"))?;

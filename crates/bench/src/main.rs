@@ -29,7 +29,8 @@ Scenarios:
   B3  20,000 events round-robin over 50 projects with one webhook each
   B4  1,000 sequential webhook upserts, then 1,000 sequential list calls
   B5  noisy neighbour (not part of `all`; B5a and B5b run one case). Two projects in
-      separate tenants: a noisy one with 4 webhooks (4 event types) and a quiet one
+      separate tenants: a noisy one with 4 webhooks (4 event types; the first with
+      rate_limit 10) and a quiet one
       with 1 webhook to a receiver that answers at once. Reports the quiet project's
       end-to-end latency (publish answered → arrival) against a goal, and how much of
       the noisy project's load was delivered.

@@ -1378,6 +1378,12 @@ pub mod types {
         ///Sent verbatim as the `Authorization` header of each delivery, so it must be a valid HTTP header value: no control characters other than tab.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub auth_header: ::std::option::Option<UpsertWebhookForTenantInputBodyAuthHeader>,
+        ///Deliver in publish order, one at a time (extension): a delivery starts only once every earlier event's delivery to this webhook has succeeded or run out of tries, so a failing receiver holds up its own queue (no one else's). Resent and recovered events take their original place. An upsert without it turns it off.
+        #[serde(default)]
+        pub ordered: bool,
+        ///At most this many deliveries per second to this webhook, counted across every server process (extension). Deliveries over the limit wait their turn; waiting uses up no try and records no attempt. Absent or null: unlimited. An upsert without it removes the limit.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub rate_limit: ::std::option::Option<::std::num::NonZeroU64>,
         ///Accepted and ignored.
         #[serde(
             rename = "$schema",
@@ -1510,6 +1516,12 @@ pub mod types {
         ///Sent verbatim as the `Authorization` header of each delivery, so it must be a valid HTTP header value: no control characters other than tab.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub auth_header: ::std::option::Option<UpsertWebhookInputBodyAuthHeader>,
+        ///Deliver in publish order, one at a time (extension): a delivery starts only once every earlier event's delivery to this webhook has succeeded or run out of tries, so a failing receiver holds up its own queue (no one else's). Resent and recovered events take their original place. An upsert without it turns it off.
+        #[serde(default)]
+        pub ordered: bool,
+        ///At most this many deliveries per second to this webhook, counted across every server process (extension). Deliveries over the limit wait their turn; waiting uses up no try and records no attempt. Absent or null: unlimited. An upsert without it removes the limit.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub rate_limit: ::std::option::Option<::std::num::NonZeroU64>,
         ///Accepted and ignored.
         #[serde(
             rename = "$schema",
@@ -1665,7 +1677,13 @@ pub mod types {
         pub event_type: ::std::string::String,
         ///False once the webhook was disabled for failing; an upsert turns it back on.
         pub is_active: bool,
+        ///Present and true when deliveries go in publish order, one at a time (extension).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub ordered: ::std::option::Option<bool>,
         pub project_id: ::uuid::Uuid,
+        ///Deliveries per second this webhook is limited to, across all processes; absent when unlimited (extension).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub rate_limit: ::std::option::Option<i64>,
         ///The JSON Schema of this object, as a URI reference (a path on this server).
         #[serde(
             rename = "$schema",
@@ -3094,6 +3112,11 @@ pub mod types {
                 ::std::option::Option<super::UpsertWebhookForTenantInputBodyAuthHeader>,
                 ::std::string::String,
             >,
+            ordered: ::std::result::Result<bool, ::std::string::String>,
+            rate_limit: ::std::result::Result<
+                ::std::option::Option<::std::num::NonZeroU64>,
+                ::std::string::String,
+            >,
             schema: ::std::result::Result<
                 ::std::option::Option<::std::string::String>,
                 ::std::string::String,
@@ -3107,6 +3130,8 @@ pub mod types {
             fn default() -> Self {
                 Self {
                     auth_header: Ok(Default::default()),
+                    ordered: Ok(Default::default()),
+                    rate_limit: Ok(Default::default()),
                     schema: Ok(Default::default()),
                     webhook_url: Err("no value supplied for webhook_url".to_string()),
                 }
@@ -3123,6 +3148,26 @@ pub mod types {
                 self.auth_header = value
                     .try_into()
                     .map_err(|e| format!("error converting supplied value for auth_header: {e}"));
+                self
+            }
+            pub fn ordered<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<bool>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.ordered = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for ordered: {e}"));
+                self
+            }
+            pub fn rate_limit<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::num::NonZeroU64>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.rate_limit = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for rate_limit: {e}"));
                 self
             }
             pub fn schema<T>(mut self, value: T) -> Self
@@ -3155,6 +3200,8 @@ pub mod types {
             ) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     auth_header: value.auth_header?,
+                    ordered: value.ordered?,
+                    rate_limit: value.rate_limit?,
                     schema: value.schema?,
                     webhook_url: value.webhook_url?,
                 })
@@ -3166,6 +3213,8 @@ pub mod types {
             fn from(value: super::UpsertWebhookForTenantInputBody) -> Self {
                 Self {
                     auth_header: Ok(value.auth_header),
+                    ordered: Ok(value.ordered),
+                    rate_limit: Ok(value.rate_limit),
                     schema: Ok(value.schema),
                     webhook_url: Ok(value.webhook_url),
                 }
@@ -3175,6 +3224,11 @@ pub mod types {
         pub struct UpsertWebhookInputBody {
             auth_header: ::std::result::Result<
                 ::std::option::Option<super::UpsertWebhookInputBodyAuthHeader>,
+                ::std::string::String,
+            >,
+            ordered: ::std::result::Result<bool, ::std::string::String>,
+            rate_limit: ::std::result::Result<
+                ::std::option::Option<::std::num::NonZeroU64>,
                 ::std::string::String,
             >,
             schema: ::std::result::Result<
@@ -3190,6 +3244,8 @@ pub mod types {
             fn default() -> Self {
                 Self {
                     auth_header: Ok(Default::default()),
+                    ordered: Ok(Default::default()),
+                    rate_limit: Ok(Default::default()),
                     schema: Ok(Default::default()),
                     webhook_url: Err("no value supplied for webhook_url".to_string()),
                 }
@@ -3206,6 +3262,26 @@ pub mod types {
                 self.auth_header = value
                     .try_into()
                     .map_err(|e| format!("error converting supplied value for auth_header: {e}"));
+                self
+            }
+            pub fn ordered<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<bool>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.ordered = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for ordered: {e}"));
+                self
+            }
+            pub fn rate_limit<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::num::NonZeroU64>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.rate_limit = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for rate_limit: {e}"));
                 self
             }
             pub fn schema<T>(mut self, value: T) -> Self
@@ -3236,6 +3312,8 @@ pub mod types {
             ) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     auth_header: value.auth_header?,
+                    ordered: value.ordered?,
+                    rate_limit: value.rate_limit?,
                     schema: value.schema?,
                     webhook_url: value.webhook_url?,
                 })
@@ -3245,6 +3323,8 @@ pub mod types {
             fn from(value: super::UpsertWebhookInputBody) -> Self {
                 Self {
                     auth_header: Ok(value.auth_header),
+                    ordered: Ok(value.ordered),
+                    rate_limit: Ok(value.rate_limit),
                     schema: Ok(value.schema),
                     webhook_url: Ok(value.webhook_url),
                 }
@@ -3336,7 +3416,9 @@ pub mod types {
             >,
             event_type: ::std::result::Result<::std::string::String, ::std::string::String>,
             is_active: ::std::result::Result<bool, ::std::string::String>,
+            ordered: ::std::result::Result<::std::option::Option<bool>, ::std::string::String>,
             project_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
+            rate_limit: ::std::result::Result<::std::option::Option<i64>, ::std::string::String>,
             schema: ::std::result::Result<
                 ::std::option::Option<::std::string::String>,
                 ::std::string::String,
@@ -3354,7 +3436,9 @@ pub mod types {
                     created_at: Err("no value supplied for created_at".to_string()),
                     event_type: Err("no value supplied for event_type".to_string()),
                     is_active: Err("no value supplied for is_active".to_string()),
+                    ordered: Ok(Default::default()),
                     project_id: Err("no value supplied for project_id".to_string()),
+                    rate_limit: Ok(Default::default()),
                     schema: Ok(Default::default()),
                     updated_at: Err("no value supplied for updated_at".to_string()),
                     webhook_url: Err("no value supplied for webhook_url".to_string()),
@@ -3402,6 +3486,16 @@ pub mod types {
                     .map_err(|e| format!("error converting supplied value for is_active: {e}"));
                 self
             }
+            pub fn ordered<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<bool>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.ordered = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for ordered: {e}"));
+                self
+            }
             pub fn project_id<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<::uuid::Uuid>,
@@ -3410,6 +3504,16 @@ pub mod types {
                 self.project_id = value
                     .try_into()
                     .map_err(|e| format!("error converting supplied value for project_id: {e}"));
+                self
+            }
+            pub fn rate_limit<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<i64>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.rate_limit = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for rate_limit: {e}"));
                 self
             }
             pub fn schema<T>(mut self, value: T) -> Self
@@ -3453,7 +3557,9 @@ pub mod types {
                     created_at: value.created_at?,
                     event_type: value.event_type?,
                     is_active: value.is_active?,
+                    ordered: value.ordered?,
                     project_id: value.project_id?,
+                    rate_limit: value.rate_limit?,
                     schema: value.schema?,
                     updated_at: value.updated_at?,
                     webhook_url: value.webhook_url?,
@@ -3467,7 +3573,9 @@ pub mod types {
                     created_at: Ok(value.created_at),
                     event_type: Ok(value.event_type),
                     is_active: Ok(value.is_active),
+                    ordered: Ok(value.ordered),
                     project_id: Ok(value.project_id),
+                    rate_limit: Ok(value.rate_limit),
                     schema: Ok(value.schema),
                     updated_at: Ok(value.updated_at),
                     webhook_url: Ok(value.webhook_url),

@@ -115,6 +115,7 @@ impl Api {
         event_type: &str,
         webhook_url: &str,
         auth_header: Option<&str>,
+        controls: Controls,
     ) -> Result<UpsertWebhookOutputBody, Problem> {
         let url = reqwest::Url::parse(webhook_url)
             .map_err(|_| Problem::invalid("body.webhook_url", "expected an absolute URL"))?;
@@ -153,6 +154,8 @@ impl Api {
                 // listed is exactly what deliveries go to.
                 webhook_url: url.as_str(),
                 auth_header,
+                rate_limit: controls.rate_limit,
+                ordered: controls.ordered.unwrap_or(false),
                 new_secret: &secret,
                 max_webhooks: self.limits.max_webhooks_per_project,
             })
@@ -566,6 +569,12 @@ pub fn store_problem(e: StoreError) -> Problem {
     }
 }
 
+/// The delivery controls of an upsert (both routes' bodies carry them).
+struct Controls {
+    rate_limit: Option<i64>,
+    ordered: Option<bool>,
+}
+
 fn webhook_model(w: store::Webhook) -> Webhook {
     Webhook {
         schema: None,
@@ -576,6 +585,9 @@ fn webhook_model(w: store::Webhook) -> Webhook {
         is_active: w.is_active,
         created_at: w.created_at,
         updated_at: w.updated_at,
+        // Shown only when set, so a webhook without them reads as before.
+        rate_limit: w.rate_limit,
+        ordered: w.ordered.then_some(true),
     }
 }
 
@@ -643,6 +655,10 @@ impl WebhooksApi for Api {
             &event_type,
             &body.webhook_url,
             body.auth_header.as_deref(),
+            Controls {
+                rate_limit: body.rate_limit,
+                ordered: body.ordered,
+            },
         )
         .await
     }
@@ -715,6 +731,10 @@ impl WebhooksApi for Api {
             &event_type,
             &body.webhook_url,
             body.auth_header.as_deref(),
+            Controls {
+                rate_limit: body.rate_limit,
+                ordered: body.ordered,
+            },
         )
         .await
     }

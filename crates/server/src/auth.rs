@@ -35,8 +35,8 @@ use crate::store::{
     ApiKeyRecord, AttemptList, AttemptPage, ClaimedDelivery, DeliveryOutcome, DisablePolicy,
     KeyOwner, Project, PublishEvent, Published, PurgeStep, QueueStats, Recorded, RecoverOutcome,
     RecoverRequest, Recovery, RecoveryClaim, RecoveryProgress, RecoveryStep, ResendOutcome,
-    RetentionLock, RetentionTable, SigningSecret, StoreError, StoreResult, Tenant, UpsertOutcome,
-    UpsertWebhook, Webhook, WebhookStore,
+    RetentionLock, RetentionTable, SendSlots, SigningSecret, StoreError, StoreResult, Tenant,
+    UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
 };
 
 /// Every key starts with this, so secret scanners and humans recognise one.
@@ -445,6 +445,17 @@ impl WebhookStore for CachedKeys {
     }
     async fn retention_lock(&self) -> StoreResult<Option<RetentionLock>> {
         self.store.retention_lock().await
+    }
+    async fn take_send_slots(
+        &self,
+        webhook_id: Uuid,
+        per_second: i64,
+        wanted: usize,
+        horizon: std::time::Duration,
+    ) -> StoreResult<SendSlots> {
+        self.store
+            .take_send_slots(webhook_id, per_second, wanted, horizon)
+            .await
     }
     async fn purge(
         &self,

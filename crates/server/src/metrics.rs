@@ -79,6 +79,8 @@ pub struct Metrics {
     /// outcomes the store refused even stripped; their deliveries are tried again
     /// when the lease runs out
     attempts_unrecorded: AtomicU64,
+    /// deliveries handed back to wait for a rate-limited webhook's turn
+    deliveries_throttled: AtomicU64,
     /// table → rows deleted by retention
     retention_purged: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -129,6 +131,10 @@ impl Metrics {
 
     pub fn attempts_unrecorded(&self, n: u64) {
         self.attempts_unrecorded.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn deliveries_throttled(&self, n: u64) {
+        self.deliveries_throttled.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn retention_purged(&self, table: &'static str, n: u64) {
@@ -190,6 +196,11 @@ impl Metrics {
             out,
             "# HELP sonzai_attempts_unrecorded_total Attempts the store refused even stripped (logged; the delivery is tried again after its lease).\n# TYPE sonzai_attempts_unrecorded_total counter\nsonzai_attempts_unrecorded_total {}",
             self.attempts_unrecorded.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sonzai_deliveries_throttled_total Deliveries put back to wait for their webhook's rate limit (no try used, no attempt recorded).\n# TYPE sonzai_deliveries_throttled_total counter\nsonzai_deliveries_throttled_total {}",
+            self.deliveries_throttled.load(Ordering::Relaxed)
         );
         out.push_str("# HELP sonzai_retention_purged_total Rows deleted by retention, by table.\n# TYPE sonzai_retention_purged_total counter\n");
         let purged = lock(&self.retention_purged);

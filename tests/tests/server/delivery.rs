@@ -50,6 +50,8 @@ fn upsert_body(url: &str, auth_header: Option<&str>) -> types::UpsertWebhookForT
         auth_header: auth_header.map(|h| h.try_into().expect("auth header")),
         schema: None,
         webhook_url: url.try_into().expect("webhook url"),
+        rate_limit: None,
+        ordered: false,
     }
 }
 

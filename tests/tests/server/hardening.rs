@@ -418,6 +418,8 @@ fn body(url: &str) -> types::UpsertWebhookForTenantInputBody {
         auth_header: None,
         schema: None,
         webhook_url: url.try_into().expect("webhook url"),
+        rate_limit: None,
+        ordered: false,
     }
 }
 

@@ -30,6 +30,8 @@ async fn upsert(server: &TestServer, key: &str, event_type: &str, url: &str) {
             auth_header: None,
             schema: None,
             webhook_url: url.try_into().expect("webhook url"),
+            rate_limit: None,
+            ordered: false,
         })
         .send()
         .await

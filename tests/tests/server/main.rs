@@ -5,6 +5,7 @@
 
 mod cli;
 mod contract;
+mod controls;
 mod delivery;
 mod durability;
 mod hardening;

@@ -474,6 +474,16 @@ pub struct UpsertWebhookForTenantInputBody {
         pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F]*$"
     )]
     pub auth_header: Option<String>,
+    /// At most this many deliveries per second to this webhook, counted across every server process (extension). Deliveries over the limit wait their turn; waiting uses up no try and records no attempt. Absent or null: unlimited. An upsert without it removes the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub rate_limit: Option<i64>,
+    /// Deliver in publish order, one at a time (extension): a delivery starts only once every earlier event's delivery to this webhook has succeeded or run out of tries, so a failing receiver holds up its own queue (no one else's). Resent and recovered events take their original place. An upsert without it turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "bool", extend("default" = false))]
+    #[schema(nullable = false, default = false)]
+    pub ordered: Option<bool>,
 }
 impl UpsertWebhookForTenantInputBody {
     /// The `$schema` link this body carries in responses.
@@ -513,6 +523,16 @@ pub struct UpsertWebhookInputBody {
         pattern = "^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F]*$"
     )]
     pub auth_header: Option<String>,
+    /// At most this many deliveries per second to this webhook, counted across every server process (extension). Deliveries over the limit wait their turn; waiting uses up no try and records no attempt. Absent or null: unlimited. An upsert without it removes the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub rate_limit: Option<i64>,
+    /// Deliver in publish order, one at a time (extension): a delivery starts only once every earlier event's delivery to this webhook has succeeded or run out of tries, so a failing receiver holds up its own queue (no one else's). Resent and recovered events take their original place. An upsert without it turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "bool", extend("default" = false))]
+    #[schema(nullable = false, default = false)]
+    pub ordered: Option<bool>,
 }
 impl UpsertWebhookInputBody {
     /// The `$schema` link this body carries in responses.
@@ -588,6 +608,16 @@ pub struct Webhook {
     #[schemars(description = "", extend("format" = "uri"))]
     #[schema(format = "uri")]
     pub webhook_url: String,
+    /// Deliveries per second this webhook is limited to, across all processes; absent when unlimited (extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "i64")]
+    #[schema(nullable = false)]
+    pub rate_limit: Option<i64>,
+    /// Present and true when deliveries go in publish order, one at a time (extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "bool")]
+    #[schema(nullable = false)]
+    pub ordered: Option<bool>,
 }
 impl Webhook {
     /// The `$schema` link this body carries in responses.
@@ -2034,7 +2064,13 @@ pub fn validate_upsert_webhook_for_tenant_input_body(
     v::check_properties(
         object,
         loc,
-        &["$schema", "webhook_url", "auth_header"],
+        &[
+            "$schema",
+            "webhook_url",
+            "auth_header",
+            "rate_limit",
+            "ordered",
+        ],
         &["webhook_url"],
         true,
         errors,
@@ -2094,6 +2130,27 @@ pub fn validate_upsert_webhook_for_tenant_input_body(
                 false,
                 errors,
             );
+        }
+    }
+    {
+        const NAME: &str = "rate_limit";
+        if let Some(value) = object.get(NAME) {
+            v::check_integer(
+                value,
+                &v::child(loc, NAME),
+                &v::IntRules {
+                    minimum: Some(1),
+                    maximum: Some(10000),
+                },
+                true,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "ordered";
+        if let Some(value) = object.get(NAME) {
+            v::check_boolean(value, &v::child(loc, NAME), false, errors);
         }
     }
 }
@@ -2109,7 +2166,13 @@ pub fn validate_upsert_webhook_input_body(
     v::check_properties(
         object,
         loc,
-        &["$schema", "webhook_url", "auth_header"],
+        &[
+            "$schema",
+            "webhook_url",
+            "auth_header",
+            "rate_limit",
+            "ordered",
+        ],
         &["webhook_url"],
         true,
         errors,
@@ -2169,6 +2232,27 @@ pub fn validate_upsert_webhook_input_body(
                 false,
                 errors,
             );
+        }
+    }
+    {
+        const NAME: &str = "rate_limit";
+        if let Some(value) = object.get(NAME) {
+            v::check_integer(
+                value,
+                &v::child(loc, NAME),
+                &v::IntRules {
+                    minimum: Some(1),
+                    maximum: Some(10000),
+                },
+                true,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "ordered";
+        if let Some(value) = object.get(NAME) {
+            v::check_boolean(value, &v::child(loc, NAME), false, errors);
         }
     }
 }
@@ -2251,6 +2335,8 @@ pub fn validate_webhook(value: &serde_json::Value, loc: &str, errors: &mut Vec<E
             "project_id",
             "updated_at",
             "webhook_url",
+            "rate_limit",
+            "ordered",
         ],
         &[
             "created_at",
@@ -2400,6 +2486,27 @@ pub fn validate_webhook(value: &serde_json::Value, loc: &str, errors: &mut Vec<E
                 false,
                 errors,
             );
+        }
+    }
+    {
+        const NAME: &str = "rate_limit";
+        if let Some(value) = object.get(NAME) {
+            v::check_integer(
+                value,
+                &v::child(loc, NAME),
+                &v::IntRules {
+                    minimum: None,
+                    maximum: None,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "ordered";
+        if let Some(value) = object.get(NAME) {
+            v::check_boolean(value, &v::child(loc, NAME), false, errors);
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use serde_json::json;
 
 use super::{drain, server_usage, Fleet, Settings};
 use crate::load::{self, PublishRun, Published, Target, EVENT_TYPE};
@@ -20,6 +21,8 @@ use crate::server::Tenancy;
 /// Webhooks of the noisy project. A project has one webhook per event type, so these
 /// are four event types.
 const NOISY_WEBHOOKS: usize = 4;
+/// The first noisy webhook's `rate_limit` (deliveries per second).
+const NOISY_RATE_LIMIT: u64 = 10;
 
 /// B5a: the noisy project's rate, spread over its webhooks. With the server's default
 /// 10 s delivery timeout that asks for 400 deliveries in flight, more than the
@@ -101,8 +104,8 @@ pub(super) async fn hanging_receivers(settings: &Settings) -> anyhow::Result<Blo
         "noisy load",
         &noisy,
         format!(
-            "{HANGING_NOISY_PER_SECOND} events/s over {NOISY_WEBHOOKS} webhooks for {seconds} s \
-             (receivers accept and never answer)"
+            "{HANGING_NOISY_PER_SECOND} events/s over {NOISY_WEBHOOKS} webhooks (one limited to \
+             {NOISY_RATE_LIMIT}/s) for {seconds} s (receivers accept and never answer)"
         ),
         HANGING_NOISY_PER_SECOND * seconds,
     );
@@ -203,8 +206,8 @@ pub(super) async fn slow_backlog(settings: &Settings) -> anyhow::Result<Block> {
         "noisy backlog",
         &noisy,
         format!(
-            "{backlog} events over {NOISY_WEBHOOKS} webhooks, {} publishers, in {} \
-             (receiver answers after {} ms)",
+            "{backlog} events over {NOISY_WEBHOOKS} webhooks (one limited to {NOISY_RATE_LIMIT}/s), \
+             {} publishers, in {} (receiver answers after {} ms)",
             settings.publishers,
             report::secs(noisy.wall()),
             BACKLOG_RECEIVER_DELAY.as_millis()
@@ -301,14 +304,14 @@ impl Neighbours {
             .map(|index| format!("bench.noisy.{index}"))
             .collect();
         for (index, event_type) in event_types.iter().enumerate() {
-            load::upsert_webhook(
-                &client,
-                &Target::new(first, noisy_key),
-                event_type,
-                &noisy_receiver.url(&format!("noisy-{index}")),
-            )
-            .await
-            .context("registering the noisy project's webhooks")?;
+            let mut body = json!({ "webhook_url": noisy_receiver.url(&format!("noisy-{index}")) });
+            if index == 0 {
+                // Its deliveries keep coming due and going back to wait for their turn.
+                body["rate_limit"] = json!(NOISY_RATE_LIMIT);
+            }
+            load::upsert_webhook_as(&client, &Target::new(first, noisy_key), event_type, &body)
+                .await
+                .context("registering the noisy project's webhooks")?;
         }
         let quiet = fleet
             .servers

@@ -287,6 +287,9 @@ mod tests {
 
     fn delivery_of(webhook: Uuid, project: Uuid) -> ClaimedDelivery {
         ClaimedDelivery {
+            rate_limit: None,
+            ordered: false,
+            send_at: None,
             delivery_id: Uuid::now_v7(),
             event_id: Uuid::now_v7(),
             webhook_id: webhook,

@@ -84,6 +84,9 @@ mod tests {
 
     fn claimed(previous: Option<&str>) -> ClaimedDelivery {
         ClaimedDelivery {
+            rate_limit: None,
+            ordered: false,
+            send_at: None,
             delivery_id: Uuid::nil(),
             event_id: Uuid::parse_str("0190f3c2-7a2b-7000-8000-000000000001").unwrap(),
             webhook_id: Uuid::nil(),

@@ -65,6 +65,10 @@ pub const DEFER_AT_LIMIT: Duration = Duration::from_millis(100);
 /// slowly as its receiver fails, so its backlog need not be looked at more often.
 pub const DEFER_SLOWED: Duration = Duration::from_secs(1);
 
+/// How far ahead a process takes a rate-limited webhook's send slots: its deliveries
+/// wait at most this long, holding a worker slot, for their turn.
+const PACING_HORIZON: Duration = Duration::from_millis(500);
+
 pub struct DeliveryWorker {
     store: Arc<dyn WebhookStore>,
     dispatcher: Arc<Dispatcher>,
@@ -91,6 +95,9 @@ struct Slot {
     freed: Arc<Notify>,
     /// The webhook whose receiver answered 410 Gone with this delivery.
     gone: Option<Uuid>,
+    /// The delivery's webhook is ordered: its next delivery can go once this one is
+    /// recorded.
+    ordered: bool,
 }
 
 impl Drop for Slot {
@@ -176,8 +183,16 @@ impl DeliveryWorker {
                     lanes: lanes.clone(),
                     freed: lane_freed.clone(),
                     gone: None,
+                    ordered: delivery.ordered,
                 };
                 tasks.spawn(async move {
+                    // A rate-limited webhook's slot, at most the pacing horizon away.
+                    if let Some(wait) = delivery
+                        .send_at
+                        .and_then(|at| (at - Utc::now()).to_std().ok())
+                    {
+                        tokio::time::sleep(wait).await;
+                    }
                     let (outcome, timed_out) =
                         deliver(&dispatcher, &schedule, max_retry_after, &delivery, &metrics).await;
                     if outcome.disable_webhook {
@@ -249,6 +264,7 @@ impl DeliveryWorker {
                 }
             };
             let claimed_any = !claimed.is_empty();
+            let claimed = self.pace(claimed).await;
             let mut progressed = false;
             let (mut full, mut slowed) = (Vec::new(), Vec::new());
             for delivery in claimed {
@@ -347,6 +363,52 @@ impl DeliveryWorker {
                 }
             }
         }
+    }
+
+    /// Gives each claimed delivery of a rate-limited webhook its send slot (see
+    /// `store/pacing.rs`); those that get none go back to the queue, due when the next
+    /// slot is free, without using up a try or recording an attempt. Returns the
+    /// deliveries that may go.
+    async fn pace(&self, claimed: Vec<ClaimedDelivery>) -> Vec<ClaimedDelivery> {
+        if claimed.iter().all(|d| d.rate_limit.is_none()) {
+            return claimed;
+        }
+        let mut go = Vec::with_capacity(claimed.len());
+        let mut limited: HashMap<Uuid, (i64, Vec<ClaimedDelivery>)> = HashMap::new();
+        for delivery in claimed {
+            match delivery.rate_limit {
+                Some(rate) => limited
+                    .entry(delivery.webhook_id)
+                    .or_insert_with(|| (rate, Vec::new()))
+                    .1
+                    .push(delivery),
+                None => go.push(delivery),
+            }
+        }
+        for (webhook_id, (rate, deliveries)) in limited {
+            let slots = match self
+                .store
+                .take_send_slots(webhook_id, rate, deliveries.len(), PACING_HORIZON)
+                .await
+            {
+                Ok(slots) => slots,
+                Err(e) => {
+                    tracing::warn!(error = %e, %webhook_id, "taking send slots failed; the deliveries wait");
+                    self.hand_back(&deliveries, Utc::now() + chrono::Duration::seconds(1))
+                        .await;
+                    continue;
+                }
+            };
+            let mut deliveries = deliveries.into_iter();
+            for (at, mut delivery) in slots.granted.iter().zip(deliveries.by_ref()) {
+                delivery.send_at = Some(*at);
+                go.push(delivery);
+            }
+            let throttled: Vec<ClaimedDelivery> = deliveries.collect();
+            self.metrics.deliveries_throttled(throttled.len() as u64);
+            self.hand_back(&throttled, slots.next_free).await;
+        }
+        go
     }
 
     /// Hands claimed deliveries back to the store, due at `due`. On failure their
@@ -597,6 +659,8 @@ async fn record_loop(
     while rx.recv_many(&mut received, MAX_RECORD_BATCH).await > 0 {
         let (batch, permits): (Vec<_>, Vec<_>) = received.drain(..).unzip();
         let retries = batch.iter().any(|outcome| outcome.retry_at.is_some());
+        // An ordered webhook's next delivery becomes claimable once this is recorded.
+        let ordered = permits.iter().any(|slot: &Slot| slot.ordered);
         let (recorded, written) = recorder.record(batch).await;
         for webhook_id in &recorded.disabled {
             tracing::warn!(%webhook_id, "webhook disabled (repeated failures or 410 Gone)");
@@ -614,7 +678,7 @@ async fn record_loop(
         if recorded.notices > 0 {
             // Operator events are queued like publishes.
             waker.announce();
-        } else if retries {
+        } else if retries || ordered {
             waker.wake();
         }
     }

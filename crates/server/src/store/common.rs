@@ -31,9 +31,26 @@ use super::{
     ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyOwner, Project,
     PublishEvent, Published, PurgeStep, QueueStats, Recorded, RecoverOutcome, RecoverRequest,
     Recovery, RecoveryClaim, RecoveryProgress, RecoveryStep, ResendOutcome, RetentionLock,
-    RetentionTable, SigningSecret, StoreError, StoreResult, Tenant, UpsertOutcome, UpsertWebhook,
-    Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
+    RetentionTable, SendSlots, SigningSecret, StoreError, StoreResult, Tenant, UpsertOutcome,
+    UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
 };
+
+/// Of a pending delivery `d` of an active webhook `w`, whether the ordering rule lets
+/// it be claimed: always for an unordered webhook; for an ordered one only the head of
+/// its queue (the first by event id, which orders by publish time, then by id) and only
+/// while none of the webhook's deliveries is leased. Written around the instant "now",
+/// which goes between the two parts.
+pub(crate) const ORDER_ALLOWS_HEAD: &str =
+    "(NOT w.ordered OR (d.id = (SELECT h.id FROM deliveries h \
+     WHERE h.webhook_id = d.webhook_id AND h.status = 'pending' ORDER BY h.event_id, h.id LIMIT 1) \
+     AND NOT EXISTS (SELECT 1 FROM deliveries f WHERE f.webhook_id = d.webhook_id \
+     AND f.status = 'pending' AND f.lease_expires_at > ";
+pub(crate) const ORDER_ALLOWS_TAIL: &str = ")))";
+
+/// [`ORDER_ALLOWS_HEAD`] and [`ORDER_ALLOWS_TAIL`] around the placeholder `now`.
+pub(crate) fn order_allows(now: &str) -> String {
+    format!("{ORDER_ALLOWS_HEAD}{now}{ORDER_ALLOWS_TAIL}")
+}
 
 /// The little that differs between the databases inside otherwise shared statements.
 pub(crate) trait Dialect: Database {
@@ -102,6 +119,7 @@ where
     for<'q> Option<Uuid>: Encode<'q, DB>,
     for<'q> Option<Micros>: Encode<'q, DB>,
     for<'q> Option<&'q str>: Encode<'q, DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
 {
     pub async fn create_tenant(&self, name: &str) -> StoreResult<Tenant> {
         let tenant = Tenant {
@@ -267,13 +285,16 @@ where
     {
         let row: Option<UpsertedRow> = sqlx::query_as(&format!(
             "INSERT INTO webhooks (id, project_id, event_type, webhook_url, auth_header, \
-                 signing_secret, is_active, consecutive_failures, created_at, updated_at) \
-             SELECT $1, $2, $3, $4, $5, $6, true, 0, $7, $7 \
+                 signing_secret, is_active, consecutive_failures, created_at, updated_at, \
+                 rate_limit, ordered) \
+             SELECT $1, $2, $3, $4, $5, $6, true, 0, $7, $7, $9, $10 \
              WHERE EXISTS (SELECT 1 FROM webhooks WHERE project_id = $2 AND event_type = $3) \
                 OR (SELECT count(*) FROM webhooks WHERE project_id = $2) < $8 \
              ON CONFLICT (project_id, event_type) DO UPDATE SET \
                  webhook_url = excluded.webhook_url, \
                  auth_header = excluded.auth_header, \
+                 rate_limit = excluded.rate_limit, \
+                 ordered = excluded.ordered, \
                  is_active = true, \
                  consecutive_failures = 0, \
                  first_failure_at = NULL, \
@@ -288,6 +309,8 @@ where
         .bind(input.new_secret.expose())
         .bind(Micros(now_micros()))
         .bind(i64::try_from(input.max_webhooks).unwrap_or(i64::MAX))
+        .bind(input.rate_limit)
+        .bind(input.ordered)
         .fetch_optional(conn)
         .await?;
         let row = row.ok_or_else(|| webhook_limit_reached(input.max_webhooks))?;
@@ -488,12 +511,17 @@ where
         // Walks the due index and stops at the first delivery that can actually be
         // claimed. A publish racing with a webhook's deletion can leave a pending row
         // whose webhook is gone; it must not keep a worker awake.
-        let next: Option<Micros> = sqlx::query_scalar(
+        // Deliveries an ordered webhook holds back behind its head are due but cannot
+        // be claimed: they must not keep a worker awake either.
+        let next: Option<Micros> = sqlx::query_scalar(&format!(
             "SELECT d.next_attempt_at FROM deliveries d \
              WHERE d.status = 'pending' \
-               AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.is_active) \
+               AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.is_active \
+                   AND {}) \
              ORDER BY d.next_attempt_at, d.id LIMIT 1",
-        )
+            order_allows("$1")
+        ))
+        .bind(Micros(now_micros()))
         .fetch_optional(&self.read)
         .await?;
         Ok(next.map(DateTime::from))
@@ -501,14 +529,17 @@ where
 
     pub async fn queue_stats(&self) -> StoreResult<QueueStats> {
         let now = now_micros();
-        let (pending, oldest): (i64, Option<Micros>) = sqlx::query_as(
+        // Deliveries an ordered webhook holds back behind its head wait on purpose,
+        // like retries: they do not make the queue look late.
+        let (pending, oldest): (i64, Option<Micros>) = sqlx::query_as(&format!(
             "SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending'), \
                  (SELECT d.next_attempt_at FROM deliveries d \
                   WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
                     AND EXISTS (SELECT 1 FROM webhooks w \
-                                WHERE w.id = d.webhook_id AND w.is_active) \
+                                WHERE w.id = d.webhook_id AND w.is_active AND {}) \
                   ORDER BY d.next_attempt_at, d.id LIMIT 1)",
-        )
+            order_allows("$1")
+        ))
         .bind(Micros(now))
         .fetch_one(&self.read)
         .await?;
@@ -755,6 +786,7 @@ where
     for<'q> Option<Uuid>: Encode<'q, B::Db>,
     for<'q> Option<Micros>: Encode<'q, B::Db>,
     for<'q> Option<&'q str>: Encode<'q, B::Db>,
+    for<'q> Option<i64>: Encode<'q, B::Db>,
 {
     async fn create_tenant(&self, name: &str) -> StoreResult<Tenant> {
         self.tables().create_tenant(name).await
@@ -890,6 +922,17 @@ where
     }
     async fn retention_lock(&self) -> StoreResult<Option<RetentionLock>> {
         BackendOps::retention_lock(self).await
+    }
+    async fn take_send_slots(
+        &self,
+        webhook_id: Uuid,
+        per_second: i64,
+        wanted: usize,
+        horizon: Duration,
+    ) -> StoreResult<SendSlots> {
+        self.tables()
+            .take_send_slots(webhook_id, per_second, wanted, horizon)
+            .await
     }
     async fn purge(
         &self,

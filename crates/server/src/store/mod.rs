@@ -19,6 +19,7 @@ mod common;
 mod group_commit;
 pub(crate) mod notify;
 pub(crate) mod operator;
+mod pacing;
 pub(crate) mod postgres;
 mod recovery;
 pub(crate) mod retention;
@@ -28,6 +29,7 @@ pub(crate) mod sqlite;
 #[cfg(test)]
 mod tests;
 
+pub use pacing::SendSlots;
 pub use retention::{v7_time, PurgeStep, RetentionTable};
 
 /// The right to run retention, held while a run lasts. On PostgreSQL it is a session
@@ -198,6 +200,10 @@ pub struct Webhook {
     pub is_active: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Deliveries per second, across all processes; `None`: unlimited.
+    pub rate_limit: Option<i64>,
+    /// One delivery at a time, in publish order.
+    pub ordered: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -206,6 +212,8 @@ pub struct UpsertWebhook<'a> {
     pub event_type: &'a str,
     pub webhook_url: &'a str,
     pub auth_header: Option<&'a str>,
+    pub rate_limit: Option<i64>,
+    pub ordered: bool,
     /// Used only when the webhook is created; an update keeps the stored secret.
     pub new_secret: &'a SigningSecret,
     /// The most webhooks the project may have: creating one more fails with
@@ -459,6 +467,12 @@ pub struct ClaimedDelivery {
     /// What started the delivery (`Publish`, `Resend` or `Recover`): the trigger of
     /// its first attempt.
     pub origin: AttemptTrigger,
+    /// The webhook's rate limit (deliveries per second), if it has one.
+    pub rate_limit: Option<i64>,
+    /// The webhook delivers in order: the next one is claimable once this one ends.
+    pub ordered: bool,
+    /// Not before this instant (a rate-limited webhook's slot).
+    pub send_at: Option<DateTime<Utc>>,
 }
 
 /// What a worker reports about one claimed delivery.
@@ -632,6 +646,17 @@ pub trait WebhookStore: Send + Sync + 'static {
         policy: DisablePolicy,
     ) -> StoreResult<Recorded>;
 
+    /// Takes up to `wanted` send slots of a rate-limited webhook (see
+    /// `store/pacing.rs`): instants one 1/`per_second` apart, across all processes,
+    /// within `horizon` from now.
+    async fn take_send_slots(
+        &self,
+        webhook_id: Uuid,
+        per_second: i64,
+        wanted: usize,
+        horizon: Duration,
+    ) -> StoreResult<SendSlots>;
+
     // --- retention ------------------------------------------------------------------
     /// Takes the right to purge (one process at a time): `None` while another process
     /// holds it. Hand it back with [`RetentionLock::release`].
@@ -670,6 +695,22 @@ pub struct QueueStats {
 
 /// The current instant at the precision both backends store (microseconds), so that a
 /// value handed back to a caller equals the one read back later.
+/// A UUIDv7 for an event published at `at`, carrying the microsecond within the
+/// millisecond in its 12 `rand_a` bits (RFC 9562, method 3): events published a
+/// microsecond apart sort in publish order by id, in any process, which is the order an
+/// ordered webhook delivers them in.
+pub(crate) fn v7_at(at: DateTime<Utc>) -> Uuid {
+    let micros = at.timestamp_micros();
+    let millis = u64::try_from(micros.div_euclid(1000)).unwrap_or(0);
+    let sub_ms = u16::try_from(micros.rem_euclid(1000) * 4096 / 1000).unwrap_or(0);
+    let mut bytes = *Uuid::new_v4().as_bytes();
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    bytes[6] = 0x70 | (sub_ms >> 8) as u8;
+    bytes[7] = (sub_ms & 0xff) as u8;
+    bytes[8] = 0x80 | (bytes[8] & 0x3f);
+    Uuid::from_bytes(bytes)
+}
+
 pub(crate) fn now_micros() -> DateTime<Utc> {
     truncate_micros(Utc::now())
 }

@@ -196,7 +196,7 @@ where
         if notice.about_operator_events() {
             return Ok(false);
         }
-        let event_id = Uuid::now_v7();
+        let event_id = super::v7_at(now);
         let event_type = notice.event_type();
         let project_id = notice.project_id();
         sqlx::query(

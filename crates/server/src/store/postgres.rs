@@ -26,13 +26,14 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgQueryResult};
 use sqlx::{FromRow, Pool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::common::{BackendOps, Dialect, Tables};
+use super::common::{order_allows, BackendOps, Dialect, Tables};
 use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::rows::{ClaimedRow, StreakRow, WebhookRow, ATTEMPT_COLUMNS, WEBHOOK_COLUMNS};
 use super::{
-    add_duration, now_micros, status_after, truncate_micros, Attempt, AttemptTrigger, ClaimFrom,
-    ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, PublishEvent, Published,
-    Recorded, RetentionLock, StoreError, StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
+    add_duration, now_micros, status_after, truncate_micros, v7_at, Attempt, AttemptTrigger,
+    ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, PublishEvent,
+    Published, Recorded, RetentionLock, StoreError, StoreResult, UpsertOutcome, UpsertWebhook,
+    Webhook,
 };
 
 /// The advisory lock of retention, so one process at a time purges: this key ("sonz")
@@ -178,15 +179,20 @@ impl BackendOps for PgStore {
         // nothing, so claimers never queue behind a webhook row either.
         // next_attempt_at moves to the lease expiry: the row drops out of the due
         // range while leased and comes back by itself if the lease runs out.
-        const DUE: &str = "d.status = 'pending' AND d.next_attempt_at <= $1 \
+        let order_allows = order_allows("$1");
+        let due_now = format!(
+            "d.status = 'pending' AND d.next_attempt_at <= $1 \
              AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $1) \
-             AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.is_active)";
+             AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.is_active \
+                 AND {order_allows})"
+        );
+
         let (due, projects, share): (String, &[Uuid], Option<usize>) = match from {
             // A part for each project: one index range per project, in due order.
             ClaimFrom::Projects(projects, share) => (
                 format!(
                     "SELECT x.id FROM unnest($5::uuid[]) AS p(pid) CROSS JOIN LATERAL ( \
-                         SELECT d.id FROM deliveries d WHERE d.project_id = p.pid AND {DUE} \
+                         SELECT d.id FROM deliveries d WHERE d.project_id = p.pid AND {due_now} \
                          ORDER BY d.next_attempt_at, d.id LIMIT $6 \
                          FOR NO KEY UPDATE OF d SKIP LOCKED) x \
                      LIMIT $2"
@@ -196,7 +202,7 @@ impl BackendOps for PgStore {
             ),
             ClaimFrom::Oldest(skip) => (
                 format!(
-                    "SELECT d.id FROM deliveries d WHERE {DUE} \
+                    "SELECT d.id FROM deliveries d WHERE {due_now} \
                        AND NOT (d.project_id = ANY($5)) \
                      ORDER BY d.next_attempt_at, d.id LIMIT $2 \
                      FOR NO KEY UPDATE OF d SKIP LOCKED"
@@ -216,7 +222,7 @@ impl BackendOps for PgStore {
              SELECT c.id, c.event_id, c.webhook_id, c.project_id, c.event_type, \
                  c.attempts_made, c.lease_token, c.origin, \
                  e.created_at AS event_created_at, e.data, \
-                 w.webhook_url, w.auth_header, w.signing_secret, \
+                 w.webhook_url, w.auth_header, w.signing_secret, w.rate_limit, w.ordered, \
                  CASE WHEN w.previous_secret_expires_at > $1 THEN w.previous_secret END \
                      AS previous_secret \
              FROM claimed c \
@@ -392,7 +398,7 @@ async fn publish_one(pool: &PgPool, event: PublishEvent<'_>) -> StoreResult<Publ
     let since = truncate_micros(event.idempotency_since);
     for _ in 0..PUBLISH_ATTEMPTS {
         let now = now_micros();
-        let event_id = Uuid::now_v7();
+        let event_id = v7_at(now);
         // One statement, hence one transaction and one round trip on the hot path.
         // A conflicting idempotency key inserts nothing (and so no delivery); the
         // unique index makes a concurrent publisher with the same key wait for
@@ -496,7 +502,7 @@ impl Committer for PgCommitter {
 
 async fn publish_batch(pool: &PgPool, jobs: &[PublishJob]) -> StoreResult<Vec<Published>> {
     let now = now_micros();
-    let event_ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::now_v7()).collect();
+    let event_ids: Vec<Uuid> = jobs.iter().map(|_| v7_at(now)).collect();
     let delivery_ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::now_v7()).collect();
     let projects: Vec<Uuid> = jobs.iter().map(|j| j.project_id).collect();
     let types: Vec<&str> = jobs.iter().map(|j| j.event_type.as_str()).collect();

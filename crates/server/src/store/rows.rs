@@ -152,10 +152,12 @@ pub(crate) struct WebhookRow {
     is_active: bool,
     created_at: Micros,
     updated_at: Micros,
+    rate_limit: Option<i64>,
+    ordered: bool,
 }
 
-pub(crate) const WEBHOOK_COLUMNS: &str =
-    "id, project_id, event_type, webhook_url, auth_header, is_active, created_at, updated_at";
+pub(crate) const WEBHOOK_COLUMNS: &str = "id, project_id, event_type, webhook_url, auth_header, \
+     is_active, created_at, updated_at, rate_limit, ordered";
 
 impl From<WebhookRow> for Webhook {
     fn from(r: WebhookRow) -> Self {
@@ -168,6 +170,8 @@ impl From<WebhookRow> for Webhook {
             is_active: r.is_active,
             created_at: r.created_at.0,
             updated_at: r.updated_at.0,
+            rate_limit: r.rate_limit,
+            ordered: r.ordered,
         }
     }
 }
@@ -262,6 +266,8 @@ pub(crate) struct ClaimedRow {
     attempts_made: i64,
     lease_token: Uuid,
     origin: String,
+    rate_limit: Option<i64>,
+    ordered: bool,
 }
 
 impl From<ClaimedRow> for ClaimedDelivery {
@@ -282,6 +288,9 @@ impl From<ClaimedRow> for ClaimedDelivery {
             lease_token: r.lease_token,
             // The column's CHECK allows only known origins.
             origin: AttemptTrigger::parse(&r.origin).unwrap_or(AttemptTrigger::Publish),
+            rate_limit: r.rate_limit,
+            ordered: r.ordered,
+            send_at: None,
         }
     }
 }

@@ -27,11 +27,11 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Pool, QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
-use super::common::{BackendOps, Dialect, Tables};
+use super::common::{BackendOps, Dialect, Tables, ORDER_ALLOWS_HEAD, ORDER_ALLOWS_TAIL};
 use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::rows::{opt, ClaimedRow, Micros, StreakRow, ATTEMPT_COLUMNS};
 use super::{
-    add_duration, now_micros, status_after, truncate_micros, AttemptTrigger, ClaimFrom,
+    add_duration, now_micros, status_after, truncate_micros, v7_at, AttemptTrigger, ClaimFrom,
     ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, PublishEvent, Published,
     Recorded, StoreError, StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
 };
@@ -219,7 +219,10 @@ impl BackendOps for SqliteStore {
             .push_bind(now)
             .push(" AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= ")
             .push_bind(now)
-            .push(")");
+            .push(") AND ")
+            .push(ORDER_ALLOWS_HEAD)
+            .push_bind(now)
+            .push(ORDER_ALLOWS_TAIL);
         };
         match from {
             // A part for each project: one index range per project, in due order.
@@ -262,6 +265,8 @@ impl BackendOps for SqliteStore {
                  (SELECT w.auth_header FROM webhooks w WHERE w.id = webhook_id) AS auth_header, \
                  (SELECT w.signing_secret FROM webhooks w WHERE w.id = webhook_id) \
                      AS signing_secret, \
+                 (SELECT w.rate_limit FROM webhooks w WHERE w.id = webhook_id) AS rate_limit, \
+                 (SELECT w.ordered FROM webhooks w WHERE w.id = webhook_id) AS ordered, \
                  (SELECT CASE WHEN w.previous_secret_expires_at > ",
             )
             .push_bind(now)
@@ -282,7 +287,8 @@ impl BackendOps for SqliteStore {
         // project with a thousand webhooks costs several times more than the query.
         let json: String = sqlx::query_scalar(
             "SELECT json_group_array(json_array(hex(id), hex(project_id), event_type, \
-                 webhook_url, auth_header, is_active, created_at, updated_at) \
+                 webhook_url, auth_header, is_active, created_at, updated_at, rate_limit, \
+                 ordered) \
                  ORDER BY event_type) \
              FROM webhooks WHERE project_id = $1",
         )
@@ -300,6 +306,8 @@ impl BackendOps for SqliteStore {
             i64,
             i64,
             i64,
+            Option<i64>,
+            i64,
         );
         let decode = |e: String| StoreError::Database(sqlx::Error::Decode(e.into()));
         let uuid = |hex: &str| Uuid::parse_str(hex).map_err(|e| decode(format!("webhook id: {e}")));
@@ -311,7 +319,18 @@ impl BackendOps for SqliteStore {
             serde_json::from_str(&json).map_err(|e| decode(format!("webhook list: {e}")))?;
         rows.into_iter()
             .map(
-                |Listed(id, project, event_type, url, auth, active, created, updated)| {
+                |Listed(
+                    id,
+                    project,
+                    event_type,
+                    url,
+                    auth,
+                    active,
+                    created,
+                    updated,
+                    rate,
+                    ordered,
+                )| {
                     Ok(Webhook {
                         id: uuid(&id)?,
                         project_id: uuid(&project)?,
@@ -321,6 +340,8 @@ impl BackendOps for SqliteStore {
                         is_active: active != 0,
                         created_at: at(created)?,
                         updated_at: at(updated)?,
+                        rate_limit: rate,
+                        ordered: ordered != 0,
                     })
                 },
             )
@@ -479,7 +500,7 @@ async fn publish_one(
         }
     }
 
-    let event_id = Uuid::now_v7();
+    let event_id = v7_at(now);
     sqlx::query(
         "INSERT INTO events (id, project_id, event_type, data, idempotency_key, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -555,7 +576,7 @@ async fn publish_batch(writer: &SqlitePool, jobs: &[PublishJob]) -> StoreResult<
         .iter()
         .enumerate()
         .filter(|(_, job)| job.idempotency_key.is_none())
-        .map(|(i, _)| (i, Uuid::now_v7(), Uuid::now_v7()))
+        .map(|(i, _)| (i, v7_at(now), Uuid::now_v7()))
         .collect();
     let mut delivered = HashSet::new();
     for chunk in plain.chunks(ROWS_PER_INSERT) {

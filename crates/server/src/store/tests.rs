@@ -234,6 +234,8 @@ async fn upsert_limited(
     let secret = SigningSecret::generate();
     let outcome = store
         .upsert_webhook(UpsertWebhook {
+            rate_limit: None,
+            ordered: false,
             project_id,
             event_type,
             webhook_url: url,
@@ -495,6 +497,8 @@ async fn upsert_creates_then_updates(db: Arc<TestDb>) {
     let secret = SigningSecret::generate();
     let created = s
         .upsert_webhook(UpsertWebhook {
+            rate_limit: None,
+            ordered: false,
             project_id: p.id,
             event_type: "session.end",
             webhook_url: "https://a.example/hook",
@@ -524,6 +528,8 @@ async fn upsert_creates_then_updates(db: Arc<TestDb>) {
     let offered = SigningSecret::generate();
     let updated = s
         .upsert_webhook(UpsertWebhook {
+            rate_limit: None,
+            ordered: false,
             project_id: p.id,
             event_type: "session.end",
             webhook_url: "https://b.example/hook",
@@ -906,6 +912,8 @@ async fn claim_takes_due_deliveries_oldest_first_under_lease(db: Arc<TestDb>) {
     let secret = SigningSecret::generate();
     let UpsertOutcome::Created { webhook: hook, .. } = s
         .upsert_webhook(UpsertWebhook {
+            rate_limit: None,
+            ordered: false,
             project_id: p.id,
             event_type: "session.end",
             webhook_url: "https://a.example/hook",
@@ -2009,7 +2017,7 @@ async fn postgres_concurrent_startups_migrate_once() {
             .await
             .unwrap();
         // Each migration once, not once per process.
-        assert_eq!(applied, 5);
+        assert_eq!(applied, 6);
         for store in stores {
             store.close().await;
         }
