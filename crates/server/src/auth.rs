@@ -457,6 +457,12 @@ impl WebhookStore for CachedKeys {
             .take_send_slots(webhook_id, per_second, wanted, horizon)
             .await
     }
+    async fn release_each(
+        &self,
+        claims: &[(Uuid, Uuid, chrono::DateTime<Utc>)],
+    ) -> StoreResult<()> {
+        self.store.release_each(claims).await
+    }
     async fn purge(
         &self,
         table: RetentionTable,

@@ -404,9 +404,16 @@ impl DeliveryWorker {
                 delivery.send_at = Some(*at);
                 go.push(delivery);
             }
-            let throttled: Vec<ClaimedDelivery> = deliveries.collect();
-            self.metrics.deliveries_throttled(throttled.len() as u64);
-            self.hand_back(&throttled, slots.next_free).await;
+            // The rest wait in the queue, each due at its turn behind those already
+            // waiting, so they come due about when they can go.
+            let waiting: Vec<(Uuid, Uuid, chrono::DateTime<Utc>)> = deliveries
+                .zip(&slots.turns)
+                .map(|(d, due)| (d.delivery_id, d.lease_token, *due))
+                .collect();
+            self.metrics.deliveries_throttled(waiting.len() as u64);
+            if let Err(e) = self.store.release_each(&waiting).await {
+                tracing::warn!(error = %e, count = waiting.len(), "handing back throttled deliveries failed; their leases will expire");
+            }
         }
         go
     }

@@ -934,6 +934,9 @@ where
             .take_send_slots(webhook_id, per_second, wanted, horizon)
             .await
     }
+    async fn release_each(&self, claims: &[(Uuid, Uuid, DateTime<Utc>)]) -> StoreResult<()> {
+        self.tables().release_each(claims).await
+    }
     async fn purge(
         &self,
         table: RetentionTable,

@@ -656,6 +656,10 @@ pub trait WebhookStore: Send + Sync + 'static {
         wanted: usize,
         horizon: Duration,
     ) -> StoreResult<SendSlots>;
+    /// Hands claimed deliveries back like [`WebhookStore::release`], each (delivery,
+    /// lease token, due) due at its own instant: a rate-limited webhook's waiting
+    /// deliveries at their turns.
+    async fn release_each(&self, claims: &[(Uuid, Uuid, DateTime<Utc>)]) -> StoreResult<()>;
 
     // --- retention ------------------------------------------------------------------
     /// Takes the right to purge (one process at a time): `None` while another process
