@@ -154,7 +154,7 @@ pub mod types {
     ///`ErrorDetail`
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, Default, PartialEq)]
     pub struct ErrorDetail {
-        ///Where the error occurred, e.g. 'body.items[3].tags' or 'path.thing-id'
+        ///Where the error occurred, e.g. `body.items[3].tags` or `path.thing-id`
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub location: ::std::option::Option<::std::string::String>,
         ///Error message text

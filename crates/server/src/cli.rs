@@ -1,6 +1,7 @@
 //! The `sonzai-webhooks` command line: `serve` runs the server; `tenants`, `projects`
 //! and `keys` administer the database directly, so an operator can issue credentials
-//! without any API call (and before the server first runs).
+//! without any API call (and before the server first runs); `webhooks` and `events`
+//! call any server through the generated client; `receive` is a local receiver.
 
 use std::io::{IsTerminal as _, Write as _};
 
@@ -36,6 +37,13 @@ Issuing credentials by hand:
   sonzai-webhooks tenants create --name acme
   sonzai-webhooks projects create --tenant <TENANT_ID> --name production
   sonzai-webhooks keys create --project <PROJECT_ID>
+
+Talking to a running server (the API key of `keys create`, or the banner's):
+  export SONZAI_URL=http://127.0.0.1:8080 SONZAI_API_KEY=sk_...
+  sonzai-webhooks webhooks upsert session.end --webhook-url http://127.0.0.1:9000/hook
+  sonzai-webhooks receive --secret whsec_...        (in another terminal)
+  sonzai-webhooks events publish session.end --data '{\"user_id\": \"u_1\"}'
+  sonzai-webhooks webhooks attempts session.end
 
 Running on PostgreSQL:
   DATABASE_URL=postgres://user:pass@db/webhooks sonzai-webhooks serve --listen 0.0.0.0:8080
@@ -117,6 +125,27 @@ pub enum Command {
     /// Create, list and revoke API keys.
     #[command(subcommand, arg_required_else_help = true, after_help = KEYS_AFTER_HELP)]
     Keys(KeysCommand),
+
+    /// Manage a running server's webhooks through the API (list, upsert, delete,
+    /// rotate, attempts, recover).
+    #[command(
+        subcommand,
+        arg_required_else_help = true,
+        after_help = crate::remote::webhooks_after_help()
+    )]
+    Webhooks(crate::remote::WebhooksCommand),
+
+    /// Publish and resend events through the API.
+    #[command(
+        subcommand,
+        arg_required_else_help = true,
+        after_help = crate::remote::events_after_help()
+    )]
+    Events(crate::remote::EventsCommand),
+
+    /// Receive deliveries locally: print each one and whether its signatures verify.
+    #[command(after_help = crate::receive::after_help())]
+    Receive(crate::receive::ReceiveArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,6 +249,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenants(command) => tenants(command).await?,
         Command::Projects(command) => projects(command).await?,
         Command::Keys(command) => keys(command).await?,
+        Command::Webhooks(command) => crate::remote::webhooks(command).await?,
+        Command::Events(command) => crate::remote::events(command).await?,
+        Command::Receive(args) => return crate::receive::run(args).await,
     };
     write_stdout(&output)
 }
@@ -243,7 +275,7 @@ pub fn init_tracing(log: &LogArgs) -> anyhow::Result<()> {
 
 /// Writes command output. A closed pipe (`... | head`) is not an error worth a
 /// message: the reader has what it wanted.
-fn write_stdout(output: &str) -> anyhow::Result<()> {
+pub(crate) fn write_stdout(output: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(output.as_bytes())

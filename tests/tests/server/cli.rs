@@ -19,15 +19,15 @@ use crate::support;
 /// process from hanging the test run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub(super) struct Run {
+    pub(super) code: Option<i32>,
+    pub(super) stdout: String,
+    pub(super) stderr: String,
 }
 
 /// Runs the binary with an environment cleared of every setting it reads, so that the
 /// developer's or CI's environment (DATABASE_URL in particular) cannot redirect it.
-fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
+pub(super) fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut command = process::std_command(&support::server_binary());
     command
         .args(args)

@@ -13,6 +13,7 @@ mod hostile;
 mod operator_events;
 mod receiver_answers;
 mod recovery;
+mod remote_cli;
 mod retention;
 mod scaleout;
 mod support;

@@ -48,7 +48,7 @@ pub struct DeliveryExhaustedData {
 #[serde(deny_unknown_fields)]
 #[schemars(description = "")]
 pub struct ErrorDetail {
-    /// Where the error occurred, e.g. 'body.items[3].tags' or 'path.thing-id'
+    /// Where the error occurred, e.g. `body.items[3].tags` or `path.thing-id`
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "String")]
     #[schema(nullable = false)]
