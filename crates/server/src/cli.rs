@@ -3,7 +3,7 @@
 //! without any API call (and before the server first runs); `webhooks` and `events`
 //! call any server through the generated client; `receive` is a local receiver.
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::IsTerminal as _;
 
 use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -253,7 +253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(command) => crate::remote::events(command).await?,
         Command::Receive(args) => return crate::receive::run(args).await,
     };
-    write_stdout(&output)
+    crate::stdout::write_stdout(&output)
 }
 
 /// Installs the global tracing subscriber: logs go to stderr so that stdout carries
@@ -271,21 +271,6 @@ pub fn init_tracing(log: &LogArgs) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
     };
     installed.map_err(|err| anyhow::anyhow!("cannot install the log subscriber: {err}"))
-}
-
-/// Writes command output. A closed pipe (`... | head`) is not an error worth a
-/// message: the reader has what it wanted.
-pub(crate) fn write_stdout(output: &str) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(output.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(err).context("cannot write to stdout")
-        }
-        _ => Ok(()),
-    }
 }
 
 async fn tenants(command: TenantsCommand) -> anyhow::Result<String> {

@@ -22,6 +22,7 @@ mod recovery;
 mod remote;
 mod retention;
 pub mod server;
+mod stdout;
 pub mod store;
 mod wake;
 

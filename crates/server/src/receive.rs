@@ -65,7 +65,7 @@ pub(crate) async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    crate::cli::write_stdout(&format!(
+    crate::stdout::write_stdout(&format!(
         "receiving on http://{addr}/ (answering {}); Ctrl-C stops\n",
         args.status
     ))?;
@@ -88,7 +88,7 @@ async fn receive(
         Ok(()) => "signature verified".to_owned(),
         Err(e) => format!("signature NOT verified: {e}"),
     };
-    let _ = crate::cli::write_stdout(&describe(&method, &uri, &headers, &body, &verdict));
+    let _ = crate::stdout::write_stdout(&describe(&method, &uri, &headers, &body, &verdict));
     state.status
 }
 

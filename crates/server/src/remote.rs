@@ -71,6 +71,19 @@ impl RemoteArgs {
     }
 }
 
+/// Calls an operation on the project route (`--project`) or on its tenant twin (the
+/// key's own project), with the same builder calls after it, and reads the answer.
+macro_rules! on_route {
+    ($remote:expr, $client:expr, $project_op:ident, $tenant_op:ident $(, $call:ident($($arg:expr),*))*) => {
+        match $remote.project {
+            Some(project) => answered(
+                $client.$project_op().project_id(project)$(.$call($($arg),*))*.send().await,
+            ),
+            None => answered($client.$tenant_op()$(.$call($($arg),*))*.send().await),
+        }
+    };
+}
+
 #[derive(Debug, Subcommand)]
 pub enum WebhooksCommand {
     /// List the project's webhooks.
@@ -257,10 +270,7 @@ pub(crate) async fn webhooks(command: WebhooksCommand) -> anyhow::Result<String>
     match command {
         WebhooksCommand::List { remote } => {
             let client = remote.client()?;
-            let listed = match remote.project {
-                Some(project) => answered(client.list_webhooks().project_id(project).send().await)?,
-                None => answered(client.list_webhooks_for_tenant().send().await)?,
-            };
+            let listed = on_route!(remote, client, list_webhooks, list_webhooks_for_tenant)?;
             if remote.json {
                 return to_json(&listed);
             }
@@ -355,23 +365,13 @@ pub(crate) async fn webhooks(command: WebhooksCommand) -> anyhow::Result<String>
         }
         WebhooksCommand::Delete { event_type, remote } => {
             let client = remote.client()?;
-            match remote.project {
-                Some(project) => answered(
-                    client
-                        .delete_webhook()
-                        .project_id(project)
-                        .event_type(event_type.as_str())
-                        .send()
-                        .await,
-                )?,
-                None => answered(
-                    client
-                        .delete_webhook_for_tenant()
-                        .event_type(event_type.as_str())
-                        .send()
-                        .await,
-                )?,
-            }
+            on_route!(
+                remote,
+                client,
+                delete_webhook,
+                delete_webhook_for_tenant,
+                event_type(event_type.as_str())
+            )?;
             if remote.json {
                 // The API answers 204 without a body: nothing to print.
                 return Ok(String::new());
@@ -435,25 +435,14 @@ pub(crate) async fn webhooks(command: WebhooksCommand) -> anyhow::Result<String>
             if let Some(until) = until {
                 body = body.until(Some(until));
             }
-            let recovery = match remote.project {
-                Some(project) => answered(
-                    client
-                        .recover_webhook()
-                        .project_id(project)
-                        .event_type(event_type.as_str())
-                        .body(body)
-                        .send()
-                        .await,
-                )?,
-                None => answered(
-                    client
-                        .recover_webhook_for_tenant()
-                        .event_type(event_type.as_str())
-                        .body(body)
-                        .send()
-                        .await,
-                )?,
-            };
+            let recovery = on_route!(
+                remote,
+                client,
+                recover_webhook,
+                recover_webhook_for_tenant,
+                event_type(event_type.as_str()),
+                body(body)
+            )?;
             if remote.json {
                 return to_json(&recovery);
             }
@@ -540,7 +529,7 @@ async fn attempts(
                 header = false;
                 text
             };
-            crate::cli::write_stdout(&text)?;
+            crate::stdout::write_stdout(&text)?;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         batch = page(None).await?.attempts.unwrap_or_default();
@@ -649,25 +638,14 @@ pub(crate) async fn events(command: EventsCommand) -> anyhow::Result<String> {
             remote,
         } => {
             let client = remote.client()?;
-            let resent = match remote.project {
-                Some(project) => answered(
-                    client
-                        .resend_event()
-                        .project_id(project)
-                        .event_type(event_type.as_str())
-                        .event_id(event_id)
-                        .send()
-                        .await,
-                )?,
-                None => answered(
-                    client
-                        .resend_event_for_tenant()
-                        .event_type(event_type.as_str())
-                        .event_id(event_id)
-                        .send()
-                        .await,
-                )?,
-            };
+            let resent = on_route!(
+                remote,
+                client,
+                resend_event,
+                resend_event_for_tenant,
+                event_type(event_type.as_str()),
+                event_id(event_id)
+            )?;
             if remote.json {
                 return to_json(&resent);
             }
