@@ -280,3 +280,99 @@ async fn an_ordered_webhook_delivers_in_publish_order_through_failures_and_a_kil
         drop(servers);
     }
 }
+
+/// A receiver that fails the first try of the second event it sees, and records, in
+/// order, the event of each success.
+#[derive(Default)]
+struct SecondFailsOnce {
+    seen: Mutex<Vec<Uuid>>,
+    successes: Mutex<Vec<Uuid>>,
+}
+
+async fn second_fails_once() -> (SocketAddr, Arc<SecondFailsOnce>) {
+    let state = Arc::new(SecondFailsOnce::default());
+    let app = Router::new()
+        .fallback(
+            |State(state): State<Arc<SecondFailsOnce>>, body: axum::body::Bytes| async move {
+                let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let Some(id) = value["event_id"]
+                    .as_str()
+                    .and_then(|s| s.parse::<Uuid>().ok())
+                else {
+                    return StatusCode::BAD_REQUEST;
+                };
+                {
+                    let mut seen = state.seen.lock().unwrap();
+                    if !seen.contains(&id) {
+                        seen.push(id);
+                        if seen.len() == 2 {
+                            return StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                    }
+                }
+                state.successes.lock().unwrap().push(id);
+                StatusCode::OK
+            },
+        )
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_event_takes_its_publish_order_place_in_an_ordered_queue() {
+    for db in support::backends().await {
+        let on = format!("{:?}", db.backend);
+        let mut config = support::test_config(&db);
+        // Time to resend while the failed head waits for its retry.
+        config.retry_schedule = "1s,1s".parse().unwrap();
+        let server = support::TestServer::start_with(&db, config).await;
+        let (addr, receiver) = second_fails_once().await;
+        upsert(
+            &server.client,
+            "ledger.entry",
+            format!("http://{addr}/ordered"),
+            None,
+            true,
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let successes = || receiver.successes.lock().unwrap().clone();
+
+        let first = publish(&server.client, "ledger.entry", 0).await;
+        while successes() != [first] {
+            assert!(Instant::now() < deadline, "{on}: {:?}", successes());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The second fails its first try and becomes the blocked head; a third waits
+        // behind it; then the first, older than both, is resent.
+        let second = publish(&server.client, "ledger.entry", 1).await;
+        while !receiver.seen.lock().unwrap().contains(&second) {
+            assert!(Instant::now() < deadline, "{on}: the second never tried");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let third = publish(&server.client, "ledger.entry", 2).await;
+        server
+            .client
+            .resend_event_for_tenant()
+            .event_type("ledger.entry")
+            .event_id(first)
+            .send()
+            .await
+            .expect("resend");
+        while successes().len() < 4 {
+            assert!(Instant::now() < deadline, "{on}: {:?}", successes());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            successes(),
+            vec![first, first, second, third],
+            "{on}: the resent event goes first, in its publish order place"
+        );
+        server.shutdown().await;
+    }
+}
