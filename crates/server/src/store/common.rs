@@ -52,6 +52,31 @@ pub(crate) fn order_allows(now: &str) -> String {
     format!("{ORDER_ALLOWS_HEAD}{now}{ORDER_ALLOWS_TAIL}")
 }
 
+/// The next instant a delivery can be claimed (`$1`: now), for the idle workers.
+pub(crate) fn next_due_sql() -> String {
+    format!(
+        "SELECT d.next_attempt_at FROM deliveries d \
+         WHERE d.status = 'pending' \
+           AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.is_active \
+               AND {}) \
+         ORDER BY d.next_attempt_at, d.id LIMIT 1",
+        order_allows("$1")
+    )
+}
+
+/// Pending deliveries, and the oldest due one that can be claimed (`$1`: now).
+pub(crate) fn queue_stats_sql() -> String {
+    format!(
+        "SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending'), \
+             (SELECT d.next_attempt_at FROM deliveries d \
+              WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
+                AND EXISTS (SELECT 1 FROM webhooks w \
+                            WHERE w.id = d.webhook_id AND w.is_active AND {}) \
+              ORDER BY d.next_attempt_at, d.id LIMIT 1)",
+        order_allows("$1")
+    )
+}
+
 /// The little that differs between the databases inside otherwise shared statements.
 pub(crate) trait Dialect: Database {
     /// A test that the optional uuid parameter `$1` is NULL (PostgreSQL must be told
@@ -513,17 +538,10 @@ where
         // whose webhook is gone; it must not keep a worker awake.
         // Deliveries an ordered webhook holds back behind its head are due but cannot
         // be claimed: they must not keep a worker awake either.
-        let next: Option<Micros> = sqlx::query_scalar(&format!(
-            "SELECT d.next_attempt_at FROM deliveries d \
-             WHERE d.status = 'pending' \
-               AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.is_active \
-                   AND {}) \
-             ORDER BY d.next_attempt_at, d.id LIMIT 1",
-            order_allows("$1")
-        ))
-        .bind(Micros(now_micros()))
-        .fetch_optional(&self.read)
-        .await?;
+        let next: Option<Micros> = sqlx::query_scalar(&next_due_sql())
+            .bind(Micros(now_micros()))
+            .fetch_optional(&self.read)
+            .await?;
         Ok(next.map(DateTime::from))
     }
 
@@ -531,18 +549,10 @@ where
         let now = now_micros();
         // Deliveries an ordered webhook holds back behind its head wait on purpose,
         // like retries: they do not make the queue look late.
-        let (pending, oldest): (i64, Option<Micros>) = sqlx::query_as(&format!(
-            "SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending'), \
-                 (SELECT d.next_attempt_at FROM deliveries d \
-                  WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
-                    AND EXISTS (SELECT 1 FROM webhooks w \
-                                WHERE w.id = d.webhook_id AND w.is_active AND {}) \
-                  ORDER BY d.next_attempt_at, d.id LIMIT 1)",
-            order_allows("$1")
-        ))
-        .bind(Micros(now))
-        .fetch_one(&self.read)
-        .await?;
+        let (pending, oldest): (i64, Option<Micros>) = sqlx::query_as(&queue_stats_sql())
+            .bind(Micros(now))
+            .fetch_one(&self.read)
+            .await?;
         Ok(QueueStats {
             pending,
             oldest_due_age: oldest.map(|due| (now - due.0).to_std().unwrap_or_default()),

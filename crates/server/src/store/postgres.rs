@@ -179,57 +179,11 @@ impl BackendOps for PgStore {
         // nothing, so claimers never queue behind a webhook row either.
         // next_attempt_at moves to the lease expiry: the row drops out of the due
         // range while leased and comes back by itself if the lease runs out.
-        let order_allows = order_allows("$1");
-        let due_now = format!(
-            "d.status = 'pending' AND d.next_attempt_at <= $1 \
-             AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $1) \
-             AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.is_active \
-                 AND {order_allows})"
-        );
-
-        let (due, projects, share): (String, &[Uuid], Option<usize>) = match from {
-            // A part for each project: one index range per project, in due order.
-            ClaimFrom::Projects(projects, share) => (
-                format!(
-                    "SELECT x.id FROM unnest($5::uuid[]) AS p(pid) CROSS JOIN LATERAL ( \
-                         SELECT d.id FROM deliveries d WHERE d.project_id = p.pid AND {due_now} \
-                         ORDER BY d.next_attempt_at, d.id LIMIT $6 \
-                         FOR NO KEY UPDATE OF d SKIP LOCKED) x \
-                     LIMIT $2"
-                ),
-                projects,
-                Some(share),
-            ),
-            ClaimFrom::Oldest(skip) => (
-                format!(
-                    "SELECT d.id FROM deliveries d WHERE {due_now} \
-                       AND NOT (d.project_id = ANY($5)) \
-                     ORDER BY d.next_attempt_at, d.id LIMIT $2 \
-                     FOR NO KEY UPDATE OF d SKIP LOCKED"
-                ),
-                skip,
-                None,
-            ),
+        let (projects, share): (&[Uuid], Option<usize>) = match from {
+            ClaimFrom::Projects(projects, share) => (projects, Some(share)),
+            ClaimFrom::Oldest(skip) => (skip, None),
         };
-        let sql = format!(
-            "WITH due AS MATERIALIZED ({due}), claimed AS ( \
-                 UPDATE deliveries d SET lease_token = $3, lease_expires_at = $4, \
-                     next_attempt_at = $4, updated_at = $1 \
-                 FROM due WHERE d.id = due.id \
-                 RETURNING d.id, d.event_id, d.webhook_id, d.project_id, d.event_type, \
-                     d.attempts_made, d.lease_token, d.origin \
-             ) \
-             SELECT c.id, c.event_id, c.webhook_id, c.project_id, c.event_type, \
-                 c.attempts_made, c.lease_token, c.origin, \
-                 e.created_at AS event_created_at, e.data, \
-                 w.webhook_url, w.auth_header, w.signing_secret, w.rate_limit, w.ordered, \
-                 CASE WHEN w.previous_secret_expires_at > $1 THEN w.previous_secret END \
-                     AS previous_secret \
-             FROM claimed c \
-             JOIN events e ON e.id = c.event_id \
-             JOIN webhooks w ON w.id = c.webhook_id \
-             ORDER BY c.id"
-        );
+        let sql = claim_sql(share.is_some());
         let mut query = sqlx::query(&sql)
             .bind(now)
             .bind(i64::try_from(max).unwrap_or(i64::MAX))
@@ -544,4 +498,53 @@ async fn publish_batch(pool: &PgPool, jobs: &[PublishJob]) -> StoreResult<Vec<Pu
             duplicate: false,
         })
         .collect())
+}
+
+/// The claim statement (see [`PgStore::claim_from`]): with `per_project`, a part for
+/// each project of `$5` (one index range per project, in due order, `$6` each);
+/// otherwise the oldest due across all but the projects of `$5`. `$1` now, `$2` the
+/// most rows, `$3` the lease token, `$4` its expiry.
+pub(crate) fn claim_sql(per_project: bool) -> String {
+    let order_allows = order_allows("$1");
+    let due_now = format!(
+        "d.status = 'pending' AND d.next_attempt_at <= $1 \
+         AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $1) \
+         AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.is_active \
+             AND {order_allows})"
+    );
+    let due = if per_project {
+        format!(
+            "SELECT x.id FROM unnest($5::uuid[]) AS p(pid) CROSS JOIN LATERAL ( \
+                 SELECT d.id FROM deliveries d WHERE d.project_id = p.pid AND {due_now} \
+                 ORDER BY d.next_attempt_at, d.id LIMIT $6 \
+                 FOR NO KEY UPDATE OF d SKIP LOCKED) x \
+             LIMIT $2"
+        )
+    } else {
+        format!(
+            "SELECT d.id FROM deliveries d WHERE {due_now} \
+               AND NOT (d.project_id = ANY($5)) \
+             ORDER BY d.next_attempt_at, d.id LIMIT $2 \
+             FOR NO KEY UPDATE OF d SKIP LOCKED"
+        )
+    };
+    format!(
+        "WITH due AS MATERIALIZED ({due}), claimed AS ( \
+             UPDATE deliveries d SET lease_token = $3, lease_expires_at = $4, \
+                 next_attempt_at = $4, updated_at = $1 \
+             FROM due WHERE d.id = due.id \
+             RETURNING d.id, d.event_id, d.webhook_id, d.project_id, d.event_type, \
+                 d.attempts_made, d.lease_token, d.origin \
+         ) \
+         SELECT c.id, c.event_id, c.webhook_id, c.project_id, c.event_type, \
+             c.attempts_made, c.lease_token, c.origin, \
+             e.created_at AS event_created_at, e.data, \
+             w.webhook_url, w.auth_header, w.signing_secret, w.rate_limit, w.ordered, \
+             CASE WHEN w.previous_secret_expires_at > $1 THEN w.previous_secret END \
+                 AS previous_secret \
+         FROM claimed c \
+         JOIN events e ON e.id = c.event_id \
+         JOIN webhooks w ON w.id = c.webhook_id \
+         ORDER BY c.id"
+    )
 }

@@ -135,6 +135,20 @@ pub enum RecoveryProgress {
 }
 
 /// The test that event `e` matches: `$1` is the webhook's id.
+/// The next events of a recovery's window after its cursor, each with whether it
+/// matches (`$1` webhook, `$2` project, `$3` event type, `$4`/`$5` cursor, `$6` until,
+/// `$7` how many). The range on created_at alone keeps the scan on events_type_time.
+pub(crate) fn scan_sql(include: RecoverInclude) -> String {
+    format!(
+        "SELECT e.id, e.created_at, {} AS hit FROM events e \
+         WHERE e.project_id = $2 AND e.event_type = $3 \
+           AND e.created_at >= $4 AND (e.created_at > $4 OR e.id > $5) \
+           AND e.created_at < $6 \
+         ORDER BY e.created_at, e.id LIMIT $7",
+        matches_sql(include)
+    )
+}
+
 fn matches_sql(include: RecoverInclude) -> String {
     let to_webhook = "FROM deliveries d WHERE d.event_id = e.id AND d.webhook_id = $1";
     let mut parts = Vec::new();
@@ -477,23 +491,16 @@ where
             failed: job.include_failed,
             missed: job.include_missed,
         };
-        let scanned: Vec<(Uuid, Micros, bool)> = sqlx::query_as(&format!(
-            "SELECT e.id, e.created_at, {} AS hit FROM events e \
-             WHERE e.project_id = $2 AND e.event_type = $3 \
-               AND e.created_at >= $4 AND (e.created_at > $4 OR e.id > $5) \
-               AND e.created_at < $6 \
-             ORDER BY e.created_at, e.id LIMIT $7",
-            matches_sql(include)
-        ))
-        .bind(job.webhook_id)
-        .bind(job.project_id)
-        .bind(job.event_type.as_str())
-        .bind(job.cursor_at)
-        .bind(job.cursor_id)
-        .bind(job.until)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
-        .await?;
+        let scanned: Vec<(Uuid, Micros, bool)> = sqlx::query_as(&scan_sql(include))
+            .bind(job.webhook_id)
+            .bind(job.project_id)
+            .bind(job.event_type.as_str())
+            .bind(job.cursor_at)
+            .bind(job.cursor_id)
+            .bind(job.until)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
         let hits: Vec<Uuid> = scanned
             .iter()
             .filter(|(_, _, hit)| *hit)

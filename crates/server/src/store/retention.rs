@@ -46,6 +46,14 @@ impl RetentionTable {
         }
     }
 
+    /// The next ids after `$1` below `$2` (`$3` of them), a range of the primary key.
+    pub(crate) fn candidates_sql(self) -> String {
+        format!(
+            "SELECT id FROM {} WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3",
+            self.as_str()
+        )
+    }
+
     /// Of the table's rows in a range of ids, those that may go. The id range only
     /// finds the candidates quickly; the stored time decides, so a row whose id is not
     /// a UUIDv7 of its time (imported, say) is never deleted early.
@@ -116,14 +124,12 @@ where
     ) -> StoreResult<PurgeStep> {
         let name = table.as_str();
         let mut tx = DB::begin_write(&self.write).await?;
-        let ids: Vec<Uuid> = sqlx::query_scalar(&format!(
-            "SELECT id FROM {name} WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3"
-        ))
-        .bind(after)
-        .bind(v7_floor(horizon))
-        .bind(i64::try_from(batch).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
-        .await?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(&table.candidates_sql())
+            .bind(after)
+            .bind(v7_floor(horizon))
+            .bind(i64::try_from(batch).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
         let Some(last) = ids.last().copied() else {
             return Ok(PurgeStep {
                 deleted: 0,

@@ -157,6 +157,12 @@ impl SqliteStore {
         self.tables.write.close().await;
     }
 
+    /// The read pool, for the plan tests.
+    #[cfg(test)]
+    pub(crate) fn reader(&self) -> &SqlitePool {
+        &self.tables.read
+    }
+
     fn writer(&self) -> &SqlitePool {
         &self.tables.write
     }
@@ -202,75 +208,7 @@ impl BackendOps for SqliteStore {
         let expires = Micros(add_duration(now.0, lease));
         let token = Uuid::new_v4();
         let max = i64::try_from(max).unwrap_or(i64::MAX);
-        let mut q = QueryBuilder::<Sqlite>::new("UPDATE deliveries SET lease_token = ");
-        q.push_bind(token)
-            .push(", lease_expires_at = ")
-            .push_bind(expires)
-            .push(", next_attempt_at = ")
-            .push_bind(expires)
-            .push(", updated_at = ")
-            .push_bind(now)
-            .push(" WHERE id IN (SELECT id FROM (");
-        let due = |q: &mut QueryBuilder<'_, Sqlite>| {
-            q.push(
-                "SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
-                 WHERE d.status = 'pending' AND w.is_active = 1 AND d.next_attempt_at <= ",
-            )
-            .push_bind(now)
-            .push(" AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= ")
-            .push_bind(now)
-            .push(") AND ")
-            .push(ORDER_ALLOWS_HEAD)
-            .push_bind(now)
-            .push(ORDER_ALLOWS_TAIL);
-        };
-        match from {
-            // A part for each project: one index range per project, in due order.
-            ClaimFrom::Projects(projects, share) => {
-                for (i, project) in projects.iter().enumerate() {
-                    if i > 0 {
-                        q.push(" UNION ALL ");
-                    }
-                    q.push("SELECT id FROM (");
-                    due(&mut q);
-                    q.push(" AND d.project_id = ")
-                        .push_bind(*project)
-                        .push(" ORDER BY d.next_attempt_at, d.id LIMIT ")
-                        .push_bind(i64::try_from(share).unwrap_or(i64::MAX))
-                        .push(")");
-                }
-            }
-            ClaimFrom::Oldest(skip) => {
-                due(&mut q);
-                if !skip.is_empty() {
-                    q.push(" AND d.project_id NOT IN (");
-                    let mut list = q.separated(", ");
-                    for project in skip {
-                        list.push_bind(*project);
-                    }
-                    q.push(")");
-                }
-                q.push(" ORDER BY d.next_attempt_at, d.id LIMIT ")
-                    .push_bind(max);
-            }
-        }
-        q.push(") LIMIT ")
-            .push_bind(max)
-            .push(
-                ") RETURNING id, event_id, webhook_id, project_id, event_type, attempts_made, \
-                 lease_token, origin, \
-                 (SELECT e.created_at FROM events e WHERE e.id = event_id) AS event_created_at, \
-                 (SELECT e.data FROM events e WHERE e.id = event_id) AS data, \
-                 (SELECT w.webhook_url FROM webhooks w WHERE w.id = webhook_id) AS webhook_url, \
-                 (SELECT w.auth_header FROM webhooks w WHERE w.id = webhook_id) AS auth_header, \
-                 (SELECT w.signing_secret FROM webhooks w WHERE w.id = webhook_id) \
-                     AS signing_secret, \
-                 (SELECT w.rate_limit FROM webhooks w WHERE w.id = webhook_id) AS rate_limit, \
-                 (SELECT w.ordered FROM webhooks w WHERE w.id = webhook_id) AS ordered, \
-                 (SELECT CASE WHEN w.previous_secret_expires_at > ",
-            )
-            .push_bind(now)
-            .push(" THEN w.previous_secret END FROM webhooks w WHERE w.id = webhook_id) AS previous_secret");
+        let mut q = claim_query("", from, max, (token, now, expires));
         let rows: Vec<ClaimedRow> = q.build_query_as().fetch_all(self.writer()).await?;
         Ok(rows.into_iter().map(ClaimedDelivery::from).collect())
     }
@@ -637,6 +575,88 @@ async fn publish_batch(writer: &SqlitePool, jobs: &[PublishJob]) -> StoreResult<
         .into_iter()
         .map(|r| r.ok_or_else(|| StoreError::Internal("publish left unanswered".into())))
         .collect()
+}
+
+/// The claim statement of [`SqliteStore::claim_from`], after `prefix` (empty, or
+/// `EXPLAIN QUERY PLAN ` for the plan tests): at most `max` due deliveries from
+/// `from` leased with `token` until `expires`, as of `now`.
+pub(crate) fn claim_query<'a>(
+    prefix: &str,
+    from: ClaimFrom<'a>,
+    max: i64,
+    (token, now, expires): (Uuid, Micros, Micros),
+) -> QueryBuilder<'a, Sqlite> {
+    let mut q =
+        QueryBuilder::<Sqlite>::new(format!("{prefix}UPDATE deliveries SET lease_token = "));
+    q.push_bind(token)
+        .push(", lease_expires_at = ")
+        .push_bind(expires)
+        .push(", next_attempt_at = ")
+        .push_bind(expires)
+        .push(", updated_at = ")
+        .push_bind(now)
+        .push(" WHERE id IN (SELECT id FROM (");
+    let due = |q: &mut QueryBuilder<'_, Sqlite>| {
+        q.push(
+            "SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+             WHERE d.status = 'pending' AND w.is_active = 1 AND d.next_attempt_at <= ",
+        )
+        .push_bind(now)
+        .push(" AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= ")
+        .push_bind(now)
+        .push(") AND ")
+        .push(ORDER_ALLOWS_HEAD)
+        .push_bind(now)
+        .push(ORDER_ALLOWS_TAIL);
+    };
+    match from {
+        // A part for each project: one index range per project, in due order.
+        ClaimFrom::Projects(projects, share) => {
+            for (i, project) in projects.iter().enumerate() {
+                if i > 0 {
+                    q.push(" UNION ALL ");
+                }
+                q.push("SELECT id FROM (");
+                due(&mut q);
+                q.push(" AND d.project_id = ")
+                    .push_bind(*project)
+                    .push(" ORDER BY d.next_attempt_at, d.id LIMIT ")
+                    .push_bind(i64::try_from(share).unwrap_or(i64::MAX))
+                    .push(")");
+            }
+        }
+        ClaimFrom::Oldest(skip) => {
+            due(&mut q);
+            if !skip.is_empty() {
+                q.push(" AND d.project_id NOT IN (");
+                let mut list = q.separated(", ");
+                for project in skip {
+                    list.push_bind(*project);
+                }
+                q.push(")");
+            }
+            q.push(" ORDER BY d.next_attempt_at, d.id LIMIT ")
+                .push_bind(max);
+        }
+    }
+    q.push(") LIMIT ")
+        .push_bind(max)
+        .push(
+            ") RETURNING id, event_id, webhook_id, project_id, event_type, attempts_made, \
+             lease_token, origin, \
+             (SELECT e.created_at FROM events e WHERE e.id = event_id) AS event_created_at, \
+             (SELECT e.data FROM events e WHERE e.id = event_id) AS data, \
+             (SELECT w.webhook_url FROM webhooks w WHERE w.id = webhook_id) AS webhook_url, \
+             (SELECT w.auth_header FROM webhooks w WHERE w.id = webhook_id) AS auth_header, \
+             (SELECT w.signing_secret FROM webhooks w WHERE w.id = webhook_id) \
+                 AS signing_secret, \
+             (SELECT w.rate_limit FROM webhooks w WHERE w.id = webhook_id) AS rate_limit, \
+             (SELECT w.ordered FROM webhooks w WHERE w.id = webhook_id) AS ordered, \
+             (SELECT CASE WHEN w.previous_secret_expires_at > ",
+        )
+        .push_bind(now)
+        .push(" THEN w.previous_secret END FROM webhooks w WHERE w.id = webhook_id) AS previous_secret");
+    q
 }
 
 #[cfg(test)]
