@@ -4,6 +4,7 @@
 //! CPU seconds per delivered event is the number that predicts its cost in production,
 //! so both are read directly from the kernel rather than estimated.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -93,6 +94,51 @@ impl Usage {
             ticks_per_second,
         )
     }
+}
+
+/// CPU ticks so far of every PostgreSQL process on the machine (the `postgres` command
+/// name), by pid: the database's side of a run on PostgreSQL is the difference of two
+/// readings (see [`cpu_ticks_since`]).
+pub fn postgres_ticks() -> HashMap<u32, u64> {
+    let mut ticks = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return ticks;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "postgres" {
+            continue;
+        }
+        if let Some(t) = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .as_deref()
+            .and_then(stat_cpu_ticks)
+        {
+            ticks.insert(pid, t);
+        }
+    }
+    ticks
+}
+
+/// CPU time the processes of `after` used since `before` (a process that started in
+/// between counts from zero; one that ended in between is not seen).
+pub fn cpu_ticks_since(
+    before: &HashMap<u32, u64>,
+    after: &HashMap<u32, u64>,
+    ticks_per_second: u64,
+) -> Duration {
+    let ticks = after
+        .iter()
+        .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+        .sum();
+    ticks_to_duration(ticks, ticks_per_second)
 }
 
 /// `utime + stime` of a `/proc/<pid>/stat` line. The command name (field 2) is in

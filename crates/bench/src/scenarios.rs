@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 
 use crate::load::{self, Target, EVENT_TYPE};
-use crate::procfs::Usage;
+use crate::procfs::{self, Usage};
 use crate::receiver::Receiver;
 use crate::report::{self, match_arrivals, Block, Percentiles, ServerUsage};
 use crate::server::{
@@ -369,6 +369,7 @@ async fn deliveries_with(
     };
 
     let before = fleet.usage()?;
+    let database_before = procfs::postgres_ticks();
     let bench_before = Usage::of("self")?;
     let measured_from = Instant::now();
     let deadline = measured_from + settings.phase_timeout;
@@ -411,6 +412,7 @@ async fn deliveries_with(
     )
     .await;
     let after = fleet.usage()?;
+    let database_after = procfs::postgres_ticks();
     let metrics = fleet.scrape_metrics().await;
     let bench_after = Usage::of("self")?;
     let phase = measured_from.elapsed();
@@ -501,6 +503,21 @@ async fn deliveries_with(
     }
     block.line("delivery integrity", integrity);
     block.servers(&servers, phase);
+    // CPU per delivery: the servers' (with SQLite inside them), and on PostgreSQL the
+    // database's own processes.
+    let server_cpu: f64 = servers.iter().map(|s| s.cpu.as_secs_f64()).sum();
+    let per_delivery = |cpu: f64| cpu * 1000.0 / matched.delivered.max(1) as f64;
+    let mut cpu_line = format!("server {:.3} ms", per_delivery(server_cpu));
+    if matches!(settings.backend, Backend::Postgres(_)) {
+        let database =
+            procfs::cpu_ticks_since(&database_before, &database_after, settings.ticks_per_second)
+                .as_secs_f64();
+        cpu_line.push_str(&format!(
+            "  database {:.3} ms  (all postgres processes: {database:.2} s)",
+            per_delivery(database)
+        ));
+    }
+    block.line("CPU per delivery", cpu_line);
     block.line("server /metrics", metrics);
     let bench_cpu = bench_after.cpu_since(&bench_before, settings.ticks_per_second);
     block.line(
