@@ -602,3 +602,25 @@ async fn api_calls(settings: &Settings, calls: u64) -> anyhow::Result<Block> {
     block.line("server /metrics", metrics);
     Ok(block)
 }
+
+/// Server resources and counters, and the bench's own CPU.
+pub(super) fn footer(
+    block: &mut Block,
+    servers: &[report::ServerUsage],
+    phase: Duration,
+    metrics: String,
+    bench_before: &Usage,
+    bench_after: &Usage,
+    settings: &Settings,
+) {
+    block.servers(servers, phase);
+    block.line("server /metrics", metrics);
+    let bench_cpu = bench_after.cpu_since(bench_before, settings.ticks_per_second);
+    block.line(
+        "bench process",
+        format!(
+            "CPU {:.2} s (publishers and receivers share the machine)",
+            bench_cpu.as_secs_f64()
+        ),
+    );
+}

@@ -178,19 +178,26 @@ async fn a_rate_limit_holds_across_processes_without_using_tries() {
     }
 }
 
-/// A receiver that fails the first try of about one event in five (those whose id
-/// ends in a multiple of 5) and records, in order, the event of each success.
-#[derive(Default)]
-struct Flaky {
-    tried: Mutex<HashSet<Uuid>>,
+/// A receiver that fails the first try of the events `fails_first` picks (given the
+/// event and how many distinct events came before it) and records, in order, the
+/// events it has seen and the event of each success.
+struct FirstTries {
+    fails_first: fn(Uuid, usize) -> bool,
+    seen: Mutex<Vec<Uuid>>,
     successes: Mutex<Vec<Uuid>>,
 }
 
-async fn flaky_receiver() -> (SocketAddr, Arc<Flaky>) {
-    let state = Arc::new(Flaky::default());
+async fn first_tries_receiver(
+    fails_first: fn(Uuid, usize) -> bool,
+) -> (SocketAddr, Arc<FirstTries>) {
+    let state = Arc::new(FirstTries {
+        fails_first,
+        seen: Mutex::default(),
+        successes: Mutex::default(),
+    });
     let app = Router::new()
         .fallback(
-            |State(state): State<Arc<Flaky>>, body: axum::body::Bytes| async move {
+            |State(state): State<Arc<FirstTries>>, body: axum::body::Bytes| async move {
                 let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 let Some(id) = value["event_id"]
                     .as_str()
@@ -198,9 +205,14 @@ async fn flaky_receiver() -> (SocketAddr, Arc<Flaky>) {
                 else {
                     return StatusCode::BAD_REQUEST;
                 };
-                let first = state.tried.lock().unwrap().insert(id);
-                if first && id.as_u128() % 5 == 0 {
-                    return StatusCode::INTERNAL_SERVER_ERROR;
+                {
+                    let mut seen = state.seen.lock().unwrap();
+                    if !seen.contains(&id) {
+                        seen.push(id);
+                        if (state.fails_first)(id, seen.len() - 1) {
+                            return StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                    }
                 }
                 state.successes.lock().unwrap().push(id);
                 StatusCode::OK
@@ -229,7 +241,8 @@ async fn an_ordered_webhook_delivers_in_publish_order_through_failures_and_a_kil
             .iter()
             .map(|s| support::client_for(s.addr, &tenant.key))
             .collect();
-        let (addr, flaky) = flaky_receiver().await;
+        // About one event in five, chosen by the random bits of its id.
+        let (addr, flaky) = first_tries_receiver(|id, _| id.as_u128() % 5 == 0).await;
         upsert(
             &clients[0],
             "ledger.entry",
@@ -281,48 +294,6 @@ async fn an_ordered_webhook_delivers_in_publish_order_through_failures_and_a_kil
     }
 }
 
-/// A receiver that fails the first try of the second event it sees, and records, in
-/// order, the event of each success.
-#[derive(Default)]
-struct SecondFailsOnce {
-    seen: Mutex<Vec<Uuid>>,
-    successes: Mutex<Vec<Uuid>>,
-}
-
-async fn second_fails_once() -> (SocketAddr, Arc<SecondFailsOnce>) {
-    let state = Arc::new(SecondFailsOnce::default());
-    let app = Router::new()
-        .fallback(
-            |State(state): State<Arc<SecondFailsOnce>>, body: axum::body::Bytes| async move {
-                let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                let Some(id) = value["event_id"]
-                    .as_str()
-                    .and_then(|s| s.parse::<Uuid>().ok())
-                else {
-                    return StatusCode::BAD_REQUEST;
-                };
-                {
-                    let mut seen = state.seen.lock().unwrap();
-                    if !seen.contains(&id) {
-                        seen.push(id);
-                        if seen.len() == 2 {
-                            return StatusCode::SERVICE_UNAVAILABLE;
-                        }
-                    }
-                }
-                state.successes.lock().unwrap().push(id);
-                StatusCode::OK
-            },
-        )
-        .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, state)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resent_event_takes_its_publish_order_place_in_an_ordered_queue() {
     for db in support::backends().await {
@@ -331,7 +302,8 @@ async fn a_resent_event_takes_its_publish_order_place_in_an_ordered_queue() {
         // Time to resend while the failed head waits for its retry.
         config.retry_schedule = "1s,1s".parse().unwrap();
         let server = support::TestServer::start_with(&db, config).await;
-        let (addr, receiver) = second_fails_once().await;
+        // The second event to arrive.
+        let (addr, receiver) = first_tries_receiver(|_, before| before == 1).await;
         upsert(
             &server.client,
             "ledger.entry",

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::json;
 
-use super::{drain, server_usage, Fleet, Settings};
+use super::{drain, footer, server_usage, Fleet, Settings};
 use crate::load::{self, PublishRun, Published, Target, EVENT_TYPE};
 use crate::procfs::Usage;
 use crate::receiver::{Receiver, Reply};
@@ -460,26 +460,4 @@ fn publish_lines(block: &mut Block, label: &str, run: &PublishRun, what: String,
             ),
         );
     }
-}
-
-/// Server resources and counters, and the bench's own CPU.
-fn footer(
-    block: &mut Block,
-    servers: &[report::ServerUsage],
-    phase: Duration,
-    metrics: String,
-    bench_before: &Usage,
-    bench_after: &Usage,
-    settings: &Settings,
-) {
-    block.servers(servers, phase);
-    block.line("server /metrics", metrics);
-    let bench_cpu = bench_after.cpu_since(bench_before, settings.ticks_per_second);
-    block.line(
-        "bench process",
-        format!(
-            "CPU {:.2} s (publishers and receivers share the machine)",
-            bench_cpu.as_secs_f64()
-        ),
-    );
 }

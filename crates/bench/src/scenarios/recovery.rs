@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use super::{drain, server_usage, Fleet, Settings};
+use super::{drain, footer, server_usage, Fleet, Settings};
 use crate::load::{self, Published, Target, EVENT_TYPE};
 use crate::procfs::Usage;
 use crate::receiver::Receiver;
@@ -263,15 +263,14 @@ pub(super) async fn recover_missed(settings: &Settings) -> anyhow::Result<Block>
         ));
     }
     block.line("ordinary delivered", ordinary_line);
-    block.servers(&servers, phase);
-    block.line("server /metrics", metrics);
-    let bench_cpu = bench_after.cpu_since(&bench_before, settings.ticks_per_second);
-    block.line(
-        "bench process",
-        format!(
-            "CPU {:.2} s (publishers and receivers share the machine)",
-            bench_cpu.as_secs_f64()
-        ),
+    footer(
+        &mut block,
+        &servers,
+        phase,
+        metrics,
+        &bench_before,
+        &bench_after,
+        settings,
     );
     Ok(block)
 }

@@ -366,9 +366,9 @@ impl DeliveryWorker {
     }
 
     /// Gives each claimed delivery of a rate-limited webhook its send slot (see
-    /// `store/pacing.rs`); those that get none go back to the queue, due when the next
-    /// slot is free, without using up a try or recording an attempt. Returns the
-    /// deliveries that may go.
+    /// `store/pacing.rs`); those that get none go back to the queue, each due at its
+    /// turn behind those already waiting, without using up a try or recording an
+    /// attempt. Returns the deliveries that may go.
     async fn pace(&self, claimed: Vec<ClaimedDelivery>) -> Vec<ClaimedDelivery> {
         if claimed.iter().all(|d| d.rate_limit.is_none()) {
             return claimed;

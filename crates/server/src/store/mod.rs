@@ -697,8 +697,6 @@ pub struct QueueStats {
 
 // --- helpers shared by the backends ----------------------------------------------------
 
-/// The current instant at the precision both backends store (microseconds), so that a
-/// value handed back to a caller equals the one read back later.
 /// A UUIDv7 for an event published at `at`, carrying the microsecond within the
 /// millisecond in its 12 `rand_a` bits (RFC 9562, method 3): events published a
 /// microsecond apart sort in publish order by id, in any process, which is the order an
@@ -715,6 +713,8 @@ pub(crate) fn v7_at(at: DateTime<Utc>) -> Uuid {
     Uuid::from_bytes(bytes)
 }
 
+/// The current instant at the precision both backends store (microseconds), so that a
+/// value handed back to a caller equals the one read back later.
 pub(crate) fn now_micros() -> DateTime<Utc> {
     truncate_micros(Utc::now())
 }
