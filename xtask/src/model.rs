@@ -116,6 +116,9 @@ pub struct Operation {
     pub path_params: Vec<Param>,
     pub query_params: Vec<Param>,
     pub body: Option<String>,
+    /// The body may be left out (`required: false`): an empty body reads as `{}`, so
+    /// its schema must require no property.
+    pub body_optional: bool,
     /// The success responses, in status order, each with its description. They share
     /// one body: several of them (such as 200 for a dry run, 202 otherwise) make the
     /// trait method answer the status along with the body.
@@ -340,18 +343,16 @@ fn read_operation(path: &str, method: &str, v: &Value) -> Result<Operation> {
             (loc, _) => bail!("{id}: parameters in {loc} are not supported"),
         }
     }
-    let body =
-        match obj.get("requestBody") {
-            None => None,
-            Some(b) => {
-                if b.get("required") != Some(&Value::Bool(true)) {
-                    bail!("{id}: optional request bodies are not supported");
-                }
-                Some(json_content_ref(b, "application/json").ok_or_else(|| {
-                    anyhow!("{id}: request body must be an application/json $ref")
-                })?)
-            }
-        };
+    let body_optional = obj
+        .get("requestBody")
+        .is_some_and(|b| b.get("required") != Some(&Value::Bool(true)));
+    let body = match obj.get("requestBody") {
+        None => None,
+        Some(b) => Some(
+            json_content_ref(b, "application/json")
+                .ok_or_else(|| anyhow!("{id}: request body must be an application/json $ref"))?,
+        ),
+    };
     let responses = obj
         .get("responses")
         .and_then(Value::as_object)
@@ -410,6 +411,7 @@ fn read_operation(path: &str, method: &str, v: &Value) -> Result<Operation> {
         path_params,
         query_params,
         body,
+        body_optional,
         successes,
         success_body,
         error_description: error_description
@@ -492,6 +494,25 @@ impl Spec {
             schemas,
             operations,
         })
+        .and_then(Spec::check_optional_bodies)
+    }
+
+    /// An optional body reads as `{}` when left out, which only a schema that requires
+    /// nothing accepts.
+    fn check_optional_bodies(self) -> Result<Spec> {
+        for op in self.operations.iter().filter(|op| op.body_optional) {
+            let name = op.body.as_deref().unwrap_or_default();
+            let schema = self
+                .schema(name)
+                .ok_or_else(|| anyhow!("{}: body schema {name} missing", op.id))?;
+            if schema.properties.iter().any(|p| p.required) {
+                bail!(
+                    "{}: an optional request body's schema ({name}) must require no property",
+                    op.id
+                );
+            }
+        }
+        Ok(self)
     }
 
     pub fn schema(&self, name: &str) -> Option<&SchemaDef> {

@@ -474,11 +474,13 @@ fn is_json_media_type(value: &HeaderValue) -> bool {
 }
 
 /// Reads, parses and validates a JSON body. `Err` is answered at once (415, 413, 400);
-/// schema problems go to `errors` and give `Ok(None)`.
+/// schema problems go to `errors` and give `Ok(None)`. An `optional` body may be
+/// empty, and then reads as `{}`.
 pub async fn json_body<T: DeserializeOwned>(
     parts: &Parts,
     body: Body,
     limit: usize,
+    optional: bool,
     validate: fn(&Value, &str, &mut Vec<ErrorDetail>),
     errors: &mut Vec<ErrorDetail>,
 ) -> Result<Option<T>, Problem> {
@@ -492,11 +494,17 @@ pub async fn json_body<T: DeserializeOwned>(
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| Problem::payload_too_large(limit))?;
-    if bytes.is_empty() {
-        return Err(Problem::bad_request("request body is required"));
-    }
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Problem::bad_request(format!("malformed JSON: {e}")))?;
+    let value: Value = if bytes.is_empty() {
+        // A body the operation lets callers leave out reads as `{}`: its schema
+        // requires nothing, so the defaults apply.
+        if !optional {
+            return Err(Problem::bad_request("request body is required"));
+        }
+        Value::Object(serde_json::Map::new())
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Problem::bad_request(format!("malformed JSON: {e}")))?
+    };
     let before = errors.len();
     validate(&value, "body", errors);
     if errors.len() != before {

@@ -6,6 +6,32 @@ pub use progenitor_client::{ByteStream, ClientInfo, Error, ResponseValue};
 /// Types used as operation parameters and responses.
 #[allow(clippy::all)]
 pub mod types {
+    ///How long the portal link stays valid (extension). The body may be left out.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct CreatePortalSessionInputBody {
+        ///Accepted and ignored.
+        #[serde(
+            rename = "$schema",
+            skip_serializing_if = "::std::option::Option::is_none"
+        )]
+        pub schema: ::std::option::Option<::std::string::String>,
+        ///Seconds until the link, and the browser session it opens, expire.
+        #[serde(default = "defaults::default_u64::<i64, 3600>")]
+        pub ttl_seconds: i64,
+    }
+    impl ::std::default::Default for CreatePortalSessionInputBody {
+        fn default() -> Self {
+            Self {
+                schema: Default::default(),
+                ttl_seconds: defaults::default_u64::<i64, 3600>(),
+            }
+        }
+    }
+    impl CreatePortalSessionInputBody {
+        pub fn builder() -> builder::CreatePortalSessionInputBody {
+            Default::default()
+        }
+    }
     ///`DeleteWebhookEventType`
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
@@ -478,6 +504,25 @@ pub mod types {
     }
     impl ListWebhooksOutputBody {
         pub fn builder() -> builder::ListWebhooksOutputBody {
+            Default::default()
+        }
+    }
+    ///A link to the delivery-log portal of one project (extension).
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct PortalSession {
+        ///When the link, and the session it opens, expire.
+        pub expires_at: ::chrono::DateTime<::chrono::offset::Utc>,
+        ///The JSON Schema of this object, as a URI reference (a path on this server).
+        #[serde(
+            rename = "$schema",
+            skip_serializing_if = "::std::option::Option::is_none"
+        )]
+        pub schema: ::std::option::Option<::std::string::String>,
+        ///The link to open in a browser. It opens the portal once: its single-use token is exchanged for a session cookie scoped to this project. Treat it as a secret until it is used or expires.
+        pub url: ::std::string::String,
+    }
+    impl PortalSession {
+        pub fn builder() -> builder::PortalSession {
             Default::default()
         }
     }
@@ -1775,6 +1820,63 @@ pub mod types {
     /// Types for composing complex structures.
     pub mod builder {
         #[derive(Clone, Debug)]
+        pub struct CreatePortalSessionInputBody {
+            schema: ::std::result::Result<
+                ::std::option::Option<::std::string::String>,
+                ::std::string::String,
+            >,
+            ttl_seconds: ::std::result::Result<i64, ::std::string::String>,
+        }
+        impl ::std::default::Default for CreatePortalSessionInputBody {
+            fn default() -> Self {
+                Self {
+                    schema: Ok(Default::default()),
+                    ttl_seconds: Ok(super::defaults::default_u64::<i64, 3600>()),
+                }
+            }
+        }
+        impl CreatePortalSessionInputBody {
+            pub fn schema<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.schema = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for schema: {e}"));
+                self
+            }
+            pub fn ttl_seconds<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<i64>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.ttl_seconds = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for ttl_seconds: {e}"));
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<CreatePortalSessionInputBody> for super::CreatePortalSessionInputBody {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: CreatePortalSessionInputBody,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    schema: value.schema?,
+                    ttl_seconds: value.ttl_seconds?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::CreatePortalSessionInputBody> for CreatePortalSessionInputBody {
+            fn from(value: super::CreatePortalSessionInputBody) -> Self {
+                Self {
+                    schema: Ok(value.schema),
+                    ttl_seconds: Ok(value.ttl_seconds),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
         pub struct DeliveryExhaustedData {
             attempts: ::std::result::Result<i64, ::std::string::String>,
             event_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
@@ -2274,6 +2376,80 @@ pub mod types {
                 Self {
                     schema: Ok(value.schema),
                     webhooks: Ok(value.webhooks),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct PortalSession {
+            expires_at: ::std::result::Result<
+                ::chrono::DateTime<::chrono::offset::Utc>,
+                ::std::string::String,
+            >,
+            schema: ::std::result::Result<
+                ::std::option::Option<::std::string::String>,
+                ::std::string::String,
+            >,
+            url: ::std::result::Result<::std::string::String, ::std::string::String>,
+        }
+        impl ::std::default::Default for PortalSession {
+            fn default() -> Self {
+                Self {
+                    expires_at: Err("no value supplied for expires_at".to_string()),
+                    schema: Ok(Default::default()),
+                    url: Err("no value supplied for url".to_string()),
+                }
+            }
+        }
+        impl PortalSession {
+            pub fn expires_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.expires_at = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for expires_at: {e}"));
+                self
+            }
+            pub fn schema<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.schema = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for schema: {e}"));
+                self
+            }
+            pub fn url<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.url = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for url: {e}"));
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<PortalSession> for super::PortalSession {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: PortalSession,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    expires_at: value.expires_at?,
+                    schema: value.schema?,
+                    url: value.url?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::PortalSession> for PortalSession {
+            fn from(value: super::PortalSession) -> Self {
+                Self {
+                    expires_at: Ok(value.expires_at),
+                    schema: Ok(value.schema),
+                    url: Ok(value.url),
                 }
             }
         }
@@ -3992,6 +4168,13 @@ pub mod types {
     }
     /// Generation of default values for serde.
     pub mod defaults {
+        pub(super) fn default_u64<T, const V: u64>() -> T
+        where
+            T: ::std::convert::TryFrom<u64>,
+            <T as ::std::convert::TryFrom<u64>>::Error: ::std::fmt::Debug,
+        {
+            T::try_from(V).unwrap()
+        }
         pub(super) fn error_model_type() -> ::std::string::String {
             "about:blank".to_string()
         }
@@ -4282,6 +4465,25 @@ impl Client {
     pub fn publish_event(&self) -> builder::PublishEvent<'_> {
         builder::PublishEvent::new(self)
     }
+    /// Create a portal link (extension)
+    ///
+    /// Extension. A link a project owner opens in a browser to see the project's webhooks and delivery attempts and act on them (resend, recover, rotate, enable, send a test event, delete) until it expires. The link works once; its token is stored hashed. 201 with the link and its expiry.
+    ///
+    /// Sends a `POST` request to `/projects/{projectId}/portal-sessions`
+    ///
+    /// Arguments:
+    /// - `project_id`: Project UUID
+    /// - `body`
+    /// ```ignore
+    /// let response = client.create_portal_session()
+    ///    .project_id(project_id)
+    ///    .body(body)
+    ///    .send()
+    ///    .await;
+    /// ```
+    pub fn create_portal_session(&self) -> builder::CreatePortalSession<'_> {
+        builder::CreatePortalSession::new(self)
+    }
     /// List webhooks for current tenant
     ///
     /// Sends a `GET` request to `/webhooks`
@@ -4458,6 +4660,21 @@ impl Client {
     /// ```
     pub fn publish_event_for_tenant(&self) -> builder::PublishEventForTenant<'_> {
         builder::PublishEventForTenant::new(self)
+    }
+    /// Create a portal link for the key's project (extension)
+    ///
+    /// Extension. `createPortalSession` for the project of the API key.
+    ///
+    /// Sends a `POST` request to `/portal-sessions`
+    ///
+    /// ```ignore
+    /// let response = client.create_portal_session_for_tenant()
+    ///    .body(body)
+    ///    .send()
+    ///    .await;
+    /// ```
+    pub fn create_portal_session_for_tenant(&self) -> builder::CreatePortalSessionForTenant<'_> {
+        builder::CreatePortalSessionForTenant::new(self)
     }
 }
 /// Types for composing operation parameters.
@@ -5479,6 +5696,110 @@ pub mod builder {
             }
         }
     }
+    /// Builder for [`Client::create_portal_session`]
+    ///
+    /// [`Client::create_portal_session`]: super::Client::create_portal_session
+    #[derive(Debug, Clone)]
+    pub struct CreatePortalSession<'a> {
+        client: &'a super::Client,
+        project_id: Result<::uuid::Uuid, String>,
+        body: Result<types::builder::CreatePortalSessionInputBody, String>,
+    }
+    impl<'a> CreatePortalSession<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                project_id: Err("project_id was not initialized".to_string()),
+                body: Ok(::std::default::Default::default()),
+            }
+        }
+        pub fn project_id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.project_id = value
+                .try_into()
+                .map_err(|_| "conversion to `:: uuid :: Uuid` for project_id failed".to_string());
+            self
+        }
+        pub fn body<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::CreatePortalSessionInputBody>,
+            <V as std::convert::TryInto<types::CreatePortalSessionInputBody>>::Error:
+                std::fmt::Display,
+        {
+            self.body = value.try_into().map(From::from).map_err(|s| {
+                format!(
+                    "conversion to `CreatePortalSessionInputBody` for body failed: {}",
+                    s
+                )
+            });
+            self
+        }
+        pub fn body_map<F>(mut self, f: F) -> Self
+        where
+            F: std::ops::FnOnce(
+                types::builder::CreatePortalSessionInputBody,
+            ) -> types::builder::CreatePortalSessionInputBody,
+        {
+            self.body = self.body.map(f);
+            self
+        }
+        ///Sends a `POST` request to `/projects/{projectId}/portal-sessions`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::PortalSession>, Error<types::ErrorModel>> {
+            let Self {
+                client,
+                project_id,
+                body,
+            } = self;
+            let project_id = project_id.map_err(Error::InvalidRequest)?;
+            let body = body
+                .and_then(|v| {
+                    types::CreatePortalSessionInputBody::try_from(v).map_err(|e| e.to_string())
+                })
+                .map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/projects/{}/portal-sessions",
+                client.baseurl,
+                encode_path(&project_id.to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .post(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .json(&body)
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "create_portal_session",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                201u16 => ResponseValue::from_response(response).await,
+                400u16..=499u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                500u16..=599u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
     /// Builder for [`Client::list_webhooks_for_tenant`]
     ///
     /// [`Client::list_webhooks_for_tenant`]: super::Client::list_webhooks_for_tenant
@@ -6333,6 +6654,90 @@ pub mod builder {
             let response = result?;
             match response.status().as_u16() {
                 202u16 => ResponseValue::from_response(response).await,
+                400u16..=499u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                500u16..=599u16 => Err(Error::ErrorResponse(
+                    ResponseValue::from_response(response).await?,
+                )),
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /// Builder for [`Client::create_portal_session_for_tenant`]
+    ///
+    /// [`Client::create_portal_session_for_tenant`]: super::Client::create_portal_session_for_tenant
+    #[derive(Debug, Clone)]
+    pub struct CreatePortalSessionForTenant<'a> {
+        client: &'a super::Client,
+        body: Result<types::builder::CreatePortalSessionInputBody, String>,
+    }
+    impl<'a> CreatePortalSessionForTenant<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                body: Ok(::std::default::Default::default()),
+            }
+        }
+        pub fn body<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::CreatePortalSessionInputBody>,
+            <V as std::convert::TryInto<types::CreatePortalSessionInputBody>>::Error:
+                std::fmt::Display,
+        {
+            self.body = value.try_into().map(From::from).map_err(|s| {
+                format!(
+                    "conversion to `CreatePortalSessionInputBody` for body failed: {}",
+                    s
+                )
+            });
+            self
+        }
+        pub fn body_map<F>(mut self, f: F) -> Self
+        where
+            F: std::ops::FnOnce(
+                types::builder::CreatePortalSessionInputBody,
+            ) -> types::builder::CreatePortalSessionInputBody,
+        {
+            self.body = self.body.map(f);
+            self
+        }
+        ///Sends a `POST` request to `/portal-sessions`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::PortalSession>, Error<types::ErrorModel>> {
+            let Self { client, body } = self;
+            let body = body
+                .and_then(|v| {
+                    types::CreatePortalSessionInputBody::try_from(v).map_err(|e| e.to_string())
+                })
+                .map_err(Error::InvalidRequest)?;
+            let url = format!("{}/portal-sessions", client.baseurl,);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+            header_map.append(
+                ::reqwest::header::HeaderName::from_static("api-version"),
+                ::reqwest::header::HeaderValue::from_static(super::Client::api_version()),
+            );
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .post(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .json(&body)
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "create_portal_session_for_tenant",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                201u16 => ResponseValue::from_response(response).await,
                 400u16..=499u16 => Err(Error::ErrorResponse(
                     ResponseValue::from_response(response).await?,
                 )),

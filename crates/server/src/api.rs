@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use sonzai_webhooks_api::models::{
-    ListDeliveryAttemptsOutputBody, ListWebhooksOutputBody, PublishEventOutputBody,
-    RecoverWebhookInputBody, Recovery, ResendEventOutputBody, RotateSigningSecretOutputBody,
-    UpsertWebhookOutputBody, Webhook, WebhookDeliveryAttempt,
+    CreatePortalSessionInputBody, ListDeliveryAttemptsOutputBody, ListWebhooksOutputBody,
+    PortalSession, PublishEventOutputBody, RecoverWebhookInputBody, Recovery,
+    ResendEventOutputBody, RotateSigningSecretOutputBody, UpsertWebhookOutputBody, Webhook,
+    WebhookDeliveryAttempt,
 };
 use sonzai_webhooks_api::{
     ListDeliveryAttemptsForTenantQuery, ListDeliveryAttemptsQuery, Problem, WebhooksApi,
@@ -59,14 +60,64 @@ pub struct Api {
     engine: Arc<Engine>,
     policy: TargetPolicy,
     limits: Limits,
+    /// Where the server is reached from outside (`--public-url`); without it, links
+    /// point at the host each request was sent to.
+    public_url: Option<String>,
+    /// The listening address as an origin, for a request without a usable `Host`.
+    fallback_origin: String,
+}
+
+/// An authenticated request: its caller, and the origin it was addressed to, where
+/// the links the API hands out (portal sessions) point.
+pub struct Ctx {
+    caller: Caller,
+    origin: String,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = Caller;
+    fn deref(&self) -> &Caller {
+        &self.caller
+    }
+}
+
+/// `scheme://host` of a request, from its `Host` header (and `X-Forwarded-Proto` of a
+/// proxy that ends TLS), or `fallback` when the header is missing or not a host.
+fn request_origin(parts: &http::request::Parts, fallback: &str) -> String {
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+        });
+    let Some(host) = host else {
+        return fallback.to_owned();
+    };
+    let tls = parts
+        .headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    format!("{}://{host}", if tls { "https" } else { "http" })
 }
 
 impl Api {
-    pub fn new(engine: Arc<Engine>, policy: TargetPolicy, limits: Limits) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        policy: TargetPolicy,
+        limits: Limits,
+        public_url: Option<String>,
+        listen: std::net::SocketAddr,
+    ) -> Self {
         Self {
             engine,
             policy,
             limits,
+            public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            fallback_origin: format!("http://{listen}"),
         }
     }
 
@@ -109,7 +160,7 @@ impl Api {
         })
     }
 
-    async fn upsert(
+    pub(crate) async fn upsert(
         &self,
         project_id: Uuid,
         event_type: &str,
@@ -175,7 +226,7 @@ impl Api {
         })
     }
 
-    async fn delete(&self, project_id: Uuid, event_type: &str) -> Result<(), Problem> {
+    pub(crate) async fn delete(&self, project_id: Uuid, event_type: &str) -> Result<(), Problem> {
         if self
             .store()
             .delete_webhook(project_id, event_type)
@@ -188,7 +239,7 @@ impl Api {
         }
     }
 
-    async fn rotate(
+    pub(crate) async fn rotate(
         &self,
         project_id: Uuid,
         event_type: &str,
@@ -278,7 +329,7 @@ impl Api {
         })
     }
 
-    async fn publish(
+    pub(crate) async fn publish(
         &self,
         project_id: Uuid,
         event_type: &str,
@@ -306,7 +357,33 @@ impl Api {
 }
 
 impl Api {
-    async fn resend(
+    /// A portal link of the project: a single-use token, stored hashed, valid for
+    /// `ttl_seconds` (the router has checked the range).
+    async fn portal_link(
+        &self,
+        ctx: &Ctx,
+        project_id: Uuid,
+        body: CreatePortalSessionInputBody,
+    ) -> Result<PortalSession, Problem> {
+        let ttl = body.ttl_seconds.unwrap_or(3600).clamp(60, 86_400);
+        let expires_at = store::now_micros() + chrono::Duration::seconds(ttl);
+        let (token, hash) = crate::portal::new_token("spl_");
+        self.store()
+            .portal()
+            .create_link(project_id, hash, expires_at)
+            .await
+            .map_err(store_problem)?;
+        let origin = self.public_url.as_deref().unwrap_or(&ctx.origin);
+        Ok(PortalSession {
+            schema: None,
+            url: format!("{origin}/portal/enter?token={token}"),
+            expires_at,
+        })
+    }
+}
+
+impl Api {
+    pub(crate) async fn resend(
         &self,
         project_id: Uuid,
         event_type: &str,
@@ -351,7 +428,7 @@ impl Api {
 }
 
 impl Api {
-    async fn recover(
+    pub(crate) async fn recover(
         &self,
         project_id: Uuid,
         event_type: &str,
@@ -570,9 +647,9 @@ pub fn store_problem(e: StoreError) -> Problem {
 }
 
 /// The delivery controls of an upsert (both routes' bodies carry them).
-struct Controls {
-    rate_limit: Option<i64>,
-    ordered: Option<bool>,
+pub(crate) struct Controls {
+    pub rate_limit: Option<i64>,
+    pub ordered: Option<bool>,
 }
 
 fn webhook_model(w: store::Webhook) -> Webhook {
@@ -611,21 +688,27 @@ fn attempt_model(a: store::Attempt) -> WebhookDeliveryAttempt {
 }
 
 impl WebhooksApi for Api {
-    type Context = Caller;
+    type Context = Ctx;
 
-    async fn authenticate(&self, parts: &http::request::Parts) -> Result<Caller, Problem> {
+    async fn authenticate(&self, parts: &http::request::Parts) -> Result<Ctx, Problem> {
         let header = parts
             .headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        auth::authenticate(self.store(), header).await.map_err(|e| {
-            if e.is_unauthorized() {
-                tracing::debug!(reason = %e, "rejected API key");
-                Problem::unauthorized()
-            } else {
-                tracing::error!(error = %e, "authentication failed");
-                Problem::internal()
-            }
+        let caller = auth::authenticate(self.store(), header)
+            .await
+            .map_err(|e| {
+                if e.is_unauthorized() {
+                    tracing::debug!(reason = %e, "rejected API key");
+                    Problem::unauthorized()
+                } else {
+                    tracing::error!(error = %e, "authentication failed");
+                    Problem::internal()
+                }
+            })?;
+        Ok(Ctx {
+            caller,
+            origin: request_origin(parts, &self.fallback_origin),
         })
     }
 
@@ -635,7 +718,7 @@ impl WebhooksApi for Api {
 
     async fn list_webhooks(
         &self,
-        ctx: Caller,
+        ctx: Ctx,
         project_id: Uuid,
     ) -> Result<ListWebhooksOutputBody, Problem> {
         let project = self.scope(&ctx, Some(project_id)).await?;
@@ -644,7 +727,7 @@ impl WebhooksApi for Api {
 
     async fn upsert_webhook(
         &self,
-        ctx: Caller,
+        ctx: Ctx,
         project_id: Uuid,
         event_type: String,
         body: sonzai_webhooks_api::models::UpsertWebhookInputBody,
@@ -665,7 +748,7 @@ impl WebhooksApi for Api {
 
     async fn delete_webhook(
         &self,
-        ctx: Caller,
+        ctx: Ctx,
         project_id: Uuid,
         event_type: String,
     ) -> Result<(), Problem> {
@@ -675,7 +758,7 @@ impl WebhooksApi for Api {
 
     async fn list_delivery_attempts(
         &self,
-        ctx: Caller,
+        ctx: Ctx,
         project_id: Uuid,
         event_type: String,
         query: ListDeliveryAttemptsQuery,
@@ -686,7 +769,7 @@ impl WebhooksApi for Api {
 
     async fn rotate_webhook_signing_secret(
         &self,
-        ctx: Caller,
+        ctx: Ctx,
         project_id: Uuid,
         event_type: String,
         query: sonzai_webhooks_api::RotateWebhookSigningSecretQuery,
@@ -697,7 +780,7 @@ impl WebhooksApi for Api {
 
     async fn publish_event(
         &self,
-        ctx: Caller,
+        ctx: Ctx,
         project_id: Uuid,
         body: sonzai_webhooks_api::models::PublishEventInputBody,
     ) -> Result<PublishEventOutputBody, Problem> {
@@ -711,17 +794,14 @@ impl WebhooksApi for Api {
         .await
     }
 
-    async fn list_webhooks_for_tenant(
-        &self,
-        ctx: Caller,
-    ) -> Result<ListWebhooksOutputBody, Problem> {
+    async fn list_webhooks_for_tenant(&self, ctx: Ctx) -> Result<ListWebhooksOutputBody, Problem> {
         let project = self.scope(&ctx, None).await?;
         self.list(project).await
     }
 
     async fn upsert_webhook_for_tenant(
         &self,
-        ctx: Caller,
+        ctx: Ctx,
         event_type: String,
         body: sonzai_webhooks_api::models::UpsertWebhookForTenantInputBody,
     ) -> Result<UpsertWebhookOutputBody, Problem> {
@@ -739,18 +819,14 @@ impl WebhooksApi for Api {
         .await
     }
 
-    async fn delete_webhook_for_tenant(
-        &self,
-        ctx: Caller,
-        event_type: String,
-    ) -> Result<(), Problem> {
+    async fn delete_webhook_for_tenant(&self, ctx: Ctx, event_type: String) -> Result<(), Problem> {
         let project = self.scope(&ctx, None).await?;
         self.delete(project, &event_type).await
     }
 
     async fn list_delivery_attempts_for_tenant(
         &self,
-        ctx: Caller,
+        ctx: Ctx,
         event_type: String,
         query: ListDeliveryAttemptsForTenantQuery,
     ) -> Result<ListDeliveryAttemptsOutputBody, Problem> {
@@ -760,7 +836,7 @@ impl WebhooksApi for Api {
 
     async fn rotate_webhook_signing_secret_for_tenant(
         &self,
-        ctx: Caller,
+        ctx: Ctx,
         event_type: String,
         query: sonzai_webhooks_api::RotateWebhookSigningSecretForTenantQuery,
     ) -> Result<RotateSigningSecretOutputBody, Problem> {
@@ -770,7 +846,7 @@ impl WebhooksApi for Api {
 
     async fn resend_event(
         &self,
-        ctx: Caller,
+        ctx: Ctx,
         project_id: Uuid,
         event_type: String,
         event_id: Uuid,
@@ -781,7 +857,7 @@ impl WebhooksApi for Api {
 
     async fn resend_event_for_tenant(
         &self,
-        ctx: Caller,
+        ctx: Ctx,
         event_type: String,
         event_id: Uuid,
     ) -> Result<ResendEventOutputBody, Problem> {
@@ -791,7 +867,7 @@ impl WebhooksApi for Api {
 
     async fn recover_webhook(
         &self,
-        ctx: Caller,
+        ctx: Ctx,
         project_id: Uuid,
         event_type: String,
         body: RecoverWebhookInputBody,
@@ -802,7 +878,7 @@ impl WebhooksApi for Api {
 
     async fn recover_webhook_for_tenant(
         &self,
-        ctx: Caller,
+        ctx: Ctx,
         event_type: String,
         body: RecoverWebhookInputBody,
     ) -> Result<(http::StatusCode, Recovery), Problem> {
@@ -812,7 +888,7 @@ impl WebhooksApi for Api {
 
     async fn get_recovery(
         &self,
-        ctx: Caller,
+        ctx: Ctx,
         project_id: Uuid,
         recovery_id: Uuid,
     ) -> Result<Recovery, Problem> {
@@ -822,7 +898,7 @@ impl WebhooksApi for Api {
 
     async fn get_recovery_for_tenant(
         &self,
-        ctx: Caller,
+        ctx: Ctx,
         recovery_id: Uuid,
     ) -> Result<Recovery, Problem> {
         let project = self.scope(&ctx, None).await?;
@@ -831,7 +907,7 @@ impl WebhooksApi for Api {
 
     async fn cancel_recovery(
         &self,
-        ctx: Caller,
+        ctx: Ctx,
         project_id: Uuid,
         recovery_id: Uuid,
     ) -> Result<(), Problem> {
@@ -839,18 +915,33 @@ impl WebhooksApi for Api {
         Api::cancel_recovery(self, project, recovery_id).await
     }
 
-    async fn cancel_recovery_for_tenant(
-        &self,
-        ctx: Caller,
-        recovery_id: Uuid,
-    ) -> Result<(), Problem> {
+    async fn cancel_recovery_for_tenant(&self, ctx: Ctx, recovery_id: Uuid) -> Result<(), Problem> {
         let project = self.scope(&ctx, None).await?;
         Api::cancel_recovery(self, project, recovery_id).await
     }
 
+    async fn create_portal_session(
+        &self,
+        ctx: Ctx,
+        project_id: Uuid,
+        body: CreatePortalSessionInputBody,
+    ) -> Result<PortalSession, Problem> {
+        let project = self.scope(&ctx, Some(project_id)).await?;
+        self.portal_link(&ctx, project, body).await
+    }
+
+    async fn create_portal_session_for_tenant(
+        &self,
+        ctx: Ctx,
+        body: CreatePortalSessionInputBody,
+    ) -> Result<PortalSession, Problem> {
+        let project = self.scope(&ctx, None).await?;
+        self.portal_link(&ctx, project, body).await
+    }
+
     async fn publish_event_for_tenant(
         &self,
-        ctx: Caller,
+        ctx: Ctx,
         body: sonzai_webhooks_api::models::PublishEventForTenantInputBody,
     ) -> Result<PublishEventOutputBody, Problem> {
         let project = self.scope(&ctx, None).await?;

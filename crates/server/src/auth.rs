@@ -321,6 +321,9 @@ impl WebhookStore for CachedKeys {
     }
 
     // The rest only passes through.
+    fn portal(&self) -> &dyn crate::store::portal::PortalStore {
+        self.store.portal()
+    }
     async fn create_tenant(&self, name: &str) -> StoreResult<Tenant> {
         self.store.create_tenant(name).await
     }

@@ -203,6 +203,18 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
+    /// The URL people reach this server at, such as `https://hooks.example.com`: portal
+    /// links point there, and its cookies are `Secure` when it is https. Without it,
+    /// links point at the host each request was sent to.
+    #[arg(
+        long,
+        env = "SONZAI_PUBLIC_URL",
+        value_name = "URL",
+        value_parser = parse_public_url,
+        help_heading = "HTTP"
+    )]
+    pub public_url: Option<String>,
+
     /// Largest request body accepted, in bytes; larger requests get 413.
     #[arg(
         long,
@@ -485,6 +497,20 @@ pub struct Config {
         help_heading = "HTTP"
     )]
     pub max_connections: usize,
+}
+
+/// An http(s) URL with a host and no path beyond `/`, query or fragment.
+fn parse_public_url(value: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(value).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("expected an http or https URL with a host".to_owned());
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(
+            "expected only scheme, host and port, such as https://hooks.example.com".to_owned(),
+        );
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 impl Default for Config {
@@ -797,6 +823,7 @@ mod tests {
         let command = Harness::command();
         let mut expected = vec![
             ("listen", "SONZAI_LISTEN"),
+            ("public_url", "SONZAI_PUBLIC_URL"),
             ("database_url", "DATABASE_URL"),
             ("data_dir", "SONZAI_DATA_DIR"),
             ("workers", "SONZAI_WORKERS"),

@@ -17,6 +17,7 @@ mod duration;
 mod engine;
 mod listener;
 mod metrics;
+mod portal;
 mod receive;
 mod recovery;
 mod remote;

@@ -250,9 +250,17 @@ pub async fn start_with_store(
         .run(shutdown.clone()),
     );
 
-    let api = Api::new(engine.clone(), policy, config.into());
+    let api = Arc::new(Api::new(
+        engine.clone(),
+        policy,
+        config.into(),
+        config.public_url.clone(),
+        config.listen,
+    ));
+    let portal = crate::portal::router(api.clone(), store.clone(), config.public_url.as_deref());
     let app = app(
-        Arc::new(api),
+        api,
+        portal,
         Shared {
             engine: engine.clone(),
             workers_running,
@@ -283,7 +291,7 @@ pub async fn start_with_store(
     })
 }
 
-fn app(api: Arc<Api>, shared: Shared, body_timeout: Duration) -> Router {
+fn app(api: Arc<Api>, portal: Router, shared: Shared, body_timeout: Duration) -> Router {
     let ops = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -291,6 +299,7 @@ fn app(api: Arc<Api>, shared: Shared, body_timeout: Duration) -> Router {
         .with_state(shared.clone());
     sonzai_webhooks_api::router(api)
         .merge(ops)
+        .merge(portal)
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(

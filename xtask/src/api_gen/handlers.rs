@@ -48,7 +48,13 @@ pub fn utoipa_path_attr(spec: &Spec, op: &Operation) -> TokenStream {
     }
     if let Some(body) = &op.body {
         let body = ident(body);
-        parts.push(quote!(request_body(content = #body, content_type = "application/json")));
+        // utoipa marks a body required unless its content is an `Option`.
+        let content = if op.body_optional {
+            quote!(Option<#body>)
+        } else {
+            quote!(#body)
+        };
+        parts.push(quote!(request_body(content = #content, content_type = "application/json")));
     }
     let successes = op.successes.iter().map(|(status, description)| {
         let status = unsuffixed((*status).into());
@@ -151,8 +157,9 @@ pub fn handler(spec: &Spec, op: &Operation, patterns: &mut Patterns) -> TokenStr
     if let Some(body) = &op.body {
         let ty = ident(body);
         let validate = validator_name(body);
+        let optional = op.body_optional;
         statements.push(quote! {
-            let body: Option<#ty> = match v::json_body(&parts, body, api.max_body_bytes(), #validate, &mut errors).await {
+            let body: Option<#ty> = match v::json_body(&parts, body, api.max_body_bytes(), #optional, #validate, &mut errors).await {
                 Ok(body) => body,
                 Err(problem) => return problem.into_response()
             };
@@ -332,7 +339,7 @@ mod tests {
             "let kind = v::path_string(",
             "v::check_query_names(&pairs, &[\"cursor\"], &mut errors);",
             "let query = PutThingQuery {",
-            "v::json_body(&parts, body, api.max_body_bytes(), validate_thing, &mut errors",
+            "v::json_body(&parts, body, api.max_body_bytes(), false, validate_thing, &mut errors",
             "if !errors.is_empty() {",
             "let Some(body) = body else {",
             "match api.put_thing(ctx, thing_id, kind, query, body).await {",

@@ -2,6 +2,33 @@
 //! The models of the API: one type per component schema, with serde, schemars and
 //! utoipa derives, and a validator per type that the router runs before deserializing.
 use crate::validate as v;
+/// How long the portal link stays valid (extension). The body may be left out.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePortalSessionInputBody {
+    /// Accepted and ignored.
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
+    #[schema(nullable = false)]
+    pub schema: Option<String>,
+    /// Seconds until the link, and the browser session it opens, expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "i64", range(min = 60, max = 86400), extend("default" = 3600))]
+    #[schema(nullable = false, minimum = 60, maximum = 86400, default = 3600)]
+    pub ttl_seconds: Option<i64>,
+}
+impl CreatePortalSessionInputBody {
+    /// The `$schema` link this body carries in responses.
+    pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/CreatePortalSessionInputBody.json";
+}
 /// `data` of the operator event `sonzai.delivery.exhausted`: a delivery ran out of tries. At most one per webhook per hour (the server's `--exhausted-notice-every`); the ones in between are counted in `suppressed` of the next (extension).
 #[derive(
     Debug,
@@ -175,6 +202,34 @@ pub struct ListWebhooksOutputBody {
 impl ListWebhooksOutputBody {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/ListWebhooksOutputBody.json";
+}
+/// A link to the delivery-log portal of one project (extension).
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    utoipa::ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct PortalSession {
+    /// The JSON Schema of this object, as a URI reference (a path on this server).
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String", extend("format" = "uri-reference", "readOnly" = true))]
+    #[schema(nullable = false, format = "uri-reference", read_only)]
+    pub schema: Option<String>,
+    /// The link to open in a browser. It opens the portal once: its single-use token is exchanged for a session cookie scoped to this project. Treat it as a secret until it is used or expires.
+    #[schemars(extend("format" = "uri"))]
+    #[schema(format = "uri")]
+    pub url: String,
+    /// When the link, and the session it opens, expire.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+impl PortalSession {
+    /// The `$schema` link this body carries in responses.
+    pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/PortalSession.json";
 }
 /// Publish an event (extension).
 #[derive(
@@ -738,6 +793,51 @@ pub struct WebhookRecoveredData {
     /// Failed attempts in a row before this success.
     pub failures: i64,
 }
+/// Checks a JSON value against the `CreatePortalSessionInputBody` schema, one entry per problem.
+pub fn validate_create_portal_session_input_body(
+    value: &serde_json::Value,
+    loc: &str,
+    errors: &mut Vec<ErrorDetail>,
+) {
+    let Some(object) = v::check_object(value, loc, errors) else {
+        return;
+    };
+    v::check_properties(object, loc, &["$schema", "ttl_seconds"], &[], true, errors);
+    {
+        const NAME: &str = "$schema";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: None,
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "ttl_seconds";
+        if let Some(value) = object.get(NAME) {
+            v::check_integer(
+                value,
+                &v::child(loc, NAME),
+                &v::IntRules {
+                    minimum: Some(60),
+                    maximum: Some(86400),
+                },
+                false,
+                errors,
+            );
+        }
+    }
+}
 /// Checks a JSON value against the `DeliveryExhaustedData` schema, one entry per problem.
 pub fn validate_delivery_exhausted_data(
     value: &serde_json::Value,
@@ -1211,6 +1311,81 @@ pub fn validate_list_webhooks_output_body(
                     let item_loc = item_loc.to_owned();
                     validate_webhook(item, &item_loc, errors);
                 },
+            );
+        }
+    }
+}
+/// Checks a JSON value against the `PortalSession` schema, one entry per problem.
+pub fn validate_portal_session(
+    value: &serde_json::Value,
+    loc: &str,
+    errors: &mut Vec<ErrorDetail>,
+) {
+    let Some(object) = v::check_object(value, loc, errors) else {
+        return;
+    };
+    v::check_properties(
+        object,
+        loc,
+        &["$schema", "url", "expires_at"],
+        &["url", "expires_at"],
+        true,
+        errors,
+    );
+    {
+        const NAME: &str = "$schema";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: None,
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "url";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: Some(v::Format::Uri),
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
+            );
+        }
+    }
+    {
+        const NAME: &str = "expires_at";
+        if let Some(value) = object.get(NAME) {
+            v::check_string(
+                value,
+                &v::child(loc, NAME),
+                &v::StringRules {
+                    format: Some(v::Format::DateTime),
+                    min_length: None,
+                    max_length: None,
+                    pattern: None,
+                    sensitive: false,
+                    forbid_nul: true,
+                },
+                false,
+                errors,
             );
         }
     }
@@ -2999,11 +3174,13 @@ static PATTERN_0: v::Pattern = v::Pattern::new("^[A-Za-z0-9._:-]{1,128}$");
 static PATTERN_1: v::Pattern = v::Pattern::new("^[^\\u0000-\\u0008\\u000A-\\u001F\\u007F]*$");
 /// The names of all component schemas.
 pub const SCHEMA_NAMES: &[&str] = &[
+    "CreatePortalSessionInputBody",
     "DeliveryExhaustedData",
     "ErrorDetail",
     "ErrorModel",
     "ListDeliveryAttemptsOutputBody",
     "ListWebhooksOutputBody",
+    "PortalSession",
     "PublishEventForTenantInputBody",
     "PublishEventInputBody",
     "PublishEventOutputBody",
@@ -3023,6 +3200,9 @@ pub const SCHEMA_NAMES: &[&str] = &[
 /// The JSON Schema (draft 2020-12, derived by schemars) of the component `name`.
 pub fn json_schema(name: &str) -> Option<serde_json::Value> {
     let schema = match name {
+        "CreatePortalSessionInputBody" => {
+            schemars::schema_for!(CreatePortalSessionInputBody)
+        }
         "DeliveryExhaustedData" => schemars::schema_for!(DeliveryExhaustedData),
         "ErrorDetail" => schemars::schema_for!(ErrorDetail),
         "ErrorModel" => schemars::schema_for!(ErrorModel),
@@ -3030,6 +3210,7 @@ pub fn json_schema(name: &str) -> Option<serde_json::Value> {
             schemars::schema_for!(ListDeliveryAttemptsOutputBody)
         }
         "ListWebhooksOutputBody" => schemars::schema_for!(ListWebhooksOutputBody),
+        "PortalSession" => schemars::schema_for!(PortalSession),
         "PublishEventForTenantInputBody" => {
             schemars::schema_for!(PublishEventForTenantInputBody)
         }

@@ -185,6 +185,17 @@ pub trait WebhooksApi: Send + Sync + 'static {
         project_id: uuid::Uuid,
         body: PublishEventInputBody,
     ) -> impl Future<Output = Result<PublishEventOutputBody, Problem>> + Send;
+    /// Create a portal link (extension)
+    ///
+    /// Extension. A link a project owner opens in a browser to see the project's webhooks and delivery attempts and act on them (resend, recover, rotate, enable, send a test event, delete) until it expires. The link works once; its token is stored hashed. 201 with the link and its expiry.
+    ///
+    /// `POST /projects/{projectId}/portal-sessions` (operationId `createPortalSession`)
+    fn create_portal_session(
+        &self,
+        ctx: Self::Context,
+        project_id: uuid::Uuid,
+        body: CreatePortalSessionInputBody,
+    ) -> impl Future<Output = Result<PortalSession, Problem>> + Send;
     /// List webhooks for current tenant
     ///
     /// `GET /webhooks` (operationId `listWebhooksForTenant`)
@@ -283,6 +294,16 @@ pub trait WebhooksApi: Send + Sync + 'static {
         ctx: Self::Context,
         body: PublishEventForTenantInputBody,
     ) -> impl Future<Output = Result<PublishEventOutputBody, Problem>> + Send;
+    /// Create a portal link for the key's project (extension)
+    ///
+    /// Extension. `createPortalSession` for the project of the API key.
+    ///
+    /// `POST /portal-sessions` (operationId `createPortalSessionForTenant`)
+    fn create_portal_session_for_tenant(
+        &self,
+        ctx: Self::Context,
+        body: CreatePortalSessionInputBody,
+    ) -> impl Future<Output = Result<PortalSession, Problem>> + Send;
 }
 #[utoipa::path(
     get,
@@ -401,6 +422,7 @@ pub async fn upsert_webhook<T: WebhooksApi>(
         &parts,
         body,
         api.max_body_bytes(),
+        false,
         validate_upsert_webhook_input_body,
         &mut errors,
     )
@@ -860,6 +882,7 @@ pub async fn recover_webhook<T: WebhooksApi>(
         &parts,
         body,
         api.max_body_bytes(),
+        false,
         validate_recover_webhook_input_body,
         &mut errors,
     )
@@ -1039,6 +1062,7 @@ pub async fn publish_event<T: WebhooksApi>(
         &parts,
         body,
         api.max_body_bytes(),
+        false,
         validate_publish_event_input_body,
         &mut errors,
     )
@@ -1058,6 +1082,77 @@ pub async fn publish_event<T: WebhooksApi>(
             out.schema
                 .get_or_insert_with(|| PublishEventOutputBody::SCHEMA_LINK.to_owned());
             v::json_response(StatusCode::from_u16(202).unwrap_or(StatusCode::OK), &out)
+        }
+        Err(problem) => problem.into_response(),
+    }
+}
+#[utoipa::path(
+    post,
+    path = "/projects/{projectId}/portal-sessions",
+    operation_id = "createPortalSession",
+    tag = "Events",
+    summary = "Create a portal link (extension)",
+    description = "Extension. A link a project owner opens in a browser to see the project's webhooks and delivery attempts and act on them (resend, recover, rotate, enable, send a test event, delete) until it expires. The link works once; its token is stored hashed. 201 with the link and its expiry.",
+    params(("projectId" = uuid::Uuid, Path, description = "Project UUID")),
+    request_body(
+        content = Option<CreatePortalSessionInputBody>,
+        content_type = "application/json"
+    ),
+    responses(
+        (
+            status = 201,
+            description = "Created",
+            body = PortalSession,
+            content_type = "application/json"
+        ),
+        (
+            status = "default",
+            description = "Error",
+            body = ErrorModel,
+            content_type = "application/problem+json"
+        )
+    ),
+    security(("apiKey" = []))
+)]
+/// `POST /projects/{projectId}/portal-sessions`: validates the request, then calls [`WebhooksApi::create_portal_session`].
+pub async fn create_portal_session<T: WebhooksApi>(
+    State(api): State<Arc<T>>,
+    request: Request,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let ctx = match api.authenticate(&parts).await {
+        Ok(ctx) => ctx,
+        Err(problem) => return problem.into_response(),
+    };
+    let mut errors = Vec::new();
+    let path = v::path_params(&mut parts).await;
+    let project_id = v::path_uuid(&path, "projectId", &mut errors);
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
+    let body: Option<CreatePortalSessionInputBody> = match v::json_body(
+        &parts,
+        body,
+        api.max_body_bytes(),
+        true,
+        validate_create_portal_session_input_body,
+        &mut errors,
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(problem) => return problem.into_response(),
+    };
+    if !errors.is_empty() {
+        return Problem::validation(errors).into_response();
+    }
+    let Some(body) = body else {
+        return Problem::validation(errors).into_response();
+    };
+    match api.create_portal_session(ctx, project_id, body).await {
+        Ok(mut out) => {
+            out.schema
+                .get_or_insert_with(|| PortalSession::SCHEMA_LINK.to_owned());
+            v::json_response(StatusCode::from_u16(201).unwrap_or(StatusCode::OK), &out)
         }
         Err(problem) => problem.into_response(),
     }
@@ -1177,6 +1272,7 @@ pub async fn upsert_webhook_for_tenant<T: WebhooksApi>(
         &parts,
         body,
         api.max_body_bytes(),
+        false,
         validate_upsert_webhook_for_tenant_input_body,
         &mut errors,
     )
@@ -1626,6 +1722,7 @@ pub async fn recover_webhook_for_tenant<T: WebhooksApi>(
         &parts,
         body,
         api.max_body_bytes(),
+        false,
         validate_recover_webhook_input_body,
         &mut errors,
     )
@@ -1804,6 +1901,7 @@ pub async fn publish_event_for_tenant<T: WebhooksApi>(
         &parts,
         body,
         api.max_body_bytes(),
+        false,
         validate_publish_event_for_tenant_input_body,
         &mut errors,
     )
@@ -1823,6 +1921,74 @@ pub async fn publish_event_for_tenant<T: WebhooksApi>(
             out.schema
                 .get_or_insert_with(|| PublishEventOutputBody::SCHEMA_LINK.to_owned());
             v::json_response(StatusCode::from_u16(202).unwrap_or(StatusCode::OK), &out)
+        }
+        Err(problem) => problem.into_response(),
+    }
+}
+#[utoipa::path(
+    post,
+    path = "/portal-sessions",
+    operation_id = "createPortalSessionForTenant",
+    tag = "Events",
+    summary = "Create a portal link for the key's project (extension)",
+    description = "Extension. `createPortalSession` for the project of the API key.",
+    request_body(
+        content = Option<CreatePortalSessionInputBody>,
+        content_type = "application/json"
+    ),
+    responses(
+        (
+            status = 201,
+            description = "Created",
+            body = PortalSession,
+            content_type = "application/json"
+        ),
+        (
+            status = "default",
+            description = "Error",
+            body = ErrorModel,
+            content_type = "application/problem+json"
+        )
+    ),
+    security(("apiKey" = []))
+)]
+/// `POST /portal-sessions`: validates the request, then calls [`WebhooksApi::create_portal_session_for_tenant`].
+pub async fn create_portal_session_for_tenant<T: WebhooksApi>(
+    State(api): State<Arc<T>>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let ctx = match api.authenticate(&parts).await {
+        Ok(ctx) => ctx,
+        Err(problem) => return problem.into_response(),
+    };
+    let mut errors = Vec::new();
+    let pairs = v::query_pairs(&parts);
+    v::check_query_names(&pairs, &[], &mut errors);
+    let body: Option<CreatePortalSessionInputBody> = match v::json_body(
+        &parts,
+        body,
+        api.max_body_bytes(),
+        true,
+        validate_create_portal_session_input_body,
+        &mut errors,
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(problem) => return problem.into_response(),
+    };
+    if !errors.is_empty() {
+        return Problem::validation(errors).into_response();
+    }
+    let Some(body) = body else {
+        return Problem::validation(errors).into_response();
+    };
+    match api.create_portal_session_for_tenant(ctx, body).await {
+        Ok(mut out) => {
+            out.schema
+                .get_or_insert_with(|| PortalSession::SCHEMA_LINK.to_owned());
+            v::json_response(StatusCode::from_u16(201).unwrap_or(StatusCode::OK), &out)
         }
         Err(problem) => problem.into_response(),
     }
@@ -1879,6 +2045,11 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
         "/api/v1/projects/{projectId}/events",
         "publishEvent",
     ),
+    (
+        "POST",
+        "/api/v1/projects/{projectId}/portal-sessions",
+        "createPortalSession",
+    ),
     ("GET", "/api/v1/webhooks", "listWebhooksForTenant"),
     (
         "PUT",
@@ -1921,6 +2092,11 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
         "cancelRecoveryForTenant",
     ),
     ("POST", "/api/v1/events", "publishEventForTenant"),
+    (
+        "POST",
+        "/api/v1/portal-sessions",
+        "createPortalSessionForTenant",
+    ),
 ];
 /// The router serving every operation under `/api/v1`, plus
 /// `/api/v1/schemas/{Name}.json` (the JSON Schema of each model) and
@@ -1960,6 +2136,10 @@ pub fn router<T: WebhooksApi>(api: Arc<T>) -> Router {
             axum::routing::post(publish_event::<T>),
         )
         .route(
+            "/api/v1/projects/{projectId}/portal-sessions",
+            axum::routing::post(create_portal_session::<T>),
+        )
+        .route(
             "/api/v1/webhooks",
             axum::routing::get(list_webhooks_for_tenant::<T>),
         )
@@ -1994,6 +2174,10 @@ pub fn router<T: WebhooksApi>(api: Arc<T>) -> Router {
             axum::routing::post(publish_event_for_tenant::<T>),
         )
         .route(
+            "/api/v1/portal-sessions",
+            axum::routing::post(create_portal_session_for_tenant::<T>),
+        )
+        .route(
             "/api/v1/schemas/{file}",
             axum::routing::get(v::schema_document),
         )
@@ -2023,6 +2207,7 @@ pub fn router<T: WebhooksApi>(api: Arc<T>) -> Router {
         get_recovery,
         cancel_recovery,
         publish_event,
+        create_portal_session,
         list_webhooks_for_tenant,
         upsert_webhook_for_tenant,
         delete_webhook_for_tenant,
@@ -2032,15 +2217,18 @@ pub fn router<T: WebhooksApi>(api: Arc<T>) -> Router {
         recover_webhook_for_tenant,
         get_recovery_for_tenant,
         cancel_recovery_for_tenant,
-        publish_event_for_tenant
+        publish_event_for_tenant,
+        create_portal_session_for_tenant
     ),
     components(
         schemas(
+            CreatePortalSessionInputBody,
             DeliveryExhaustedData,
             ErrorDetail,
             ErrorModel,
             ListDeliveryAttemptsOutputBody,
             ListWebhooksOutputBody,
+            PortalSession,
             PublishEventForTenantInputBody,
             PublishEventInputBody,
             PublishEventOutputBody,

@@ -798,6 +798,9 @@ where
     for<'q> Option<&'q str>: Encode<'q, B::Db>,
     for<'q> Option<i64>: Encode<'q, B::Db>,
 {
+    fn portal(&self) -> &dyn super::portal::PortalStore {
+        self.tables()
+    }
     async fn create_tenant(&self, name: &str) -> StoreResult<Tenant> {
         self.tables().create_tenant(name).await
     }

@@ -20,6 +20,7 @@ mod group_commit;
 pub(crate) mod notify;
 pub(crate) mod operator;
 mod pacing;
+pub(crate) mod portal;
 pub(crate) mod postgres;
 mod recovery;
 pub(crate) mod retention;
@@ -687,6 +688,9 @@ pub trait WebhookStore: Send + Sync + 'static {
     async fn queue_stats(&self) -> StoreResult<QueueStats>;
     /// Cheap round trip for readiness checks.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// What the delivery-log portal reads and writes besides the operations above.
+    fn portal(&self) -> &dyn portal::PortalStore;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -2017,7 +2017,7 @@ async fn postgres_concurrent_startups_migrate_once() {
             .await
             .unwrap();
         // Each migration once, not once per process.
-        assert_eq!(applied, 7);
+        assert_eq!(applied, 8);
         for store in stores {
             store.close().await;
         }
