@@ -16,10 +16,11 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use chrono::Utc;
 use sonzai_webhooks_api::models::{
-    ListDeliveryAttemptsOutputBody, ListWebhooksOutputBody, PublishEventForTenantInputBody,
-    PublishEventInputBody, PublishEventOutputBody, RecoverWebhookInputBody, Recovery,
-    ResendEventOutputBody, RotateSigningSecretOutputBody, UpsertWebhookForTenantInputBody,
-    UpsertWebhookInputBody, UpsertWebhookOutputBody, Webhook, WebhookDeliveryAttempt,
+    CreatePortalSessionInputBody, ListDeliveryAttemptsOutputBody, ListWebhooksOutputBody,
+    PortalSession, PublishEventForTenantInputBody, PublishEventInputBody, PublishEventOutputBody,
+    RecoverWebhookInputBody, Recovery, ResendEventOutputBody, RotateSigningSecretOutputBody,
+    UpsertWebhookForTenantInputBody, UpsertWebhookInputBody, UpsertWebhookOutputBody, Webhook,
+    WebhookDeliveryAttempt,
 };
 use sonzai_webhooks_api::{
     ListDeliveryAttemptsForTenantQuery, ListDeliveryAttemptsQuery, Problem,
@@ -131,6 +132,16 @@ impl MemoryApi {
             Ok(project_id)
         } else {
             Err(Problem::not_found("project not found"))
+        }
+    }
+
+    /// A link naming its project and lifetime, so a test sees what arrived.
+    fn portal_link(project_id: Uuid, body: CreatePortalSessionInputBody) -> PortalSession {
+        let ttl = body.ttl_seconds.unwrap_or(3600);
+        PortalSession {
+            schema: None,
+            url: format!("http://memory.test/portal/enter?project={project_id}&ttl={ttl}"),
+            expires_at: Utc::now() + chrono::Duration::seconds(ttl),
         }
     }
 
@@ -562,6 +573,26 @@ impl WebhooksApi for MemoryApi {
     ) -> Result<RotateSigningSecretOutputBody, Problem> {
         self.count();
         self.rotate(ctx, event_type, query.grace_seconds)
+    }
+
+    async fn create_portal_session(
+        &self,
+        ctx: Uuid,
+        project_id: Uuid,
+        body: CreatePortalSessionInputBody,
+    ) -> Result<PortalSession, Problem> {
+        self.count();
+        let project_id = Self::project(ctx, project_id)?;
+        Ok(Self::portal_link(project_id, body))
+    }
+
+    async fn create_portal_session_for_tenant(
+        &self,
+        ctx: Uuid,
+        body: CreatePortalSessionInputBody,
+    ) -> Result<PortalSession, Problem> {
+        self.count();
+        Ok(Self::portal_link(ctx, body))
     }
 
     async fn publish_event_for_tenant(

@@ -1341,3 +1341,71 @@ async fn recovery_round_trips_on_both_routes_with_both_success_statuses() {
     assert_eq!(api.calls(), 11);
     server.stop().await.expect("server stops");
 }
+
+#[tokio::test]
+async fn portal_sessions_round_trip_with_and_without_a_body() {
+    let (_api, server) = serve_memory().await.expect("server starts");
+    let client = client(&server);
+    let made = client
+        .create_portal_session()
+        .project_id(PROJECT_ID)
+        .body(types::CreatePortalSessionInputBody::builder().ttl_seconds(120))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(made.status(), StatusCode::CREATED);
+    assert_eq!(
+        made.schema.as_deref(),
+        Some("/api/v1/schemas/PortalSession.json")
+    );
+    assert!(made.url.ends_with("ttl=120"), "{}", made.url);
+    let made = client
+        .create_portal_session_for_tenant()
+        .body(types::CreatePortalSessionInputBody::builder())
+        .send()
+        .await
+        .expect("create for tenant");
+    assert!(made.url.ends_with("ttl=3600"), "the default: {}", made.url);
+
+    // The body may be left out entirely: an empty POST reads as `{}`.
+    let empty = http_client()
+        .expect("http client")
+        .post(server.url("/api/v1/portal-sessions"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(empty.status(), reqwest::StatusCode::CREATED);
+    let body: Value = empty.json().await.expect("json");
+    assert!(
+        body["url"].as_str().unwrap().ends_with("ttl=3600"),
+        "{body}"
+    );
+
+    let too_long = client
+        .create_portal_session_for_tenant()
+        .body(types::CreatePortalSessionInputBody::builder().ttl_seconds(86_401))
+        .send()
+        .await;
+    match too_long {
+        Err(Error::ErrorResponse(problem)) => {
+            assert_eq!(problem.status(), StatusCode::UNPROCESSABLE_ENTITY);
+            let locations: Vec<_> = problem
+                .errors
+                .iter()
+                .flatten()
+                .filter_map(|e| e.location.clone())
+                .collect();
+            assert_eq!(locations, ["body.ttl_seconds"]);
+        }
+        other => panic!("expected 422, got {other:?}"),
+    }
+    expect_not_found(
+        client
+            .create_portal_session()
+            .project_id(Uuid::from_u128(9))
+            .body(types::CreatePortalSessionInputBody::builder())
+            .send()
+            .await,
+    );
+}

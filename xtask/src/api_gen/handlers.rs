@@ -48,13 +48,7 @@ pub fn utoipa_path_attr(spec: &Spec, op: &Operation) -> TokenStream {
     }
     if let Some(body) = &op.body {
         let body = ident(body);
-        // utoipa marks a body required unless its content is an `Option`.
-        let content = if op.body_optional {
-            quote!(Option<#body>)
-        } else {
-            quote!(#body)
-        };
-        parts.push(quote!(request_body(content = #content, content_type = "application/json")));
+        parts.push(quote!(request_body(content = #body, content_type = "application/json")));
     }
     let successes = op.successes.iter().map(|(status, description)| {
         let status = unsuffixed((*status).into());

@@ -87,6 +87,18 @@ pub fn api_doc(spec: &Spec) -> TokenStream {
         None => quote!(None::<String>),
     };
     let scheme = &spec.security_scheme.name;
+    // utoipa marks every request body required; the optional ones are set back here.
+    let optional_bodies = spec.operations.iter().filter(|o| o.body_optional).map(|o| {
+        let (path, method) = (&o.path, ident(&o.method));
+        quote! {
+            if let Some(body) = openapi.paths.paths.get_mut(#path)
+                .and_then(|item| item.#method.as_mut())
+                .and_then(|op| op.request_body.as_mut())
+            {
+                body.required = Some(utoipa::openapi::Required::False);
+            }
+        }
+    });
     quote! {
         /// The OpenAPI document of the API, built by utoipa from the handlers and models above.
         #[derive(utoipa::OpenApi)]
@@ -100,6 +112,7 @@ pub fn api_doc(spec: &Spec) -> TokenStream {
                 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
                 let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(#desc).build();
                 openapi.components.get_or_insert_with(Default::default).add_security_scheme(#scheme, SecurityScheme::Http(scheme));
+                #(#optional_bodies)*
             }
         }
     }

@@ -1095,7 +1095,7 @@ pub async fn publish_event<T: WebhooksApi>(
     description = "Extension. A link a project owner opens in a browser to see the project's webhooks and delivery attempts and act on them (resend, recover, rotate, enable, send a test event, delete) until it expires. The link works once; its token is stored hashed. 201 with the link and its expiry.",
     params(("projectId" = uuid::Uuid, Path, description = "Project UUID")),
     request_body(
-        content = Option<CreatePortalSessionInputBody>,
+        content = CreatePortalSessionInputBody,
         content_type = "application/json"
     ),
     responses(
@@ -1933,7 +1933,7 @@ pub async fn publish_event_for_tenant<T: WebhooksApi>(
     summary = "Create a portal link for the key's project (extension)",
     description = "Extension. `createPortalSession` for the project of the API key.",
     request_body(
-        content = Option<CreatePortalSessionInputBody>,
+        content = CreatePortalSessionInputBody,
         content_type = "application/json"
     ),
     responses(
@@ -2267,6 +2267,24 @@ impl utoipa::Modify for SecurityScheme {
             .components
             .get_or_insert_with(Default::default)
             .add_security_scheme("apiKey", SecurityScheme::Http(scheme));
+        if let Some(body) = openapi
+            .paths
+            .paths
+            .get_mut("/projects/{projectId}/portal-sessions")
+            .and_then(|item| item.post.as_mut())
+            .and_then(|op| op.request_body.as_mut())
+        {
+            body.required = Some(utoipa::openapi::Required::False);
+        }
+        if let Some(body) = openapi
+            .paths
+            .paths
+            .get_mut("/portal-sessions")
+            .and_then(|item| item.post.as_mut())
+            .and_then(|op| op.request_body.as_mut())
+        {
+            body.required = Some(utoipa::openapi::Required::False);
+        }
     }
 }
 static PATTERN_0: v::Pattern = v::Pattern::new("^[A-Za-z0-9._:-]{1,128}$");
