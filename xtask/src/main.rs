@@ -158,7 +158,37 @@ fn codegen(check: bool) -> Result<bool> {
     Ok(true)
 }
 
-const USAGE: &str = "usage: cargo xtask codegen [--check] | cargo xtask bench [ARGS...]";
+const USAGE: &str =
+    "usage: cargo xtask codegen [--check] | cargo xtask bench [ARGS...] | cargo xtask screenshots";
+
+/// Regenerates `docs/portal-*.png`: the portal's browser test, run against its seeded
+/// server with Chromium, saves a screenshot of each page it visits.
+fn screenshots() -> Result<bool> {
+    let root = workspace_root();
+    let docs = root.join("docs");
+    std::fs::create_dir_all(&docs)?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .env("SONZAI_PORTAL_SCREENSHOTS", &docs)
+        .env("SONZAI_REQUIRE_BROWSER", "1")
+        .args([
+            "test",
+            "-p",
+            "sonzai-webhooks-tests",
+            "--test",
+            "server",
+            "portal::the_portal_in_a_real_browser",
+            "--",
+            "--exact",
+        ])
+        .status()
+        .context("running the portal's browser test")?;
+    if status.success() {
+        eprintln!("wrote the portal screenshots to {}", docs.display());
+    }
+    Ok(status.success())
+}
 
 /// Builds the server and the bench in release mode (debug builds would measure the
 /// compiler's lack of optimisation, not the server) and runs the bench with `args`.
@@ -207,6 +237,7 @@ fn main() -> ExitCode {
         ["codegen"] => codegen(false),
         ["codegen", "--check"] => codegen(true),
         ["bench", rest @ ..] => bench(rest),
+        ["screenshots"] => screenshots(),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

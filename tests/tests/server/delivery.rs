@@ -168,7 +168,7 @@ fn verifier(secret: &str) -> Verifier {
 }
 
 /// Checks both signature schemes of a delivery against `secret`.
-fn verifies_with(r: &Received, secret: &str) -> bool {
+pub(super) fn verifies_with(r: &Received, secret: &str) -> bool {
     let v = verifier(secret);
     let sonzai = v
         .verify_sonzai(header(r, "sonzai-signature"), &r.body)

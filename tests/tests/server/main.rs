@@ -11,6 +11,7 @@ mod durability;
 mod hardening;
 mod hostile;
 mod operator_events;
+mod portal;
 mod receiver_answers;
 mod recovery;
 mod remote_cli;

@@ -87,8 +87,9 @@ pub fn page(status: StatusCode, frame: Frame<'_>, body: &str) -> Response {
 }
 
 /// The headers of every portal page: never cached (pages show secrets and live
-/// state), never framed or sniffed, no referrer (a link's token must not travel), and
-/// nothing loaded from anywhere but this server.
+/// state), never framed or sniffed, a referrer only to this server (a link's token
+/// must not travel; `no-referrer` would also make browsers send `Origin: null`, which
+/// the forms' origin check refuses), and nothing loaded from anywhere but this server.
 pub fn headers() -> [(header::HeaderName, HeaderValue); 6] {
     [
         (
@@ -105,7 +106,7 @@ pub fn headers() -> [(header::HeaderName, HeaderValue); 6] {
         ),
         (
             header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
+            HeaderValue::from_static("same-origin"),
         ),
         (
             header::X_CONTENT_TYPE_OPTIONS,
@@ -209,12 +210,19 @@ dd { margin: 0; word-break: break-all; }
   padding: 1.5rem; }
 "#;
 
-/// Times in the viewer's locale, the viewer's UTC offset in the forms that read
-/// times, and an optional live refresh of an attempts list.
+/// Times in the viewer's locale, default times of forms in the viewer's zone, the
+/// viewer's UTC offset in the forms that read times, and an optional live refresh of
+/// an attempts list.
 const SCRIPT: &str = r#"
 document.querySelectorAll('time[datetime]').forEach(function (t) {
   var d = new Date(t.getAttribute('datetime'));
   if (!isNaN(d)) { t.title = t.textContent; t.textContent = d.toLocaleString(); }
+});
+document.querySelectorAll('input[data-utc]').forEach(function (i) {
+  var d = new Date(i.getAttribute('data-utc'));
+  if (!isNaN(d)) {
+    i.value = new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+  }
 });
 document.querySelectorAll('input[data-tz]').forEach(function (i) {
   i.value = String(new Date().getTimezoneOffset());

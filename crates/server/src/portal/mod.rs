@@ -310,6 +310,10 @@ impl Session {
             let same =
                 sent.len() == csrf.len() && bool::from(sent.as_bytes().ct_eq(csrf.as_bytes()));
             if !same || cross_site(headers) {
+                tracing::info!(
+                    csrf_matches = same,
+                    "portal form refused: not from this session's pages"
+                );
                 return Err(html::message(
                     StatusCode::FORBIDDEN,
                     "This form cannot be sent",

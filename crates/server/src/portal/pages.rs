@@ -463,14 +463,17 @@ fn actions(session: &Session, w: &PortalWebhook, href: &str) -> String {
     let href = esc(href);
     let mut out = String::from("<h2>Actions</h2><div class=\"actions\">");
     if w.webhook.is_active {
-        let default_since = datetime_local(Utc::now() - chrono::Duration::hours(24));
+        let day_ago = Utc::now() - chrono::Duration::hours(24);
+        let default_since = datetime_local(day_ago);
+        let day_ago = day_ago.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let _ = write!(
             out,
             "<form method=\"post\" action=\"{href}/recover\">{csrf}{TZ_FIELD}\
              <input type=\"hidden\" name=\"mode\" value=\"preview\">\
              <label for=\"recover-since\">Deliver again what failed since \
              (<span data-tz-note>UTC</span>)</label>\
-             <input id=\"recover-since\" name=\"since\" type=\"datetime-local\" value=\"{default_since}\" required>\
+             <input id=\"recover-since\" name=\"since\" type=\"datetime-local\" \
+             value=\"{default_since}\" data-utc=\"{day_ago}\" required>\
              <label><input type=\"checkbox\" name=\"include_missed\" value=\"1\"> also events \
              it never got</label>\
              <button type=\"submit\" id=\"recover\">Count them</button></form>"
