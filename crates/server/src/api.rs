@@ -367,7 +367,7 @@ impl Api {
     ) -> Result<PortalSession, Problem> {
         let ttl = body.ttl_seconds.unwrap_or(3600).clamp(60, 86_400);
         let expires_at = store::now_micros() + chrono::Duration::seconds(ttl);
-        let (token, hash) = crate::portal::new_token("spl_");
+        let (token, hash) = store::portal::new_token("spl_");
         self.store()
             .portal()
             .create_link(project_id, hash, expires_at)

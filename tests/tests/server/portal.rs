@@ -577,13 +577,33 @@ async fn text(browser: &Browser, css: &str) -> String {
 }
 
 async fn click(browser: &Browser, css: &str) {
-    browser
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
+    click_on(browser, Locator::Css(css)).await;
+}
+
+/// Clicks what `locator` finds and waits until the page it was on is gone: every
+/// click here submits a form or follows a link, and a lookup made before the next
+/// page is loaded would find the old one.
+async fn click_on(browser: &Browser, locator: Locator<'_>) {
+    let page = browser.find(Locator::Css("html")).await.expect("a page");
+    let target = match browser.find(locator).await {
+        Ok(found) => found,
+        Err(e) => panic!(
+            "{locator:?}: {e}\n{}",
+            browser.source().await.unwrap_or_default()
+        ),
+    };
+    target
         .click()
         .await
-        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        .unwrap_or_else(|e| panic!("click {locator:?}: {e}"));
+    let started = Instant::now();
+    while page.tag_name().await.is_ok() {
+        assert!(
+            started.elapsed() < WAIT,
+            "{locator:?} led nowhere within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Reloads until the page's source satisfies `ready` (bounded by [`WAIT`]).
@@ -683,13 +703,7 @@ async fn the_portal_in_a_real_browser() {
     shots.take(browser, "webhooks").await;
 
     // The failing webhook's attempts, newest first, with filters.
-    browser
-        .find(Locator::LinkText("order.paid"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_on(browser, Locator::LinkText("order.paid")).await;
     assert_eq!(text(browser, "h1").await, "order.paid");
     assert_eq!(attempt_rows(browser).await, 12);
     let first_row = text(browser, "#attempts tbody tr").await;
@@ -835,4 +849,99 @@ async fn the_portal_in_a_real_browser() {
 
     chrome.close().await;
     server.shutdown().await;
+}
+
+/// The attempt ids a webhook page lists, in order.
+fn listed_attempts(page: &str) -> Vec<String> {
+    page.split("/attempts/")
+        .skip(1)
+        .map(|rest| rest[..36].to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn attempts_are_paged_and_filtered_and_receiver_text_stays_text() {
+    for db in support::backends().await {
+        let server = TestServer::start(&db).await;
+        let receiver = Receiver::start().await;
+        receiver.set_default(Answer::status(500).body("<script>alert('x')</script>"));
+        upsert(&server, "order.paid", &receiver.url("/a"), None).await;
+        for n in 0..15 {
+            publish(&server, "order.paid", serde_json::json!({"n": n})).await;
+        }
+        // Four tries of each.
+        wait_attempts(&server, "order.paid", 60).await;
+        let (cookie, _) = enter(&server, &link(&server, None).await).await;
+        let page_path = format!("/portal/p/{}/webhooks/order.paid", server.tenant.project_id);
+        let (status, first) = get(&server, &page_path, Some(&cookie)).await;
+        assert_eq!(status, StatusCode::OK);
+        let first_ids = listed_attempts(&first);
+        assert_eq!(first_ids.len(), 50, "a page holds 50");
+        let at = first
+            .find("id=\"older\"")
+            .expect("a link to older attempts");
+        let href_at = first[..at].rfind("href=\"").unwrap() + 6;
+        let older = first[href_at..at]
+            .split('"')
+            .next()
+            .unwrap()
+            .replace("&amp;", "&");
+        let (_, second) = get(&server, &older, Some(&cookie)).await;
+        let second_ids = listed_attempts(&second);
+        assert_eq!(second_ids.len(), 10, "the rest");
+        assert!(
+            second_ids.iter().all(|id| !first_ids.contains(id)),
+            "pages overlap"
+        );
+        assert!(!second.contains("id=\"older\""), "the last page");
+
+        let (_, failed) = get(
+            &server,
+            &format!("{page_path}?status=failed"),
+            Some(&cookie),
+        )
+        .await;
+        assert_eq!(listed_attempts(&failed).len(), 50);
+        let (_, none) = get(
+            &server,
+            &format!("{page_path}?status=success"),
+            Some(&cookie),
+        )
+        .await;
+        assert!(listed_attempts(&none).is_empty());
+        assert!(none.contains("No attempts match these filters"), "{none}");
+        let later = (chrono::Utc::now() + chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M");
+        let (_, future) = get(
+            &server,
+            &format!("{page_path}?since={later}&tz=0"),
+            Some(&cookie),
+        )
+        .await;
+        assert!(listed_attempts(&future).is_empty(), "nothing after now");
+        let earlier = (chrono::Utc::now() - chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M");
+        let (_, window) = get(
+            &server,
+            &format!("{page_path}?since={earlier}&until={later}&tz=0&status=failed"),
+            Some(&cookie),
+        )
+        .await;
+        assert_eq!(listed_attempts(&window).len(), 50);
+
+        // What a receiver answered is shown as text, never as markup.
+        let (_, detail) = get(
+            &server,
+            &format!(
+                "/portal/p/{}/attempts/{}",
+                server.tenant.project_id, first_ids[0]
+            ),
+            Some(&cookie),
+        )
+        .await;
+        assert!(
+            detail.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"),
+            "{detail}"
+        );
+        assert!(!detail.contains("<script>alert"), "{detail}");
+        server.shutdown().await;
+    }
 }

@@ -23,7 +23,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Form, Router};
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -31,30 +30,13 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::api::Api;
-use crate::store::portal::PortalEntry;
+use crate::store::portal::{new_token, token_hash, PortalEntry};
 use crate::store::WebhookStore;
 
 pub(crate) use html::esc;
 
 /// The session cookie's name.
 const COOKIE: &str = "sonzai_portal";
-
-/// A new secret token and its hash, as stored.
-pub(crate) fn new_token(prefix: &str) -> (String, Vec<u8>) {
-    let mut bytes = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-    let token = format!(
-        "{prefix}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    );
-    let hash = token_hash(&token);
-    (token, hash)
-}
-
-/// How tokens are stored: a copy of the database opens nothing.
-pub(crate) fn token_hash(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
-}
 
 /// The CSRF token of a session: derived from the session's secret, so it needs no
 /// storage, and useless without the cookie it belongs to.

@@ -4,13 +4,32 @@
 //! The same SQL on both backends.
 
 use async_trait::async_trait;
+use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
 use sqlx::{ColumnIndex, Encode, Executor, FromRow, IntoArguments, Type};
 use uuid::Uuid;
 
 use super::common::{Column, Dialect, Tables};
 use super::rows::{AttemptRow, Micros, WebhookRow, WEBHOOK_COLUMNS};
 use super::{now_micros, truncate_micros, Attempt, AttemptStatus, StoreResult, Webhook};
+
+/// A new secret token and its hash, as stored.
+pub fn new_token(prefix: &str) -> (String, Vec<u8>) {
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    let token = format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let hash = token_hash(&token);
+    (token, hash)
+}
+
+/// How tokens are stored: a copy of the database opens nothing.
+pub fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
 
 /// A webhook as the portal lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
