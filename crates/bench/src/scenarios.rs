@@ -1,6 +1,7 @@
 //! The scenarios. Each runs on servers and a database of its own, so one scenario's
 //! leftovers (a backlog, a grown table) never colour the next one's figures.
 
+mod growth;
 mod noisy;
 mod purge;
 mod recovery;
@@ -45,10 +46,14 @@ pub enum Scenario {
     /// Retention: B1 while 1,000,000 old attempts are purged, against B1 alone.
     #[value(name = "P1")]
     P1,
+    /// Growth: B1, B2, B4 and deep attempt paging on a database holding 2,000,000
+    /// events and 6,000,000 attempts, against an empty one.
+    #[value(name = "B6")]
+    B6,
 }
 
 impl Scenario {
-    /// What `all` runs. B5, R1 and P1 are left out: they take minutes.
+    /// What `all` runs. B5, B6, R1 and P1 are left out: they take minutes.
     pub const ALL: [Scenario; 4] = [Scenario::B1, Scenario::B2, Scenario::B3, Scenario::B4];
     /// What `B5` runs.
     pub const B5: [Scenario; 2] = [Scenario::B5a, Scenario::B5b];
@@ -149,6 +154,7 @@ pub async fn run(scenario: Scenario, settings: &Settings) -> anyhow::Result<Bloc
         Scenario::B5b => noisy::slow_backlog(settings).await,
         Scenario::R1 => recovery::recover_missed(settings).await,
         Scenario::P1 => purge::b1_while_purging(settings).await,
+        Scenario::B6 => growth::growth(settings).await,
     }
 }
 
@@ -323,6 +329,8 @@ struct Figures {
     rate: f64,
     /// End-to-end p99.
     p99: Option<Duration>,
+    /// Server plus (on PostgreSQL) database CPU per delivery, in milliseconds.
+    cpu_ms: f64,
 }
 
 /// A publishing scenario: register one webhook per project, publish, wait for the
@@ -362,12 +370,34 @@ async fn deliveries_with(
         .await
         .with_context(|| format!("registering the webhook of project {}", project.project_id))?;
     }
-    let targets = Arc::new(fleet.targets());
     let purging = match backlog {
         Some(backlog) => Some(backlog.seed(&fleet, &client).await?),
         None => None,
     };
+    let (mut block, figures) = measure(settings, &fleet, &client, &receiver, shape, title).await?;
+    let purged = match (backlog, purging) {
+        (Some(backlog), Some(purging)) => Some(backlog.finish(&fleet, &client, purging).await?),
+        _ => None,
+    };
+    fleet.stop().await;
+    drop(receiver);
+    if let Some(purged) = purged {
+        purged.report(&mut block);
+    }
+    Ok((block, figures))
+}
 
+/// Publishes `shape` through every server of `fleet` to its projects' webhooks, which
+/// point at `receiver`, waits for the deliveries and reports.
+async fn measure(
+    settings: &Settings,
+    fleet: &Fleet,
+    client: &reqwest::Client,
+    receiver: &Receiver,
+    shape: Shape,
+    title: String,
+) -> anyhow::Result<(Block, Figures)> {
+    let targets = Arc::new(fleet.targets());
     let before = fleet.usage()?;
     let database_before = procfs::postgres_ticks();
     let bench_before = Usage::of("self")?;
@@ -376,7 +406,7 @@ async fn deliveries_with(
     let run = match shape {
         Shape::Closed { events } => {
             load::closed_loop(
-                &client,
+                client,
                 targets,
                 events,
                 settings.publishers,
@@ -390,7 +420,7 @@ async fn deliveries_with(
             seconds,
         } => {
             load::paced(
-                &client,
+                client,
                 targets,
                 per_second * seconds,
                 Duration::from_secs(1) / u32::try_from(per_second).unwrap_or(u32::MAX),
@@ -405,12 +435,7 @@ async fn deliveries_with(
     };
 
     let expecting = run.accepted.iter().filter(|p| p.deliveries > 0).count();
-    let drained = drain(
-        &receiver,
-        expecting,
-        Instant::now() + settings.drain_timeout,
-    )
-    .await;
+    let drained = drain(receiver, expecting, Instant::now() + settings.drain_timeout).await;
     let after = fleet.usage()?;
     let database_after = procfs::postgres_ticks();
     let metrics = fleet.scrape_metrics().await;
@@ -418,14 +443,8 @@ async fn deliveries_with(
     let phase = measured_from.elapsed();
     let arrivals = receiver.arrivals();
     let malformed = receiver.malformed();
-    let servers = server_usage(&fleet, &before, &after, settings.ticks_per_second);
+    let servers = server_usage(fleet, &before, &after, settings.ticks_per_second);
     let setup = fleet.setup;
-    let purged = match (backlog, purging) {
-        (Some(backlog), Some(purging)) => Some(backlog.finish(&fleet, &client, purging).await?),
-        _ => None,
-    };
-    fleet.stop().await;
-    drop(receiver);
 
     let matched = match_arrivals(&run.accepted, &arrivals);
     let mut block = Block::new(format!("{title} · {}", settings.context()));
@@ -481,9 +500,10 @@ async fn deliveries_with(
     let mut latencies = matched.latencies.clone();
     let e2e = Percentiles::of(&mut latencies);
     block.latency("end-to-end latency", e2e);
-    let figures = Figures {
+    let mut figures = Figures {
         rate: matched.delivered as f64 / delivery_wall.as_secs_f64().max(f64::EPSILON),
         p99: e2e.map(|p| p.p99),
+        cpu_ms: 0.0,
     };
     let mut integrity = format!(
         "duplicates {}  missing {}",
@@ -508,10 +528,12 @@ async fn deliveries_with(
     let server_cpu: f64 = servers.iter().map(|s| s.cpu.as_secs_f64()).sum();
     let per_delivery = |cpu: f64| cpu * 1000.0 / matched.delivered.max(1) as f64;
     let mut cpu_line = format!("server {:.3} ms", per_delivery(server_cpu));
+    figures.cpu_ms = per_delivery(server_cpu);
     if matches!(settings.backend, Backend::Postgres(_)) {
         let database =
             procfs::cpu_ticks_since(&database_before, &database_after, settings.ticks_per_second)
                 .as_secs_f64();
+        figures.cpu_ms += per_delivery(database);
         cpu_line.push_str(&format!(
             "  database {:.3} ms  (all postgres processes: {database:.2} s)",
             per_delivery(database)
@@ -527,15 +549,30 @@ async fn deliveries_with(
             bench_cpu.as_secs_f64()
         ),
     );
-    if let Some(purged) = purged {
-        purged.report(&mut block);
-    }
     Ok((block, figures))
 }
 
 /// B4: sequential upserts of distinct event types, then sequential list calls.
 async fn api_calls(settings: &Settings, calls: u64) -> anyhow::Result<Block> {
     let fleet = Fleet::launch(settings, 1, Tenancy::Shared).await?;
+    let measured = api_calls_on(settings, &fleet, calls, 0).await;
+    fleet.stop().await;
+    Ok(measured?.0)
+}
+
+/// What B4 measured, for scenarios that compare two runs.
+struct ApiFigures {
+    upsert_p99: Option<Duration>,
+    list_p99: Option<Duration>,
+}
+
+/// B4 on `fleet`, whose project has `existing` webhooks already.
+async fn api_calls_on(
+    settings: &Settings,
+    fleet: &Fleet,
+    calls: u64,
+    existing: usize,
+) -> anyhow::Result<(Block, ApiFigures)> {
     let client = load::client()?;
     let targets = fleet.targets();
     let before = fleet.usage()?;
@@ -572,13 +609,12 @@ async fn api_calls(settings: &Settings, calls: u64) -> anyhow::Result<Block> {
     let after = fleet.usage()?;
     let metrics = fleet.scrape_metrics().await;
     let phase = measured_from.elapsed();
-    let servers = server_usage(&fleet, &before, &after, settings.ticks_per_second);
+    let servers = server_usage(fleet, &before, &after, settings.ticks_per_second);
     let setup = fleet.setup;
-    fleet.stop().await;
 
-    if listed.1 as u64 != calls {
+    if listed.1 as u64 != calls + existing as u64 {
         bail!(
-            "the list returned {} webhooks after {calls} upserts",
+            "the list returned {} webhooks after {calls} upserts to {existing}",
             listed.1
         );
     }
@@ -587,7 +623,9 @@ async fn api_calls(settings: &Settings, calls: u64) -> anyhow::Result<Block> {
         settings.context()
     ));
     block.line("setup", report::secs(setup));
-    block.latency("upsert", Percentiles::of(&mut upserts));
+    let upsert = Percentiles::of(&mut upserts);
+    let list = Percentiles::of(&mut lists);
+    block.latency("upsert", upsert);
     block.line("upsert rate", report::rate(calls, upsert_wall));
     block.latency(
         &format!(
@@ -595,12 +633,18 @@ async fn api_calls(settings: &Settings, calls: u64) -> anyhow::Result<Block> {
             listed.1,
             listed.0 as f64 / 1024.0
         ),
-        Percentiles::of(&mut lists),
+        list,
     );
     block.line("list rate", report::rate(calls, list_wall));
     block.servers(&servers, phase);
     block.line("server /metrics", metrics);
-    Ok(block)
+    Ok((
+        block,
+        ApiFigures {
+            upsert_p99: upsert.map(|p| p.p99),
+            list_p99: list.map(|p| p.p99),
+        },
+    ))
 }
 
 /// Server resources and counters, and the bench's own CPU.
