@@ -63,6 +63,7 @@ Examples:
   cargo xtask bench --scenario B5 --postgres postgres://...
   cargo xtask bench --scenario R1 --postgres postgres://...
   cargo xtask bench --scenario P1 --postgres postgres://...
+  cargo xtask bench --scenario B6 --postgres postgres://...
 
 Each scenario gets a fresh database (SQLite in a temporary directory, or a schema of
 its own on PostgreSQL, dropped afterwards) and fresh server processes.";
@@ -80,8 +81,8 @@ const SERVER_DEFAULT_WORKERS: usize = 256;
 )]
 struct Args {
     /// Which scenario to run (`all`: B1 to B4; `B5`: B5a and B5b; R1: recovery; P1:
-    /// retention).
-    #[arg(long, value_name = "B1|B2|B3|B4|B5|B5a|B5b|R1|P1|all", default_value = "all",
+    /// retention; B6: growth).
+    #[arg(long, value_name = "B1|B2|B3|B4|B5|B5a|B5b|R1|P1|B6|all", default_value = "all",
           value_parser = parse_scenarios)]
     scenario: ScenarioChoice,
 
@@ -156,7 +157,7 @@ fn parse_scenarios(input: &str) -> Result<ScenarioChoice, String> {
         .map(|one| ScenarioChoice(vec![one]))
         .map_err(|_| {
             format!(
-                "unknown scenario {input:?}; expected B1, B2, B3, B4, B5, B5a, B5b, R1, P1 or all"
+                "unknown scenario {input:?}; expected B1, B2, B3, B4, B5, B5a, B5b, R1, P1, B6 or all"
             )
         })
 }
@@ -350,8 +351,10 @@ mod tests {
         assert_eq!(parsed("b5b"), Ok(vec![Scenario::B5b]));
         assert_eq!(parsed("r1"), Ok(vec![Scenario::R1]));
         assert_eq!(parsed("P1"), Ok(vec![Scenario::P1]));
-        assert!(parsed("B6").is_err());
+        assert_eq!(parsed("b6"), Ok(vec![Scenario::B6]));
+        assert!(parsed("B7").is_err());
         assert!(!Scenario::ALL.contains(&Scenario::R1));
+        assert!(!Scenario::ALL.contains(&Scenario::B6));
         assert!(!Scenario::ALL.contains(&Scenario::B5a));
     }
 
