@@ -752,7 +752,7 @@ async fn the_portal_in_a_real_browser() {
     click(browser, "#attempts tbody tr button").await;
     assert!(text(browser, ".notice").await.contains("queued again"));
     let page = reload_until(browser, "the resent attempt", |s| {
-        s.matches("<tr>").count() >= 14 && s.contains("resend")
+        s.matches("<tr>").count() >= 14 && s.contains(">resend<")
     })
     .await;
     assert!(page.contains("badge ok"), "the resent attempt succeeded");

@@ -33,7 +33,7 @@ use crate::api::Api;
 use crate::store::portal::{new_token, token_hash, PortalEntry};
 use crate::store::WebhookStore;
 
-pub(crate) use html::esc;
+use html::esc;
 
 /// The session cookie's name.
 const COOKIE: &str = "sonzai_portal";

@@ -271,18 +271,20 @@ pub(crate) async fn webhook(
         Err(refused) => return refused,
     };
     let query = query.map(|q| q.0).unwrap_or_default();
-    let list = match portal.store.portal().webhooks(session.project_id).await {
-        Ok(list) => list,
+    let w = match portal
+        .store
+        .portal()
+        .webhook(session.project_id, &event_type)
+        .await
+    {
+        Ok(Some(w)) => w,
+        Ok(None) => {
+            return not_found(
+                &session,
+                &format!("This project has no webhook for {event_type}."),
+            )
+        }
         Err(e) => return internal(e),
-    };
-    let Some(w) = list
-        .into_iter()
-        .find(|w| w.webhook.event_type == event_type)
-    else {
-        return not_found(
-            &session,
-            &format!("This project has no webhook for {event_type}."),
-        );
     };
     let status = match query.status.as_deref() {
         Some("success") => Some(AttemptStatus::Success),

@@ -98,6 +98,12 @@ pub trait PortalStore: Send + Sync {
     async fn session(&self, session_hash: Vec<u8>) -> StoreResult<Option<(Uuid, DateTime<Utc>)>>;
     /// The project's webhooks, by event type.
     async fn webhooks(&self, project_id: Uuid) -> StoreResult<Vec<PortalWebhook>>;
+    /// The project's webhook of `event_type`, if any.
+    async fn webhook(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+    ) -> StoreResult<Option<PortalWebhook>>;
     /// Attempts of (project, event type), without their bodies.
     async fn attempts(
         &self,
@@ -118,6 +124,24 @@ struct PortalWebhookRow {
     last_at: Option<Micros>,
     last_status: Option<String>,
     last_code: Option<i64>,
+}
+
+impl From<PortalWebhookRow> for PortalWebhook {
+    fn from(r: PortalWebhookRow) -> Self {
+        PortalWebhook {
+            webhook: r.webhook.into(),
+            consecutive_failures: r.consecutive_failures,
+            first_failure_at: r.first_failure_at.map(|t| t.0),
+            last_attempt: match (r.last_at, r.last_status.as_deref().and_then(parse_status)) {
+                (Some(at), Some(status)) => Some(LastAttempt {
+                    at: at.0,
+                    status,
+                    response_code: r.last_code.unwrap_or(0),
+                }),
+                _ => None,
+            },
+        }
+    }
 }
 
 #[derive(FromRow)]
@@ -182,8 +206,9 @@ pub(crate) fn portal_attempts_sql(filter: &AttemptFilter) -> String {
 }
 
 /// The portal's webhooks query: each webhook with the newest attempt of its event type,
-/// found by one probe of the attempts listing index.
-pub(crate) fn portal_webhooks_sql() -> String {
+/// found by one probe of the attempts listing index; with `one`, only the webhook of
+/// event type `$2`.
+pub(crate) fn portal_webhooks_sql(one: bool) -> String {
     let columns: Vec<String> = WEBHOOK_COLUMNS
         .split(',')
         .map(|c| format!("w.{}", c.trim()))
@@ -195,8 +220,9 @@ pub(crate) fn portal_webhooks_sql() -> String {
              SELECT x.id FROM attempts x \
              WHERE x.project_id = w.project_id AND x.event_type = w.event_type \
              ORDER BY x.created_at DESC, x.id DESC LIMIT 1) \
-         WHERE w.project_id = $1 ORDER BY w.event_type",
-        columns.join(", ")
+         WHERE w.project_id = $1 {} ORDER BY w.event_type",
+        columns.join(", "),
+        if one { "AND w.event_type = $2" } else { "" }
     )
 }
 
@@ -319,26 +345,24 @@ where
     }
 
     async fn webhooks(&self, project_id: Uuid) -> StoreResult<Vec<PortalWebhook>> {
-        let rows: Vec<PortalWebhookRow> = sqlx::query_as(&portal_webhooks_sql())
+        let rows: Vec<PortalWebhookRow> = sqlx::query_as(&portal_webhooks_sql(false))
             .bind(project_id)
             .fetch_all(&self.read)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| PortalWebhook {
-                webhook: r.webhook.into(),
-                consecutive_failures: r.consecutive_failures,
-                first_failure_at: r.first_failure_at.map(|t| t.0),
-                last_attempt: match (r.last_at, r.last_status.as_deref().and_then(parse_status)) {
-                    (Some(at), Some(status)) => Some(LastAttempt {
-                        at: at.0,
-                        status,
-                        response_code: r.last_code.unwrap_or(0),
-                    }),
-                    _ => None,
-                },
-            })
-            .collect())
+        Ok(rows.into_iter().map(PortalWebhook::from).collect())
+    }
+
+    async fn webhook(
+        &self,
+        project_id: Uuid,
+        event_type: &str,
+    ) -> StoreResult<Option<PortalWebhook>> {
+        let row: Option<PortalWebhookRow> = sqlx::query_as(&portal_webhooks_sql(true))
+            .bind(project_id)
+            .bind(event_type)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.map(PortalWebhook::from))
     }
 
     async fn attempts(
