@@ -68,13 +68,15 @@ impl Rows {
     }
 }
 
-/// Inserts `rows` (all of event type `event_type` in `project`); a pending delivery is
-/// due only in a day, so the workers leave it alone.
+/// Inserts `rows` (all of event type `event_type` in `project`) in one transaction, so a
+/// retention run between two statements never sees an event without its deliveries; a
+/// pending delivery is due only in a day, so the workers leave it alone.
 async fn insert(db: &TestDb, project: Uuid, event_type: &str, rows: &Rows) {
     let later = Utc::now() + chrono::Duration::days(1);
     macro_rules! seed {
         ($conn:expr, $time:expr) => {{
-            let conn = &mut $conn;
+            let mut tx = $conn.begin().await.expect("begin the seed");
+            let conn = &mut *tx;
             for (id, at) in &rows.events {
                 sqlx::query(
                     "INSERT INTO events (id, project_id, event_type, data, created_at) \
@@ -131,6 +133,7 @@ async fn insert(db: &TestDb, project: Uuid, event_type: &str, rows: &Rows) {
                 .await
                 .expect("seed attempt");
             }
+            tx.commit().await.expect("commit the seed");
         }};
     }
     match db.backend {
