@@ -52,15 +52,26 @@ pub(crate) fn order_allows(now: &str) -> String {
     format!("{ORDER_ALLOWS_HEAD}{now}{ORDER_ALLOWS_TAIL}")
 }
 
+/// Of a pending delivery `d`, whether its webhook is active and [`order_allows`] it,
+/// around the instant `now`. A scalar subquery rather than an EXISTS on purpose:
+/// PostgreSQL turns an EXISTS into a join, which loses the due index's order, so every
+/// claim would read and sort the whole due backlog; a scalar subquery stays a filter on
+/// the ordered index scan, which stops as soon as it has its LIMIT.
+pub(crate) fn claimable(now: &str) -> String {
+    format!(
+        "(SELECT w.is_active AND {} FROM webhooks w WHERE w.id = d.webhook_id)",
+        order_allows(now)
+    )
+}
+
 /// The next instant a delivery can be claimed (`$1`: now), for the idle workers.
 pub(crate) fn next_due_sql() -> String {
     format!(
         "SELECT d.next_attempt_at FROM deliveries d \
          WHERE d.status = 'pending' \
-           AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.is_active \
-               AND {}) \
+           AND {} \
          ORDER BY d.next_attempt_at, d.id LIMIT 1",
-        order_allows("$1")
+        claimable("$1")
     )
 }
 
@@ -70,10 +81,9 @@ pub(crate) fn queue_stats_sql() -> String {
         "SELECT (SELECT count(*) FROM deliveries WHERE status = 'pending'), \
              (SELECT d.next_attempt_at FROM deliveries d \
               WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
-                AND EXISTS (SELECT 1 FROM webhooks w \
-                            WHERE w.id = d.webhook_id AND w.is_active AND {}) \
+                AND {} \
               ORDER BY d.next_attempt_at, d.id LIMIT 1)",
-        order_allows("$1")
+        claimable("$1")
     )
 }
 

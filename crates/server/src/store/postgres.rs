@@ -26,7 +26,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgQueryResult};
 use sqlx::{FromRow, Pool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::common::{order_allows, BackendOps, Dialect, Tables};
+use super::common::{claimable, BackendOps, Dialect, Tables};
 use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::rows::{ClaimedRow, StreakRow, WebhookRow, ATTEMPT_COLUMNS, WEBHOOK_COLUMNS};
 use super::{
@@ -505,12 +505,10 @@ async fn publish_batch(pool: &PgPool, jobs: &[PublishJob]) -> StoreResult<Vec<Pu
 /// otherwise the oldest due across all but the projects of `$5`. `$1` now, `$2` the
 /// most rows, `$3` the lease token, `$4` its expiry.
 pub(crate) fn claim_sql(per_project: bool) -> String {
-    let order_allows = order_allows("$1");
+    let claimable = claimable("$1");
     let due_now = format!(
         "d.status = 'pending' AND d.next_attempt_at <= $1 \
-         AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $1) \
-         AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id AND w.is_active \
-             AND {order_allows})"
+         AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $1) AND {claimable}"
     );
     let due = if per_project {
         format!(
