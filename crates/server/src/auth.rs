@@ -32,8 +32,8 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::store::{
-    ApiKeyRecord, AttemptList, AttemptPage, ClaimedDelivery, DeliveryOutcome, DisablePolicy,
-    KeyOwner, Project, PublishEvent, Published, PurgeStep, QueueStats, Recorded, RecoverOutcome,
+    ApiKeyRecord, AttemptList, AttemptPage, ClaimBatch, DeliveryOutcome, DisablePolicy, KeyOwner,
+    Project, PublishEvent, Published, PurgeStep, QueueStats, Recorded, RecoverOutcome,
     RecoverRequest, Recovery, RecoveryClaim, RecoveryProgress, RecoveryStep, ResendOutcome,
     RetentionLock, RetentionTable, SendSlots, SigningSecret, StoreError, StoreResult, Tenant,
     UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
@@ -431,13 +431,13 @@ impl WebhookStore for CachedKeys {
     async fn release_recovery(&self, claim: RecoveryClaim) -> StoreResult<()> {
         self.store.release_recovery(claim).await
     }
-    async fn claim_due_skipping(
+    async fn claim_batch(
         &self,
         max: usize,
         lease: Duration,
         skip: &[Uuid],
-    ) -> StoreResult<Vec<ClaimedDelivery>> {
-        self.store.claim_due_skipping(max, lease, skip).await
+    ) -> StoreResult<ClaimBatch> {
+        self.store.claim_batch(max, lease, skip).await
     }
     async fn record_outcomes(
         &self,

@@ -601,8 +601,18 @@ impl Conn {
         self.execute("COMMIT", project).await
     }
 
-    /// Fresh planner statistics, as a database that grew this big would have.
+    /// Fresh planner statistics, as a database that grew this big would have. On
+    /// PostgreSQL also the vacuum such a database has had: otherwise autovacuum takes
+    /// on the freshly inserted millions of rows in the middle of the measurements.
     async fn analyze(&mut self) -> anyhow::Result<()> {
-        self.execute("ANALYZE", uuid::Uuid::nil()).await
+        match self {
+            Conn::Sqlite(_) => self.execute("ANALYZE", uuid::Uuid::nil()).await,
+            // VACUUM refuses a prepared statement's implicit transaction.
+            Conn::Postgres(c) => sqlx::raw_sql("VACUUM ANALYZE")
+                .execute(&mut *c)
+                .await
+                .map(drop)
+                .context("seeding: VACUUM ANALYZE"),
+        }
     }
 }

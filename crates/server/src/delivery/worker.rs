@@ -242,16 +242,16 @@ impl DeliveryWorker {
             self.waker.claim_started();
             let claim = self
                 .store
-                .claim_due_skipping(free, self.config.lease, &full_projects)
+                .claim_batch(free, self.config.lease, &full_projects)
                 .await;
             // A full batch suggests more is due than this process can take.
             self.waker
-                .claim_finished(claim.as_ref().is_ok_and(|c| c.len() == free));
-            let claimed = match claim {
-                Ok(claimed) => {
+                .claim_finished(claim.as_ref().is_ok_and(|c| c.deliveries.len() == free));
+            let (claimed, drained) = match claim {
+                Ok(batch) => {
                     self.health.claimed();
                     backoff = Duration::from_millis(50);
-                    claimed
+                    (batch.deliveries, batch.drained)
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "claiming deliveries failed");
@@ -291,22 +291,27 @@ impl DeliveryWorker {
             let defer = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or_default();
             self.hand_back(&full, defer(DEFER_AT_LIMIT)).await;
             self.hand_back(&slowed, defer(DEFER_SLOWED)).await;
-            if !progressed {
-                // Nothing claimed, or only what had to go back: wait for news rather
-                // than claim the same full webhooks again at once.
-                let mut sleep = self.idle_sleep().await;
-                if !full_projects.is_empty() || claimed_any {
-                    // What is due may be only what was left out or handed back; a
-                    // finished delivery (lane_freed) is what makes room for it.
-                    sleep = sleep.max(DEFER_AT_LIMIT);
-                }
-                let waiting = lanes.parked() > 0 || !full_projects.is_empty();
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = self.waker.woken() => {}
-                    _ = lane_freed.notified(), if waiting => {}
-                    _ = tokio::time::sleep(sleep) => {}
-                }
+            // After progress, claim again at once, unless the claim took all that was
+            // due: asking again would only find that out a second time (queries per
+            // event at a moderate rate), and what is published meanwhile has poked the
+            // waker, which answers at once below.
+            if progressed && !drained {
+                continue;
+            }
+            // Nothing claimed, only what had to go back, or all that was due: wait for
+            // news rather than claim the same full webhooks again at once.
+            let mut sleep = self.idle_sleep().await;
+            if !progressed && (!full_projects.is_empty() || claimed_any) {
+                // What is due may be only what was left out or handed back; a
+                // finished delivery (lane_freed) is what makes room for it.
+                sleep = sleep.max(DEFER_AT_LIMIT);
+            }
+            let waiting = lanes.parked() > 0 || !full_projects.is_empty();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.waker.woken() => {}
+                _ = lane_freed.notified(), if waiting => {}
+                _ = tokio::time::sleep(sleep) => {}
             }
         }
 

@@ -27,8 +27,8 @@ use super::rows::{
 };
 use super::{
     add_duration, attempt_list, attempt_listing_sql, claim_fairly, now_micros, truncate_micros,
-    webhook_limit_reached, ApiKeyRecord, AttemptList, AttemptPage, AttemptStatus, ClaimFrom,
-    ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyOwner, Project,
+    webhook_limit_reached, ApiKeyRecord, AttemptList, AttemptPage, AttemptStatus, ClaimBatch,
+    ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyOwner, Project,
     PublishEvent, Published, PurgeStep, QueueStats, Recorded, RecoverOutcome, RecoverRequest,
     Recovery, RecoveryClaim, RecoveryProgress, RecoveryStep, ResendOutcome, RetentionLock,
     RetentionTable, SendSlots, SigningSecret, StoreError, StoreResult, Tenant, UpsertOutcome,
@@ -922,16 +922,16 @@ where
     async fn release_recovery(&self, claim: RecoveryClaim) -> StoreResult<()> {
         self.tables().release_recovery(claim).await
     }
-    async fn claim_due_skipping(
+    async fn claim_batch(
         &self,
         max: usize,
         lease: Duration,
         skip: &[Uuid],
-    ) -> StoreResult<Vec<ClaimedDelivery>> {
+    ) -> StoreResult<ClaimBatch> {
         let scan = || self.tables().pending_projects(now_micros());
-        let mut claimed = claim_fairly(self, scan, max, lease, skip).await?;
-        B::order_claims(&mut claimed);
-        Ok(claimed)
+        let mut batch = claim_fairly(self, scan, max, lease, skip).await?;
+        B::order_claims(&mut batch.deliveries);
+        Ok(batch)
     }
     async fn record_outcomes(
         &self,

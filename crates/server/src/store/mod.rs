@@ -634,7 +634,17 @@ pub trait WebhookStore: Send + Sync + 'static {
         max: usize,
         lease: Duration,
         skip: &[Uuid],
-    ) -> StoreResult<Vec<ClaimedDelivery>>;
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
+        Ok(self.claim_batch(max, lease, skip).await?.deliveries)
+    }
+    /// [`WebhookStore::claim_due_skipping`], also saying whether the claim took all
+    /// that was due.
+    async fn claim_batch(
+        &self,
+        max: usize,
+        lease: Duration,
+        skip: &[Uuid],
+    ) -> StoreResult<ClaimBatch>;
     /// Records a batch of outcomes in one transaction: inserts each attempt, finishes or
     /// reschedules the delivery and releases its lease, and updates the webhook's
     /// failure streak, disabling it (and cancelling its pending deliveries) when the
@@ -762,6 +772,15 @@ pub enum ClaimFrom<'a> {
     Oldest(&'a [Uuid]),
 }
 
+/// What a claim took.
+#[derive(Debug, Default)]
+pub struct ClaimBatch {
+    pub deliveries: Vec<ClaimedDelivery>,
+    /// Nothing else was due outside the skipped projects when the claim ran: claiming
+    /// again at once would find nothing, so the claimer can wait for news instead.
+    pub drained: bool,
+}
+
 /// [`WebhookStore::claim_due_skipping`] on either backend: an equal part of `max` for
 /// each project with due work, then, when more projects have pending work than were
 /// looked at, the rest oldest due first across all of them. `scan` lists the first
@@ -773,12 +792,12 @@ pub(crate) async fn claim_fairly<B: common::BackendOps, F>(
     max: usize,
     lease: Duration,
     skip: &[Uuid],
-) -> StoreResult<Vec<ClaimedDelivery>>
+) -> StoreResult<ClaimBatch>
 where
     F: std::future::Future<Output = StoreResult<Vec<(Uuid, bool)>>>,
 {
     if max == 0 {
-        return Ok(Vec::new());
+        return Ok(ClaimBatch::default());
     }
     let scanned = scan().await?;
     let truncated = scanned.len() > FAIR_CLAIM_PROJECTS;
@@ -788,19 +807,33 @@ where
         .filter_map(|(project, due)| (due && !skip.contains(&project)).then_some(project))
         .collect();
     let mut claimed = Vec::new();
+    // A project that filled its share may have more due.
+    let mut share_filled = false;
     if !due.is_empty() {
         let share = max.div_ceil(due.len());
         claimed = store
             .claim_from(ClaimFrom::Projects(&due, share), max, lease)
             .await?;
+        let mut per_project: std::collections::HashMap<Uuid, usize> =
+            std::collections::HashMap::new();
+        for delivery in &claimed {
+            *per_project.entry(delivery.project_id).or_default() += 1;
+        }
+        share_filled = per_project.values().any(|&n| n >= share);
     }
     if truncated && claimed.len() < max {
+        // Across every project: short of what it asked for means none is left.
         let rest = store
             .claim_from(ClaimFrom::Oldest(skip), max - claimed.len(), lease)
             .await?;
         claimed.extend(rest);
+        share_filled = false;
     }
-    Ok(claimed)
+    let drained = claimed.len() < max && !share_filled;
+    Ok(ClaimBatch {
+        deliveries: claimed,
+        drained,
+    })
 }
 
 /// Delivery states as stored (`deliveries.status`).

@@ -186,6 +186,7 @@ store_cases!(
     claim_takes_due_deliveries_oldest_first_under_lease,
     claims_share_out_among_projects_and_skip_full_ones,
     claims_reach_projects_beyond_the_fair_scan,
+    a_claim_says_whether_it_took_all_that_was_due,
     expired_lease_is_reclaimed_and_old_outcome_is_stale,
     concurrent_claimers_never_share_a_delivery,
     outcomes_finish_retry_and_number_attempts,
@@ -824,11 +825,9 @@ async fn idempotency_key_within_and_after_window(db: Arc<TestDb>) {
     assert!(!x.duplicate && !y.duplicate);
 }
 
-/// A project with a backlog gets no more than its part of a claim: another project's
-/// later deliveries come in the same claim, and a project the worker has no room for
-/// is left out altogether.
-async fn claims_share_out_among_projects_and_skip_full_ones(db: Arc<TestDb>) {
-    let s = &*db.store;
+/// Two projects: `noisy` with a backlog of 40 "backlog" events, `quiet` with a webhook
+/// for "fresh" and nothing published yet.
+async fn noisy_and_quiet(s: &dyn WebhookStore) -> (Project, Project) {
     let noisy = new_project(s).await;
     let quiet = new_project(s).await;
     upsert(s, noisy.id, "backlog", "https://noisy.example/hook").await;
@@ -836,6 +835,15 @@ async fn claims_share_out_among_projects_and_skip_full_ones(db: Arc<TestDb>) {
     for _ in 0..40 {
         publish(s, noisy.id, "backlog").await;
     }
+    (noisy, quiet)
+}
+
+/// A project with a backlog gets no more than its part of a claim: another project's
+/// later deliveries come in the same claim, and a project the worker has no room for
+/// is left out altogether.
+async fn claims_share_out_among_projects_and_skip_full_ones(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let (noisy, quiet) = noisy_and_quiet(s).await;
     let mut fresh = HashSet::new();
     for _ in 0..3 {
         fresh.insert(publish(s, quiet.id, "fresh").await.event_id);
@@ -867,6 +875,37 @@ async fn claims_share_out_among_projects_and_skip_full_ones(db: Arc<TestDb>) {
     let claimed = s.claim_due(100, LEASE).await.unwrap();
     assert_eq!(claimed.len(), 35);
     assert!(s.claim_due(10, LEASE).await.unwrap().is_empty());
+}
+
+async fn a_claim_says_whether_it_took_all_that_was_due(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let (noisy, quiet) = noisy_and_quiet(s).await;
+    for _ in 0..3 {
+        publish(s, quiet.id, "fresh").await;
+    }
+
+    // Short of the 10 asked for, but the backlog filled its share: more is due.
+    let batch = s.claim_batch(10, LEASE, &[]).await.unwrap();
+    assert_eq!(batch.deliveries.len(), 8);
+    assert!(!batch.drained, "the backlog filled its share");
+    // A full batch may have left more behind.
+    let batch = s.claim_batch(5, LEASE, &[]).await.unwrap();
+    assert_eq!(batch.deliveries.len(), 5);
+    assert!(!batch.drained, "a full batch");
+    // The rest, with room to spare: nothing is left.
+    let batch = s.claim_batch(100, LEASE, &[]).await.unwrap();
+    assert_eq!(batch.deliveries.len(), 30);
+    assert!(batch.drained, "everything due was taken");
+    let batch = s.claim_batch(10, LEASE, &[]).await.unwrap();
+    assert!(batch.deliveries.is_empty() && batch.drained);
+    // A skipped project's backlog does not count against the others.
+    for _ in 0..4 {
+        publish(s, noisy.id, "backlog").await;
+    }
+    publish(s, quiet.id, "fresh").await;
+    let batch = s.claim_batch(10, LEASE, &[noisy.id]).await.unwrap();
+    assert_eq!(batch.deliveries.len(), 1);
+    assert!(batch.drained, "only the skipped project has more");
 }
 
 /// More projects with due work than one claim looks at one by one: the rest of the
