@@ -497,6 +497,20 @@ pub struct Config {
         help_heading = "HTTP"
     )]
     pub max_connections: usize,
+
+    /// Threads running the HTTP server and the delivery engine; default half the
+    /// CPUs, at least one. The database works on threads of its own (SQLite's
+    /// connections) or in its own processes (PostgreSQL), so the rest is theirs; more
+    /// runtime threads than that only hand work back and forth between cores, which
+    /// costs more CPU per event than the work itself at a moderate rate.
+    #[arg(
+        long,
+        env = "SONZAI_RUNTIME_THREADS",
+        value_name = "N",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024),
+        help_heading = "Performance"
+    )]
+    pub runtime_threads: Option<usize>,
 }
 
 /// An http(s) URL with a host and no path beyond `/`, query or fragment.
@@ -541,6 +555,11 @@ impl Config {
             allow_private_targets: true,
             ..Self::default()
         }
+    }
+
+    /// The runtime threads in force: the flag, or half of `cpus` rounded up.
+    pub fn runtime_threads_for(&self, cpus: usize) -> usize {
+        self.runtime_threads.unwrap_or(cpus.div_ceil(2)).max(1)
     }
 
     /// The per-webhook in-flight limit in force: the flag, or three quarters of
@@ -856,6 +875,7 @@ mod tests {
             ("http_body_timeout", "SONZAI_HTTP_BODY_TIMEOUT"),
             ("http_idle_timeout", "SONZAI_HTTP_IDLE_TIMEOUT"),
             ("max_connections", "SONZAI_MAX_CONNECTIONS"),
+            ("runtime_threads", "SONZAI_RUNTIME_THREADS"),
         ];
         for arg in command.get_arguments() {
             if arg.get_id() == "help" {
@@ -873,6 +893,18 @@ mod tests {
             assert!(arg.get_help().is_some(), "--{} has no help", arg.get_id());
         }
         assert!(expected.is_empty(), "not bound: {expected:?}");
+    }
+
+    #[test]
+    fn runtime_threads_default_to_half_the_cpus() {
+        let mut config = Config::default();
+        assert_eq!(config.runtime_threads_for(1), 1);
+        assert_eq!(config.runtime_threads_for(2), 1);
+        assert_eq!(config.runtime_threads_for(3), 2);
+        assert_eq!(config.runtime_threads_for(16), 8);
+        config.runtime_threads = Some(6);
+        assert_eq!(config.runtime_threads_for(2), 6);
+        assert!(parse(&["serve", "--runtime-threads", "0"]).is_err());
     }
 
     #[test]

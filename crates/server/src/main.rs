@@ -1,5 +1,6 @@
 //! The `sonzai-webhooks` binary: parses the command line, sets up logging, and runs
-//! the chosen command on a multi-threaded runtime.
+//! the chosen command on a multi-threaded runtime (for `serve`, as many threads as
+//! `--runtime-threads` says).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,10 +15,12 @@ fn main() -> ExitCode {
         eprintln!("error: {err:#}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let cli::Command::Serve(config) = &cli.command {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        builder.worker_threads(config.runtime_threads_for(cpus));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
