@@ -67,6 +67,8 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
 pub struct Usage {
     /// Peak resident set size (`VmHWM`), KiB.
     pub peak_rss_kib: u64,
+    /// Resident set size now (`VmRSS`), KiB.
+    pub rss_kib: u64,
     /// User plus system CPU time, in clock ticks.
     pub cpu_ticks: u64,
 }
@@ -82,6 +84,8 @@ impl Usage {
         Ok(Self {
             peak_rss_kib: kib_field(&status, "VmHWM:")
                 .ok_or_else(|| anyhow!("no VmHWM in /proc/{pid}/status"))?,
+            rss_kib: kib_field(&status, "VmRSS:")
+                .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))?,
             cpu_ticks: stat_cpu_ticks(&stat)
                 .ok_or_else(|| anyhow!("cannot parse /proc/{pid}/stat"))?,
         })

@@ -172,6 +172,9 @@ struct Fleet {
     projects: Vec<Credentials>,
     db: Database,
     setup: Duration,
+    /// The largest server's resident set once started, before any load: what an idle
+    /// server holds.
+    idle_rss_kib: u64,
 }
 
 impl Fleet {
@@ -217,12 +220,30 @@ impl Fleet {
                 .with_context(|| format!("starting server process {index}"))?;
             servers.push(server);
         }
+        let idle_rss_kib = servers
+            .iter()
+            .map(|s| s.usage().map(|u| u.rss_kib))
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .into_iter()
+            .max()
+            .unwrap_or_default();
         Ok(Self {
             servers,
             projects,
             db,
             setup: started.elapsed(),
+            idle_rss_kib,
         })
+    }
+
+    /// The "setup" line of a block: how long the fleet took to start and what an idle
+    /// server held.
+    fn setup_line(&self) -> String {
+        format!(
+            "{}  idle RSS {}",
+            report::secs(self.setup),
+            report::mib(self.idle_rss_kib)
+        )
     }
 
     fn usage(&self) -> anyhow::Result<Vec<Usage>> {
@@ -444,11 +465,11 @@ async fn measure(
     let arrivals = receiver.arrivals();
     let malformed = receiver.malformed();
     let servers = server_usage(fleet, &before, &after, settings.ticks_per_second);
-    let setup = fleet.setup;
+    let setup = fleet.setup_line();
 
     let matched = match_arrivals(&run.accepted, &arrivals);
     let mut block = Block::new(format!("{title} · {}", settings.context()));
-    block.line("setup", report::secs(setup));
+    block.line("setup", setup);
     let accepted = run.accepted.len() as u64;
     block.line(
         "events accepted",
@@ -610,7 +631,7 @@ async fn api_calls_on(
     let metrics = fleet.scrape_metrics().await;
     let phase = measured_from.elapsed();
     let servers = server_usage(fleet, &before, &after, settings.ticks_per_second);
-    let setup = fleet.setup;
+    let setup = fleet.setup_line();
 
     if listed.1 as u64 != calls + existing as u64 {
         bail!(
@@ -622,7 +643,7 @@ async fn api_calls_on(
         "B4 · {calls} sequential upserts, then {calls} sequential lists · {}",
         settings.context()
     ));
-    block.line("setup", report::secs(setup));
+    block.line("setup", setup);
     let upsert = Percentiles::of(&mut upserts);
     let list = Percentiles::of(&mut lists);
     block.latency("upsert", upsert);

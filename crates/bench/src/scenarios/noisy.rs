@@ -91,14 +91,14 @@ pub(super) async fn hanging_receivers(settings: &Settings) -> anyhow::Result<Blo
         &after,
         settings.ticks_per_second,
     );
-    let setup = neighbours.fleet.setup;
+    let setup = neighbours.fleet.setup_line();
     let quiet_outcome = neighbours.stop().await;
 
     let mut block = Block::new(format!(
         "B5a · noisy neighbour, hanging receivers · {}",
         settings.servers_context()
     ));
-    block.line("setup", report::secs(setup));
+    block.line("setup", setup);
     publish_lines(
         &mut block,
         "noisy load",
@@ -193,14 +193,14 @@ pub(super) async fn slow_backlog(settings: &Settings) -> anyhow::Result<Block> {
         &after,
         settings.ticks_per_second,
     );
-    let setup = neighbours.fleet.setup;
+    let setup = neighbours.fleet.setup_line();
     let quiet_outcome = neighbours.stop().await;
 
     let mut block = Block::new(format!(
         "B5b · noisy neighbour, slow backlog · {}",
         settings.servers_context()
     ));
-    block.line("setup", report::secs(setup));
+    block.line("setup", setup);
     publish_lines(
         &mut block,
         "noisy backlog",

@@ -144,14 +144,14 @@ pub(super) async fn recover_missed(settings: &Settings) -> anyhow::Result<Block>
     let ordinary_arrivals = ordinary_receiver.arrivals();
     let malformed = recovered_receiver.malformed() + ordinary_receiver.malformed();
     let servers = server_usage(&fleet, &before, &after, settings.ticks_per_second);
-    let setup = fleet.setup;
+    let setup = fleet.setup_line();
     fleet.stop().await;
 
     let mut block = Block::new(format!(
         "R1 · recover {events} missed events → 1 webhook, ordinary load beside it · {}",
         settings.servers_context()
     ));
-    block.line("setup", report::secs(setup));
+    block.line("setup", setup);
     block.line(
         "missed events published",
         format!(
