@@ -601,18 +601,29 @@ impl Conn {
         self.execute("COMMIT", project).await
     }
 
-    /// Fresh planner statistics, as a database that grew this big would have. On
-    /// PostgreSQL also the vacuum such a database has had: otherwise autovacuum takes
-    /// on the freshly inserted millions of rows in the middle of the measurements.
+    /// Fresh planner statistics, as a database that grew this big would have, and
+    /// the upkeep it has had: a vacuum on PostgreSQL (otherwise autovacuum takes on the
+    /// freshly inserted millions of rows in the middle of the measurements) and a
+    /// checkpoint on both, so the measurements do not pay for writing out gigabytes
+    /// that a database grown over months wrote out long ago.
     async fn analyze(&mut self) -> anyhow::Result<()> {
         match self {
-            Conn::Sqlite(_) => self.execute("ANALYZE", uuid::Uuid::nil()).await,
-            // VACUUM refuses a prepared statement's implicit transaction.
-            Conn::Postgres(c) => sqlx::raw_sql("VACUUM ANALYZE")
-                .execute(&mut *c)
-                .await
-                .map(drop)
-                .context("seeding: VACUUM ANALYZE"),
+            Conn::Sqlite(_) => {
+                self.execute("ANALYZE", uuid::Uuid::nil()).await?;
+                self.execute("PRAGMA wal_checkpoint(TRUNCATE)", uuid::Uuid::nil())
+                    .await
+            }
+            // VACUUM refuses a prepared statement's implicit transaction, and any
+            // other statement in the same string.
+            Conn::Postgres(c) => {
+                for statement in ["VACUUM ANALYZE", "CHECKPOINT"] {
+                    sqlx::raw_sql(statement)
+                        .execute(&mut *c)
+                        .await
+                        .with_context(|| format!("seeding: {statement}"))?;
+                }
+                Ok(())
+            }
         }
     }
 }
