@@ -89,6 +89,10 @@ impl PgStore {
         migration_pool.close().await;
         migrated?;
 
+        // No JIT: every statement here is short, and compiling one whose estimated cost
+        // passes jit_above_cost (a deep attempts page on a big table) takes longer than
+        // running it: tens to hundreds of milliseconds on the first executions.
+        let options = options.options([("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .connect_with(options)

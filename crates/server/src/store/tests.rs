@@ -2625,3 +2625,17 @@ async fn postgres_queue_reads_stay_in_index_order_after_an_empty_queue_was_analy
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sessions_run_without_jit() {
+    in_pg_schema(|options| async move {
+        let store = PgStore::connect_with(options, 2).await.unwrap();
+        let jit: String = sqlx::query_scalar("SHOW jit")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(jit, "off");
+        store.close().await;
+    })
+    .await;
+}
