@@ -814,12 +814,9 @@ where
         claimed = store
             .claim_from(ClaimFrom::Projects(&due, share), max, lease)
             .await?;
-        let mut per_project: std::collections::HashMap<Uuid, usize> =
-            std::collections::HashMap::new();
-        for delivery in &claimed {
-            *per_project.entry(delivery.project_id).or_default() += 1;
-        }
-        share_filled = per_project.values().any(|&n| n >= share);
+        share_filled = due
+            .iter()
+            .any(|p| claimed.iter().filter(|c| c.project_id == *p).count() >= share);
     }
     if truncated && claimed.len() < max {
         // Across every project: short of what it asked for means none is left.

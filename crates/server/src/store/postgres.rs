@@ -89,9 +89,8 @@ impl PgStore {
         migration_pool.close().await;
         migrated?;
 
-        // No JIT: every statement here is short, and compiling one whose estimated cost
-        // passes jit_above_cost (a deep attempts page on a big table) takes longer than
-        // running it: tens to hundreds of milliseconds on the first executions.
+        // No JIT: every statement here is short, and once a big table's estimates push
+        // one past jit_above_cost, compiling it costs more than running it.
         let options = options.options([("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
