@@ -432,6 +432,43 @@ async fn changes_need_the_sessions_csrf_token_and_its_own_origin() {
 }
 
 #[tokio::test]
+async fn signing_out_ends_the_session_on_the_server_too() {
+    for db in support::backends().await {
+        let server = TestServer::start(&db).await;
+        let a = server.tenant.project_id;
+        let (cookie, _) = enter(&server, &link(&server, None).await).await;
+        let (kept, _) = enter(&server, &link(&server, None).await).await;
+        let (status, page) = get(&server, &format!("/portal/p/{a}/"), Some(&cookie)).await;
+        assert_eq!(status, StatusCode::OK);
+        let sign_out = format!("/portal/p/{a}/sign-out");
+        // Without the session's CSRF token, signing out is refused like any change.
+        let (status, _) = post(&server, &sign_out, &cookie, None, &[]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = get(&server, &format!("/portal/p/{a}/"), Some(&cookie)).await;
+        assert_eq!(status, StatusCode::OK, "a refused sign-out ends nothing");
+
+        let answer = plain()
+            .post(format!("http://{}{sign_out}", server.addr))
+            .header(COOKIE, &cookie)
+            .form(&[("csrf", csrf_of(&page))])
+            .send()
+            .await
+            .expect("sign out");
+        assert_eq!(answer.status(), StatusCode::OK);
+        let cleared = answer.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+        assert!(cleared.contains("Max-Age=0"), "{cleared}");
+        // A copy of the cookie kept elsewhere opens nothing any more.
+        let (status, page) = get(&server, &format!("/portal/p/{a}/"), Some(&cookie)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(page.contains("No session for this project"), "{page}");
+        // Another session of the same project goes on.
+        let (status, _) = get(&server, &format!("/portal/p/{a}/"), Some(&kept)).await;
+        assert_eq!(status, StatusCode::OK);
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test]
 async fn cookies_are_secure_behind_tls_and_links_use_the_public_url() {
     let db = TestDb::sqlite();
     let mut config = support::test_config(&db);

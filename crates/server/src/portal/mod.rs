@@ -202,7 +202,7 @@ async fn enter(
     }
 }
 
-/// Ends the session in this browser: the cookie is dropped.
+/// Ends the session: on the server, and in this browser by dropping the cookie.
 async fn sign_out(
     State(portal): State<Portal>,
     Path(project): Path<String>,
@@ -220,6 +220,11 @@ async fn sign_out(
         Ok(s) => s,
         Err(refused) => return refused,
     };
+    if let Some(token) = cookie(&headers) {
+        if let Err(e) = portal.store.portal().end_session(token_hash(token)).await {
+            return internal(e);
+        }
+    }
     let cookie = format!(
         "{COOKIE}=; Path=/portal/p/{}/; Max-Age=0; HttpOnly; SameSite=Strict",
         session.project_id

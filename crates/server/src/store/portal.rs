@@ -96,6 +96,9 @@ pub trait PortalStore: Send + Sync {
     async fn enter(&self, token_hash: Vec<u8>, session_hash: Vec<u8>) -> StoreResult<PortalEntry>;
     /// The project and expiry of an unexpired session.
     async fn session(&self, session_hash: Vec<u8>) -> StoreResult<Option<(Uuid, DateTime<Utc>)>>;
+    /// Ends a session now (signing out), so its cookie opens nothing even where a
+    /// copy of it outlives the browser's.
+    async fn end_session(&self, session_hash: Vec<u8>) -> StoreResult<()>;
     /// The project's webhooks, by event type.
     async fn webhooks(&self, project_id: Uuid) -> StoreResult<Vec<PortalWebhook>>;
     /// The project's webhook of `event_type`, if any.
@@ -342,6 +345,21 @@ where
         .fetch_optional(&self.read)
         .await?;
         Ok(row.map(|(project, expires)| (project, expires.0)))
+    }
+
+    async fn end_session(&self, session_hash: Vec<u8>) -> StoreResult<()> {
+        let now = Micros(now_micros());
+        let mut tx = DB::begin_write(&self.write).await?;
+        sqlx::query(
+            "UPDATE portal_sessions SET expires_at = $1 \
+             WHERE session_hash = $2 AND expires_at > $1",
+        )
+        .bind(now)
+        .bind(session_hash)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn webhooks(&self, project_id: Uuid) -> StoreResult<Vec<PortalWebhook>> {
