@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,6 +21,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
+use super::list_cache::ListCache;
 use super::operator::{is_reserved, response_code, About, DisabledReason, Notice};
 use super::rows::{
     opt, ApiKeyRow, AttemptRow, Micros, ProjectRow, TenantRow, UpsertedRow, WebhookRow,
@@ -127,6 +129,18 @@ pub(crate) struct Tables<DB: Database> {
     pub write: Pool<DB>,
     /// Where reads go (the same pool on PostgreSQL).
     pub read: Pool<DB>,
+    /// Long webhook listings, by project.
+    pub lists: Arc<ListCache>,
+}
+
+impl<DB: Database> Tables<DB> {
+    pub fn new(write: Pool<DB>, read: Pool<DB>) -> Self {
+        Self {
+            write,
+            read,
+            lists: Arc::default(),
+        }
+    }
 }
 
 impl<DB: Database> Clone for Tables<DB> {
@@ -134,6 +148,7 @@ impl<DB: Database> Clone for Tables<DB> {
         Self {
             write: self.write.clone(),
             read: self.read.clone(),
+            lists: self.lists.clone(),
         }
     }
 }
@@ -845,7 +860,25 @@ where
         BackendOps::upsert_webhook(self, input).await
     }
     async fn list_webhooks(&self, project_id: Uuid) -> StoreResult<Vec<Webhook>> {
-        BackendOps::list_webhooks(self, project_id).await
+        let tables = self.tables();
+        // The version is read before the list: a change committed in between moves
+        // it past the one the list is kept at, so the next listing reads again.
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM webhook_list_versions WHERE project_id = $1")
+                .bind(project_id)
+                .fetch_optional(&tables.read)
+                .await?;
+        let Some(version) = version else {
+            return BackendOps::list_webhooks(self, project_id).await;
+        };
+        if let Some(kept) = tables.lists.get(project_id, version) {
+            return Ok(kept.as_ref().clone());
+        }
+        let list = BackendOps::list_webhooks(self, project_id).await?;
+        if list.len() < super::list_cache::MIN_CACHED {
+            return Ok(list);
+        }
+        Ok(tables.lists.put(project_id, version, list).as_ref().clone())
     }
     async fn get_webhook(
         &self,

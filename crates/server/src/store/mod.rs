@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 mod common;
 mod group_commit;
+mod list_cache;
 pub(crate) mod notify;
 pub(crate) mod operator;
 mod pacing;

@@ -98,10 +98,7 @@ impl PgStore {
             .await?;
         let publisher = GroupCommit::spawn(PgCommitter(pool.clone()));
         Ok(Self {
-            tables: Tables {
-                write: pool.clone(),
-                read: pool,
-            },
+            tables: Tables::new(pool.clone(), pool),
             publisher,
         })
     }

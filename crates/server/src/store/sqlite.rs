@@ -141,10 +141,7 @@ impl SqliteStore {
         }
         let publisher = GroupCommit::spawn(SqliteCommitter(writer.clone()));
         Ok(Self {
-            tables: Tables {
-                write: writer,
-                read: readers,
-            },
+            tables: Tables::new(writer, readers),
             publisher,
         })
     }

@@ -202,6 +202,7 @@ store_cases!(
     queue_stats_and_next_due,
     recording_the_same_batch_twice_counts_once,
     resend_queues_one_new_delivery_and_attempts_say_why,
+    a_long_listing_follows_every_change_made_by_any_handle,
 );
 
 // --- fixtures -------------------------------------------------------------------------
@@ -357,6 +358,21 @@ async fn record(
         .await
         .expect("record outcomes")
         .disabled
+}
+
+/// Records a failure of `claim` made now, retried now; the webhooks it disabled.
+async fn fail_now(
+    store: &dyn WebhookStore,
+    claim: &ClaimedDelivery,
+    policy: DisablePolicy,
+) -> Vec<Uuid> {
+    let failed = outcome(
+        claim,
+        AttemptStatus::Failed,
+        now_micros(),
+        Some(now_micros()),
+    );
+    record(store, &[failed], policy).await
 }
 
 async fn all_attempts(
@@ -627,6 +643,93 @@ async fn list_orders_by_event_type(db: Arc<TestDb>) {
     let listed = s.list_webhooks(p.id).await.unwrap();
     let listed: Vec<&str> = listed.iter().map(|w| w.event_type.as_str()).collect();
     assert_eq!(listed, expected);
+}
+
+/// The listing as each webhook reads on its own, which no listing cache serves.
+async fn listed_one_by_one(
+    s: &dyn WebhookStore,
+    project_id: Uuid,
+    types: &[String],
+) -> Vec<Webhook> {
+    let mut each = Vec::new();
+    for event_type in types {
+        if let Some(w) = s.get_webhook(project_id, event_type).await.unwrap() {
+            each.push(w);
+        }
+    }
+    each
+}
+
+/// Each handle's listing is the one read webhook by webhook.
+async fn listed_fresh(
+    handles: [&dyn WebhookStore; 2],
+    project_id: Uuid,
+    types: &[String],
+    label: &str,
+) {
+    for handle in handles {
+        let listed = handle.list_webhooks(project_id).await.unwrap();
+        assert_eq!(
+            listed,
+            listed_one_by_one(handle, project_id, types).await,
+            "{label}"
+        );
+    }
+}
+
+/// Listings long enough to be kept in memory are never older than the database: every
+/// change a listing shows, made through this handle or another (another process), by
+/// the API or by the delivery engine, is in the next listing.
+async fn a_long_listing_follows_every_change_made_by_any_handle(db: Arc<TestDb>) {
+    let s = &*db.store;
+    let other = db.open_another().await;
+    let p = new_project(s).await;
+    let types: Vec<String> = (0..40).map(|i| format!("type.{i:02}")).collect();
+    for t in &types {
+        new_webhook(s, p.id, t).await;
+    }
+    let o = &*other;
+    listed_fresh([s, o], p.id, &types, "created").await;
+    listed_fresh([s, o], p.id, &types, "listed again").await;
+
+    upsert(o, p.id, "type.03", "https://moved.example/hook").await;
+    listed_fresh([s, o], p.id, &types, "upserted elsewhere").await;
+    assert_eq!(
+        s.list_webhooks(p.id).await.unwrap()[3].webhook_url,
+        "https://moved.example/hook"
+    );
+    assert!(other
+        .rotate_secret(p.id, "type.04", &SigningSecret::generate(), Duration::ZERO)
+        .await
+        .unwrap());
+    listed_fresh([s, o], p.id, &types, "rotated elsewhere").await;
+    assert!(other.delete_webhook(p.id, "type.05").await.unwrap());
+    listed_fresh([s, o], p.id, &types, "deleted elsewhere").await;
+    assert_eq!(s.list_webhooks(p.id).await.unwrap().len(), 39);
+    new_webhook(o, p.id, "type.05").await;
+    listed_fresh([s, o], p.id, &types, "created elsewhere").await;
+
+    // A failure that leaves the webhook on changes nothing a listing shows; the one
+    // that disables it does.
+    let policy = DisablePolicy {
+        failures: 2,
+        min_age: Duration::ZERO,
+        exhausted_window: Duration::from_secs(3600),
+    };
+    publish(s, p.id, "type.06").await;
+    let c = claim_one(s).await;
+    let disabled = fail_now(o, &c, policy).await;
+    assert!(disabled.is_empty());
+    listed_fresh([s, o], p.id, &types, "one failure").await;
+    let c = claim_one(s).await;
+    let disabled = fail_now(o, &c, policy).await;
+    assert_eq!(disabled.len(), 1);
+    listed_fresh([s, o], p.id, &types, "disabled by the engine elsewhere").await;
+    assert!(!s.list_webhooks(p.id).await.unwrap()[6].is_active);
+
+    // Another project's listing is its own.
+    let q = new_project(s).await;
+    assert!(s.list_webhooks(q.id).await.unwrap().is_empty());
 }
 
 async fn delete_cancels_pending_deliveries_and_keeps_attempts(db: Arc<TestDb>) {
@@ -1219,17 +1322,7 @@ async fn failing_webhook_is_disabled_by_policy(db: Arc<TestDb>) {
     assert!(matches!(again, UpsertOutcome::Updated { ref webhook } if webhook.is_active));
     publish(s, p.id, "session.end").await;
     let c = claim_one(s).await;
-    let disabled = record(
-        s,
-        &[outcome(
-            &c,
-            AttemptStatus::Failed,
-            now_micros(),
-            Some(now_micros()),
-        )],
-        policy,
-    )
-    .await;
+    let disabled = fail_now(s, &c, policy).await;
     assert_eq!(disabled, Vec::<Uuid>::new());
     assert!(
         s.get_webhook(p.id, "session.end")
@@ -2056,7 +2149,7 @@ async fn postgres_concurrent_startups_migrate_once() {
             .await
             .unwrap();
         // Each migration once, not once per process.
-        assert_eq!(applied, 9);
+        assert_eq!(applied, 10);
         for store in stores {
             store.close().await;
         }
