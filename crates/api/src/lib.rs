@@ -24,6 +24,7 @@ mod generated {
 }
 
 pub mod problem;
+pub mod time;
 pub mod validate;
 
 pub use generated::models;

@@ -100,6 +100,15 @@ pub fn field(p: &Property) -> TokenStream {
         serde.push(quote!(default));
         serde.push(quote!(skip_serializing_if = "Option::is_none"));
     }
+    if matches!(&p.ty, Ty::String(r) if r.format.as_deref() == Some("date-time")) {
+        // Written as one string rather than chrono's pieces (see `crate::time`).
+        let with = if p.required && !p.nullable {
+            "crate::time::serialize"
+        } else {
+            "crate::time::serialize_option"
+        };
+        serde.push(quote!(serialize_with = #with));
+    }
 
     let mut extend = Vec::new();
     let mut utoipa = Vec::new();

@@ -225,6 +225,7 @@ pub struct PortalSession {
     #[schema(format = "uri")]
     pub url: String,
     /// When the link, and the session it opens, expire.
+    #[serde(serialize_with = "crate::time::serialize")]
     pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 impl PortalSession {
@@ -325,6 +326,7 @@ pub struct PublishEventOutputBody {
     /// Stable id of the event; deliveries carry it as `event_id` and `webhook-id`.
     pub event_id: uuid::Uuid,
     #[doc = concat!(" The `created_at` property (required).")]
+    #[serde(serialize_with = "crate::time::serialize")]
     #[schemars(description = "")]
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// How many webhooks will receive the event.
@@ -352,9 +354,14 @@ pub struct RecoverWebhookInputBody {
     #[schema(nullable = false)]
     pub schema: Option<String>,
     /// Start of the window (inclusive), by the events' publish time; no older than the server's retention period.
+    #[serde(serialize_with = "crate::time::serialize")]
     pub since: chrono::DateTime<chrono::Utc>,
     /// End of the window (exclusive); default and at most now.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::time::serialize_option"
+    )]
     #[schemars(with = "chrono::DateTime<chrono::Utc>")]
     #[schema(nullable = false)]
     pub until: Option<chrono::DateTime<chrono::Utc>>,
@@ -395,8 +402,10 @@ pub struct Recovery {
     /// Event type of the recovered webhook.
     pub event_type: String,
     /// Start of the window (inclusive).
+    #[serde(serialize_with = "crate::time::serialize")]
     pub since: chrono::DateTime<chrono::Utc>,
     /// End of the window (exclusive), as applied.
+    #[serde(serialize_with = "crate::time::serialize")]
     pub until: chrono::DateTime<chrono::Utc>,
     /// What was matched, without repeats.
     pub include: Vec<String>,
@@ -407,10 +416,15 @@ pub struct Recovery {
     /// Events queued again so far. Less than `matched` only while running, when cancelled, or when an event stopped matching meanwhile (a resend delivered it).
     pub queued: i64,
     #[doc = concat!(" The `created_at` property (required).")]
+    #[serde(serialize_with = "crate::time::serialize")]
     #[schemars(description = "")]
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// When it finished; absent while running.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::time::serialize_option"
+    )]
     #[schemars(with = "chrono::DateTime<chrono::Utc>")]
     #[schema(nullable = false)]
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -462,6 +476,7 @@ pub struct ResendEventOutputBody {
     /// The resent event; the delivery carries it as `event_id` and `webhook-id`.
     pub event_id: uuid::Uuid,
     /// When the new delivery was queued; it is due at once.
+    #[serde(serialize_with = "crate::time::serialize")]
     pub queued_at: chrono::DateTime<chrono::Utc>,
 }
 impl ResendEventOutputBody {
@@ -646,6 +661,7 @@ pub struct Webhook {
     #[schema(nullable = false)]
     pub auth_header: Option<String>,
     #[doc = concat!(" The `created_at` property (required).")]
+    #[serde(serialize_with = "crate::time::serialize")]
     #[schemars(description = "")]
     pub created_at: chrono::DateTime<chrono::Utc>,
     #[doc = concat!(" The `event_type` property (required).")]
@@ -657,6 +673,7 @@ pub struct Webhook {
     #[schemars(description = "")]
     pub project_id: uuid::Uuid,
     #[doc = concat!(" The `updated_at` property (required).")]
+    #[serde(serialize_with = "crate::time::serialize")]
     #[schemars(description = "")]
     pub updated_at: chrono::DateTime<chrono::Utc>,
     #[doc = concat!(" The `webhook_url` property (required).")]
@@ -701,6 +718,7 @@ pub struct WebhookDeliveryAttempt {
     /// Counts from 1 per event.
     pub attempt_number: i64,
     #[doc = concat!(" The `created_at` property (required).")]
+    #[serde(serialize_with = "crate::time::serialize")]
     #[schemars(description = "")]
     pub created_at: chrono::DateTime<chrono::Utc>,
     #[doc = concat!(" The `duration_ms` property (required).")]
