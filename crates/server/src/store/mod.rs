@@ -366,8 +366,10 @@ pub(crate) const ATTEMPT_COST_SQL: &str = "(4 * ((octet_length(request_body) + 2
 
 /// The attempts listing, one query for both backends. Parameters: 1 project, 2 event
 /// type, 3 rows to read (the limit plus one, to tell whether more follow), 4 offset, 5
-/// byte budget and, with `after`, 6 and 7 the keyset position. The page's rows are
-/// first sized from their stored lengths alone; the answer holds the rows that fit the
+/// byte budget and, with `after`, 6 and 7 the keyset position. The rows of the page
+/// are found in the listing index alone (`ids`), so an offset deep into a busy
+/// webhook skips index entries rather than reading the rows it skips. They are then
+/// sized from their stored lengths alone; the answer holds the rows that fit the
 /// budget (`fits`; the first one always does) and at most one that does not, with its
 /// bodies left NULL, so bodies are read only for the rows that are listed.
 pub(crate) fn attempt_listing_sql(after: bool) -> String {
@@ -378,10 +380,13 @@ pub(crate) fn attempt_listing_sql(after: bool) -> String {
     };
     let fits = "(s.n = 1 OR s.running <= $5)";
     format!(
-        "WITH page AS ( \
-             SELECT id, created_at, {ATTEMPT_COST_SQL} AS cost FROM attempts \
+        "WITH ids AS ( \
+             SELECT id, created_at FROM attempts \
              WHERE project_id = $1 AND event_type = $2 {after} \
              ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4 \
+         ), page AS ( \
+             SELECT i.id, i.created_at, {ATTEMPT_COST_SQL} AS cost \
+             FROM ids i JOIN attempts a ON a.id = i.id \
          ), sized AS ( \
              SELECT id, created_at, cost, row_number() OVER w AS n, sum(cost) OVER w AS running \
              FROM page \

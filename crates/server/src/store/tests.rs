@@ -2516,6 +2516,15 @@ async fn sqlite_hot_queries_use_their_indexes() {
                 "{name} sorts the queue: {sorts:?} in {details:#?}"
             );
         }
+        // A page deep into a busy webhook skips entries of the listing index, not rows.
+        if name.starts_with("attempts page") {
+            assert!(
+                details
+                    .iter()
+                    .any(|d| d.contains("USING COVERING INDEX attempts_listing")),
+                "{name} reads rows to find its page: {details:#?}"
+            );
+        }
     }
     store.close().await;
 }
@@ -2614,6 +2623,16 @@ async fn postgres_hot_queries_use_their_indexes() {
                 scans.is_empty(),
                 "{name} scans a whole table: {scans:?} in {lines:#?}"
             );
+            // A page deep into a busy webhook skips entries of the listing index, not
+            // rows (after a vacuum, those old rows are all visible to an index-only scan).
+            if name.starts_with("attempts page") {
+                assert!(
+                    lines
+                        .iter()
+                        .any(|l| l.contains("Index Only Scan using attempts_listing")),
+                    "{name} reads rows to find its page: {lines:#?}"
+                );
+            }
         }
         drop(conn);
         store.close().await;
