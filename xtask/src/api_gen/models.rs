@@ -362,6 +362,26 @@ mod tests {
     }
 
     #[test]
+    fn date_times_are_written_through_the_one_string_serializer() {
+        assert_eq!(
+            one_field(json!({"type": "string", "format": "date-time"}), false),
+            pretty(quote! {
+                struct S {
+                    #[doc = concat!(" The `p` property (optional).")]
+                    #[serde(
+                        default,
+                        skip_serializing_if = "Option::is_none",
+                        serialize_with = "crate::time::serialize_option"
+                    )]
+                    #[schemars(description = "", with = "chrono::DateTime<chrono::Utc>")]
+                    #[schema(nullable = false)]
+                    pub p: Option<chrono::DateTime<chrono::Utc>>,
+                }
+            })
+        );
+    }
+
+    #[test]
     fn optional_field_is_an_option_skipped_when_none() {
         assert_eq!(
             one_field(
@@ -420,6 +440,7 @@ mod tests {
             pretty(quote! {
                 struct S {
                     #[doc = concat!(" The `p` property (required).")]
+                    #[serde(serialize_with = "crate::time::serialize")]
                     #[schemars(description = "", extend("readOnly" = true))]
                     #[schema(read_only)]
                     pub p: chrono::DateTime<chrono::Utc>,
