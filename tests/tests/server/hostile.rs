@@ -482,3 +482,93 @@ async fn a_backlog_in_one_project_does_not_queue_another_projects_fresh_events()
         let _ = tokio::time::timeout(Duration::from_secs(15), server.shutdown()).await;
     }
 }
+
+/// A rate-limited webhook's deliveries are paced in the store, by a write that holds the
+/// webhook's row. Another project's delivery claimed in the same batch goes without
+/// waiting for that write. On PostgreSQL the throttled webhook's row is held locked from
+/// outside while a server starts on a queue holding both, so its pacing cannot finish
+/// until the test lets it. On SQLite every write waits for the one writer anyway; there
+/// the B5b benchmark measures the quiet project's latency beside a throttled backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_projects_delivery_does_not_wait_for_a_throttled_webhooks_pacing() {
+    use sqlx::Connection as _;
+    for db in support::backends().await {
+        if db.backend != Backend::Postgres {
+            println!("SQLite: one writer, no row to hold; see the B5b benchmark");
+            continue;
+        }
+        let first = TestServer::start(&db).await;
+        let throttled = Receiver::start().await;
+        let fine = Receiver::start().await;
+        let quiet = support::create_tenant(first.store.as_ref(), "quiet").await;
+        first
+            .client
+            .upsert_webhook_for_tenant()
+            .event_type("throttled")
+            .body(types::UpsertWebhookForTenantInputBody {
+                auth_header: None,
+                schema: None,
+                webhook_url: throttled.url("/slow").as_str().try_into().expect("url"),
+                rate_limit: std::num::NonZeroU64::new(1),
+                ordered: false,
+            })
+            .send()
+            .await
+            .expect("upsert the throttled webhook");
+        upsert(&first, &quiet.key, "quiet.event", &fine.url("/quiet")).await;
+        let noisy = first.tenant.project_id;
+        let webhook = first
+            .store
+            .get_webhook(noisy, "throttled")
+            .await
+            .expect("read webhook")
+            .expect("the throttled webhook")
+            .id;
+        first.shutdown().await;
+
+        // Queued while no server runs, so the next server's first claim takes both.
+        let store = db.open().await;
+        for (project, event_type, n) in
+            (0..20)
+                .map(|i| (noisy, "throttled", i))
+                .chain([(quiet.project_id, "quiet.event", 0)])
+        {
+            store
+                .publish_event(sonzai_webhooks_server::store::PublishEvent {
+                    project_id: project,
+                    event_type,
+                    data: &json!({ "n": n }).to_string(),
+                    idempotency_key: None,
+                    idempotency_since: chrono::Utc::now(),
+                })
+                .await
+                .expect("publish");
+        }
+        let mut holder = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+        sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+        sqlx::query("SELECT 1 FROM webhooks WHERE id = $1 FOR UPDATE")
+            .bind(webhook)
+            .execute(&mut holder)
+            .await
+            .unwrap();
+
+        let second = TestServer::start(&db).await;
+        assert_eq!(
+            fine.wait_for(1, Duration::from_secs(10)).await,
+            1,
+            "the quiet project's delivery waited for the throttled webhook's pacing"
+        );
+        assert_eq!(
+            throttled.count(),
+            0,
+            "nothing throttled goes without its slot"
+        );
+        sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+        assert!(
+            throttled.wait_for(1, WAIT).await >= 1,
+            "the throttled webhook is served once its row is free"
+        );
+        let _ = holder.close().await;
+        let _ = tokio::time::timeout(Duration::from_secs(15), second.shutdown()).await;
+    }
+}

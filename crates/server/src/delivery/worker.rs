@@ -264,27 +264,38 @@ impl DeliveryWorker {
                 }
             };
             let claimed_any = !claimed.is_empty();
-            let claimed = self.pace(claimed).await;
+            // Deliveries without a rate limit go before the limited ones are paced:
+            // pacing writes to the store, and a delivery of another project claimed in
+            // the same batch must not wait for a throttled backlog's bookkeeping.
+            let (limited, mut batch): (Vec<_>, Vec<_>) =
+                claimed.into_iter().partition(|d| d.rate_limit.is_some());
+            let mut limited = Some(limited).filter(|l| !l.is_empty());
             let mut progressed = false;
             let (mut full, mut slowed) = (Vec::new(), Vec::new());
-            for delivery in claimed {
-                match lanes.admit(delivery) {
-                    Admission::Go(delivery) => match slots.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            progressed = true;
-                            start(delivery, permit, &mut tasks)
+            loop {
+                for delivery in batch.drain(..) {
+                    match lanes.admit(delivery) {
+                        Admission::Go(delivery) => match slots.clone().try_acquire_owned() {
+                            Ok(permit) => {
+                                progressed = true;
+                                start(delivery, permit, &mut tasks)
+                            }
+                            Err(_) => {
+                                lanes.finish(delivery.webhook_id, false);
+                                lanes.release(delivery.project_id);
+                                full.push(delivery);
+                            }
+                        },
+                        Admission::Parked => progressed = true,
+                        Admission::HandBack(delivery) if lanes.is_slowed(delivery.webhook_id) => {
+                            slowed.push(delivery)
                         }
-                        Err(_) => {
-                            lanes.finish(delivery.webhook_id, false);
-                            lanes.release(delivery.project_id);
-                            full.push(delivery);
-                        }
-                    },
-                    Admission::Parked => progressed = true,
-                    Admission::HandBack(delivery) if lanes.is_slowed(delivery.webhook_id) => {
-                        slowed.push(delivery)
+                        Admission::HandBack(delivery) => full.push(delivery),
                     }
-                    Admission::HandBack(delivery) => full.push(delivery),
+                }
+                match limited.take() {
+                    Some(limited) => batch = self.pace(limited).await,
+                    None => break,
                 }
             }
             let now = Utc::now();
