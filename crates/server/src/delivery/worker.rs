@@ -384,11 +384,9 @@ impl DeliveryWorker {
     /// Gives each claimed delivery of a rate-limited webhook its send slot (see
     /// `store/pacing.rs`); those that get none go back to the queue, each due at its
     /// turn behind those already waiting, without using up a try or recording an
-    /// attempt. Returns the deliveries that may go.
+    /// attempt. Returns the deliveries that may go (any without a limit among
+    /// `claimed` go as they are).
     async fn pace(&self, claimed: Vec<ClaimedDelivery>) -> Vec<ClaimedDelivery> {
-        if claimed.iter().all(|d| d.rate_limit.is_none()) {
-            return claimed;
-        }
         let mut go = Vec::with_capacity(claimed.len());
         let mut limited: HashMap<Uuid, (i64, Vec<ClaimedDelivery>)> = HashMap::new();
         for delivery in claimed {

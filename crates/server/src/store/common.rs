@@ -875,10 +875,8 @@ where
             return Ok(kept.as_ref().clone());
         }
         let list = BackendOps::list_webhooks(self, project_id).await?;
-        if list.len() < super::list_cache::MIN_CACHED {
-            return Ok(list);
-        }
-        Ok(tables.lists.put(project_id, version, list).as_ref().clone())
+        tables.lists.put(project_id, version, &list);
+        Ok(list)
     }
     async fn get_webhook(
         &self,

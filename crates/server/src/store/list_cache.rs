@@ -15,7 +15,7 @@ use super::Webhook;
 
 /// Shorter listings are read from the database each time: they are cheap to read,
 /// and a cache of them would hold many entries for little gain.
-pub(crate) const MIN_CACHED: usize = 32;
+const MIN_CACHED: usize = 32;
 
 /// The most the cache holds, in estimated bytes (about 64 listings of 1,000).
 const BUDGET_BYTES: usize = 16 << 20;
@@ -66,16 +66,15 @@ impl ListCache {
         Some(entry.list.clone())
     }
 
-    /// Keeps the listing of `project` read at `version` (read after the version was).
-    /// A listing read at an older version than the one kept is dropped.
-    pub fn put(&self, project: Uuid, version: i64, list: Vec<Webhook>) -> Arc<Vec<Webhook>> {
-        let list = Arc::new(list);
+    /// Keeps a copy of the listing of `project` read at `version` (read after the
+    /// version was), unless it is short, or older than the one kept.
+    pub fn put(&self, project: Uuid, version: i64, list: &[Webhook]) {
         if list.len() < MIN_CACHED {
-            return list;
+            return;
         }
-        let bytes = size_of(&list);
+        let bytes = size_of(list);
         if bytes > BUDGET_BYTES {
-            return list;
+            return;
         }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner
@@ -83,7 +82,7 @@ impl ListCache {
             .get(&project)
             .is_some_and(|kept| kept.version > version)
         {
-            return list;
+            return;
         }
         inner.tick += 1;
         let used = inner.tick;
@@ -91,7 +90,7 @@ impl ListCache {
             project,
             Entry {
                 version,
-                list: list.clone(),
+                list: Arc::new(list.to_vec()),
                 bytes,
                 used,
             },
@@ -112,7 +111,6 @@ impl ListCache {
                 inner.bytes -= gone.bytes;
             }
         }
-        list
     }
 
     #[cfg(test)]
@@ -161,15 +159,15 @@ mod tests {
     fn a_listing_is_served_only_at_the_version_it_was_read_at() {
         let cache = ListCache::default();
         let p = Uuid::now_v7();
-        cache.put(p, 3, webhooks(MIN_CACHED, 10));
+        cache.put(p, 3, &webhooks(MIN_CACHED, 10));
         assert_eq!(cache.get(p, 3).map(|l| l.len()), Some(MIN_CACHED));
         assert!(cache.get(p, 4).is_none(), "a newer version is a miss");
         // A listing read at an older version than the one kept does not replace it.
-        cache.put(p, 2, webhooks(MIN_CACHED + 1, 10));
+        cache.put(p, 2, &webhooks(MIN_CACHED + 1, 10));
         assert_eq!(cache.get(p, 3).map(|l| l.len()), Some(MIN_CACHED));
         // Short listings are not kept.
         let q = Uuid::now_v7();
-        cache.put(q, 1, webhooks(MIN_CACHED - 1, 10));
+        cache.put(q, 1, &webhooks(MIN_CACHED - 1, 10));
         assert!(cache.get(q, 1).is_none());
     }
 
@@ -180,10 +178,10 @@ mod tests {
         let url_len = BUDGET_BYTES / 4 / 1_000;
         let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
         for id in &ids[..3] {
-            cache.put(*id, 1, webhooks(1_000, url_len));
+            cache.put(*id, 1, &webhooks(1_000, url_len));
         }
         assert!(cache.get(ids[0], 1).is_some(), "the first is used again");
-        cache.put(ids[3], 1, webhooks(1_000, url_len));
+        cache.put(ids[3], 1, &webhooks(1_000, url_len));
         assert_eq!(cache.len(), 3);
         assert!(
             cache.get(ids[1], 1).is_none(),

@@ -349,16 +349,14 @@ where
 
     async fn end_session(&self, session_hash: Vec<u8>) -> StoreResult<()> {
         let now = Micros(now_micros());
-        let mut tx = DB::begin_write(&self.write).await?;
         sqlx::query(
             "UPDATE portal_sessions SET expires_at = $1 \
              WHERE session_hash = $2 AND expires_at > $1",
         )
         .bind(now)
         .bind(session_hash)
-        .execute(&mut *tx)
+        .execute(&self.write)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
