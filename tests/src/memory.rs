@@ -22,6 +22,7 @@ use sonzai_webhooks_api::models::{
     UpsertWebhookForTenantInputBody, UpsertWebhookInputBody, UpsertWebhookOutputBody, Webhook,
     WebhookDeliveryAttempt,
 };
+use sonzai_webhooks_api::reply::Reply;
 use sonzai_webhooks_api::{
     ListDeliveryAttemptsForTenantQuery, ListDeliveryAttemptsQuery, Problem,
     RotateWebhookSigningSecretForTenantQuery, RotateWebhookSigningSecretQuery, WebhooksApi,
@@ -445,9 +446,9 @@ impl WebhooksApi for MemoryApi {
         &self,
         ctx: Uuid,
         project_id: Uuid,
-    ) -> Result<ListWebhooksOutputBody, Problem> {
+    ) -> Result<Reply<ListWebhooksOutputBody>, Problem> {
         self.count();
-        Ok(self.list(Self::project(ctx, project_id)?))
+        Ok(self.list(Self::project(ctx, project_id)?).into())
     }
 
     async fn upsert_webhook(
@@ -484,10 +485,11 @@ impl WebhooksApi for MemoryApi {
         project_id: Uuid,
         event_type: String,
         query: ListDeliveryAttemptsQuery,
-    ) -> Result<ListDeliveryAttemptsOutputBody, Problem> {
+    ) -> Result<Reply<ListDeliveryAttemptsOutputBody>, Problem> {
         self.count();
         let project_id = Self::project(ctx, project_id)?;
         self.attempts(project_id, &event_type, query.into())
+            .map(Reply::from)
     }
 
     async fn rotate_webhook_signing_secret(
@@ -525,9 +527,12 @@ impl WebhooksApi for MemoryApi {
         self.resend(project_id, event_type, event_id)
     }
 
-    async fn list_webhooks_for_tenant(&self, ctx: Uuid) -> Result<ListWebhooksOutputBody, Problem> {
+    async fn list_webhooks_for_tenant(
+        &self,
+        ctx: Uuid,
+    ) -> Result<Reply<ListWebhooksOutputBody>, Problem> {
         self.count();
-        Ok(self.list(ctx))
+        Ok(self.list(ctx).into())
     }
 
     async fn upsert_webhook_for_tenant(
@@ -560,9 +565,10 @@ impl WebhooksApi for MemoryApi {
         ctx: Uuid,
         event_type: String,
         query: ListDeliveryAttemptsForTenantQuery,
-    ) -> Result<ListDeliveryAttemptsOutputBody, Problem> {
+    ) -> Result<Reply<ListDeliveryAttemptsOutputBody>, Problem> {
         self.count();
         self.attempts(ctx, &event_type, query.into())
+            .map(Reply::from)
     }
 
     async fn rotate_webhook_signing_secret_for_tenant(
@@ -641,19 +647,19 @@ impl WebhooksApi for MemoryApi {
         ctx: Uuid,
         project_id: Uuid,
         recovery_id: Uuid,
-    ) -> Result<Recovery, Problem> {
+    ) -> Result<Reply<Recovery>, Problem> {
         self.count();
         let project_id = Self::project(ctx, project_id)?;
-        self.recovery(project_id, recovery_id)
+        self.recovery(project_id, recovery_id).map(Reply::from)
     }
 
     async fn get_recovery_for_tenant(
         &self,
         ctx: Uuid,
         recovery_id: Uuid,
-    ) -> Result<Recovery, Problem> {
+    ) -> Result<Reply<Recovery>, Problem> {
         self.count();
-        self.recovery(ctx, recovery_id)
+        self.recovery(ctx, recovery_id).map(Reply::from)
     }
 
     async fn cancel_recovery(

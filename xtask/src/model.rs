@@ -131,6 +131,12 @@ impl Operation {
     pub fn query_struct(&self) -> String {
         format!("{}Query", self.id.to_upper_camel_case())
     }
+
+    /// A read answers a `reply::Reply` (its body, or the body encoded already), so an
+    /// implementation can keep an unchanged answer encoded. Writes answer the body.
+    pub fn answers_reply(&self) -> bool {
+        self.method.eq_ignore_ascii_case("get") && self.success_body.is_some()
+    }
 }
 
 pub struct Param {

@@ -2,7 +2,9 @@
 //! `cargo xtask codegen`: the models (serde, schemars and utoipa derives), the
 //! [`WebhooksApi`] trait with one method per operation, and an axum [`router`] that
 //! authenticates, validates every input against the spec (answering 400/413/415/422 as
-//! `application/problem+json` without calling the trait) and writes the answer.
+//! `application/problem+json` without calling the trait) and writes the answer. Reads
+//! answer a [`reply::Reply`]: the body, or the same body encoded already, so an
+//! implementation can keep an unchanged answer encoded.
 //!
 //! Implementations live elsewhere: the reference server implements the trait on its
 //! store; tests implement it in memory. This crate has no database code.
@@ -24,6 +26,7 @@ mod generated {
 }
 
 pub mod problem;
+pub mod reply;
 pub mod time;
 pub mod validate;
 

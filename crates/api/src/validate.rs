@@ -8,10 +8,9 @@ use std::sync::OnceLock;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, RawPathParams};
-use axum::http::{header, request::Parts, HeaderValue, StatusCode};
+use axum::http::{header, request::Parts, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::models::ErrorDetail;
@@ -516,23 +515,6 @@ pub async fn json_body<T: DeserializeOwned>(
             push(errors, "body", e.to_string(), None);
             Ok(None)
         }
-    }
-}
-
-/// `body` as an `application/json` answer with `status`; a 500 problem if it does not
-/// serialize.
-pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(bytes) => (
-            status,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            bytes,
-        )
-            .into_response(),
-        Err(_) => Problem::internal().into_response(),
     }
 }
 

@@ -14,6 +14,7 @@ use sonzai_webhooks_api::models::{
     ResendEventOutputBody, RotateSigningSecretOutputBody, UpsertWebhookOutputBody, Webhook,
     WebhookDeliveryAttempt,
 };
+use sonzai_webhooks_api::reply::{Encoded, Reply};
 use sonzai_webhooks_api::{
     ListDeliveryAttemptsForTenantQuery, ListDeliveryAttemptsQuery, Problem, WebhooksApi,
 };
@@ -24,7 +25,7 @@ use crate::config::{Config, Retention};
 use crate::delivery::guard::{self, TargetPolicy};
 use crate::engine::Engine;
 use crate::store::{
-    self, AttemptPage, RecoverInclude, RecoverOutcome, RecoverRequest, ResendOutcome,
+    self, AttemptPage, Listing, RecoverInclude, RecoverOutcome, RecoverRequest, ResendOutcome,
     SigningSecret, StoreError, UpsertOutcome, UpsertWebhook,
 };
 
@@ -148,16 +149,27 @@ impl Api {
         }
     }
 
-    async fn list(&self, project_id: Uuid) -> Result<ListWebhooksOutputBody, Problem> {
-        let webhooks = self
+    /// A kept listing answers its encoding, made once while the listing is unchanged.
+    async fn list(&self, project_id: Uuid) -> Result<Reply<ListWebhooksOutputBody>, Problem> {
+        let body = |webhooks: Vec<Webhook>| ListWebhooksOutputBody {
+            schema: None,
+            webhooks: Some(webhooks),
+        };
+        match self
             .store()
             .list_webhooks(project_id)
             .await
-            .map_err(store_problem)?;
-        Ok(ListWebhooksOutputBody {
-            schema: None,
-            webhooks: Some(webhooks.into_iter().map(webhook_model).collect()),
-        })
+            .map_err(store_problem)?
+        {
+            Listing::Read(webhooks) => Ok(Reply::Body(body(
+                webhooks.into_iter().map(webhook_model).collect(),
+            ))),
+            Listing::Kept(kept) => kept
+                .encoded(|webhooks| {
+                    Encoded::new(body(webhooks.iter().cloned().map(webhook_model).collect()))
+                })
+                .map(Reply::Encoded),
+        }
     }
 
     pub(crate) async fn upsert(
@@ -720,7 +732,7 @@ impl WebhooksApi for Api {
         &self,
         ctx: Ctx,
         project_id: Uuid,
-    ) -> Result<ListWebhooksOutputBody, Problem> {
+    ) -> Result<Reply<ListWebhooksOutputBody>, Problem> {
         let project = self.scope(&ctx, Some(project_id)).await?;
         self.list(project).await
     }
@@ -762,9 +774,11 @@ impl WebhooksApi for Api {
         project_id: Uuid,
         event_type: String,
         query: ListDeliveryAttemptsQuery,
-    ) -> Result<ListDeliveryAttemptsOutputBody, Problem> {
+    ) -> Result<Reply<ListDeliveryAttemptsOutputBody>, Problem> {
         let project = self.scope(&ctx, Some(project_id)).await?;
-        self.attempts(project, &event_type, query.into()).await
+        self.attempts(project, &event_type, query.into())
+            .await
+            .map(Reply::from)
     }
 
     async fn rotate_webhook_signing_secret(
@@ -794,7 +808,10 @@ impl WebhooksApi for Api {
         .await
     }
 
-    async fn list_webhooks_for_tenant(&self, ctx: Ctx) -> Result<ListWebhooksOutputBody, Problem> {
+    async fn list_webhooks_for_tenant(
+        &self,
+        ctx: Ctx,
+    ) -> Result<Reply<ListWebhooksOutputBody>, Problem> {
         let project = self.scope(&ctx, None).await?;
         self.list(project).await
     }
@@ -829,9 +846,11 @@ impl WebhooksApi for Api {
         ctx: Ctx,
         event_type: String,
         query: ListDeliveryAttemptsForTenantQuery,
-    ) -> Result<ListDeliveryAttemptsOutputBody, Problem> {
+    ) -> Result<Reply<ListDeliveryAttemptsOutputBody>, Problem> {
         let project = self.scope(&ctx, None).await?;
-        self.attempts(project, &event_type, query.into()).await
+        self.attempts(project, &event_type, query.into())
+            .await
+            .map(Reply::from)
     }
 
     async fn rotate_webhook_signing_secret_for_tenant(
@@ -891,18 +910,22 @@ impl WebhooksApi for Api {
         ctx: Ctx,
         project_id: Uuid,
         recovery_id: Uuid,
-    ) -> Result<Recovery, Problem> {
+    ) -> Result<Reply<Recovery>, Problem> {
         let project = self.scope(&ctx, Some(project_id)).await?;
-        Api::get_recovery(self, project, recovery_id).await
+        Api::get_recovery(self, project, recovery_id)
+            .await
+            .map(Reply::from)
     }
 
     async fn get_recovery_for_tenant(
         &self,
         ctx: Ctx,
         recovery_id: Uuid,
-    ) -> Result<Recovery, Problem> {
+    ) -> Result<Reply<Recovery>, Problem> {
         let project = self.scope(&ctx, None).await?;
-        Api::get_recovery(self, project, recovery_id).await
+        Api::get_recovery(self, project, recovery_id)
+            .await
+            .map(Reply::from)
     }
 
     async fn cancel_recovery(

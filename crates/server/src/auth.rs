@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use crate::store::{
     ApiKeyRecord, AttemptList, AttemptPage, ClaimBatch, DeliveryOutcome, DisablePolicy, KeyOwner,
-    Project, PublishEvent, Published, PurgeStep, QueueStats, Recorded, RecoverOutcome,
+    Listing, Project, PublishEvent, Published, PurgeStep, QueueStats, Recorded, RecoverOutcome,
     RecoverRequest, Recovery, RecoveryClaim, RecoveryProgress, RecoveryStep, ResendOutcome,
     RetentionLock, RetentionTable, SendSlots, SigningSecret, StoreError, StoreResult, Tenant,
     UpsertOutcome, UpsertWebhook, Webhook, WebhookStore,
@@ -351,7 +351,7 @@ impl WebhookStore for CachedKeys {
     async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome> {
         self.store.upsert_webhook(input).await
     }
-    async fn list_webhooks(&self, project_id: Uuid) -> StoreResult<Vec<Webhook>> {
+    async fn list_webhooks(&self, project_id: Uuid) -> StoreResult<Listing> {
         self.store.list_webhooks(project_id).await
     }
     async fn get_webhook(

@@ -8,8 +8,8 @@ use quote::quote;
 use super::{doc, generated_doc, ident, json_tokens, signed, string_param_rules, unsuffixed};
 use crate::model::{Operation, Param, Property, SchemaDef, Spec, StringRules, Ty};
 
-/// The struct of component schema `s`, and the `$schema` link it answers with if it
-/// has one.
+/// The struct of component schema `s`, the `$schema` link it answers with if it has
+/// one, and its `reply::ResponseBody` impl, which fills that link.
 pub fn model(spec: &Spec, s: &SchemaDef) -> TokenStream {
     let (docs, no_description) = match &s.description {
         Some(text) => (doc(text), None),
@@ -23,15 +23,22 @@ pub fn model(spec: &Spec, s: &SchemaDef) -> TokenStream {
         .deny_unknown
         .then(|| quote!(#[serde(deny_unknown_fields)]));
     let fields = s.properties.iter().map(field);
-    let link = s.has_schema_link().then(|| {
+    let link = if s.has_schema_link() {
         let link = format!("{}/schemas/{}.json", spec.base_path, s.name);
         quote! {
             impl #name {
                 /// The `$schema` link this body carries in responses.
                 pub const SCHEMA_LINK: &'static str = #link;
             }
+            impl crate::reply::ResponseBody for #name {
+                fn fill_schema_link(&mut self) {
+                    self.schema.get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+                }
+            }
         }
-    });
+    } else {
+        quote!(impl crate::reply::ResponseBody for #name {})
+    };
     quote! {
         #docs
         #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, utoipa::ToSchema)]
@@ -318,8 +325,9 @@ mod tests {
             json!(["name"]),
         );
         let items = items(model(&spec, spec.schema("Widget").unwrap()));
-        let [syn::Item::Struct(s), syn::Item::Impl(link)] = items.as_slice() else {
-            panic!("a struct and its impl expected, got {} items", items.len());
+        let [syn::Item::Struct(s), syn::Item::Impl(link), syn::Item::Impl(body)] = items.as_slice()
+        else {
+            panic!("a struct and two impls expected, got {} items", items.len());
         };
         assert_eq!(s.ident, "Widget");
         assert_eq!(docs(&s.attrs), [" A widget.", " Two lines."]);
@@ -346,6 +354,16 @@ mod tests {
                 }
             })
         );
+        assert_eq!(
+            pretty(quote!(#body)),
+            pretty(quote! {
+                impl crate::reply::ResponseBody for Widget {
+                    fn fill_schema_link(&mut self) {
+                        self.schema.get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+                    }
+                }
+            })
+        );
     }
 
     #[test]
@@ -355,10 +373,15 @@ mod tests {
             json!({}),
         );
         let items = items(model(&spec, spec.schema("Loose").unwrap()));
-        let [syn::Item::Struct(s)] = items.as_slice() else {
-            panic!("one struct expected, got {} items", items.len());
+        let [syn::Item::Struct(s), syn::Item::Impl(body)] = items.as_slice() else {
+            panic!("a struct and its impl expected, got {} items", items.len());
         };
         assert!(attrs_named(&s.attrs, "serde").is_empty());
+        // A body without a link leaves the trait's default, which fills nothing.
+        assert_eq!(
+            pretty(quote!(#body)),
+            pretty(quote!(impl crate::reply::ResponseBody for Loose {}))
+        );
     }
 
     #[test]
@@ -495,6 +518,7 @@ mod tests {
                     #[schema(nullable = false)]
                     pub b: Option<bool>,
                 }
+                impl crate::reply::ResponseBody for Bare {}
             })
         );
     }

@@ -48,6 +48,10 @@ pub fn method(op: &Operation) -> TokenStream {
         quote!(body: #ty)
     });
     let ok = match &op.success_body {
+        Some(b) if op.answers_reply() => {
+            let ty = ident(b);
+            quote!(crate::reply::Reply<#ty>)
+        }
         Some(b) => {
             let ty = ident(b);
             quote!(#ty)
@@ -144,6 +148,31 @@ mod tests {
             "->implFuture<Output=Result<(),Problem>>+Send"
         );
         assert!(method.default.is_none(), "operations have no default body");
+    }
+
+    #[test]
+    fn reads_answer_a_reply_and_writes_their_body() {
+        let output = |method: &str| {
+            let mut spec = tiny_spec();
+            let op = &mut spec.operations[0];
+            op.method = method.to_owned();
+            op.success_body = Some("Thing".to_owned());
+            let method: syn::TraitItemFn = syn::parse2(super::method(op)).unwrap();
+            method
+                .sig
+                .output
+                .to_token_stream()
+                .to_string()
+                .replace(' ', "")
+        };
+        assert_eq!(
+            output("get"),
+            "->implFuture<Output=Result<crate::reply::Reply<Thing>,Problem>>+Send"
+        );
+        assert_eq!(
+            output("put"),
+            "->implFuture<Output=Result<Thing,Problem>>+Send"
+        );
     }
 
     #[test]

@@ -29,6 +29,12 @@ impl CreatePortalSessionInputBody {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/CreatePortalSessionInputBody.json";
 }
+impl crate::reply::ResponseBody for CreatePortalSessionInputBody {
+    fn fill_schema_link(&mut self) {
+        self.schema
+            .get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+    }
+}
 /// `data` of the operator event `sonzai.delivery.exhausted`: a delivery ran out of tries. At most one per webhook per hour (the server's `--exhausted-notice-every`); the ones in between are counted in `suppressed` of the next (extension).
 #[derive(
     Debug,
@@ -62,6 +68,7 @@ pub struct DeliveryExhaustedData {
     /// Deliveries of this webhook that ran out of tries since the previous `sonzai.delivery.exhausted` and were not reported on their own.
     pub suppressed: i64,
 }
+impl crate::reply::ResponseBody for DeliveryExhaustedData {}
 #[doc = concat!(" The `ErrorDetail` component schema.")]
 #[derive(
     Debug,
@@ -91,6 +98,7 @@ pub struct ErrorDetail {
     #[schema(nullable = false, value_type = Value)]
     pub value: Option<serde_json::Value>,
 }
+impl crate::reply::ResponseBody for ErrorDetail {}
 /// RFC 9457 problem details.
 #[derive(
     Debug,
@@ -141,6 +149,12 @@ impl ErrorModel {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/ErrorModel.json";
 }
+impl crate::reply::ResponseBody for ErrorModel {
+    fn fill_schema_link(&mut self) {
+        self.schema
+            .get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+    }
+}
 /// Delivery attempts, newest first.
 #[derive(
     Debug,
@@ -177,6 +191,12 @@ impl ListDeliveryAttemptsOutputBody {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/ListDeliveryAttemptsOutputBody.json";
 }
+impl crate::reply::ResponseBody for ListDeliveryAttemptsOutputBody {
+    fn fill_schema_link(&mut self) {
+        self.schema
+            .get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+    }
+}
 /// The webhooks of a project, ordered by event type.
 #[derive(
     Debug,
@@ -202,6 +222,12 @@ pub struct ListWebhooksOutputBody {
 impl ListWebhooksOutputBody {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/ListWebhooksOutputBody.json";
+}
+impl crate::reply::ResponseBody for ListWebhooksOutputBody {
+    fn fill_schema_link(&mut self) {
+        self.schema
+            .get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+    }
 }
 /// A link to the delivery-log portal of one project (extension).
 #[derive(
@@ -231,6 +257,12 @@ pub struct PortalSession {
 impl PortalSession {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/PortalSession.json";
+}
+impl crate::reply::ResponseBody for PortalSession {
+    fn fill_schema_link(&mut self) {
+        self.schema
+            .get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+    }
 }
 /// Publish an event (extension).
 #[derive(
@@ -269,6 +301,12 @@ impl PublishEventForTenantInputBody {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/PublishEventForTenantInputBody.json";
 }
+impl crate::reply::ResponseBody for PublishEventForTenantInputBody {
+    fn fill_schema_link(&mut self) {
+        self.schema
+            .get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+    }
+}
 /// Publish an event (extension).
 #[derive(
     Debug,
@@ -306,6 +344,12 @@ impl PublishEventInputBody {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/PublishEventInputBody.json";
 }
+impl crate::reply::ResponseBody for PublishEventInputBody {
+    fn fill_schema_link(&mut self) {
+        self.schema
+            .get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+    }
+}
 /// Result of publishing an event (extension).
 #[derive(
     Debug,
@@ -335,6 +379,12 @@ pub struct PublishEventOutputBody {
 impl PublishEventOutputBody {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/PublishEventOutputBody.json";
+}
+impl crate::reply::ResponseBody for PublishEventOutputBody {
+    fn fill_schema_link(&mut self) {
+        self.schema
+            .get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+    }
 }
 /// What to recover (extension).
 #[derive(
@@ -379,6 +429,12 @@ pub struct RecoverWebhookInputBody {
 impl RecoverWebhookInputBody {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/RecoverWebhookInputBody.json";
+}
+impl crate::reply::ResponseBody for RecoverWebhookInputBody {
+    fn fill_schema_link(&mut self) {
+        self.schema
+            .get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+    }
 }
 /// A recovery of a webhook: what it matched and how far it got (extension).
 #[derive(
@@ -433,6 +489,12 @@ impl Recovery {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/Recovery.json";
 }
+impl crate::reply::ResponseBody for Recovery {
+    fn fill_schema_link(&mut self) {
+        self.schema
+            .get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+    }
+}
 /// `data` of the operator event `sonzai.recovery.completed`: a recovery finished (extension).
 #[derive(
     Debug,
@@ -456,6 +518,7 @@ pub struct RecoveryCompletedData {
     /// Deliveries it queued.
     pub queued: i64,
 }
+impl crate::reply::ResponseBody for RecoveryCompletedData {}
 /// Result of resending an event (extension).
 #[derive(
     Debug,
@@ -483,6 +546,12 @@ impl ResendEventOutputBody {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/ResendEventOutputBody.json";
 }
+impl crate::reply::ResponseBody for ResendEventOutputBody {
+    fn fill_schema_link(&mut self) {
+        self.schema
+            .get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+    }
+}
 /// Result of a secret rotation.
 #[derive(
     Debug,
@@ -509,6 +578,12 @@ pub struct RotateSigningSecretOutputBody {
 impl RotateSigningSecretOutputBody {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/RotateSigningSecretOutputBody.json";
+}
+impl crate::reply::ResponseBody for RotateSigningSecretOutputBody {
+    fn fill_schema_link(&mut self) {
+        self.schema
+            .get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+    }
 }
 /// Register or update a webhook.
 #[derive(
@@ -559,6 +634,12 @@ impl UpsertWebhookForTenantInputBody {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/UpsertWebhookForTenantInputBody.json";
 }
+impl crate::reply::ResponseBody for UpsertWebhookForTenantInputBody {
+    fn fill_schema_link(&mut self) {
+        self.schema
+            .get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+    }
+}
 /// Register or update a webhook.
 #[derive(
     Debug,
@@ -608,6 +689,12 @@ impl UpsertWebhookInputBody {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/UpsertWebhookInputBody.json";
 }
+impl crate::reply::ResponseBody for UpsertWebhookInputBody {
+    fn fill_schema_link(&mut self) {
+        self.schema
+            .get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+    }
+}
 /// Result of an upsert.
 #[derive(
     Debug,
@@ -637,6 +724,12 @@ pub struct UpsertWebhookOutputBody {
 impl UpsertWebhookOutputBody {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/UpsertWebhookOutputBody.json";
+}
+impl crate::reply::ResponseBody for UpsertWebhookOutputBody {
+    fn fill_schema_link(&mut self) {
+        self.schema
+            .get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+    }
 }
 /// A webhook: where one event type of one project is delivered.
 #[derive(
@@ -694,6 +787,12 @@ pub struct Webhook {
 impl Webhook {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/Webhook.json";
+}
+impl crate::reply::ResponseBody for Webhook {
+    fn fill_schema_link(&mut self) {
+        self.schema
+            .get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+    }
 }
 /// One try at delivering one event to one webhook.
 #[derive(
@@ -763,6 +862,12 @@ impl WebhookDeliveryAttempt {
     /// The `$schema` link this body carries in responses.
     pub const SCHEMA_LINK: &'static str = "/api/v1/schemas/WebhookDeliveryAttempt.json";
 }
+impl crate::reply::ResponseBody for WebhookDeliveryAttempt {
+    fn fill_schema_link(&mut self) {
+        self.schema
+            .get_or_insert_with(|| Self::SCHEMA_LINK.to_owned());
+    }
+}
 /// `data` of the operator event `sonzai.webhook.disabled`: a webhook was switched off (extension).
 #[derive(
     Debug,
@@ -790,6 +895,7 @@ pub struct WebhookDisabledData {
     #[schema(required = true)]
     pub last_response_code: Option<i64>,
 }
+impl crate::reply::ResponseBody for WebhookDisabledData {}
 /// `data` of the operator event `sonzai.webhook.recovered`: the first success after 3 or more failed attempts in a row (extension).
 #[derive(
     Debug,
@@ -811,6 +917,7 @@ pub struct WebhookRecoveredData {
     /// Failed attempts in a row before this success.
     pub failures: i64,
 }
+impl crate::reply::ResponseBody for WebhookRecoveredData {}
 /// Checks a JSON value against the `CreatePortalSessionInputBody` schema, one entry per problem.
 pub fn validate_create_portal_session_input_body(
     value: &serde_json::Value,

@@ -84,7 +84,7 @@ pub trait WebhooksApi: Send + Sync + 'static {
         &self,
         ctx: Self::Context,
         project_id: uuid::Uuid,
-    ) -> impl Future<Output = Result<ListWebhooksOutputBody, Problem>> + Send;
+    ) -> impl Future<Output = Result<crate::reply::Reply<ListWebhooksOutputBody>, Problem>> + Send;
     /// Register or update a webhook
     ///
     /// Creates the webhook of this event type, or replaces it. A project has at most a set number of webhooks (a server setting, 1,000 by default): creating one more answers 409 with a problem saying so; replacing an existing one is always allowed.
@@ -117,7 +117,7 @@ pub trait WebhooksApi: Send + Sync + 'static {
         project_id: uuid::Uuid,
         event_type: String,
         query: ListDeliveryAttemptsQuery,
-    ) -> impl Future<Output = Result<ListDeliveryAttemptsOutputBody, Problem>> + Send;
+    ) -> impl Future<Output = Result<crate::reply::Reply<ListDeliveryAttemptsOutputBody>, Problem>> + Send;
     /// Rotate webhook signing secret
     ///
     /// `POST /projects/{projectId}/webhooks/{eventType}/rotate-secret` (operationId `rotateWebhookSigningSecret`)
@@ -162,7 +162,7 @@ pub trait WebhooksApi: Send + Sync + 'static {
         ctx: Self::Context,
         project_id: uuid::Uuid,
         recovery_id: uuid::Uuid,
-    ) -> impl Future<Output = Result<Recovery, Problem>> + Send;
+    ) -> impl Future<Output = Result<crate::reply::Reply<Recovery>, Problem>> + Send;
     /// Cancel a recovery (extension)
     ///
     /// Extension. Stops a running recovery from queueing more events (its status becomes `cancelled`); deliveries it already queued go on. A recovery already finished is left as it is. 404 when there is no such recovery in this project.
@@ -202,7 +202,7 @@ pub trait WebhooksApi: Send + Sync + 'static {
     fn list_webhooks_for_tenant(
         &self,
         ctx: Self::Context,
-    ) -> impl Future<Output = Result<ListWebhooksOutputBody, Problem>> + Send;
+    ) -> impl Future<Output = Result<crate::reply::Reply<ListWebhooksOutputBody>, Problem>> + Send;
     /// Register or update a webhook (tenant-scoped)
     ///
     /// Creates the webhook of this event type, or replaces it. A project has at most a set number of webhooks (a server setting, 1,000 by default): creating one more answers 409 with a problem saying so; replacing an existing one is always allowed.
@@ -232,7 +232,7 @@ pub trait WebhooksApi: Send + Sync + 'static {
         ctx: Self::Context,
         event_type: String,
         query: ListDeliveryAttemptsForTenantQuery,
-    ) -> impl Future<Output = Result<ListDeliveryAttemptsOutputBody, Problem>> + Send;
+    ) -> impl Future<Output = Result<crate::reply::Reply<ListDeliveryAttemptsOutputBody>, Problem>> + Send;
     /// Rotate webhook signing secret (tenant-scoped)
     ///
     /// `POST /webhooks/{eventType}/rotate-secret` (operationId `rotateWebhookSigningSecretForTenant`)
@@ -273,7 +273,7 @@ pub trait WebhooksApi: Send + Sync + 'static {
         &self,
         ctx: Self::Context,
         recovery_id: uuid::Uuid,
-    ) -> impl Future<Output = Result<Recovery, Problem>> + Send;
+    ) -> impl Future<Output = Result<crate::reply::Reply<Recovery>, Problem>> + Send;
     /// Cancel a recovery (extension)
     ///
     /// Extension. Stops a running recovery from queueing more events (its status becomes `cancelled`); deliveries it already queued go on. A recovery already finished is left as it is. 404 when there is no such recovery in this project.
@@ -347,11 +347,10 @@ pub async fn list_webhooks<T: WebhooksApi>(
         return Problem::validation(errors).into_response();
     }
     match api.list_webhooks(ctx, project_id).await {
-        Ok(mut out) => {
-            out.schema
-                .get_or_insert_with(|| ListWebhooksOutputBody::SCHEMA_LINK.to_owned());
-            v::json_response(StatusCode::from_u16(200).unwrap_or(StatusCode::OK), &out)
-        }
+        Ok(out) => crate::reply::respond::<ListWebhooksOutputBody>(
+            StatusCode::from_u16(200).unwrap_or(StatusCode::OK),
+            out,
+        ),
         Err(problem) => problem.into_response(),
     }
 }
@@ -438,11 +437,10 @@ pub async fn upsert_webhook<T: WebhooksApi>(
         return Problem::validation(errors).into_response();
     };
     match api.upsert_webhook(ctx, project_id, event_type, body).await {
-        Ok(mut out) => {
-            out.schema
-                .get_or_insert_with(|| UpsertWebhookOutputBody::SCHEMA_LINK.to_owned());
-            v::json_response(StatusCode::from_u16(200).unwrap_or(StatusCode::OK), &out)
-        }
+        Ok(out) => crate::reply::respond::<UpsertWebhookOutputBody>(
+            StatusCode::from_u16(200).unwrap_or(StatusCode::OK),
+            out,
+        ),
         Err(problem) => problem.into_response(),
     }
 }
@@ -630,11 +628,10 @@ pub async fn list_delivery_attempts<T: WebhooksApi>(
         .list_delivery_attempts(ctx, project_id, event_type, query)
         .await
     {
-        Ok(mut out) => {
-            out.schema
-                .get_or_insert_with(|| ListDeliveryAttemptsOutputBody::SCHEMA_LINK.to_owned());
-            v::json_response(StatusCode::from_u16(200).unwrap_or(StatusCode::OK), &out)
-        }
+        Ok(out) => crate::reply::respond::<ListDeliveryAttemptsOutputBody>(
+            StatusCode::from_u16(200).unwrap_or(StatusCode::OK),
+            out,
+        ),
         Err(problem) => problem.into_response(),
     }
 }
@@ -719,11 +716,10 @@ pub async fn rotate_webhook_signing_secret<T: WebhooksApi>(
         .rotate_webhook_signing_secret(ctx, project_id, event_type, query)
         .await
     {
-        Ok(mut out) => {
-            out.schema
-                .get_or_insert_with(|| RotateSigningSecretOutputBody::SCHEMA_LINK.to_owned());
-            v::json_response(StatusCode::from_u16(200).unwrap_or(StatusCode::OK), &out)
-        }
+        Ok(out) => crate::reply::respond::<RotateSigningSecretOutputBody>(
+            StatusCode::from_u16(200).unwrap_or(StatusCode::OK),
+            out,
+        ),
         Err(problem) => problem.into_response(),
     }
 }
@@ -801,11 +797,10 @@ pub async fn resend_event<T: WebhooksApi>(State(api): State<Arc<T>>, request: Re
         .resend_event(ctx, project_id, event_type, event_id)
         .await
     {
-        Ok(mut out) => {
-            out.schema
-                .get_or_insert_with(|| ResendEventOutputBody::SCHEMA_LINK.to_owned());
-            v::json_response(StatusCode::from_u16(202).unwrap_or(StatusCode::OK), &out)
-        }
+        Ok(out) => crate::reply::respond::<ResendEventOutputBody>(
+            StatusCode::from_u16(202).unwrap_or(StatusCode::OK),
+            out,
+        ),
         Err(problem) => problem.into_response(),
     }
 }
@@ -898,11 +893,7 @@ pub async fn recover_webhook<T: WebhooksApi>(
         return Problem::validation(errors).into_response();
     };
     match api.recover_webhook(ctx, project_id, event_type, body).await {
-        Ok((status, mut out)) => {
-            out.schema
-                .get_or_insert_with(|| Recovery::SCHEMA_LINK.to_owned());
-            v::json_response(status, &out)
-        }
+        Ok((status, out)) => crate::reply::respond::<Recovery>(status, out),
         Err(problem) => problem.into_response(),
     }
 }
@@ -956,11 +947,10 @@ pub async fn get_recovery<T: WebhooksApi>(State(api): State<Arc<T>>, request: Re
         return Problem::validation(errors).into_response();
     }
     match api.get_recovery(ctx, project_id, recovery_id).await {
-        Ok(mut out) => {
-            out.schema
-                .get_or_insert_with(|| Recovery::SCHEMA_LINK.to_owned());
-            v::json_response(StatusCode::from_u16(200).unwrap_or(StatusCode::OK), &out)
-        }
+        Ok(out) => crate::reply::respond::<Recovery>(
+            StatusCode::from_u16(200).unwrap_or(StatusCode::OK),
+            out,
+        ),
         Err(problem) => problem.into_response(),
     }
 }
@@ -1078,11 +1068,10 @@ pub async fn publish_event<T: WebhooksApi>(
         return Problem::validation(errors).into_response();
     };
     match api.publish_event(ctx, project_id, body).await {
-        Ok(mut out) => {
-            out.schema
-                .get_or_insert_with(|| PublishEventOutputBody::SCHEMA_LINK.to_owned());
-            v::json_response(StatusCode::from_u16(202).unwrap_or(StatusCode::OK), &out)
-        }
+        Ok(out) => crate::reply::respond::<PublishEventOutputBody>(
+            StatusCode::from_u16(202).unwrap_or(StatusCode::OK),
+            out,
+        ),
         Err(problem) => problem.into_response(),
     }
 }
@@ -1149,11 +1138,10 @@ pub async fn create_portal_session<T: WebhooksApi>(
         return Problem::validation(errors).into_response();
     };
     match api.create_portal_session(ctx, project_id, body).await {
-        Ok(mut out) => {
-            out.schema
-                .get_or_insert_with(|| PortalSession::SCHEMA_LINK.to_owned());
-            v::json_response(StatusCode::from_u16(201).unwrap_or(StatusCode::OK), &out)
-        }
+        Ok(out) => crate::reply::respond::<PortalSession>(
+            StatusCode::from_u16(201).unwrap_or(StatusCode::OK),
+            out,
+        ),
         Err(problem) => problem.into_response(),
     }
 }
@@ -1196,11 +1184,10 @@ pub async fn list_webhooks_for_tenant<T: WebhooksApi>(
         return Problem::validation(errors).into_response();
     }
     match api.list_webhooks_for_tenant(ctx).await {
-        Ok(mut out) => {
-            out.schema
-                .get_or_insert_with(|| ListWebhooksOutputBody::SCHEMA_LINK.to_owned());
-            v::json_response(StatusCode::from_u16(200).unwrap_or(StatusCode::OK), &out)
-        }
+        Ok(out) => crate::reply::respond::<ListWebhooksOutputBody>(
+            StatusCode::from_u16(200).unwrap_or(StatusCode::OK),
+            out,
+        ),
         Err(problem) => problem.into_response(),
     }
 }
@@ -1288,11 +1275,10 @@ pub async fn upsert_webhook_for_tenant<T: WebhooksApi>(
         return Problem::validation(errors).into_response();
     };
     match api.upsert_webhook_for_tenant(ctx, event_type, body).await {
-        Ok(mut out) => {
-            out.schema
-                .get_or_insert_with(|| UpsertWebhookOutputBody::SCHEMA_LINK.to_owned());
-            v::json_response(StatusCode::from_u16(200).unwrap_or(StatusCode::OK), &out)
-        }
+        Ok(out) => crate::reply::respond::<UpsertWebhookOutputBody>(
+            StatusCode::from_u16(200).unwrap_or(StatusCode::OK),
+            out,
+        ),
         Err(problem) => problem.into_response(),
     }
 }
@@ -1476,11 +1462,10 @@ pub async fn list_delivery_attempts_for_tenant<T: WebhooksApi>(
         .list_delivery_attempts_for_tenant(ctx, event_type, query)
         .await
     {
-        Ok(mut out) => {
-            out.schema
-                .get_or_insert_with(|| ListDeliveryAttemptsOutputBody::SCHEMA_LINK.to_owned());
-            v::json_response(StatusCode::from_u16(200).unwrap_or(StatusCode::OK), &out)
-        }
+        Ok(out) => crate::reply::respond::<ListDeliveryAttemptsOutputBody>(
+            StatusCode::from_u16(200).unwrap_or(StatusCode::OK),
+            out,
+        ),
         Err(problem) => problem.into_response(),
     }
 }
@@ -1563,11 +1548,10 @@ pub async fn rotate_webhook_signing_secret_for_tenant<T: WebhooksApi>(
         .rotate_webhook_signing_secret_for_tenant(ctx, event_type, query)
         .await
     {
-        Ok(mut out) => {
-            out.schema
-                .get_or_insert_with(|| RotateSigningSecretOutputBody::SCHEMA_LINK.to_owned());
-            v::json_response(StatusCode::from_u16(200).unwrap_or(StatusCode::OK), &out)
-        }
+        Ok(out) => crate::reply::respond::<RotateSigningSecretOutputBody>(
+            StatusCode::from_u16(200).unwrap_or(StatusCode::OK),
+            out,
+        ),
         Err(problem) => problem.into_response(),
     }
 }
@@ -1643,11 +1627,10 @@ pub async fn resend_event_for_tenant<T: WebhooksApi>(
         return Problem::validation(errors).into_response();
     }
     match api.resend_event_for_tenant(ctx, event_type, event_id).await {
-        Ok(mut out) => {
-            out.schema
-                .get_or_insert_with(|| ResendEventOutputBody::SCHEMA_LINK.to_owned());
-            v::json_response(StatusCode::from_u16(202).unwrap_or(StatusCode::OK), &out)
-        }
+        Ok(out) => crate::reply::respond::<ResendEventOutputBody>(
+            StatusCode::from_u16(202).unwrap_or(StatusCode::OK),
+            out,
+        ),
         Err(problem) => problem.into_response(),
     }
 }
@@ -1738,11 +1721,7 @@ pub async fn recover_webhook_for_tenant<T: WebhooksApi>(
         return Problem::validation(errors).into_response();
     };
     match api.recover_webhook_for_tenant(ctx, event_type, body).await {
-        Ok((status, mut out)) => {
-            out.schema
-                .get_or_insert_with(|| Recovery::SCHEMA_LINK.to_owned());
-            v::json_response(status, &out)
-        }
+        Ok((status, out)) => crate::reply::respond::<Recovery>(status, out),
         Err(problem) => problem.into_response(),
     }
 }
@@ -1797,11 +1776,10 @@ pub async fn get_recovery_for_tenant<T: WebhooksApi>(
         return Problem::validation(errors).into_response();
     }
     match api.get_recovery_for_tenant(ctx, recovery_id).await {
-        Ok(mut out) => {
-            out.schema
-                .get_or_insert_with(|| Recovery::SCHEMA_LINK.to_owned());
-            v::json_response(StatusCode::from_u16(200).unwrap_or(StatusCode::OK), &out)
-        }
+        Ok(out) => crate::reply::respond::<Recovery>(
+            StatusCode::from_u16(200).unwrap_or(StatusCode::OK),
+            out,
+        ),
         Err(problem) => problem.into_response(),
     }
 }
@@ -1917,11 +1895,10 @@ pub async fn publish_event_for_tenant<T: WebhooksApi>(
         return Problem::validation(errors).into_response();
     };
     match api.publish_event_for_tenant(ctx, body).await {
-        Ok(mut out) => {
-            out.schema
-                .get_or_insert_with(|| PublishEventOutputBody::SCHEMA_LINK.to_owned());
-            v::json_response(StatusCode::from_u16(202).unwrap_or(StatusCode::OK), &out)
-        }
+        Ok(out) => crate::reply::respond::<PublishEventOutputBody>(
+            StatusCode::from_u16(202).unwrap_or(StatusCode::OK),
+            out,
+        ),
         Err(problem) => problem.into_response(),
     }
 }
@@ -1985,11 +1962,10 @@ pub async fn create_portal_session_for_tenant<T: WebhooksApi>(
         return Problem::validation(errors).into_response();
     };
     match api.create_portal_session_for_tenant(ctx, body).await {
-        Ok(mut out) => {
-            out.schema
-                .get_or_insert_with(|| PortalSession::SCHEMA_LINK.to_owned());
-            v::json_response(StatusCode::from_u16(201).unwrap_or(StatusCode::OK), &out)
-        }
+        Ok(out) => crate::reply::respond::<PortalSession>(
+            StatusCode::from_u16(201).unwrap_or(StatusCode::OK),
+            out,
+        ),
         Err(problem) => problem.into_response(),
     }
 }

@@ -21,7 +21,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use super::list_cache::ListCache;
+use super::list_cache::{ListCache, Listing};
 use super::operator::{is_reserved, response_code, About, DisabledReason, Notice};
 use super::rows::{
     opt, ApiKeyRow, AttemptRow, Micros, ProjectRow, TenantRow, UpsertedRow, WebhookRow,
@@ -859,7 +859,7 @@ where
     async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome> {
         BackendOps::upsert_webhook(self, input).await
     }
-    async fn list_webhooks(&self, project_id: Uuid) -> StoreResult<Vec<Webhook>> {
+    async fn list_webhooks(&self, project_id: Uuid) -> StoreResult<Listing> {
         let tables = self.tables();
         // The version is read before the list: a change committed in between moves
         // it past the one the list is kept at, so the next listing reads again.
@@ -869,14 +869,15 @@ where
                 .fetch_optional(&tables.read)
                 .await?;
         let Some(version) = version else {
-            return BackendOps::list_webhooks(self, project_id).await;
+            return BackendOps::list_webhooks(self, project_id)
+                .await
+                .map(Listing::Read);
         };
         if let Some(kept) = tables.lists.get(project_id, version) {
-            return Ok(kept.as_ref().clone());
+            return Ok(Listing::Kept(kept));
         }
         let list = BackendOps::list_webhooks(self, project_id).await?;
-        tables.lists.put(project_id, version, &list);
-        Ok(list)
+        Ok(tables.lists.put(project_id, version, list))
     }
     async fn get_webhook(
         &self,

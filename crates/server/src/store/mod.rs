@@ -31,6 +31,7 @@ pub(crate) mod sqlite;
 #[cfg(test)]
 mod tests;
 
+pub use list_cache::{Kept, Listing};
 pub use pacing::SendSlots;
 pub use retention::{v7_time, PurgeStep, RetentionTable};
 
@@ -551,8 +552,9 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// concurrent creates never take the project past `input.max_webhooks`
     /// ([`StoreError::Conflict`] for the ones that would).
     async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome>;
-    /// Ordered by event type.
-    async fn list_webhooks(&self, project_id: Uuid) -> StoreResult<Vec<Webhook>>;
+    /// Ordered by event type; a long listing is kept in memory and shared (see
+    /// [`Listing`]).
+    async fn list_webhooks(&self, project_id: Uuid) -> StoreResult<Listing>;
     async fn get_webhook(&self, project_id: Uuid, event_type: &str)
         -> StoreResult<Option<Webhook>>;
     /// Deletes the webhook and cancels its pending deliveries; attempts stay.

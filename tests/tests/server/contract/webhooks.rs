@@ -788,3 +788,106 @@ async fn credentials_in_the_webhook_url_are_refused() {
         h.finish().await;
     }
 }
+
+/// A list long enough to be kept in memory is answered from its kept encoding: the
+/// same text each time, the one a fresh read answers, and never older than the last
+/// change, on both routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_list_answers_as_a_fresh_read_and_follows_every_change() {
+    for db in support::backends().await {
+        let h = Harness::start(&db).await;
+        let project = h.project();
+        let scoped = format!("/projects/{project}/webhooks");
+        for i in 0..40 {
+            h.register(&format!("long.{i:02}"), &format!("https://example.com/{i}"))
+                .await;
+        }
+        // One with every optional field a listing shows.
+        h.call(
+            Method::PUT,
+            "/webhooks/long.07",
+            Some(
+                json!({"webhook_url": "https://example.com/seven", "auth_header": "Bearer t",
+                        "rate_limit": 5, "ordered": true}),
+            ),
+        )
+        .await
+        .expect(200);
+
+        let first = h.call(Method::GET, &scoped, None).await;
+        let again = h.call(Method::GET, &scoped, None).await;
+        let tenant = h.call(Method::GET, "/webhooks", None).await;
+        assert_eq!(first.expect(200), again.expect(200));
+        assert_eq!(again.text, first.text, "a kept answer is the same text");
+        assert_eq!(tenant.text, first.text, "both routes answer the same");
+        assert_eq!(
+            first.headers["content-type"], "application/json",
+            "[{:?}]",
+            h.backend
+        );
+        let list = first.json["webhooks"].as_array().expect("webhooks");
+        assert_eq!(list.len(), 40);
+        assert_eq!(
+            first.json["$schema"],
+            json!("/api/v1/schemas/ListWebhooksOutputBody.json")
+        );
+        assert!(list.iter().all(|w| w.get("$schema").is_none()));
+        let seven = &list[7];
+        assert_eq!(seven["webhook_url"], json!("https://example.com/seven"));
+        assert_eq!(seven["auth_header"], json!("Bearer t"));
+        assert_eq!(seven["rate_limit"], json!(5));
+        assert_eq!(seven["ordered"], json!(true));
+        assert!(list[8].get("rate_limit").is_none() && list[8].get("ordered").is_none());
+
+        // The typed client reads the kept answer as it reads any other.
+        let typed = h
+            .client()
+            .list_webhooks()
+            .project_id(project)
+            .send()
+            .await
+            .expect("list")
+            .into_inner()
+            .webhooks
+            .expect("webhooks");
+        assert_eq!(typed.len(), 40);
+        assert_eq!(typed[7].rate_limit, Some(5));
+
+        // Every kind of change shows in the next answer.
+        h.call(
+            Method::PUT,
+            "/webhooks/long.03",
+            Some(json!({"webhook_url": "https://example.com/three"})),
+        )
+        .await
+        .expect(200);
+        let updated = h.call(Method::GET, &scoped, None).await;
+        assert_eq!(
+            updated.expect(200)["webhooks"][3]["webhook_url"],
+            json!("https://example.com/three"),
+            "[{:?}] the update shows",
+            h.backend
+        );
+        h.call(Method::DELETE, "/webhooks/long.05", None)
+            .await
+            .expect(204);
+        let deleted = h.call(Method::GET, "/webhooks", None).await;
+        let names: Vec<&str> = deleted.expect(200)["webhooks"]
+            .as_array()
+            .expect("webhooks")
+            .iter()
+            .map(|w| w["event_type"].as_str().expect("event_type"))
+            .collect();
+        assert_eq!(names.len(), 39, "[{:?}] the delete shows", h.backend);
+        assert!(!names.contains(&"long.05"));
+        h.register("long.99", "https://example.com/99").await;
+        let created = h.call(Method::GET, &scoped, None).await;
+        assert_eq!(
+            created.expect(200)["webhooks"][39]["event_type"],
+            json!("long.99"),
+            "[{:?}] the create shows",
+            h.backend
+        );
+        h.finish().await;
+    }
+}
