@@ -532,6 +532,7 @@ pub async fn deliver(
     let timed_out = result.timed_out;
     let outcome = DeliveryOutcome {
         delivery_id: d.delivery_id,
+        webhook_id: d.webhook_id,
         lease_token: d.lease_token,
         attempt: Attempt {
             id: Uuid::now_v7(),

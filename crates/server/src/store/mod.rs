@@ -487,6 +487,8 @@ pub struct ClaimedDelivery {
 #[derive(Debug, Clone)]
 pub struct DeliveryOutcome {
     pub delivery_id: Uuid,
+    /// The delivery's webhook, as claimed (a delivery never changes webhook).
+    pub webhook_id: Uuid,
     pub lease_token: Uuid,
     pub attempt: Attempt,
     /// `None`: the delivery is finished (succeeded, or failed for good).

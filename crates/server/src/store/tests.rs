@@ -335,6 +335,7 @@ fn outcome(
 ) -> DeliveryOutcome {
     DeliveryOutcome {
         delivery_id: claim.delivery_id,
+        webhook_id: claim.webhook_id,
         lease_token: claim.lease_token,
         attempt: attempt_for(claim, status, at),
         retry_at,
