@@ -60,15 +60,6 @@ pub enum Listing {
     Kept(Arc<Kept>),
 }
 
-impl Listing {
-    pub fn into_vec(self) -> Vec<Webhook> {
-        match self {
-            Listing::Read(list) => list,
-            Listing::Kept(kept) => kept.webhooks.clone(),
-        }
-    }
-}
-
 impl Deref for Listing {
     type Target = [Webhook];
     fn deref(&self) -> &[Webhook] {
