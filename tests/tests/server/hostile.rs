@@ -484,10 +484,12 @@ async fn a_backlog_in_one_project_does_not_queue_another_projects_fresh_events()
 }
 
 /// A rate-limited webhook's deliveries are paced in the store, by a write that holds the
-/// webhook's row. Another project's delivery claimed in the same batch goes without
-/// waiting for that write. On PostgreSQL the throttled webhook's row is held locked from
-/// outside while a server starts on a queue holding both, so its pacing cannot finish
-/// until the test lets it. On SQLite every write waits for the one writer anyway; there
+/// webhook's row. Another project's delivery goes without waiting for that write:
+/// neither one claimed in the same batch nor one published while the pacing hangs. The
+/// throttled project's new deliveries stay in the queue until its pacing is done, so a
+/// hanging pacing holds one batch, not the whole backlog. On PostgreSQL the throttled
+/// webhook's row is held locked from outside while a server starts on a queue holding
+/// both, so its pacing cannot finish until the test lets it. On SQLite every write waits for the one writer anyway; there
 /// the B5b benchmark measures the quiet project's latency beside a throttled backlog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_projects_delivery_does_not_wait_for_a_throttled_webhooks_pacing() {
@@ -517,6 +519,7 @@ async fn another_projects_delivery_does_not_wait_for_a_throttled_webhooks_pacing
             .expect("upsert the throttled webhook");
         upsert(&first, &quiet.key, "quiet.event", &fine.url("/quiet")).await;
         let noisy = first.tenant.project_id;
+        let noisy_key = first.tenant.key.clone();
         let webhook = first
             .store
             .get_webhook(noisy, "throttled")
@@ -558,10 +561,49 @@ async fn another_projects_delivery_does_not_wait_for_a_throttled_webhooks_pacing
             1,
             "the quiet project's delivery waited for the throttled webhook's pacing"
         );
+        // Published while the pacing of the first claim still hangs.
+        let later: Vec<uuid::Uuid> = {
+            let mut ids = Vec::new();
+            for n in 20..25 {
+                let published = second
+                    .client_for(&noisy_key)
+                    .publish_event_for_tenant()
+                    .body(
+                        types::PublishEventForTenantInputBody::builder()
+                            .event_type("throttled")
+                            .data(json!({ "n": n })),
+                    )
+                    .send()
+                    .await
+                    .expect("publish throttled")
+                    .into_inner();
+                ids.push(published.event_id);
+            }
+            ids
+        };
+        publish(&second, &quiet.key, "quiet.event", json!({"n": 1})).await;
+        assert_eq!(
+            fine.wait_for(2, Duration::from_secs(10)).await,
+            2,
+            "a delivery published while a throttled webhook's pacing hung waited for it"
+        );
         assert_eq!(
             throttled.count(),
             0,
             "nothing throttled goes without its slot"
+        );
+        let (queued, leased): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE lease_token IS NOT NULL) \
+             FROM deliveries WHERE event_id = ANY($1) AND status = 'pending'",
+        )
+        .bind(&later)
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+        assert_eq!(queued, 5, "the later throttled events are queued");
+        assert_eq!(
+            leased, 0,
+            "the throttled project's new deliveries were claimed while its pacing hung"
         );
         sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
         assert!(

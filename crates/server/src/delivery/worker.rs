@@ -163,6 +163,13 @@ impl DeliveryWorker {
             self.waker.clone(),
         ));
         let mut tasks = JoinSet::new();
+        // Rate-limited deliveries are paced off the claim loop: pacing writes to the
+        // store, and nothing else may wait for those writes. While a project's pacing
+        // runs, its deliveries are left out of the claims, so a pacing that hangs holds
+        // one batch of that project, not its whole backlog.
+        let mut pacing: JoinSet<Vec<ClaimedDelivery>> = JoinSet::new();
+        let mut pacing_projects: HashMap<tokio::task::Id, Vec<Uuid>> = HashMap::new();
+        let mut paced: Vec<ClaimedDelivery> = Vec::new();
         let mut backoff = Duration::from_millis(50);
         let start =
             |delivery: ClaimedDelivery, permit: OwnedSemaphorePermit, tasks: &mut JoinSet<()>| {
@@ -210,6 +217,33 @@ impl DeliveryWorker {
                     let _ = tx.send((outcome, slot));
                 });
             };
+        // Starts what the lanes let go now; answers whether anything went or was
+        // parked, and what goes back: at its limit, or slowed.
+        let admit = |batch: Vec<ClaimedDelivery>, tasks: &mut JoinSet<()>| {
+            let mut progressed = false;
+            let (mut full, mut slowed) = (Vec::new(), Vec::new());
+            for delivery in batch {
+                match lanes.admit(delivery) {
+                    Admission::Go(delivery) => match slots.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            progressed = true;
+                            start(delivery, permit, tasks)
+                        }
+                        Err(_) => {
+                            lanes.finish(delivery.webhook_id, false);
+                            lanes.release(delivery.project_id);
+                            full.push(delivery);
+                        }
+                    },
+                    Admission::Parked => progressed = true,
+                    Admission::HandBack(delivery) if lanes.is_slowed(delivery.webhook_id) => {
+                        slowed.push(delivery)
+                    }
+                    Admission::HandBack(delivery) => full.push(delivery),
+                }
+            }
+            (progressed, full, slowed)
+        };
 
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
@@ -225,6 +259,17 @@ impl DeliveryWorker {
             }
             self.hand_back(&stale, Utc::now()).await;
 
+            while let Some(done) = pacing.try_join_next_with_id() {
+                paced.extend(pacing_done(&mut pacing_projects, done));
+            }
+            if !paced.is_empty() {
+                let (_, full, slowed) = admit(std::mem::take(&mut paced), &mut tasks);
+                let now = Utc::now();
+                let defer = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or_default();
+                self.hand_back(&full, defer(DEFER_AT_LIMIT)).await;
+                self.hand_back(&slowed, defer(DEFER_SLOWED)).await;
+            }
+
             let free = slots.available_permits();
             self.waker.set_saturated(free == 0);
             if free == 0 {
@@ -239,11 +284,12 @@ impl DeliveryWorker {
             }
             self.health.claiming();
             let full_projects = lanes.full_projects();
+            let mut skip = full_projects.clone();
+            skip.extend(pacing_projects.values().flatten().copied());
+            skip.sort_unstable();
+            skip.dedup();
             self.waker.claim_started();
-            let claim = self
-                .store
-                .claim_batch(free, self.config.lease, &full_projects)
-                .await;
+            let claim = self.store.claim_batch(free, self.config.lease, &skip).await;
             // A full batch suggests more is due than this process can take.
             self.waker
                 .claim_finished(claim.as_ref().is_ok_and(|c| c.deliveries.len() == free));
@@ -264,39 +310,16 @@ impl DeliveryWorker {
                 }
             };
             let claimed_any = !claimed.is_empty();
-            // Deliveries without a rate limit go before the limited ones are paced:
-            // pacing writes to the store, and a delivery of another project claimed in
-            // the same batch must not wait for a throttled backlog's bookkeeping.
-            let (limited, mut batch): (Vec<_>, Vec<_>) =
+            let (limited, batch): (Vec<_>, Vec<_>) =
                 claimed.into_iter().partition(|d| d.rate_limit.is_some());
-            let mut limited = Some(limited).filter(|l| !l.is_empty());
-            let mut progressed = false;
-            let (mut full, mut slowed) = (Vec::new(), Vec::new());
-            loop {
-                for delivery in batch.drain(..) {
-                    match lanes.admit(delivery) {
-                        Admission::Go(delivery) => match slots.clone().try_acquire_owned() {
-                            Ok(permit) => {
-                                progressed = true;
-                                start(delivery, permit, &mut tasks)
-                            }
-                            Err(_) => {
-                                lanes.finish(delivery.webhook_id, false);
-                                lanes.release(delivery.project_id);
-                                full.push(delivery);
-                            }
-                        },
-                        Admission::Parked => progressed = true,
-                        Admission::HandBack(delivery) if lanes.is_slowed(delivery.webhook_id) => {
-                            slowed.push(delivery)
-                        }
-                        Admission::HandBack(delivery) => full.push(delivery),
-                    }
-                }
-                match limited.take() {
-                    Some(limited) => batch = self.pace(limited).await,
-                    None => break,
-                }
+            let (mut progressed, full, slowed) = admit(batch, &mut tasks);
+            if !limited.is_empty() {
+                let mut projects: Vec<Uuid> = limited.iter().map(|d| d.project_id).collect();
+                projects.sort_unstable();
+                projects.dedup();
+                let task = pacing.spawn(pace(self.store.clone(), self.metrics.clone(), limited));
+                pacing_projects.insert(task.id(), projects);
+                progressed = true;
             }
             let now = Utc::now();
             let defer = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or_default();
@@ -322,6 +345,9 @@ impl DeliveryWorker {
                 _ = shutdown.cancelled() => break,
                 _ = self.waker.woken() => {}
                 _ = lane_freed.notified(), if waiting => {}
+                Some(done) = pacing.join_next_with_id(), if !pacing.is_empty() => {
+                    paced.extend(pacing_done(&mut pacing_projects, done));
+                }
                 _ = tokio::time::sleep(sleep) => {}
             }
         }
@@ -335,6 +361,17 @@ impl DeliveryWorker {
         if drained.is_err() {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
+        }
+        // What pacing still lets go by the end of the grace goes back unsent, as does
+        // what it let go that was not started.
+        let paced_all = tokio::time::timeout_at(end, async {
+            while let Some(done) = pacing.join_next_with_id().await {
+                paced.extend(pacing_done(&mut pacing_projects, done));
+            }
+        })
+        .await;
+        if paced_all.is_err() {
+            pacing.abort_all();
         }
         drop(outcomes_tx);
         // The recorder writes what was sent to it and exits when the channel closes.
@@ -357,6 +394,7 @@ impl DeliveryWorker {
             lanes
                 .drain_parked()
                 .iter()
+                .chain(&paced)
                 .map(|d| (d.delivery_id, d.lease_token)),
         );
         if !unfinished.is_empty() {
@@ -381,70 +419,8 @@ impl DeliveryWorker {
         }
     }
 
-    /// Gives each claimed delivery of a rate-limited webhook its send slot (see
-    /// `store/pacing.rs`); those that get none go back to the queue, each due at its
-    /// turn behind those already waiting, without using up a try or recording an
-    /// attempt. Returns the deliveries that may go (any without a limit among
-    /// `claimed` go as they are).
-    async fn pace(&self, claimed: Vec<ClaimedDelivery>) -> Vec<ClaimedDelivery> {
-        let mut go = Vec::with_capacity(claimed.len());
-        let mut limited: HashMap<Uuid, (i64, Vec<ClaimedDelivery>)> = HashMap::new();
-        for delivery in claimed {
-            match delivery.rate_limit {
-                Some(rate) => limited
-                    .entry(delivery.webhook_id)
-                    .or_insert_with(|| (rate, Vec::new()))
-                    .1
-                    .push(delivery),
-                None => go.push(delivery),
-            }
-        }
-        for (webhook_id, (rate, deliveries)) in limited {
-            let slots = match self
-                .store
-                .take_send_slots(webhook_id, rate, deliveries.len(), PACING_HORIZON)
-                .await
-            {
-                Ok(slots) => slots,
-                Err(e) => {
-                    tracing::warn!(error = %e, %webhook_id, "taking send slots failed; the deliveries wait");
-                    self.hand_back(&deliveries, Utc::now() + chrono::Duration::seconds(1))
-                        .await;
-                    continue;
-                }
-            };
-            let mut deliveries = deliveries.into_iter();
-            for (at, mut delivery) in slots.granted.iter().zip(deliveries.by_ref()) {
-                delivery.send_at = Some(*at);
-                go.push(delivery);
-            }
-            // The rest wait in the queue, each due at its turn behind those already
-            // waiting, so they come due about when they can go.
-            let waiting: Vec<(Uuid, Uuid, chrono::DateTime<Utc>)> = deliveries
-                .zip(&slots.turns)
-                .map(|(d, due)| (d.delivery_id, d.lease_token, *due))
-                .collect();
-            self.metrics.deliveries_throttled(waiting.len() as u64);
-            if let Err(e) = self.store.release_each(&waiting).await {
-                tracing::warn!(error = %e, count = waiting.len(), "handing back throttled deliveries failed; their leases will expire");
-            }
-        }
-        go
-    }
-
-    /// Hands claimed deliveries back to the store, due at `due`. On failure their
-    /// leases simply expire and they are claimed again then.
     async fn hand_back(&self, deliveries: &[ClaimedDelivery], due: chrono::DateTime<Utc>) {
-        if deliveries.is_empty() {
-            return;
-        }
-        let claims: Vec<(Uuid, Uuid)> = deliveries
-            .iter()
-            .map(|d| (d.delivery_id, d.lease_token))
-            .collect();
-        if let Err(e) = self.store.release(&claims, due).await {
-            tracing::warn!(error = %e, count = claims.len(), "handing back deliveries failed; their leases will expire");
-        }
+        hand_back(self.store.as_ref(), deliveries, due).await
     }
 
     /// How long to sleep when there is nothing due: until the next retry comes due,
@@ -457,6 +433,104 @@ impl DeliveryWorker {
                 .unwrap_or(Duration::ZERO)
                 .clamp(Duration::from_millis(1), cap),
             _ => cap,
+        }
+    }
+}
+
+/// Gives each claimed delivery of a rate-limited webhook its send slot (see
+/// `store/pacing.rs`); those that get none go back to the queue, each due at its
+/// turn behind those already waiting, without using up a try or recording an
+/// attempt. Returns the deliveries that may go (any without a limit among
+/// `claimed` go as they are).
+async fn pace(
+    store: Arc<dyn WebhookStore>,
+    metrics: Arc<Metrics>,
+    claimed: Vec<ClaimedDelivery>,
+) -> Vec<ClaimedDelivery> {
+    let mut go = Vec::with_capacity(claimed.len());
+    let mut limited: HashMap<Uuid, (i64, Vec<ClaimedDelivery>)> = HashMap::new();
+    for delivery in claimed {
+        match delivery.rate_limit {
+            Some(rate) => limited
+                .entry(delivery.webhook_id)
+                .or_insert_with(|| (rate, Vec::new()))
+                .1
+                .push(delivery),
+            None => go.push(delivery),
+        }
+    }
+    for (webhook_id, (rate, deliveries)) in limited {
+        let slots = match store
+            .take_send_slots(webhook_id, rate, deliveries.len(), PACING_HORIZON)
+            .await
+        {
+            Ok(slots) => slots,
+            Err(e) => {
+                tracing::warn!(error = %e, %webhook_id, "taking send slots failed; the deliveries wait");
+                hand_back(
+                    store.as_ref(),
+                    &deliveries,
+                    Utc::now() + chrono::Duration::seconds(1),
+                )
+                .await;
+                continue;
+            }
+        };
+        let mut deliveries = deliveries.into_iter();
+        for (at, mut delivery) in slots.granted.iter().zip(deliveries.by_ref()) {
+            delivery.send_at = Some(*at);
+            go.push(delivery);
+        }
+        // The rest wait in the queue, each due at its turn behind those already
+        // waiting, so they come due about when they can go.
+        let waiting: Vec<(Uuid, Uuid, chrono::DateTime<Utc>)> = deliveries
+            .zip(&slots.turns)
+            .map(|(d, due)| (d.delivery_id, d.lease_token, *due))
+            .collect();
+        metrics.deliveries_throttled(waiting.len() as u64);
+        if let Err(e) = store.release_each(&waiting).await {
+            tracing::warn!(error = %e, count = waiting.len(), "handing back throttled deliveries failed; their leases will expire");
+        }
+    }
+    go
+}
+
+/// Hands claimed deliveries back to the store, due at `due`. On failure their leases
+/// simply expire and they are claimed again then.
+async fn hand_back(
+    store: &dyn WebhookStore,
+    deliveries: &[ClaimedDelivery],
+    due: chrono::DateTime<Utc>,
+) {
+    if deliveries.is_empty() {
+        return;
+    }
+    let claims: Vec<(Uuid, Uuid)> = deliveries
+        .iter()
+        .map(|d| (d.delivery_id, d.lease_token))
+        .collect();
+    if let Err(e) = store.release(&claims, due).await {
+        tracing::warn!(error = %e, count = claims.len(), "handing back deliveries failed; their leases will expire");
+    }
+}
+
+/// What a finished pacing let go; its projects are claimed from again.
+fn pacing_done(
+    projects: &mut HashMap<tokio::task::Id, Vec<Uuid>>,
+    done: Result<(tokio::task::Id, Vec<ClaimedDelivery>), tokio::task::JoinError>,
+) -> Vec<ClaimedDelivery> {
+    match done {
+        Ok((id, go)) => {
+            projects.remove(&id);
+            go
+        }
+        // Its deliveries' leases expire and they are claimed again then.
+        Err(e) => {
+            projects.remove(&e.id());
+            if e.is_panic() {
+                tracing::error!(error = %e, "pacing deliveries failed");
+            }
+            Vec::new()
         }
     }
 }
