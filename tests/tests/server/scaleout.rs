@@ -575,10 +575,24 @@ async fn three_processes_deliver_faster_than_one_with_a_slow_receiver() {
     // claims up to its free slots with SKIP LOCKED, so the queue splits between them
     // instead of serializing on the rows another process holds. One process can do at
     // most WORKERS / DELAY = 160 deliveries a second here; three, 480.
-    let one = measure_throughput(&db, 1, WORKERS, EVENTS, DELAY).await;
-    drop(db);
-    let db = TestDb::postgres().await.expect("TEST_DATABASE_URL is set");
-    let three = measure_throughput(&db, 3, WORKERS, EVENTS, DELAY).await;
+    // Each setup runs twice, alternating, on a fresh database each time, and its
+    // faster run counts: a test sharing the two cores can slow a run down, never speed
+    // one up, and alternating keeps one such slowdown from landing on one setup only.
+    let mut db = Some(db);
+    let mut runs: [Vec<Throughput>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..2 {
+        for (setup, processes) in [1, 3].into_iter().enumerate() {
+            let fresh = match db.take() {
+                Some(db) => db,
+                None => TestDb::postgres().await.expect("TEST_DATABASE_URL is set"),
+            };
+            runs[setup].push(measure_throughput(&fresh, processes, WORKERS, EVENTS, DELAY).await);
+        }
+    }
+    let [one, three] = runs.map(|mut r| {
+        r.sort_by(|a, b| b.rate.total_cmp(&a.rate));
+        r.swap_remove(0)
+    });
     let ratio = three.rate / one.rate;
 
     println!(
