@@ -264,10 +264,7 @@ impl DeliveryWorker {
             }
             if !paced.is_empty() {
                 let (_, full, slowed) = admit(std::mem::take(&mut paced), &mut tasks);
-                let now = Utc::now();
-                let defer = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or_default();
-                self.hand_back(&full, defer(DEFER_AT_LIMIT)).await;
-                self.hand_back(&slowed, defer(DEFER_SLOWED)).await;
+                self.hand_back_refused(&full, &slowed).await;
             }
 
             let free = slots.available_permits();
@@ -321,10 +318,7 @@ impl DeliveryWorker {
                 pacing_projects.insert(task.id(), projects);
                 progressed = true;
             }
-            let now = Utc::now();
-            let defer = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or_default();
-            self.hand_back(&full, defer(DEFER_AT_LIMIT)).await;
-            self.hand_back(&slowed, defer(DEFER_SLOWED)).await;
+            self.hand_back_refused(&full, &slowed).await;
             // After progress, claim again at once, unless the claim took all that was
             // due: asking again would only find that out a second time (queries per
             // event at a moderate rate), and what is published meanwhile has poked the
@@ -421,6 +415,15 @@ impl DeliveryWorker {
 
     async fn hand_back(&self, deliveries: &[ClaimedDelivery], due: chrono::DateTime<Utc>) {
         hand_back(self.store.as_ref(), deliveries, due).await
+    }
+
+    /// Hands back what the lanes refused: `full` (its webhook at its limit) due a
+    /// little later, `slowed` (its receiver timing out) later still.
+    async fn hand_back_refused(&self, full: &[ClaimedDelivery], slowed: &[ClaimedDelivery]) {
+        let now = Utc::now();
+        let defer = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or_default();
+        self.hand_back(full, defer(DEFER_AT_LIMIT)).await;
+        self.hand_back(slowed, defer(DEFER_SLOWED)).await;
     }
 
     /// How long to sleep when there is nothing due: until the next retry comes due,
