@@ -485,6 +485,9 @@ impl WebhookStore for CachedKeys {
     async fn next_due(&self) -> StoreResult<Option<chrono::DateTime<Utc>>> {
         self.store.next_due().await
     }
+    async fn wake_held(&self, thorough: bool) -> StoreResult<u64> {
+        self.store.wake_held(thorough).await
+    }
     async fn queue_stats(&self) -> StoreResult<QueueStats> {
         self.store.queue_stats().await
     }

@@ -162,6 +162,7 @@ impl DeliveryWorker {
             in_flight.clone(),
             self.waker.clone(),
         ));
+        let sweep = tokio::spawn(sweep_held(self.store.clone(), shutdown.clone()));
         let mut tasks = JoinSet::new();
         // Rate-limited deliveries are paced off the claim loop: pacing writes to the
         // store, and nothing else may wait for those writes. While a project's pacing
@@ -346,6 +347,7 @@ impl DeliveryWorker {
             }
         }
 
+        sweep.abort();
         // Drain: let in-flight deliveries finish within the grace period.
         let end = tokio::time::Instant::now() + self.config.shutdown_grace;
         let _ = deadline.set(end);
@@ -436,6 +438,29 @@ impl DeliveryWorker {
                 .unwrap_or(Duration::ZERO)
                 .clamp(Duration::from_millis(1), cap),
             _ => cap,
+        }
+    }
+}
+
+/// How often the sweep of held deliveries runs (see `store/held.rs`).
+const SWEEP_HELD_EVERY: Duration = Duration::from_secs(30);
+
+/// Wakes what an ordered webhook's queue holds that it no longer may: a head left
+/// held by a process that stopped between a commit and the wake it owed. Thorough
+/// once at start (what this process may have left), then the heads only, which is
+/// one index probe per ordered webhook.
+async fn sweep_held(store: Arc<dyn WebhookStore>, shutdown: CancellationToken) {
+    let mut thorough = true;
+    while !shutdown.is_cancelled() {
+        match store.wake_held(thorough).await {
+            Ok(0) => {}
+            Ok(woken) => tracing::info!(woken, "woke held deliveries"),
+            Err(e) => tracing::warn!(error = %e, "waking held deliveries failed"),
+        }
+        thorough = false;
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(SWEEP_HELD_EVERY) => {}
         }
     }
 }

@@ -21,6 +21,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
+use super::held::{self, held, Incoming, Queue, Wake};
 use super::list_cache::{ListCache, Listing};
 use super::operator::{is_reserved, response_code, About, DisabledReason, Notice};
 use super::rows::{
@@ -66,11 +67,12 @@ pub(crate) fn claimable(now: &str) -> String {
     )
 }
 
-/// The next instant a delivery can be claimed (`$1`: now), for the idle workers.
+/// The next instant a delivery can be claimed (`$1`: now, `$2`: [`held`]), for the
+/// idle workers. The walk ends before the held deliveries, which cannot be.
 pub(crate) fn next_due_sql() -> String {
     format!(
         "SELECT d.next_attempt_at FROM deliveries d \
-         WHERE d.status = 'pending' \
+         WHERE d.status = 'pending' AND d.next_attempt_at < $2 \
            AND {} \
          ORDER BY d.next_attempt_at, d.id LIMIT 1",
         claimable("$1")
@@ -446,20 +448,36 @@ where
             return Ok(ResendOutcome::Inactive);
         }
         let delivery_id = Uuid::now_v7();
-        sqlx::query(
+        let due = Incoming {
+            ordered: "$7",
+            webhook: "$3",
+            event: "$2",
+            delivery: "$1",
+            now: "$6",
+            held: "$8",
+            batch: false,
+        }
+        .first_due();
+        sqlx::query(&format!(
             "INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, status, \
                  attempts_made, next_attempt_at, created_at, updated_at, origin) \
-             VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6, 'resend')",
-        )
+             VALUES ($1, $2, $3, $4, $5, 'pending', 0, {due}, $6, $6, 'resend')"
+        ))
         .bind(delivery_id)
         .bind(event_id)
         .bind(webhook.id)
         .bind(project_id)
         .bind(event_type)
         .bind(Micros(now))
+        .bind(webhook.ordered)
+        .bind(Micros(held()))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        if webhook.ordered {
+            // A head a recorder finished meanwhile did not see this one.
+            Queue::<DB>::after_commit(&self.write, [webhook.id], now, Wake::Head).await;
+        }
         Ok(ResendOutcome::Queued {
             delivery_id,
             queued_at: now,
@@ -561,10 +579,11 @@ where
         // Walks the due index and stops at the first delivery that can actually be
         // claimed. A publish racing with a webhook's deletion can leave a pending row
         // whose webhook is gone; it must not keep a worker awake.
-        // Deliveries an ordered webhook holds back behind its head are due but cannot
-        // be claimed: they must not keep a worker awake either.
+        // Deliveries an ordered webhook holds back behind its head cannot be claimed
+        // either; most are held out of the range, the rest are passed over.
         let next: Option<Micros> = sqlx::query_scalar(&next_due_sql())
             .bind(Micros(now_micros()))
+            .bind(Micros(held()))
             .fetch_optional(&self.read)
             .await?;
         Ok(next.map(DateTime::from))
@@ -582,6 +601,17 @@ where
             pending,
             oldest_due_age: oldest.map(|due| (now - due.0).to_std().unwrap_or_default()),
         })
+    }
+
+    /// The sweep of store/held.rs: wakes every held head (`thorough`: and whatever an
+    /// unordered webhook holds). Answers how many it woke.
+    pub async fn wake_held(&self, thorough: bool) -> StoreResult<u64> {
+        let done = sqlx::query(held::wake_sql(thorough))
+            .bind(Micros(now_micros()))
+            .bind(Micros(held()))
+            .execute(&self.write)
+            .await?;
+        Ok(DB::rows_affected(&done))
     }
 
     pub async fn ping(&self) -> StoreResult<()> {
@@ -1009,6 +1039,9 @@ where
     }
     async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
         self.tables().next_due().await
+    }
+    async fn wake_held(&self, thorough: bool) -> StoreResult<u64> {
+        self.tables().wake_held(thorough).await
     }
     async fn queue_stats(&self) -> StoreResult<QueueStats> {
         self.tables().queue_stats().await

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 mod common;
 mod group_commit;
+mod held;
 mod list_cache;
 pub(crate) mod notify;
 pub(crate) mod operator;
@@ -233,6 +234,15 @@ pub enum UpsertOutcome {
     },
     /// The webhook existed: url and auth header replaced, re-activated, secret kept.
     Updated { webhook: Webhook },
+}
+
+impl UpsertOutcome {
+    /// The webhook as it now is.
+    pub fn webhook(&self) -> &Webhook {
+        match self {
+            UpsertOutcome::Created { webhook, .. } | UpsertOutcome::Updated { webhook } => webhook,
+        }
+    }
 }
 
 /// One recorded delivery attempt, as the attempts API shows it.
@@ -704,6 +714,10 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// The earliest `next_attempt_at` among pending deliveries, if any, so a worker
     /// knows how long it may sleep.
     async fn next_due(&self) -> StoreResult<Option<DateTime<Utc>>>;
+    /// Wakes the deliveries held out of the due range that no longer may be (see
+    /// store/held.rs): every held head, and with `thorough` whatever an unordered
+    /// webhook still holds. Answers how many it woke.
+    async fn wake_held(&self, thorough: bool) -> StoreResult<u64>;
     /// Pending deliveries and the age of the oldest due one (for metrics).
     async fn queue_stats(&self) -> StoreResult<QueueStats>;
     /// Cheap round trip for readiness checks.

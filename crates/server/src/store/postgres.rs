@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 use super::common::{claimable, BackendOps, Dialect, Tables};
 use super::group_commit::{Committer, GroupCommit, PublishJob};
+use super::held::{self, held, Incoming, Queue, Wake};
 use super::rows::{ClaimedRow, StreakRow, WebhookRow, ATTEMPT_COLUMNS, WEBHOOK_COLUMNS};
 use super::{
     add_duration, now_micros, status_after, truncate_micros, v7_at, Attempt, AttemptTrigger,
@@ -211,7 +212,12 @@ impl BackendOps for PgStore {
             .execute(&mut *tx)
             .await?;
         let outcome = Tables::<Postgres>::upsert_webhook(&mut *tx, input).await?;
+        let (webhook, ordered) = (outcome.webhook().id, outcome.webhook().ordered);
+        Queue::<Postgres>::settle(&mut tx, webhook, ordered, now_micros()).await?;
         tx.commit().await?;
+        // After the commit, for what a concurrent publish or recorder did meanwhile
+        // with the ordering as it was (store/held.rs).
+        Queue::<Postgres>::after_commit(self.pool(), [webhook], now_micros(), Wake::All).await;
         Ok(outcome)
     }
 
@@ -255,12 +261,13 @@ impl BackendOps for PgStore {
             .into_iter()
             .collect();
         let rows: Vec<StreakRow> = sqlx::query_as(
-            "SELECT id, consecutive_failures, first_failure_at, is_active FROM webhooks \
-             WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+            "SELECT id, consecutive_failures, first_failure_at, is_active, ordered \
+             FROM webhooks WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
         )
         .bind(&webhook_ids)
         .fetch_all(&mut *tx)
         .await?;
+        let ordered: BTreeSet<Uuid> = rows.iter().filter(|r| r.ordered).map(|r| r.id).collect();
         let streaks: BTreeMap<Uuid, FailureStreak> = rows
             .into_iter()
             .map(|r| (r.id, FailureStreak::from(r)))
@@ -329,6 +336,10 @@ impl BackendOps for PgStore {
             Tables::<Postgres>::replay_streaks(&mut tx, outcomes, &live, &streaks, policy, now)
                 .await?;
         tx.commit().await?;
+        // After the commit, so a delivery a concurrent publish held behind the head
+        // just finished is seen (store/held.rs).
+        let heads = held::finished_heads(outcomes, &live, &ordered);
+        Queue::<Postgres>::after_commit(self.pool(), heads, now, Wake::Head).await;
         Ok(recorded)
     }
 
@@ -365,7 +376,8 @@ async fn publish_one(pool: &PgPool, event: PublishEvent<'_>) -> StoreResult<Publ
         // unique index makes a concurrent publisher with the same key wait for
         // this one and then see the conflict. (project, event type) names at most
         // one webhook, so one pre-generated delivery id suffices.
-        let row = sqlx::query(
+        let due = Incoming::from_webhook("ev.id", "$7", "$6", "$8").first_due();
+        let row = sqlx::query(&format!(
             "WITH ev AS ( \
                  INSERT INTO events (id, project_id, event_type, data, idempotency_key, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6) \
@@ -375,13 +387,14 @@ async fn publish_one(pool: &PgPool, event: PublishEvent<'_>) -> StoreResult<Publ
              ), d AS ( \
                  INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, \
                      status, attempts_made, next_attempt_at, created_at, updated_at) \
-                 SELECT $7, ev.id, w.id, w.project_id, w.event_type, 'pending', 0, $6, $6, $6 \
+                 SELECT $7, ev.id, w.id, w.project_id, w.event_type, 'pending', 0, {due}, $6, $6 \
                  FROM ev JOIN webhooks w \
                    ON w.project_id = $2 AND w.event_type = $3 AND w.is_active \
-                 RETURNING 1 \
+                 RETURNING webhook_id, next_attempt_at = $8 AS held \
              ) \
-             SELECT (SELECT count(*) FROM ev) AS inserted, (SELECT count(*) FROM d) AS deliveries",
-        )
+             SELECT (SELECT count(*) FROM ev) AS inserted, (SELECT count(*) FROM d) AS deliveries, \
+                 (SELECT webhook_id FROM d WHERE held) AS held_by"
+        ))
         .bind(event_id)
         .bind(event.project_id)
         .bind(event.event_type)
@@ -389,9 +402,14 @@ async fn publish_one(pool: &PgPool, event: PublishEvent<'_>) -> StoreResult<Publ
         .bind(event.idempotency_key)
         .bind(now)
         .bind(Uuid::now_v7())
+        .bind(held())
         .fetch_one(pool)
         .await?;
         let inserted: i64 = row.try_get("inserted")?;
+        if let Some(webhook) = row.try_get::<Option<Uuid>, _>("held_by")? {
+            // A head a recorder finished meanwhile did not see this one.
+            Queue::<Postgres>::after_commit(pool, [webhook], now, Wake::All).await;
+        }
         if inserted > 0 {
             return Ok(Published {
                 event_id,
@@ -470,7 +488,8 @@ async fn publish_batch(pool: &PgPool, jobs: &[PublishJob]) -> StoreResult<Vec<Pu
     let data: Vec<&str> = jobs.iter().map(|j| j.data.as_str()).collect();
     // Both inserts run in one statement; the delivery insert reads the batch from `v`,
     // and foreign keys are checked at the end of the statement.
-    let delivered: Vec<Uuid> = sqlx::query_scalar(
+    let due = Incoming::batch("$6", "$7").first_due();
+    let delivered: Vec<(Uuid, Uuid, bool)> = sqlx::query_as(&format!(
         "WITH v(eid, did, pid, et, data) AS ( \
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[]) \
          ), ev AS ( \
@@ -480,22 +499,33 @@ async fn publish_batch(pool: &PgPool, jobs: &[PublishJob]) -> StoreResult<Vec<Pu
          ), d AS ( \
              INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, \
                  status, attempts_made, next_attempt_at, created_at, updated_at) \
-             SELECT v.did, ev.id, w.id, w.project_id, w.event_type, 'pending', 0, $6, $6, $6 \
+             SELECT v.did, ev.id, w.id, w.project_id, w.event_type, 'pending', 0, {due}, $6, $6 \
              FROM ev JOIN v ON v.eid = ev.id \
              JOIN webhooks w ON w.project_id = v.pid AND w.event_type = v.et AND w.is_active \
-             RETURNING event_id \
+             RETURNING event_id, webhook_id, next_attempt_at = $7 \
          ) \
-         SELECT event_id FROM d",
-    )
+         SELECT * FROM d"
+    ))
     .bind(&event_ids)
     .bind(&delivery_ids)
     .bind(&projects)
     .bind(&types)
     .bind(&data)
     .bind(now)
+    .bind(held())
     .fetch_all(pool)
     .await?;
-    let delivered: std::collections::HashSet<Uuid> = delivered.into_iter().collect();
+    let holding: BTreeSet<Uuid> = delivered
+        .iter()
+        .filter(|(_, _, held)| *held)
+        .map(|(_, webhook, _)| *webhook)
+        .collect();
+    if !holding.is_empty() {
+        // A head a recorder finished meanwhile did not see these.
+        Queue::<Postgres>::after_commit(pool, holding, now, Wake::All).await;
+    }
+    let delivered: std::collections::HashSet<Uuid> =
+        delivered.into_iter().map(|(event, _, _)| event).collect();
     Ok(event_ids
         .into_iter()
         .map(|event_id| Published {

@@ -18,6 +18,7 @@ use sqlx::{ColumnIndex, Encode, Executor, IntoArguments, Type};
 use uuid::Uuid;
 
 use super::common::{Column, Dialect, Tables};
+use super::held::{held, Incoming, Queue, Wake};
 use super::operator::Notice;
 use super::rows::{opt, Micros};
 use super::{add_duration, now_micros, truncate_micros, StoreError, StoreResult};
@@ -507,13 +508,26 @@ where
             .map(|(id, _, _)| *id)
             .collect();
         // Each one due a microsecond after the one before, so they are claimed in
-        // publish order.
+        // publish order; held behind an earlier pending one if the webhook is ordered.
+        let ordered = "EXISTS (SELECT 1 FROM webhooks o WHERE o.id = $1 AND o.ordered)";
         for (n, chunk) in hits.chunks(ROWS_PER_INSERT).enumerate() {
             let rows: Vec<String> = (0..chunk.len())
                 .map(|i| {
-                    let p = 5 + 3 * i;
-                    let (event, due) = (p + 1, p + 2);
-                    format!("(${p}, ${event}, $1, $2, $3, 'pending', 0, ${due}, $4, $4, 'recover')")
+                    let p = 6 + 3 * i;
+                    let (event, due) = (format!("${}", p + 1), format!("${}", p + 2));
+                    let first_due = Incoming {
+                        ordered,
+                        webhook: "$1",
+                        event: &event,
+                        delivery: &format!("${p}"),
+                        now: &due,
+                        held: "$5",
+                        batch: false,
+                    }
+                    .first_due();
+                    format!(
+                        "(${p}, {event}, $1, $2, $3, 'pending', 0, {first_due}, $4, $4, 'recover')"
+                    )
                 })
                 .collect();
             let sql = format!(
@@ -526,7 +540,8 @@ where
                 .bind(job.webhook_id)
                 .bind(job.project_id)
                 .bind(job.event_type.as_str())
-                .bind(Micros(now));
+                .bind(Micros(now))
+                .bind(Micros(held()));
             for (i, event_id) in chunk.iter().enumerate() {
                 let offset = Duration::from_micros((n * ROWS_PER_INSERT + i) as u64);
                 insert = insert
@@ -537,7 +552,7 @@ where
             insert.execute(&mut *tx).await?;
         }
         let queued = i64::try_from(hits.len()).unwrap_or(i64::MAX);
-        match scanned.last() {
+        let progress = match scanned.last() {
             Some((id, at, _)) if scanned.len() >= limit => {
                 sqlx::query(
                     "UPDATE recoveries SET cursor_at = $1, cursor_id = $2, queued = queued + $3, \
@@ -552,7 +567,7 @@ where
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                Ok(RecoveryProgress::Queued(hits.len() as u64))
+                RecoveryProgress::Queued(hits.len() as u64)
             }
             // A short batch reached the end of the window.
             _ => {
@@ -563,9 +578,14 @@ where
                     .await?;
                 Self::finish_recovery(&mut tx, claim.id, RecoveryStatus::Done, now).await?;
                 tx.commit().await?;
-                Ok(RecoveryProgress::Finished(RecoveryStatus::Done))
+                RecoveryProgress::Finished(RecoveryStatus::Done)
             }
+        };
+        if !hits.is_empty() {
+            // A head a recorder finished meanwhile did not see these.
+            Queue::<DB>::after_commit(&self.write, [job.webhook_id], now, Wake::Head).await;
         }
+        Ok(progress)
     }
 
     async fn finish_recovery(

@@ -302,6 +302,7 @@ pub(crate) struct StreakRow {
     consecutive_failures: i64,
     first_failure_at: Option<Micros>,
     is_active: bool,
+    pub ordered: bool,
 }
 
 impl From<StreakRow> for FailureStreak {

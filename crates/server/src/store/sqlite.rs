@@ -13,7 +13,7 @@
 //! decoding. The statements both backends share are in [`super::common`]; this file
 //! holds the ones that differ.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io;
 use std::str::FromStr;
 use std::time::Duration;
@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use super::common::{BackendOps, Dialect, Tables, ORDER_ALLOWS_HEAD, ORDER_ALLOWS_TAIL};
 use super::group_commit::{Committer, GroupCommit, PublishJob};
+use super::held::{self, held, Incoming, Queue};
 use super::rows::{opt, ClaimedRow, Micros, StreakRow, ATTEMPT_COLUMNS};
 use super::{
     add_duration, now_micros, status_after, truncate_micros, v7_at, AttemptTrigger, ClaimFrom,
@@ -211,9 +212,14 @@ impl BackendOps for SqliteStore {
     }
 
     async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome> {
-        // No lock of its own: the one writer runs the statement start to end, so the
+        // No lock of its own: the one writer runs the transaction start to end, so the
         // count in it cannot be overtaken by another create.
-        Tables::<Sqlite>::upsert_webhook(self.writer(), input).await
+        let mut tx = Sqlite::begin_write(self.writer()).await?;
+        let outcome = Tables::<Sqlite>::upsert_webhook(&mut *tx, input).await?;
+        let webhook = outcome.webhook();
+        Queue::<Sqlite>::settle(&mut tx, webhook.id, webhook.ordered, now_micros()).await?;
+        tx.commit().await?;
+        Ok(outcome)
     }
 
     async fn list_webhooks(&self, project_id: Uuid) -> StoreResult<Vec<Webhook>> {
@@ -361,10 +367,11 @@ impl BackendOps for SqliteStore {
         }
 
         let mut streaks: BTreeMap<Uuid, FailureStreak> = BTreeMap::new();
-        let webhooks: std::collections::BTreeSet<Uuid> = live.values().copied().collect();
+        let mut ordered = BTreeSet::new();
+        let webhooks: BTreeSet<Uuid> = live.values().copied().collect();
         if !webhooks.is_empty() {
             let mut select = QueryBuilder::<Sqlite>::new(
-                "SELECT id, consecutive_failures, first_failure_at, is_active \
+                "SELECT id, consecutive_failures, first_failure_at, is_active, ordered \
                  FROM webhooks WHERE id IN (",
             );
             let mut ids = select.separated(", ");
@@ -373,7 +380,12 @@ impl BackendOps for SqliteStore {
             }
             select.push(")");
             let rows: Vec<StreakRow> = select.build_query_as().fetch_all(&mut *tx).await?;
+            ordered.extend(rows.iter().filter(|r| r.ordered).map(|r| r.id));
             streaks.extend(rows.into_iter().map(|r| (r.id, FailureStreak::from(r))));
+        }
+        // The one writer sees every committed publish: the next head is woken here.
+        for webhook in held::finished_heads(outcomes, &live, &ordered) {
+            Queue::<Sqlite>::wake_head(&mut tx, webhook, now).await?;
         }
 
         let recorded =
@@ -451,18 +463,20 @@ async fn publish_one(
 
     // (project, event type) names at most one webhook, so one pre-generated id
     // covers the at most one row this inserts.
-    let deliveries = sqlx::query(
+    let due = Incoming::from_webhook("?2", "?1", "?3", "?6").first_due();
+    let deliveries = sqlx::query(&format!(
         "INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, status, \
              attempts_made, next_attempt_at, created_at, updated_at) \
-         SELECT ?1, ?2, w.id, w.project_id, w.event_type, 'pending', 0, ?3, ?3, ?3 \
+         SELECT ?1, ?2, w.id, w.project_id, w.event_type, 'pending', 0, {due}, ?3, ?3 \
          FROM webhooks w \
-         WHERE w.project_id = ?4 AND w.event_type = ?5 AND w.is_active = 1",
-    )
+         WHERE w.project_id = ?4 AND w.event_type = ?5 AND w.is_active = 1"
+    ))
     .bind(Uuid::now_v7())
     .bind(event_id)
     .bind(Micros(now))
     .bind(event.project_id)
     .bind(event.event_type)
+    .bind(Micros(held()))
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -529,7 +543,12 @@ async fn publish_batch(writer: &SqlitePool, jobs: &[PublishJob]) -> StoreResult<
         });
         events.build().execute(&mut *tx).await?;
 
-        let mut deliveries = QueryBuilder::<Sqlite>::new("WITH v(did, eid, pid, et) AS (");
+        let mut deliveries = QueryBuilder::<Sqlite>::new("WITH c(now, held) AS (SELECT ");
+        deliveries
+            .push_bind(Micros(now))
+            .push(", ")
+            .push_bind(Micros(held()))
+            .push("), v(did, eid, pid, et) AS (");
         deliveries.push_values(chunk, |mut row, (i, event_id, delivery_id)| {
             let job = &jobs[*i];
             row.push_bind(*delivery_id)
@@ -543,13 +562,10 @@ async fn publish_batch(writer: &SqlitePool, jobs: &[PublishJob]) -> StoreResult<
                      status, attempts_made, next_attempt_at, created_at, updated_at) \
                  SELECT v.did, v.eid, w.id, w.project_id, w.event_type, 'pending', 0, ",
             )
-            .push_bind(Micros(now))
-            .push(", ")
-            .push_bind(Micros(now))
-            .push(", ")
-            .push_bind(Micros(now))
+            .push(Incoming::batch("c.now", "c.held").first_due())
+            .push(", c.now, c.now")
             .push(
-                " FROM v JOIN webhooks w \
+                " FROM v CROSS JOIN c JOIN webhooks w \
                    ON w.project_id = v.pid AND w.event_type = v.et AND w.is_active = 1 \
                  RETURNING event_id",
             );

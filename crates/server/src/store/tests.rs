@@ -205,6 +205,8 @@ store_cases!(
     a_long_listing_follows_every_change_made_by_any_handle,
 );
 
+mod holding;
+
 // --- fixtures -------------------------------------------------------------------------
 
 async fn new_project(store: &dyn WebhookStore) -> Project {
@@ -2150,7 +2152,9 @@ async fn postgres_concurrent_startups_migrate_once() {
             .await
             .unwrap();
         // Each migration once, not once per process.
-        assert_eq!(applied, 10);
+        let migrations = sqlx::migrate!("./migrations/postgres").iter().count();
+        assert_eq!(applied, i64::try_from(migrations).unwrap());
+        assert!(migrations >= 11);
         for store in stores {
             store.close().await;
         }
@@ -2422,6 +2426,16 @@ fn hot_queries() -> Vec<(String, String)> {
             attempt_listing_sql(true),
         ),
         ("recovery scan".to_owned(), recovery::scan_sql(include)),
+        ("wake a held head".to_owned(), held::wake_head_sql()),
+        (
+            "wake an unordered queue".to_owned(),
+            held::WAKE_UNORDERED.to_owned(),
+        ),
+        ("hold a queue's tail".to_owned(), held::hold_tail_sql()),
+        (
+            "sweep held heads".to_owned(),
+            held::wake_sql(false).to_owned(),
+        ),
     ];
     for table in RetentionTable::ALL {
         queries.push((
@@ -2585,7 +2599,12 @@ async fn postgres_hot_queries_use_their_indexes() {
             let explained = format!("EXPLAIN {sql}");
             let mut query = sqlx::query(&explained);
             query = match name.as_str() {
-                "next due" | "queue stats" => query.bind(now),
+                "next due" => query.bind(now).bind(held::held()),
+                "sweep held heads" => query.bind(now).bind(held::held()),
+                "wake a held head" | "wake an unordered queue" | "hold a queue's tail" => {
+                    query.bind(now).bind(Uuid::now_v7()).bind(held::held())
+                }
+                "queue stats" => query.bind(now),
                 "attempts page" => query
                     .bind(project[0])
                     .bind("e")
@@ -2694,8 +2713,12 @@ async fn postgres_queue_reads_stay_in_index_order_after_an_empty_queue_was_analy
             .into_iter()
             .filter(|(name, _)| name == "next due" || name == "queue stats")
         {
-            let rows = sqlx::query(&format!("EXPLAIN {sql}"))
-                .bind(now)
+            let explained = format!("EXPLAIN {sql}");
+            let mut query = sqlx::query(&explained).bind(now);
+            if name == "next due" {
+                query = query.bind(held::held());
+            }
+            let rows = query
                 .fetch_all(&mut *conn)
                 .await
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
