@@ -28,10 +28,10 @@ Scenarios:
   B2  200 events/s for 30 s, paced open loop (latency at steady load)
   B3  20,000 events round-robin over 50 projects with one webhook each
   B4  1,000 sequential webhook upserts, then 1,000 sequential list calls
-  B5  noisy neighbour (not part of `all`; B5a and B5b run one case). Two projects in
-      separate tenants: a noisy one with 4 webhooks (4 event types; the first with
-      rate_limit 10) and a quiet one
-      with 1 webhook to a receiver that answers at once. Reports the quiet project's
+  B5  noisy neighbour (not part of `all`; B5a, B5b and B5c run one case). Two
+      projects in separate tenants: a noisy one with 4 webhooks (4 event types; the
+      first with rate_limit 10) and a quiet one with 1 webhook to a receiver that
+      answers at once. Reports the quiet project's
       end-to-end latency (publish answered → arrival) against a goal, and how much of
       the noisy project's load was delivered.
       B5a  the noisy receivers accept and never answer (the server's delivery timeout
@@ -41,6 +41,9 @@ Scenarios:
            after 50 ms; once published, quiet 20 events/s for 20 s (--quick: 5 s) while
            it drains (also shown: the quiet latency while the backlog was still due,
            if it emptied during the quiet phase). Goal: quiet p99 ≤ 50 ms.
+      B5c  as B5b, the noisy project having one ordered webhook instead, with a
+           backlog of 20,000 (--quick: 2,000): one delivery at a time, so the
+           backlog waits behind its head all along. Goal: quiet p99 ≤ 50 ms.
       --receiver-delay-ms does not apply to B5.
   R1  recovery after an outage (not part of `all`): 100,000 events (--quick: 10,000)
       published before their webhook exists, then the webhook is registered and
@@ -80,9 +83,9 @@ const SERVER_DEFAULT_WORKERS: usize = 256;
     after_help = AFTER_HELP
 )]
 struct Args {
-    /// Which scenario to run (`all`: B1 to B4; `B5`: B5a and B5b; R1: recovery; P1:
+    /// Which scenario to run (`all`: B1 to B4; `B5`: B5a, B5b and B5c; R1: recovery; P1:
     /// retention; B6: growth).
-    #[arg(long, value_name = "B1|B2|B3|B4|B5|B5a|B5b|R1|P1|B6|all", default_value = "all",
+    #[arg(long, value_name = "B1|B2|B3|B4|B5|B5a|B5b|B5c|R1|P1|B6|all", default_value = "all",
           value_parser = parse_scenarios)]
     scenario: ScenarioChoice,
 
@@ -157,7 +160,7 @@ fn parse_scenarios(input: &str) -> Result<ScenarioChoice, String> {
         .map(|one| ScenarioChoice(vec![one]))
         .map_err(|_| {
             format!(
-                "unknown scenario {input:?}; expected B1, B2, B3, B4, B5, B5a, B5b, R1, P1, B6 or all"
+                "unknown scenario {input:?}; expected B1, B2, B3, B4, B5, B5a, B5b, B5c, R1, P1, B6 or all"
             )
         })
 }
@@ -347,7 +350,11 @@ mod tests {
         assert_eq!(parsed("ALL"), Ok(Scenario::ALL.to_vec()));
         assert_eq!(parsed("B3"), Ok(vec![Scenario::B3]));
         assert_eq!(parsed("b1"), Ok(vec![Scenario::B1]));
-        assert_eq!(parsed("B5"), Ok(vec![Scenario::B5a, Scenario::B5b]));
+        assert_eq!(
+            parsed("B5"),
+            Ok(vec![Scenario::B5a, Scenario::B5b, Scenario::B5c])
+        );
+        assert_eq!(parsed("b5c"), Ok(vec![Scenario::B5c]));
         assert_eq!(parsed("b5b"), Ok(vec![Scenario::B5b]));
         assert_eq!(parsed("r1"), Ok(vec![Scenario::R1]));
         assert_eq!(parsed("P1"), Ok(vec![Scenario::P1]));

@@ -40,6 +40,10 @@ pub enum Scenario {
     /// Noisy neighbour: one project's backlog drains while another publishes.
     #[value(name = "B5b")]
     B5b,
+    /// Noisy neighbour: one project's ordered backlog waits behind its head while
+    /// another publishes.
+    #[value(name = "B5c")]
+    B5c,
     /// Recovery: 100,000 missed events recovered while ordinary deliveries go on.
     #[value(name = "R1")]
     R1,
@@ -56,7 +60,7 @@ impl Scenario {
     /// What `all` runs. B5, B6, R1 and P1 are left out: they take minutes.
     pub const ALL: [Scenario; 4] = [Scenario::B1, Scenario::B2, Scenario::B3, Scenario::B4];
     /// What `B5` runs.
-    pub const B5: [Scenario; 2] = [Scenario::B5a, Scenario::B5b];
+    pub const B5: [Scenario; 3] = [Scenario::B5a, Scenario::B5b, Scenario::B5c];
 }
 
 /// Everything the scenarios share.
@@ -151,7 +155,8 @@ pub async fn run(scenario: Scenario, settings: &Settings) -> anyhow::Result<Bloc
             api_calls(settings, calls).await
         }
         Scenario::B5a => noisy::hanging_receivers(settings).await,
-        Scenario::B5b => noisy::slow_backlog(settings).await,
+        Scenario::B5b => noisy::slow_backlog(settings, noisy::NoisyWebhooks::Mixed).await,
+        Scenario::B5c => noisy::slow_backlog(settings, noisy::NoisyWebhooks::Ordered).await,
         Scenario::R1 => recovery::recover_missed(settings).await,
         Scenario::P1 => purge::b1_while_purging(settings).await,
         Scenario::B6 => growth::growth(settings).await,

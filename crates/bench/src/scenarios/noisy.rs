@@ -1,6 +1,6 @@
-//! B5, the noisy neighbour. One tenant's project (the noisy one) has four webhooks
-//! whose receivers are in trouble: they hang (B5a), or they answer slowly behind a
-//! large backlog (B5b). Meanwhile another tenant's project (the quiet one) publishes at
+//! B5, the noisy neighbour. One tenant's project (the noisy one) has webhooks whose
+//! receivers are in trouble: they hang (B5a), or they answer slowly behind a large
+//! backlog (B5b: four webhooks; B5c: one ordered webhook, one delivery at a time). Meanwhile another tenant's project (the quiet one) publishes at
 //! a modest pace to a receiver that answers at once. The figure that matters is the
 //! quiet project's end-to-end latency: how far one tenant's trouble delays another's
 //! deliveries.
@@ -39,6 +39,52 @@ const BACKLOG_QUIET_PER_SECOND: u64 = 20;
 /// The quiet project's p99 a fair server should stay under in B5b.
 const BACKLOG_GOAL: Duration = Duration::from_millis(50);
 
+/// B5c: the noisy project's one ordered webhook and its backlog (÷10 with `--quick`),
+/// to the B5b receiver. One delivery at a time, 50 ms each: the backlog stays for the
+/// whole run, its head in flight.
+const ORDERED_BACKLOG_EVENTS: u64 = 20_000;
+
+/// The noisy project's webhooks in B5a and B5b, or in B5c.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoisyWebhooks {
+    /// Four webhooks, the first rate-limited.
+    Mixed,
+    /// One ordered webhook.
+    Ordered,
+}
+
+impl NoisyWebhooks {
+    fn event_types(self) -> Vec<String> {
+        match self {
+            NoisyWebhooks::Mixed => (0..NOISY_WEBHOOKS)
+                .map(|index| format!("bench.noisy.{index}"))
+                .collect(),
+            NoisyWebhooks::Ordered => vec!["bench.noisy.ordered".to_owned()],
+        }
+    }
+
+    /// The upsert body of the webhook of event type `index`.
+    fn body(self, index: usize, url: String) -> serde_json::Value {
+        let mut body = json!({ "webhook_url": url });
+        match self {
+            // Its deliveries keep coming due and going back to wait for their turn.
+            NoisyWebhooks::Mixed if index == 0 => body["rate_limit"] = json!(NOISY_RATE_LIMIT),
+            NoisyWebhooks::Mixed => {}
+            NoisyWebhooks::Ordered => body["ordered"] = json!(true),
+        }
+        body
+    }
+
+    fn described(self) -> String {
+        match self {
+            NoisyWebhooks::Mixed => {
+                format!("over {NOISY_WEBHOOKS} webhooks (one limited to {NOISY_RATE_LIMIT}/s)")
+            }
+            NoisyWebhooks::Ordered => "to 1 ordered webhook".to_owned(),
+        }
+    }
+}
+
 /// Most unanswered publishes of one paced publisher: far more than a healthy server
 /// has at these rates, few enough that a stalled one cannot pile up sockets.
 const MAX_IN_FLIGHT: usize = 1024;
@@ -48,7 +94,7 @@ pub(super) async fn hanging_receivers(settings: &Settings) -> anyhow::Result<Blo
     // Shorter than the default 10 s delivery timeout the workers never fill up, so
     // even the smoke run keeps 10 s.
     let seconds = if settings.quick { 10 } else { 30 };
-    let neighbours = Neighbours::start(settings, Reply::Never).await?;
+    let neighbours = Neighbours::start(settings, Reply::Never, NoisyWebhooks::Mixed).await?;
     let before = neighbours.fleet.usage()?;
     let bench_before = Usage::of("self")?;
     let measured_from = Instant::now();
@@ -144,11 +190,25 @@ pub(super) async fn hanging_receivers(settings: &Settings) -> anyhow::Result<Blo
 }
 
 /// B5b: the noisy project has a large backlog to a receiver that takes 50 ms per
-/// delivery; the quiet project publishes while it drains.
-pub(super) async fn slow_backlog(settings: &Settings) -> anyhow::Result<Block> {
-    let backlog = settings.scaled(BACKLOG_EVENTS);
+/// delivery; the quiet project publishes while it drains. B5c: the same, the backlog
+/// going to one ordered webhook, which sends one delivery at a time.
+pub(super) async fn slow_backlog(
+    settings: &Settings,
+    webhooks: NoisyWebhooks,
+) -> anyhow::Result<Block> {
+    let (backlog, title) = match webhooks {
+        NoisyWebhooks::Mixed => (
+            settings.scaled(BACKLOG_EVENTS),
+            "B5b · noisy neighbour, slow backlog",
+        ),
+        NoisyWebhooks::Ordered => (
+            settings.scaled(ORDERED_BACKLOG_EVENTS),
+            "B5c · noisy neighbour, ordered backlog",
+        ),
+    };
     let seconds = if settings.quick { 5 } else { 20 };
-    let neighbours = Neighbours::start(settings, Reply::After(BACKLOG_RECEIVER_DELAY)).await?;
+    let neighbours =
+        Neighbours::start(settings, Reply::After(BACKLOG_RECEIVER_DELAY), webhooks).await?;
     let before = neighbours.fleet.usage()?;
     let bench_before = Usage::of("self")?;
     let measured_from = Instant::now();
@@ -196,18 +256,15 @@ pub(super) async fn slow_backlog(settings: &Settings) -> anyhow::Result<Block> {
     let setup = neighbours.fleet.setup_line();
     let quiet_outcome = neighbours.stop().await;
 
-    let mut block = Block::new(format!(
-        "B5b · noisy neighbour, slow backlog · {}",
-        settings.servers_context()
-    ));
+    let mut block = Block::new(format!("{title} · {}", settings.servers_context()));
     block.line("setup", setup);
     publish_lines(
         &mut block,
         "noisy backlog",
         &noisy,
         format!(
-            "{backlog} events over {NOISY_WEBHOOKS} webhooks (one limited to {NOISY_RATE_LIMIT}/s), \
-             {} publishers, in {} (receiver answers after {} ms)",
+            "{backlog} events {}, {} publishers, in {} (receiver answers after {} ms)",
+            webhooks.described(),
             settings.publishers,
             report::secs(noisy.wall()),
             BACKLOG_RECEIVER_DELAY.as_millis()
@@ -285,7 +342,11 @@ struct Neighbours {
 }
 
 impl Neighbours {
-    async fn start(settings: &Settings, noisy_reply: Reply) -> anyhow::Result<Self> {
+    async fn start(
+        settings: &Settings,
+        noisy_reply: Reply,
+        webhooks: NoisyWebhooks,
+    ) -> anyhow::Result<Self> {
         let quiet_receiver = Receiver::start(Duration::ZERO).await?;
         let noisy_receiver = Receiver::replying(noisy_reply).await?;
         let fleet = Fleet::launch(settings, 2, Tenancy::OnePerProject).await?;
@@ -300,15 +361,9 @@ impl Neighbours {
         )
         .await
         .context("registering the quiet project's webhook")?;
-        let event_types: Vec<String> = (0..NOISY_WEBHOOKS)
-            .map(|index| format!("bench.noisy.{index}"))
-            .collect();
+        let event_types = webhooks.event_types();
         for (index, event_type) in event_types.iter().enumerate() {
-            let mut body = json!({ "webhook_url": noisy_receiver.url(&format!("noisy-{index}")) });
-            if index == 0 {
-                // Its deliveries keep coming due and going back to wait for their turn.
-                body["rate_limit"] = json!(NOISY_RATE_LIMIT);
-            }
+            let body = webhooks.body(index, noisy_receiver.url(&format!("noisy-{index}")));
             load::upsert_webhook_as(&client, &Target::new(first, noisy_key), event_type, &body)
                 .await
                 .context("registering the noisy project's webhooks")?;
