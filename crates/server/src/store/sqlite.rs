@@ -24,7 +24,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
     SqliteSynchronous,
 };
-use sqlx::{Connection, Pool, QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Connection, FromRow, Pool, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 use uuid::Uuid;
 
 use super::common::{BackendOps, Dialect, Tables, ORDER_ALLOWS_HEAD, ORDER_ALLOWS_TAIL};
@@ -37,8 +37,10 @@ use super::{
     Recorded, StoreError, StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
 };
 
+mod batched;
 mod file;
 
+use batched::Batched;
 pub(crate) use file::create_private_dir;
 use file::{checkpoint_loop, prepare_private_file};
 
@@ -298,27 +300,27 @@ impl BackendOps for SqliteStore {
         claimed.sort_by_key(|c| (c.event_created_at, c.delivery_id));
     }
 
-    /// The writer's transaction serializes recorders, so the streaks are read after
-    /// the deliveries are updated, by webhook id, without a lock of their own.
+    /// In two commands to the writer's thread: everything up to the streaks, then
+    /// whatever the streaks call for and the commit.
     async fn record_outcomes(
         &self,
         outcomes: &[DeliveryOutcome],
         policy: DisablePolicy,
     ) -> StoreResult<Recorded> {
         let now = now_micros();
-        let mut tx = Sqlite::begin_write(self.writer()).await?;
+        let mut tx = Batched::acquire(self.writer()).await?;
 
-        // Multi-row statements, a chunk at a time: one round trip to SQLite's
-        // connection thread per chunk instead of two per outcome.
-        let mut live: BTreeMap<Uuid, Uuid> = BTreeMap::new();
+        // One command for the connection's thread: the transaction's start, then
+        // multi-row statements a chunk at a time, then the streaks of the webhooks.
+        let mut q = QueryBuilder::<Sqlite>::new(batched::BEGIN);
         for chunk in outcomes.chunks(RECORD_CHUNK) {
             // Ignoring an attempt id already stored makes a retried batch (after a
             // commit whose acknowledgement was lost) harmless: its leases are gone by
             // then, so nothing is counted twice either.
-            let mut attempts = QueryBuilder::<Sqlite>::new(format!(
+            q.push(format!(
                 "INSERT INTO attempts ({ATTEMPT_COLUMNS}, \"trigger\") "
             ));
-            attempts.push_values(chunk, |mut row, outcome| {
+            q.push_values(chunk, |mut row, outcome| {
                 let a = &outcome.attempt;
                 row.push_bind(a.id)
                     .push_bind(a.delivery_id)
@@ -336,60 +338,70 @@ impl BackendOps for SqliteStore {
                     .push_bind(Micros(truncate_micros(a.created_at)))
                     .push_bind(a.trigger.map(AttemptTrigger::as_str));
             });
-            attempts.push(" ON CONFLICT (id) DO NOTHING");
-            attempts.build().execute(&mut *tx).await?;
+            q.push(" ON CONFLICT (id) DO NOTHING; ");
 
             // Finish or reschedule the deliveries whose lease still holds.
-            let mut update = QueryBuilder::<Sqlite>::new(
+            q.push(
                 "UPDATE deliveries SET status = u.status, \
                      next_attempt_at = COALESCE(u.retry_at, deliveries.next_attempt_at), \
                      attempts_made = attempts_made + 1, \
                      lease_token = NULL, lease_expires_at = NULL, updated_at = ",
             );
-            update.push_bind(Micros(now)).push(
+            q.push_bind(Micros(now)).push(
                 " FROM (SELECT column1 AS id, column2 AS token, column3 AS status, \
                      column4 AS retry_at FROM (",
             );
-            update.push_values(chunk, |mut row, outcome| {
+            q.push_values(chunk, |mut row, outcome| {
                 row.push_bind(outcome.delivery_id)
                     .push_bind(outcome.lease_token)
                     .push_bind(status_after(outcome))
                     .push_bind(opt(outcome.retry_at.map(truncate_micros)));
             });
-            update.push(
+            q.push(
                 ")) AS u \
                  WHERE deliveries.id = u.id AND deliveries.lease_token = u.token \
                    AND deliveries.status = 'pending' \
-                 RETURNING deliveries.id, deliveries.webhook_id",
+                 RETURNING deliveries.id, deliveries.webhook_id; ",
             );
-            let updated: Vec<(Uuid, Uuid)> = update.build_query_as().fetch_all(&mut *tx).await?;
-            live.extend(updated);
         }
+        // Read after the updates, in the same transaction: the writer's transaction
+        // serializes recorders, so no lock of their own is needed.
+        q.push(
+            "SELECT id, consecutive_failures, first_failure_at, is_active, ordered \
+             FROM webhooks WHERE id IN (",
+        );
+        let webhooks: BTreeSet<Uuid> = outcomes.iter().map(|o| o.webhook_id).collect();
+        let mut ids = q.separated(", ");
+        for id in &webhooks {
+            ids.push_bind(*id);
+        }
+        q.push(")");
 
-        let mut streaks: BTreeMap<Uuid, FailureStreak> = BTreeMap::new();
-        let mut ordered = BTreeSet::new();
-        let webhooks: BTreeSet<Uuid> = live.values().copied().collect();
-        if !webhooks.is_empty() {
-            let mut select = QueryBuilder::<Sqlite>::new(
-                "SELECT id, consecutive_failures, first_failure_at, is_active, ordered \
-                 FROM webhooks WHERE id IN (",
-            );
-            let mut ids = select.separated(", ");
-            for id in &webhooks {
-                ids.push_bind(*id);
+        // The updates' rows (delivery, webhook) and the streaks' rows come back in turn.
+        let mut live: BTreeMap<Uuid, Uuid> = BTreeMap::new();
+        let mut rows: Vec<StreakRow> = Vec::new();
+        for row in q.build().fetch_all(tx.conn()).await? {
+            if row.len() == 2 {
+                live.insert(row.try_get(0)?, row.try_get(1)?);
+            } else {
+                rows.push(StreakRow::from_row(&row)?);
             }
-            select.push(")");
-            let rows: Vec<StreakRow> = select.build_query_as().fetch_all(&mut *tx).await?;
-            ordered.extend(rows.iter().filter(|r| r.ordered).map(|r| r.id));
-            streaks.extend(rows.into_iter().map(|r| (r.id, FailureStreak::from(r))));
         }
+        // Only the webhooks of outcomes that still held their lease count.
+        let counted: BTreeSet<Uuid> = live.values().copied().collect();
+        rows.retain(|r| counted.contains(&r.id));
+        let ordered: BTreeSet<Uuid> = rows.iter().filter(|r| r.ordered).map(|r| r.id).collect();
+        let streaks: BTreeMap<Uuid, FailureStreak> = rows
+            .into_iter()
+            .map(|r| (r.id, FailureStreak::from(r)))
+            .collect();
         // The one writer sees every committed publish: the next head is woken here.
         for webhook in held::finished_heads(outcomes, &live, &ordered) {
-            Queue::<Sqlite>::wake_head(&mut tx, webhook, now).await?;
+            Queue::<Sqlite>::wake_head(tx.conn(), webhook, now).await?;
         }
 
         let recorded =
-            Tables::<Sqlite>::replay_streaks(&mut tx, outcomes, &live, &streaks, policy, now)
+            Tables::<Sqlite>::replay_streaks(tx.conn(), outcomes, &live, &streaks, policy, now)
                 .await?;
         tx.commit().await?;
         Ok(recorded)
@@ -410,7 +422,7 @@ impl BackendOps for SqliteStore {
 /// One publish inside the batch transaction `tx`: the idempotency check, the event,
 /// and its delivery.
 async fn publish_one(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut SqliteConnection,
     event: PublishEvent<'_>,
     now: DateTime<Utc>,
 ) -> StoreResult<Published> {
@@ -420,7 +432,7 @@ async fn publish_one(
         )
         .bind(event.project_id)
         .bind(key)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = seen {
             let first_id: Uuid = row.try_get("id")?;
@@ -429,7 +441,7 @@ async fn publish_one(
                 let deliveries: i64 =
                     sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE event_id = ?1")
                         .bind(first_id)
-                        .fetch_one(&mut **tx)
+                        .fetch_one(&mut *tx)
                         .await?;
                 return Ok(Published {
                     event_id: first_id,
@@ -442,7 +454,7 @@ async fn publish_one(
             // longer deduplicates, and must not block the unique index.
             sqlx::query("UPDATE events SET idempotency_key = NULL WHERE id = ?1")
                 .bind(first_id)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
         }
     }
@@ -458,7 +470,7 @@ async fn publish_one(
     .bind(event.data)
     .bind(event.idempotency_key)
     .bind(Micros(now))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
 
     // (project, event type) names at most one webhook, so one pre-generated id
@@ -477,7 +489,7 @@ async fn publish_one(
     .bind(event.project_id)
     .bind(event.event_type)
     .bind(Micros(held()))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
 
@@ -508,17 +520,7 @@ impl Committer for SqliteCommitter {
 
 async fn publish_batch(writer: &SqlitePool, jobs: &[PublishJob]) -> StoreResult<Vec<Published>> {
     let now = now_micros();
-    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
     let mut results: Vec<Option<Published>> = vec![None; jobs.len()];
-
-    // Publishes with an idempotency key need their check; they go one at a time (in
-    // order, so two with the same key in one batch still dedupe).
-    for (i, job) in jobs.iter().enumerate() {
-        if job.idempotency_key.is_some() {
-            results[i] = Some(publish_one(&mut tx, job.event(), now).await?);
-        }
-    }
-
     // The rest in multi-row statements: the events, then one delivery per event whose
     // (project, event type) has an active webhook.
     let plain: Vec<(usize, Uuid, Uuid)> = jobs
@@ -528,53 +530,34 @@ async fn publish_batch(writer: &SqlitePool, jobs: &[PublishJob]) -> StoreResult<
         .map(|(i, _)| (i, v7_at(now), Uuid::now_v7()))
         .collect();
     let mut delivered = HashSet::new();
-    for chunk in plain.chunks(ROWS_PER_INSERT) {
-        let mut events = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO events (id, project_id, event_type, data, idempotency_key, created_at) ",
-        );
-        events.push_values(chunk, |mut row, (i, event_id, _)| {
-            let job = &jobs[*i];
-            row.push_bind(*event_id)
-                .push_bind(job.project_id)
-                .push_bind(job.event_type.as_str())
-                .push_bind(job.data.as_str())
-                .push_bind(None::<String>)
-                .push_bind(Micros(now));
-        });
-        events.build().execute(&mut *tx).await?;
-
-        let mut deliveries = QueryBuilder::<Sqlite>::new("WITH c(now, held) AS (SELECT ");
-        deliveries
-            .push_bind(Micros(now))
-            .push(", ")
-            .push_bind(Micros(held()))
-            .push("), v(did, eid, pid, et) AS (");
-        deliveries.push_values(chunk, |mut row, (i, event_id, delivery_id)| {
-            let job = &jobs[*i];
-            row.push_bind(*delivery_id)
-                .push_bind(*event_id)
-                .push_bind(job.project_id)
-                .push_bind(job.event_type.as_str());
-        });
-        deliveries
-            .push(
-                ") INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, \
-                     status, attempts_made, next_attempt_at, created_at, updated_at) \
-                 SELECT v.did, v.eid, w.id, w.project_id, w.event_type, 'pending', 0, ",
-            )
-            .push(Incoming::batch("c.now", "c.held").first_due())
-            .push(", c.now, c.now")
-            .push(
-                " FROM v CROSS JOIN c JOIN webhooks w \
-                   ON w.project_id = v.pid AND w.event_type = v.et AND w.is_active = 1 \
-                 RETURNING event_id",
-            );
-        for row in deliveries.build().fetch_all(&mut *tx).await? {
-            let event_id: Uuid = row.try_get("event_id")?;
-            delivered.insert(event_id);
+    let mut tx = Batched::acquire(writer).await?;
+    if plain.len() == jobs.len() && plain.len() <= ROWS_PER_INSERT {
+        // The usual batch, all without a key: the whole transaction in one command.
+        let mut q = QueryBuilder::<Sqlite>::new(batched::BEGIN);
+        push_plain(&mut q, jobs, &plain, now);
+        q.push("; COMMIT");
+        for row in q.build().fetch_all(tx.conn()).await? {
+            delivered.insert(row.try_get::<Uuid, _>("event_id")?);
         }
+        tx.finish();
+    } else {
+        sqlx::query(batched::BEGIN).execute(tx.conn()).await?;
+        // Publishes with an idempotency key need their check; they go one at a time
+        // (in order, so two with the same key in one batch still dedupe).
+        for (i, job) in jobs.iter().enumerate() {
+            if job.idempotency_key.is_some() {
+                results[i] = Some(publish_one(tx.conn(), job.event(), now).await?);
+            }
+        }
+        for chunk in plain.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::<Sqlite>::new("");
+            push_plain(&mut q, jobs, chunk, now);
+            for row in q.build().fetch_all(tx.conn()).await? {
+                delivered.insert(row.try_get::<Uuid, _>("event_id")?);
+            }
+        }
+        tx.commit().await?;
     }
-    tx.commit().await?;
 
     for (i, event_id, _) in plain {
         results[i] = Some(Published {
@@ -588,6 +571,52 @@ async fn publish_batch(writer: &SqlitePool, jobs: &[PublishJob]) -> StoreResult<
         .into_iter()
         .map(|r| r.ok_or_else(|| StoreError::Internal("publish left unanswered".into())))
         .collect()
+}
+
+/// Pushes the two statements that publish `chunk` (of `jobs`, each with its event id
+/// and delivery id), one command for the connection's thread: the events, then one
+/// delivery per event whose (project, event type) has an active webhook, returning
+/// the event ids that got one.
+fn push_plain<'a>(
+    q: &mut QueryBuilder<'a, Sqlite>,
+    jobs: &'a [PublishJob],
+    chunk: &[(usize, Uuid, Uuid)],
+    now: DateTime<Utc>,
+) {
+    q.push("INSERT INTO events (id, project_id, event_type, data, idempotency_key, created_at) ");
+    q.push_values(chunk, |mut row, (i, event_id, _)| {
+        let job = &jobs[*i];
+        row.push_bind(*event_id)
+            .push_bind(job.project_id)
+            .push_bind(job.event_type.as_str())
+            .push_bind(job.data.as_str())
+            .push_bind(None::<String>)
+            .push_bind(Micros(now));
+    });
+    q.push("; WITH c(now, held) AS (SELECT ")
+        .push_bind(Micros(now))
+        .push(", ")
+        .push_bind(Micros(held()))
+        .push("), v(did, eid, pid, et) AS (");
+    q.push_values(chunk, |mut row, (i, event_id, delivery_id)| {
+        let job = &jobs[*i];
+        row.push_bind(*delivery_id)
+            .push_bind(*event_id)
+            .push_bind(job.project_id)
+            .push_bind(job.event_type.as_str());
+    });
+    q.push(
+        ") INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, \
+             status, attempts_made, next_attempt_at, created_at, updated_at) \
+         SELECT v.did, v.eid, w.id, w.project_id, w.event_type, 'pending', 0, ",
+    )
+    .push(Incoming::batch("c.now", "c.held").first_due())
+    .push(", c.now, c.now")
+    .push(
+        " FROM v CROSS JOIN c JOIN webhooks w \
+           ON w.project_id = v.pid AND w.event_type = v.et AND w.is_active = 1 \
+         RETURNING event_id",
+    );
 }
 
 /// The claim statement of [`SqliteStore::claim_from`], after `prefix` (empty, or
