@@ -30,7 +30,7 @@ use super::sign;
 use crate::metrics::Metrics;
 use crate::store::{
     storable_text, Attempt, AttemptStatus, AttemptTrigger, ClaimedDelivery, DeliveryOutcome,
-    DisablePolicy, Recorded, WebhookStore,
+    DisablePolicy, NextDue, Recorded, WebhookStore,
 };
 use crate::wake::Waker;
 
@@ -291,11 +291,11 @@ impl DeliveryWorker {
             // A full batch suggests more is due than this process can take.
             self.waker
                 .claim_finished(claim.as_ref().is_ok_and(|c| c.deliveries.len() == free));
-            let (claimed, drained) = match claim {
+            let (claimed, drained, next_due) = match claim {
                 Ok(batch) => {
                     self.health.claimed();
                     backoff = Duration::from_millis(50);
-                    (batch.deliveries, batch.drained)
+                    (batch.deliveries, batch.drained, batch.next_due)
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "claiming deliveries failed");
@@ -319,6 +319,9 @@ impl DeliveryWorker {
                 pacing_projects.insert(task.id(), projects);
                 progressed = true;
             }
+            // What goes back comes due again, which the claim's next due time did not
+            // know of.
+            let next_due = next_due.filter(|_| full.is_empty() && slowed.is_empty());
             self.hand_back_refused(&full, &slowed).await;
             // After progress, claim again at once, unless the claim took all that was
             // due: asking again would only find that out a second time (queries per
@@ -329,7 +332,7 @@ impl DeliveryWorker {
             }
             // Nothing claimed, only what had to go back, or all that was due: wait for
             // news rather than claim the same full webhooks again at once.
-            let mut sleep = self.idle_sleep().await;
+            let mut sleep = self.idle_sleep(next_due).await;
             if !progressed && (!full_projects.is_empty() || claimed_any) {
                 // What is due may be only what was left out or handed back; a
                 // finished delivery (lane_freed) is what makes room for it.
@@ -429,10 +432,15 @@ impl DeliveryWorker {
     }
 
     /// How long to sleep when there is nothing due: until the next retry comes due,
-    /// at most `idle_poll`.
-    async fn idle_sleep(&self) -> Duration {
+    /// at most `idle_poll`. `known`: the next due time as the claim just left it, when
+    /// the store told.
+    async fn idle_sleep(&self, known: Option<NextDue>) -> Duration {
         let cap = self.config.idle_poll;
-        match self.store.next_due().await {
+        let next = match known {
+            Some(NextDue(next)) => Ok(next),
+            None => self.store.next_due().await,
+        };
+        match next {
             Ok(Some(due)) => (due - Utc::now())
                 .to_std()
                 .unwrap_or(Duration::ZERO)

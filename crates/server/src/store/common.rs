@@ -31,11 +31,11 @@ use super::rows::{
 use super::{
     add_duration, attempt_list, attempt_listing_sql, claim_fairly, now_micros, truncate_micros,
     webhook_limit_reached, ApiKeyRecord, AttemptList, AttemptPage, AttemptStatus, ClaimBatch,
-    ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyOwner, Project,
-    PublishEvent, Published, PurgeStep, QueueStats, Recorded, RecoverOutcome, RecoverRequest,
-    Recovery, RecoveryClaim, RecoveryProgress, RecoveryStep, ResendOutcome, RetentionLock,
-    RetentionTable, SendSlots, SigningSecret, StoreError, StoreResult, Tenant, UpsertOutcome,
-    UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
+    ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, KeyOwner, NextDue,
+    Project, PublishEvent, Published, PurgeStep, QueueStats, Recorded, RecoverOutcome,
+    RecoverRequest, Recovery, RecoveryClaim, RecoveryProgress, RecoveryStep, ResendOutcome,
+    RetentionLock, RetentionTable, SendSlots, SigningSecret, StoreError, StoreResult, Tenant,
+    UpsertOutcome, UpsertWebhook, Webhook, WebhookStore, FAIR_CLAIM_PROJECTS,
 };
 
 /// Of a pending delivery `d` of an active webhook `w`, whether the ordering rule lets
@@ -804,13 +804,15 @@ pub(crate) trait BackendOps: Send + Sync + 'static {
         &self,
         event: PublishEvent<'_>,
     ) -> impl Future<Output = StoreResult<Published>> + Send;
-    /// Leases up to `max` due deliveries from `from` (see [`super::claim_fairly`]).
+    /// Leases up to `max` due deliveries from `from` (see [`super::claim_fairly`]),
+    /// and, if it costs nothing more, tells when the next one comes due
+    /// ([`ClaimBatch::next_due`]).
     fn claim_from(
         &self,
         from: ClaimFrom<'_>,
         max: usize,
         lease: Duration,
-    ) -> impl Future<Output = StoreResult<Vec<ClaimedDelivery>>> + Send;
+    ) -> impl Future<Output = StoreResult<(Vec<ClaimedDelivery>, Option<NextDue>)>> + Send;
     /// Puts what one [`WebhookStore::claim_due_skipping`] claimed in the order it is
     /// handed out.
     fn order_claims(_claimed: &mut [ClaimedDelivery]) {}

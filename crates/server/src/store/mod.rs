@@ -803,7 +803,15 @@ pub struct ClaimBatch {
     /// Nothing else was due outside the skipped projects when the claim ran: claiming
     /// again at once would find nothing, so the claimer can wait for news instead.
     pub drained: bool,
+    /// When the claim ran, [`WebhookStore::next_due`] as it stood right after, if the
+    /// backend could tell in the same round trip; the claimer need not ask.
+    pub next_due: Option<NextDue>,
 }
+
+/// What [`WebhookStore::next_due`] answers: the next instant a delivery can be
+/// claimed, if any is pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextDue(pub Option<DateTime<Utc>>);
 
 /// [`WebhookStore::claim_due_skipping`] on either backend: an equal part of `max` for
 /// each project with due work, then, when more projects have pending work than were
@@ -831,11 +839,12 @@ where
         .filter_map(|(project, due)| (due && !skip.contains(&project)).then_some(project))
         .collect();
     let mut claimed = Vec::new();
+    let mut next_due = None;
     // A project that filled its share may have more due.
     let mut share_filled = false;
     if !due.is_empty() {
         let share = max.div_ceil(due.len());
-        claimed = store
+        (claimed, next_due) = store
             .claim_from(ClaimFrom::Projects(&due, share), max, lease)
             .await?;
         share_filled = due
@@ -844,7 +853,8 @@ where
     }
     if truncated && claimed.len() < max {
         // Across every project: short of what it asked for means none is left.
-        let rest = store
+        let rest;
+        (rest, next_due) = store
             .claim_from(ClaimFrom::Oldest(skip), max - claimed.len(), lease)
             .await?;
         claimed.extend(rest);
@@ -854,6 +864,7 @@ where
     Ok(ClaimBatch {
         deliveries: claimed,
         drained,
+        next_due,
     })
 }
 

@@ -32,9 +32,9 @@ use super::held::{self, held, Incoming, Queue, Wake};
 use super::rows::{ClaimedRow, StreakRow, WebhookRow, ATTEMPT_COLUMNS, WEBHOOK_COLUMNS};
 use super::{
     add_duration, now_micros, status_after, truncate_micros, v7_at, Attempt, AttemptTrigger,
-    ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, PublishEvent,
-    Published, Recorded, RetentionLock, StoreError, StoreResult, UpsertOutcome, UpsertWebhook,
-    Webhook,
+    ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, NextDue,
+    PublishEvent, Published, Recorded, RetentionLock, StoreError, StoreResult, UpsertOutcome,
+    UpsertWebhook, Webhook,
 };
 
 /// The advisory lock of retention, so one process at a time purges: this key ("sonz")
@@ -168,7 +168,7 @@ impl BackendOps for PgStore {
         from: ClaimFrom<'_>,
         max: usize,
         lease: Duration,
-    ) -> StoreResult<Vec<ClaimedDelivery>> {
+    ) -> StoreResult<(Vec<ClaimedDelivery>, Option<NextDue>)> {
         let now = now_micros();
         let expires = add_duration(now, lease);
         // SKIP LOCKED: rows another claimer is leasing right now are passed over, not
@@ -195,9 +195,13 @@ impl BackendOps for PgStore {
             query = query.bind(i64::try_from(share).unwrap_or(i64::MAX));
         }
         let rows = query.fetch_all(self.pool()).await?;
-        rows.iter()
+        // The next due time would take a statement of its own: the claim's snapshot
+        // still has the claimed rows due.
+        let claimed = rows
+            .iter()
             .map(|row| Ok(ClaimedRow::from_row(row)?.into()))
-            .collect()
+            .collect::<StoreResult<_>>()?;
+        Ok((claimed, None))
     }
 
     async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome> {

@@ -33,8 +33,8 @@ use super::held::{self, held, Incoming, Queue};
 use super::rows::{opt, ClaimedRow, Micros, StreakRow, ATTEMPT_COLUMNS};
 use super::{
     add_duration, now_micros, status_after, truncate_micros, v7_at, AttemptTrigger, ClaimFrom,
-    ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, PublishEvent, Published,
-    Recorded, StoreError, StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
+    ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, NextDue, PublishEvent,
+    Published, Recorded, StoreError, StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
 };
 
 mod batched;
@@ -203,14 +203,26 @@ impl BackendOps for SqliteStore {
         from: ClaimFrom<'_>,
         max: usize,
         lease: Duration,
-    ) -> StoreResult<Vec<ClaimedDelivery>> {
+    ) -> StoreResult<(Vec<ClaimedDelivery>, Option<NextDue>)> {
         let now = Micros(now_micros());
         let expires = Micros(add_duration(now.0, lease));
         let token = Uuid::new_v4();
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         let mut q = claim_query("", from, max, (token, now, expires));
-        let rows: Vec<ClaimedRow> = q.build_query_as().fetch_all(self.writer()).await?;
-        Ok(rows.into_iter().map(ClaimedDelivery::from).collect())
+        // The next due time as the claim leaves the queue, in the same command: the
+        // worker would otherwise ask right after, in a round trip of its own.
+        q.push("; ");
+        push_next_due(&mut q, now);
+        let mut claimed = Vec::new();
+        let mut next = None;
+        for row in q.build().fetch_all(self.writer()).await? {
+            if row.len() == 1 {
+                next = row.try_get::<Option<Micros>, _>(0)?;
+            } else {
+                claimed.push(ClaimedRow::from_row(&row)?.into());
+            }
+        }
+        Ok((claimed, Some(NextDue(next.map(DateTime::from)))))
     }
 
     async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome> {
@@ -617,6 +629,21 @@ fn push_plain<'a>(
            ON w.project_id = v.pid AND w.event_type = v.et AND w.is_active = 1 \
          RETURNING event_id",
     );
+}
+
+/// [`common::next_due_sql`] with its instants bound in turn, to follow another
+/// statement in one command.
+fn push_next_due(q: &mut QueryBuilder<'_, Sqlite>, now: Micros) {
+    q.push(
+        "SELECT d.next_attempt_at FROM deliveries d \
+         WHERE d.status = 'pending' AND d.next_attempt_at < ",
+    )
+    .push_bind(Micros(held()))
+    .push(" AND (SELECT w.is_active AND ")
+    .push(ORDER_ALLOWS_HEAD)
+    .push_bind(now)
+    .push(ORDER_ALLOWS_TAIL)
+    .push(" FROM webhooks w WHERE w.id = d.webhook_id) ORDER BY d.next_attempt_at, d.id LIMIT 1");
 }
 
 /// The claim statement of [`SqliteStore::claim_from`], after `prefix` (empty, or

@@ -256,6 +256,7 @@ async fn racing_publishes_and_outcomes_leave_no_head_held(db: Arc<TestDb>) {
 store_cases!(
     an_ordered_queue_is_held_behind_its_head_and_woken_in_turn,
     racing_publishes_and_outcomes_leave_no_head_held,
+    a_claim_tells_the_next_due_time_next_due_would,
 );
 
 /// The race the wake after a publish's commit is for, made certain: a publish takes
@@ -418,4 +419,55 @@ async fn postgres_an_ordered_backlog_is_not_read_by_another_tenants_claim() {
         store.close().await;
     })
     .await;
+}
+
+/// The next due time a claim tells (SQLite tells it in the claim's own command) is the
+/// one [`WebhookStore::next_due`] answers right after: a delivery left due, a retry
+/// scheduled, an ordered head in flight with its queue behind it.
+async fn a_claim_tells_the_next_due_time_next_due_would(db: Arc<TestDb>) {
+    let s = db.store.as_ref();
+    let tells = matches!(db.backend, Backend::Sqlite { .. });
+    let check = |batch: ClaimBatch| async move {
+        let asked = s.next_due().await.expect("next due");
+        match batch.next_due {
+            Some(told) => assert_eq!(told, NextDue(asked)),
+            // With nothing due no claim runs, and nothing is told.
+            None => assert!(
+                !tells || batch.deliveries.is_empty(),
+                "SQLite tells the next due time with the claim"
+            ),
+        }
+        batch.deliveries
+    };
+    check(s.claim_batch(10, LEASE, &[]).await.expect("claim")).await;
+
+    let project = new_project(s).await;
+    new_webhook(s, project.id, "plain.thing").await;
+    publish(s, project.id, "plain.thing").await;
+    publish(s, project.id, "plain.thing").await;
+    let first = check(s.claim_batch(1, LEASE, &[]).await.expect("claim")).await;
+    assert_eq!(first.len(), 1);
+    let retry_at = truncate_micros(now_micros() + chrono::Duration::seconds(5));
+    record(
+        s,
+        &[outcome(
+            &first[0],
+            AttemptStatus::Failed,
+            now_micros(),
+            Some(retry_at),
+        )],
+        NEVER_DISABLE,
+    )
+    .await;
+    let second = check(s.claim_batch(10, LEASE, &[]).await.expect("claim")).await;
+    assert_eq!(second.len(), 1);
+    assert_eq!(s.next_due().await.expect("next due"), Some(retry_at));
+
+    let other = new_project(s).await;
+    upsert_ordered(s, other.id, true).await;
+    for _ in 0..3 {
+        publish(s, other.id, "ordered.thing").await;
+    }
+    let head = check(s.claim_batch(10, LEASE, &[]).await.expect("claim")).await;
+    assert_eq!(head.len(), 1, "the ordered head only");
 }
