@@ -216,7 +216,13 @@ impl BackendOps for PgStore {
             .execute(&mut *tx)
             .await?;
         let outcome = Tables::<Postgres>::upsert_webhook(&mut *tx, input).await?;
-        let (webhook, ordered) = (outcome.webhook().id, outcome.webhook().ordered);
+        // An existing webhook's queue follows its ordering; a new one has none, and no
+        // publish saw it before this commit.
+        let UpsertOutcome::Updated { webhook } = &outcome else {
+            tx.commit().await?;
+            return Ok(outcome);
+        };
+        let (webhook, ordered) = (webhook.id, webhook.ordered);
         Queue::<Postgres>::settle(&mut tx, webhook, ordered, now_micros()).await?;
         tx.commit().await?;
         // After the commit, for what a concurrent publish or recorder did meanwhile

@@ -226,13 +226,17 @@ impl BackendOps for SqliteStore {
     }
 
     async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome> {
-        // No lock of its own: the one writer runs the transaction start to end, so the
+        // No lock of its own: the one writer runs the statement start to end, so the
         // count in it cannot be overtaken by another create.
-        let mut tx = Sqlite::begin_write(self.writer()).await?;
-        let outcome = Tables::<Sqlite>::upsert_webhook(&mut *tx, input).await?;
-        let webhook = outcome.webhook();
-        Queue::<Sqlite>::settle(&mut tx, webhook.id, webhook.ordered, now_micros()).await?;
-        tx.commit().await?;
+        let outcome = Tables::<Sqlite>::upsert_webhook(self.writer(), input).await?;
+        // An existing webhook's queue follows its ordering (a new one has none). In a
+        // statement of its own: whatever the writer ran in between went by the
+        // ordering already stored, and a process stopped in between is followed by
+        // the thorough sweep when it starts again.
+        if let UpsertOutcome::Updated { webhook } = &outcome {
+            let mut conn = self.writer().acquire().await?;
+            Queue::<Sqlite>::settle(&mut conn, webhook.id, webhook.ordered, now_micros()).await?;
+        }
         Ok(outcome)
     }
 
