@@ -19,6 +19,10 @@
 //! there every writer that held or finished something wakes again after its commit:
 //! of any two, the later to commit sees both. What a crash between a commit and
 //! that wake leaves held, the worker's sweep ([`wake_sql`]) wakes.
+//!
+//! Operator events (store/operator.rs) go in due, never held: they are few, and
+//! they go in inside other writers' transactions, each of which would then owe a
+//! wake after its commit.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
