@@ -287,15 +287,34 @@ impl BackendOps for PgStore {
         //    ignored, so a batch retried after a lost commit acknowledgement is
         //    harmless: its leases are gone by then, so nothing is counted twice either.
         //    One array per column, in ATTEMPT_COLUMNS order.
+        // 3. Finish or reschedule the deliveries whose lease still holds.
+        //    Both in one statement, one round trip: they write different tables, and
+        //    the attempts' foreign keys are checked at its end.
         fn col<'a, T>(o: &'a [DeliveryOutcome], f: impl Fn(&'a Attempt) -> T) -> Vec<T> {
             o.iter().map(|o| f(&o.attempt)).collect()
         }
-        sqlx::query(&format!(
-            "INSERT INTO attempts ({ATTEMPT_COLUMNS}, \"trigger\") \
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], \
-                 $5::text[], $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::text[], \
-                 $11::bytea[], $12::text[], $13::text[], $14::timestamptz[], $15::text[]) \
-             ON CONFLICT (id) DO NOTHING"
+        let tokens: Vec<Uuid> = outcomes.iter().map(|o| o.lease_token).collect();
+        let next_statuses: Vec<&str> = outcomes.iter().map(status_after).collect();
+        let retry_at: Vec<Option<DateTime<Utc>>> = outcomes
+            .iter()
+            .map(|o| o.retry_at.map(truncate_micros))
+            .collect();
+        let live: Vec<(Uuid, Uuid)> = sqlx::query_as(&format!(
+            "WITH recorded AS ( \
+                 INSERT INTO attempts ({ATTEMPT_COLUMNS}, \"trigger\") \
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], \
+                     $5::text[], $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::text[], \
+                     $11::bytea[], $12::text[], $13::text[], $14::timestamptz[], $15::text[]) \
+                 ON CONFLICT (id) DO NOTHING \
+             ) \
+             UPDATE deliveries d SET status = u.status, \
+                 next_attempt_at = COALESCE(u.retry_at, d.next_attempt_at), \
+                 attempts_made = d.attempts_made + 1, \
+                 lease_token = NULL, lease_expires_at = NULL, updated_at = $20 \
+             FROM UNNEST($16::uuid[], $17::uuid[], $18::text[], $19::timestamptz[]) \
+                 AS u(id, lease_token, status, retry_at) \
+             WHERE d.id = u.id AND d.lease_token = u.lease_token AND d.status = 'pending' \
+             RETURNING d.id, d.webhook_id"
         ))
         .bind(col(outcomes, |a| a.id))
         .bind(col(outcomes, |a| a.delivery_id))
@@ -312,26 +331,6 @@ impl BackendOps for PgStore {
         .bind(col(outcomes, |a| a.error_message.as_deref()))
         .bind(col(outcomes, |a| truncate_micros(a.created_at)))
         .bind(col(outcomes, |a| a.trigger.map(AttemptTrigger::as_str)))
-        .execute(&mut *tx)
-        .await?;
-
-        // 3. Finish or reschedule the deliveries whose lease still holds.
-        let tokens: Vec<Uuid> = outcomes.iter().map(|o| o.lease_token).collect();
-        let next_statuses: Vec<&str> = outcomes.iter().map(status_after).collect();
-        let retry_at: Vec<Option<DateTime<Utc>>> = outcomes
-            .iter()
-            .map(|o| o.retry_at.map(truncate_micros))
-            .collect();
-        let live: Vec<(Uuid, Uuid)> = sqlx::query_as(
-            "UPDATE deliveries d SET status = u.status, \
-                 next_attempt_at = COALESCE(u.retry_at, d.next_attempt_at), \
-                 attempts_made = d.attempts_made + 1, \
-                 lease_token = NULL, lease_expires_at = NULL, updated_at = $5 \
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[]) \
-                 AS u(id, lease_token, status, retry_at) \
-             WHERE d.id = u.id AND d.lease_token = u.lease_token AND d.status = 'pending' \
-             RETURNING d.id, d.webhook_id",
-        )
         .bind(&delivery_ids)
         .bind(&tokens)
         .bind(&next_statuses)
