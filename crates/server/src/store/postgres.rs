@@ -195,13 +195,20 @@ impl BackendOps for PgStore {
             query = query.bind(i64::try_from(share).unwrap_or(i64::MAX));
         }
         let rows = query.fetch_all(self.pool()).await?;
-        // The next due time would take a statement of its own: the claim's snapshot
-        // still has the claimed rows due.
+        // Every row carries the next due time as the claim leaves the queue (the
+        // statement's snapshot still has the claimed rows due, so it leaves them out
+        // and counts their lease's expiry instead); with no row, nothing is told.
+        let told = match rows.first() {
+            Some(row) => Some(NextDue(
+                row.try_get::<Option<DateTime<Utc>>, _>("next_due")?,
+            )),
+            None => None,
+        };
         let claimed = rows
             .iter()
             .map(|row| Ok(ClaimedRow::from_row(row)?.into()))
             .collect::<StoreResult<_>>()?;
-        Ok((claimed, None))
+        Ok((claimed, told))
     }
 
     async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome> {
@@ -546,6 +553,9 @@ async fn publish_batch(pool: &PgPool, jobs: &[PublishJob]) -> StoreResult<Vec<Pu
         .collect())
 }
 
+/// [`held`] as a PostgreSQL literal, for a statement whose parameters are all taken.
+pub(crate) const HELD: &str = "'9999-01-01 00:00:00+00'::timestamptz";
+
 /// The claim statement (see [`PgStore::claim_from`]): with `per_project`, a part for
 /// each project of `$5` (one index range per project, in due order, `$6` each);
 /// otherwise the oldest due across all but the projects of `$5`. `$1` now, `$2` the
@@ -585,13 +595,19 @@ pub(crate) fn claim_sql(per_project: bool) -> String {
              FROM due WHERE d.id = due.id \
              RETURNING d.id, d.event_id, d.webhook_id, d.project_id, d.event_type, \
                  d.attempts_made, d.lease_token, d.origin \
+         ), after AS MATERIALIZED ( \
+             SELECT d.next_attempt_at AS next_due FROM deliveries d \
+             WHERE d.status = 'pending' AND d.next_attempt_at < {HELD} \
+               AND NOT (d.id IN (SELECT id FROM due)) AND {claimable} \
+             ORDER BY d.next_attempt_at, d.id LIMIT 1 \
          ) \
          SELECT c.id, c.event_id, c.webhook_id, c.project_id, c.event_type, \
              c.attempts_made, c.lease_token, c.origin, \
              e.created_at AS event_created_at, e.data, \
              w.webhook_url, w.auth_header, w.signing_secret, w.rate_limit, w.ordered, \
              CASE WHEN w.previous_secret_expires_at > $1 THEN w.previous_secret END \
-                 AS previous_secret \
+                 AS previous_secret, \
+             LEAST((SELECT next_due FROM after), $4) AS next_due \
          FROM claimed c \
          JOIN events e ON e.id = c.event_id \
          JOIN webhooks w ON w.id = c.webhook_id \
