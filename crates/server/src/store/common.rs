@@ -70,12 +70,19 @@ pub(crate) fn claimable(now: &str) -> String {
 /// The next instant a delivery can be claimed (`$1`: now, `$2`: [`held`]), for the
 /// idle workers. The walk ends before the held deliveries, which cannot be.
 pub(crate) fn next_due_sql() -> String {
+    next_due_query("$1", "$2", "")
+}
+
+/// [`next_due_sql`] around the SQL of its instants `now` and `held`, leaving out also
+/// what `except` (a condition on `d`, starting with AND, or empty) says: what a claim
+/// running the query in its own statement or command just took.
+pub(crate) fn next_due_query(now: &str, held: &str, except: &str) -> String {
     format!(
         "SELECT d.next_attempt_at FROM deliveries d \
-         WHERE d.status = 'pending' AND d.next_attempt_at < $2 \
+         WHERE d.status = 'pending' AND d.next_attempt_at < {held} {except} \
            AND {} \
          ORDER BY d.next_attempt_at, d.id LIMIT 1",
-        claimable("$1")
+        claimable(now)
     )
 }
 
@@ -606,7 +613,7 @@ where
     /// The sweep of store/held.rs: wakes every held head (`thorough`: and whatever an
     /// unordered webhook holds). Answers how many it woke.
     pub async fn wake_held(&self, thorough: bool) -> StoreResult<u64> {
-        let done = sqlx::query(held::wake_sql(thorough))
+        let done = sqlx::query(&held::wake_sql(thorough))
             .bind(Micros(now_micros()))
             .bind(Micros(held()))
             .execute(&self.write)

@@ -115,16 +115,21 @@ impl Incoming<'_> {
     }
 }
 
-/// Webhook `$2`'s head, whatever its due time.
-const HEAD: &str =
-    "(SELECT h.id FROM deliveries h WHERE h.webhook_id = $2 AND h.status = 'pending' \
-     ORDER BY h.event_id, h.id LIMIT 1)";
+/// The id of the head of the webhook whose id is `webhook` (an SQL expression),
+/// whatever its due time.
+fn head_of(webhook: &str) -> String {
+    format!(
+        "(SELECT h.id FROM deliveries h WHERE h.webhook_id = {webhook} \
+             AND h.status = 'pending' ORDER BY h.event_id, h.id LIMIT 1)"
+    )
+}
 
 /// Wakes webhook `$2`'s head if it is held (`$1` now, `$3` [`held`]).
 pub(crate) fn wake_head_sql() -> String {
     format!(
         "UPDATE deliveries SET next_attempt_at = $1, updated_at = $1 \
-         WHERE id = {HEAD} AND status = 'pending' AND next_attempt_at >= $3"
+         WHERE id = {} AND status = 'pending' AND next_attempt_at >= $3",
+        head_of("$2")
     )
 }
 
@@ -143,28 +148,29 @@ pub(crate) fn hold_tail_sql() -> String {
     format!(
         "UPDATE deliveries SET next_attempt_at = $3, updated_at = $1 \
          WHERE webhook_id = $2 AND status = 'pending' AND next_attempt_at <= $1 \
-           AND attempts_made = 0 AND id <> {HEAD} \
-           AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = $2 AND w.ordered)"
+           AND attempts_made = 0 AND id <> {} \
+           AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = $2 AND w.ordered)",
+        head_of("$2")
     )
 }
 
 /// The sweep (`$1` now, `$2` [`held`]): wakes the head of every ordered webhook if it
 /// is held; `thorough` also wakes whatever an unordered webhook still holds, which
 /// reads every held delivery, so it runs once at start.
-pub(crate) fn wake_sql(thorough: bool) -> &'static str {
+pub(crate) fn wake_sql(thorough: bool) -> String {
+    let heads = format!("SELECT {} FROM webhooks w WHERE w.ordered", head_of("w.id"));
     if thorough {
-        "UPDATE deliveries SET next_attempt_at = $1, updated_at = $1 \
-         WHERE status = 'pending' AND next_attempt_at >= $2 \
-           AND (webhook_id IN (SELECT id FROM webhooks WHERE NOT ordered) \
-             OR id IN (SELECT (SELECT h.id FROM deliveries h \
-                 WHERE h.webhook_id = w.id AND h.status = 'pending' \
-                 ORDER BY h.event_id, h.id LIMIT 1) FROM webhooks w WHERE w.ordered))"
+        format!(
+            "UPDATE deliveries SET next_attempt_at = $1, updated_at = $1 \
+             WHERE status = 'pending' AND next_attempt_at >= $2 \
+               AND (webhook_id IN (SELECT id FROM webhooks WHERE NOT ordered) \
+                 OR id IN ({heads}))"
+        )
     } else {
-        "UPDATE deliveries SET next_attempt_at = $1, updated_at = $1 \
-         WHERE id IN (SELECT (SELECT h.id FROM deliveries h \
-                 WHERE h.webhook_id = w.id AND h.status = 'pending' \
-                 ORDER BY h.event_id, h.id LIMIT 1) FROM webhooks w WHERE w.ordered) \
-           AND status = 'pending' AND next_attempt_at >= $2"
+        format!(
+            "UPDATE deliveries SET next_attempt_at = $1, updated_at = $1 \
+             WHERE id IN ({heads}) AND status = 'pending' AND next_attempt_at >= $2"
+        )
     }
 }
 

@@ -26,7 +26,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgQueryResult};
 use sqlx::{FromRow, Pool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::common::{claimable, BackendOps, Dialect, Tables};
+use super::common::{claimable, next_due_query, BackendOps, Dialect, Tables};
 use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::held::{self, held, Incoming, Queue, Wake};
 use super::rows::{ClaimedRow, StreakRow, WebhookRow, ATTEMPT_COLUMNS, WEBHOOK_COLUMNS};
@@ -582,6 +582,9 @@ pub(crate) fn claim_sql(per_project: bool) -> String {
              FOR NO KEY UPDATE OF d SKIP LOCKED"
         )
     };
+    // The next due time as the claim leaves the queue: its snapshot still has the
+    // claimed rows due, so they are left out.
+    let after = next_due_query("$1", HELD, "AND NOT (d.id IN (SELECT id FROM due))");
     // The claim commits without waiting for its WAL to reach the disk (set_config
     // with is_local lasts until this statement's own transaction ends): a claim lost
     // to a database crash only makes its deliveries due again, and the outcome's
@@ -595,19 +598,14 @@ pub(crate) fn claim_sql(per_project: bool) -> String {
              FROM due WHERE d.id = due.id \
              RETURNING d.id, d.event_id, d.webhook_id, d.project_id, d.event_type, \
                  d.attempts_made, d.lease_token, d.origin \
-         ), after AS MATERIALIZED ( \
-             SELECT d.next_attempt_at AS next_due FROM deliveries d \
-             WHERE d.status = 'pending' AND d.next_attempt_at < {HELD} \
-               AND NOT (d.id IN (SELECT id FROM due)) AND {claimable} \
-             ORDER BY d.next_attempt_at, d.id LIMIT 1 \
-         ) \
+         ), after AS MATERIALIZED ({after}) \
          SELECT c.id, c.event_id, c.webhook_id, c.project_id, c.event_type, \
              c.attempts_made, c.lease_token, c.origin, \
              e.created_at AS event_created_at, e.data, \
              w.webhook_url, w.auth_header, w.signing_secret, w.rate_limit, w.ordered, \
              CASE WHEN w.previous_secret_expires_at > $1 THEN w.previous_secret END \
                  AS previous_secret, \
-             LEAST((SELECT next_due FROM after), $4) AS next_due \
+             LEAST((SELECT next_attempt_at FROM after), $4) AS next_due \
          FROM claimed c \
          JOIN events e ON e.id = c.event_id \
          JOIN webhooks w ON w.id = c.webhook_id \

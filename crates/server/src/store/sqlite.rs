@@ -27,7 +27,9 @@ use sqlx::sqlite::{
 use sqlx::{Connection, FromRow, Pool, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 use uuid::Uuid;
 
-use super::common::{BackendOps, Dialect, Tables, ORDER_ALLOWS_HEAD, ORDER_ALLOWS_TAIL};
+use super::common::{
+    next_due_query, BackendOps, Dialect, Tables, ORDER_ALLOWS_HEAD, ORDER_ALLOWS_TAIL,
+};
 use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::held::{self, held, Incoming, Queue};
 use super::rows::{opt, ClaimedRow, Micros, StreakRow, ATTEMPT_COLUMNS};
@@ -537,8 +539,7 @@ impl Committer for SqliteCommitter {
 async fn publish_batch(writer: &SqlitePool, jobs: &[PublishJob]) -> StoreResult<Vec<Published>> {
     let now = now_micros();
     let mut results: Vec<Option<Published>> = vec![None; jobs.len()];
-    // The rest in multi-row statements: the events, then one delivery per event whose
-    // (project, event type) has an active webhook.
+    // The publishes without a key, each with its event id and delivery id.
     let plain: Vec<(usize, Uuid, Uuid)> = jobs
         .iter()
         .enumerate()
@@ -565,6 +566,7 @@ async fn publish_batch(writer: &SqlitePool, jobs: &[PublishJob]) -> StoreResult<
                 results[i] = Some(publish_one(tx.conn(), job.event(), now).await?);
             }
         }
+        // The rest in multi-row statements.
         for chunk in plain.chunks(ROWS_PER_INSERT) {
             let mut q = QueryBuilder::<Sqlite>::new("");
             push_plain(&mut q, jobs, chunk, now);
@@ -635,19 +637,16 @@ fn push_plain<'a>(
     );
 }
 
-/// [`common::next_due_sql`] with its instants bound in turn, to follow another
-/// statement in one command.
+/// [`next_due_query`] to follow another statement in one command: `now` bound in
+/// turn after the other statement's parameters, the held instant written in as the
+/// integer SQLite stores.
 fn push_next_due(q: &mut QueryBuilder<'_, Sqlite>, now: Micros) {
-    q.push(
-        "SELECT d.next_attempt_at FROM deliveries d \
-         WHERE d.status = 'pending' AND d.next_attempt_at < ",
-    )
-    .push_bind(Micros(held()))
-    .push(" AND (SELECT w.is_active AND ")
-    .push(ORDER_ALLOWS_HEAD)
-    .push_bind(now)
-    .push(ORDER_ALLOWS_TAIL)
-    .push(" FROM webhooks w WHERE w.id = d.webhook_id) ORDER BY d.next_attempt_at, d.id LIMIT 1");
+    const NOW: &str = "\u{1}now\u{1}";
+    let sql = next_due_query(NOW, &held().timestamp_micros().to_string(), "");
+    let (before, after) = sql
+        .split_once(NOW)
+        .expect("the next-due query names now once");
+    q.push(before).push_bind(now).push(after);
 }
 
 /// The claim statement of [`SqliteStore::claim_from`], after `prefix` (empty, or
