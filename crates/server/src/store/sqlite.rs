@@ -52,6 +52,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// concurrency without holding many file descriptors.
 const READERS: u32 = 4;
 
+/// The size, in bytes, a WAL file is cut back to when it starts over (see
+/// `file::checkpoint_loop`).
+const WAL_SIZE_LIMIT: &str = "67108864";
+
 /// How long a statement waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -114,6 +118,9 @@ impl SqliteStore {
             // whichever commit happens to cross the WAL size threshold, where they
             // would stall the one writer for milliseconds.
             .pragma("wal_autocheckpoint", if in_memory { "1000" } else { "0" })
+            // A WAL that a burst grew past this is cut back to it when it starts over,
+            // so the file stays near what one checkpoint interval writes.
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT)
             .optimize_on_close(true, None);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)

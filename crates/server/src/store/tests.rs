@@ -2056,6 +2056,55 @@ async fn sqlite_accepts_a_bare_path_and_keeps_data_across_restarts() {
     assert_eq!(mode, "wal");
 }
 
+/// The WAL's checkpoint sequence number (its header's fourth field), which goes up each
+/// time the WAL starts over from its beginning.
+fn wal_restarts(wal: &std::path::Path) -> u32 {
+    let header = std::fs::read(wal).expect("read the WAL");
+    u32::from_be_bytes(header[12..16].try_into().expect("a WAL header"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_wal_starts_over_under_steady_writes() {
+    // Publishers that never pause keep a write in progress nearly all the time, so a
+    // checkpoint's copy always ends with a commit running across it. The WAL must
+    // still start over (not grow for as long as the writes go on).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("webhooks.db");
+    let store = Arc::new(
+        SqliteStore::connect(path.to_str().expect("utf-8 path"))
+            .await
+            .expect("connect"),
+    );
+    let project = new_project(store.as_ref()).await;
+    new_webhook(store.as_ref(), project.id, "steady.write").await;
+    let until = tokio::time::Instant::now() + Duration::from_millis(3500);
+    let publishers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut published = 0_u64;
+                while tokio::time::Instant::now() < until {
+                    publish(store.as_ref(), project.id, "steady.write").await;
+                    published += 1;
+                }
+                published
+            })
+        })
+        .collect();
+    let mut published = 0;
+    for publisher in publishers {
+        published += publisher.await.expect("publisher");
+    }
+    let wal = dir.path().join("webhooks.db-wal");
+    let restarts = wal_restarts(&wal);
+    assert!(
+        restarts > 0,
+        "the WAL never started over in 3.5 s of {published} publishes ({} bytes)",
+        std::fs::metadata(&wal).expect("WAL").len()
+    );
+    store.close().await;
+}
+
 #[tokio::test]
 async fn sqlite_in_memory_database_works() {
     let store = SqliteStore::connect("sqlite::memory:")

@@ -68,18 +68,56 @@ pub(super) fn prepare_private_file(file: &Path) -> io::Result<()> {
 
 /// Checkpoints the WAL into the database file every [`CHECKPOINT_EVERY`], in PASSIVE
 /// mode: it copies what no reader still needs and never waits for (nor blocks) the
-/// writer, so the WAL stays small without a commit ever paying for it. Stops when the
-/// store's writer pool closes.
+/// writer, so no commit pays for the copying. Stops when the store's writer pool
+/// closes.
+///
+/// SQLite starts the WAL over from its beginning only when a write begins with every
+/// frame already copied. Under steady writes a commit nearly always runs across the
+/// end of the copy (and the copy then looks complete), so the WAL would grow for as
+/// long as the load lasts: about 100 KB per event, every frame a new block of the
+/// file and another entry for every read to search. So whenever the WAL moved since
+/// the last round, what came in during the copy is copied again with the writer
+/// held: a few frames and two syncs (about a millisecond) that writes wait for, after
+/// which the next write starts the WAL over.
 pub(super) async fn checkpoint_loop(mut conn: sqlx::SqliteConnection, writer: SqlitePool) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = None;
     while !writer.is_closed() {
         tick.tick().await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&mut conn)
-            .await
-        {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
+        let copied = match checkpoint(&mut conn).await {
+            Ok(progress) => progress,
+            Err(e) => {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+                continue;
+            }
+        };
+        if last == Some(copied) && copied.copied == copied.log {
+            // Nothing written since the last round, and all of it copied.
+            continue;
+        }
+        // The writer pool's one connection: no write is in progress meanwhile.
+        let Ok(_held) = writer.acquire().await else {
+            continue;
+        };
+        match checkpoint(&mut conn).await {
+            Ok(progress) => last = Some(progress),
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
         }
     }
+}
+
+/// What a checkpoint left: frames in the WAL, and how many of them are copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Progress {
+    pub log: i64,
+    pub copied: i64,
+}
+
+/// One PASSIVE checkpoint on `conn`.
+pub(super) async fn checkpoint(conn: &mut sqlx::SqliteConnection) -> sqlx::Result<Progress> {
+    let (_busy, log, copied): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(conn)
+        .await?;
+    Ok(Progress { log, copied })
 }
