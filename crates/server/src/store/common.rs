@@ -820,6 +820,20 @@ pub(crate) trait BackendOps: Send + Sync + 'static {
         max: usize,
         lease: Duration,
     ) -> impl Future<Output = StoreResult<(Vec<ClaimedDelivery>, Option<NextDue>)>> + Send;
+    /// Leases every due delivery outside `skip` in one round trip, if no more than
+    /// `max` are due: such a claim is as fair as any (each project gets all it has
+    /// due), so no scan of the projects has to come first. `None` when more were
+    /// due, when it cannot tell, or when the backend does not claim this way: the
+    /// fair claim follows.
+    fn claim_all_due(
+        &self,
+        _skip: &[Uuid],
+        _max: usize,
+        _lease: Duration,
+    ) -> impl Future<Output = StoreResult<Option<(Vec<ClaimedDelivery>, Option<NextDue>)>>> + Send
+    {
+        async { Ok(None) }
+    }
     /// Puts what one [`WebhookStore::claim_due_skipping`] claimed in the order it is
     /// handed out.
     fn order_claims(_claimed: &mut [ClaimedDelivery]) {}

@@ -183,6 +183,9 @@ impl BackendOps for PgStore {
         let (projects, share): (&[Uuid], Option<usize>) = match from {
             ClaimFrom::Projects(projects, share) => (projects, Some(share)),
             ClaimFrom::Oldest(skip) => (skip, None),
+            // Not claimed this way here (claim_all_due answers None): nothing taken,
+            // nothing told.
+            ClaimFrom::AllDue(_) => return Ok((Vec::new(), None)),
         };
         let sql = claim_sql(share.is_some());
         let mut query = sqlx::query(&sql)

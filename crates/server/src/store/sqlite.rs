@@ -175,6 +175,28 @@ impl SqliteStore {
     fn writer(&self) -> &SqlitePool {
         &self.tables.write
     }
+
+    /// Runs the claim `q` and, in the same command, tells the next due time as the
+    /// claim leaves the queue: the worker would otherwise ask right after, in a round
+    /// trip of its own.
+    async fn claim_and_tell(
+        &self,
+        mut q: QueryBuilder<'_, Sqlite>,
+        now: Micros,
+    ) -> StoreResult<(Vec<ClaimedDelivery>, Option<NextDue>)> {
+        q.push("; ");
+        push_next_due(&mut q, now);
+        let mut claimed = Vec::new();
+        let mut next = None;
+        for row in q.build().fetch_all(self.writer()).await? {
+            if row.len() == 1 {
+                next = row.try_get::<Option<Micros>, _>(0)?;
+            } else {
+                claimed.push(ClaimedRow::from_row(&row)?.into());
+            }
+        }
+        Ok((claimed, Some(NextDue(next.map(DateTime::from)))))
+    }
 }
 
 // SQLite types its parameters from their values, and takes the write lock up front.
@@ -217,21 +239,32 @@ impl BackendOps for SqliteStore {
         let expires = Micros(add_duration(now.0, lease));
         let token = Uuid::new_v4();
         let max = i64::try_from(max).unwrap_or(i64::MAX);
-        let mut q = claim_query("", from, max, (token, now, expires));
-        // The next due time as the claim leaves the queue, in the same command: the
-        // worker would otherwise ask right after, in a round trip of its own.
-        q.push("; ");
-        push_next_due(&mut q, now);
-        let mut claimed = Vec::new();
-        let mut next = None;
-        for row in q.build().fetch_all(self.writer()).await? {
-            if row.len() == 1 {
-                next = row.try_get::<Option<Micros>, _>(0)?;
-            } else {
-                claimed.push(ClaimedRow::from_row(&row)?.into());
-            }
-        }
-        Ok((claimed, Some(NextDue(next.map(DateTime::from)))))
+        let q = claim_query("", from, max, (token, now, expires));
+        self.claim_and_tell(q, now).await
+    }
+
+    /// Claims with the oldest-first claim guarded to take nothing unless all that is
+    /// due outside `skip` fits in `max`. It fit when it took anything, or when
+    /// nothing is due any more; a claim that took nothing while something is still
+    /// due cannot tell whether that is the skipped projects' (`None`).
+    async fn claim_all_due(
+        &self,
+        skip: &[Uuid],
+        max: usize,
+        lease: Duration,
+    ) -> StoreResult<Option<(Vec<ClaimedDelivery>, Option<NextDue>)>> {
+        let now = Micros(now_micros());
+        let expires = Micros(add_duration(now.0, lease));
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        let q = claim_query(
+            "",
+            ClaimFrom::AllDue(skip),
+            max,
+            (Uuid::new_v4(), now, expires),
+        );
+        let (claimed, next) = self.claim_and_tell(q, now).await?;
+        let due_left = matches!(next, Some(NextDue(Some(at))) if at <= DateTime::from(now));
+        Ok((!claimed.is_empty() || !due_left).then_some((claimed, next)))
     }
 
     async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome> {
@@ -675,7 +708,7 @@ pub(crate) fn claim_query<'a>(
         .push(", updated_at = ")
         .push_bind(now)
         .push(" WHERE id IN (SELECT id FROM (");
-    let due = |q: &mut QueryBuilder<'_, Sqlite>| {
+    let due = |q: &mut QueryBuilder<'a, Sqlite>| {
         q.push(
             "SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
              WHERE d.status = 'pending' AND w.is_active = 1 AND d.next_attempt_at <= ",
@@ -687,6 +720,20 @@ pub(crate) fn claim_query<'a>(
         .push(ORDER_ALLOWS_HEAD)
         .push_bind(now)
         .push(ORDER_ALLOWS_TAIL);
+    };
+    // The oldest `limit` due, oldest first, outside `skip`.
+    let oldest = |q: &mut QueryBuilder<'a, Sqlite>, skip: &[Uuid], limit: i64| {
+        due(q);
+        if !skip.is_empty() {
+            q.push(" AND d.project_id NOT IN (");
+            let mut list = q.separated(", ");
+            for project in skip {
+                list.push_bind(*project);
+            }
+            q.push(")");
+        }
+        q.push(" ORDER BY d.next_attempt_at, d.id LIMIT ")
+            .push_bind(limit);
     };
     match from {
         // A part for each project: one index range per project, in due order.
@@ -704,24 +751,19 @@ pub(crate) fn claim_query<'a>(
                     .push(")");
             }
         }
-        ClaimFrom::Oldest(skip) => {
-            due(&mut q);
-            if !skip.is_empty() {
-                q.push(" AND d.project_id NOT IN (");
-                let mut list = q.separated(", ");
-                for project in skip {
-                    list.push_bind(*project);
-                }
-                q.push(")");
-            }
-            q.push(" ORDER BY d.next_attempt_at, d.id LIMIT ")
-                .push_bind(max);
-        }
+        ClaimFrom::Oldest(skip) => oldest(&mut q, skip, max),
+        ClaimFrom::AllDue(skip) => oldest(&mut q, skip, max),
     }
-    q.push(") LIMIT ")
-        .push_bind(max)
-        .push(
-            ") RETURNING id, event_id, webhook_id, project_id, event_type, attempts_made, \
+    q.push(") LIMIT ").push_bind(max);
+    if let ClaimFrom::AllDue(skip) = from {
+        // Nothing unless all that is due fits: one more than fits is counted at most.
+        // (The parenthesis opened here is closed with the IN list's, below.)
+        q.push(") AND ((SELECT count(*) FROM (");
+        oldest(&mut q, skip, max + 1);
+        q.push(")) <= ").push_bind(max);
+    }
+    q.push(
+        ") RETURNING id, event_id, webhook_id, project_id, event_type, attempts_made, \
              lease_token, origin, \
              (SELECT e.created_at FROM events e WHERE e.id = event_id) AS event_created_at, \
              (SELECT e.data FROM events e WHERE e.id = event_id) AS data, \
@@ -732,9 +774,11 @@ pub(crate) fn claim_query<'a>(
              (SELECT w.rate_limit FROM webhooks w WHERE w.id = webhook_id) AS rate_limit, \
              (SELECT w.ordered FROM webhooks w WHERE w.id = webhook_id) AS ordered, \
              (SELECT CASE WHEN w.previous_secret_expires_at > ",
-        )
-        .push_bind(now)
-        .push(" THEN w.previous_secret END FROM webhooks w WHERE w.id = webhook_id) AS previous_secret");
+    )
+    .push_bind(now)
+    .push(
+        " THEN w.previous_secret END FROM webhooks w WHERE w.id = webhook_id) AS previous_secret",
+    );
     q
 }
 

@@ -2056,6 +2056,58 @@ async fn sqlite_accepts_a_bare_path_and_keeps_data_across_restarts() {
     assert_eq!(mode, "wal");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_claim_of_all_due_takes_all_or_nothing() {
+    let fresh = FreshDb::sqlite();
+    let store = SqliteStore::connect(&fresh.url)
+        .await
+        .expect("connect sqlite");
+    let (noisy, quiet) = noisy_and_quiet(&store).await;
+    for _ in 0..3 {
+        publish(&store, quiet.id, "fresh").await;
+    }
+    // 43 due: a claim of 42 takes none of them, and leaves them all due.
+    let none = common::BackendOps::claim_all_due(&store, &[], 42, LEASE)
+        .await
+        .unwrap();
+    assert!(none.is_none(), "more were due than fit");
+    assert_eq!(pending(&store).await, 43);
+    let leased: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE lease_token IS NOT NULL")
+            .fetch_one(store.reader())
+            .await
+            .unwrap();
+    assert_eq!(leased, 0, "the claim that did not fit leased nothing");
+    // Skipping the backlog, the quiet project's three fit.
+    let (claimed, next) = common::BackendOps::claim_all_due(&store, &[noisy.id], 10, LEASE)
+        .await
+        .unwrap()
+        .expect("the quiet project's deliveries fit");
+    assert_eq!(claimed.len(), 3);
+    assert!(claimed.iter().all(|c| c.project_id == quiet.id));
+    assert!(next.is_some(), "it tells the next due time");
+    // The backlog's 40 do not fit in 39; they fit in 40, and then nothing is due.
+    let none = common::BackendOps::claim_all_due(&store, &[], 39, LEASE)
+        .await
+        .unwrap();
+    assert!(none.is_none(), "one more was due than fit");
+    let (claimed, next) = common::BackendOps::claim_all_due(&store, &[], 40, LEASE)
+        .await
+        .unwrap()
+        .expect("all that is due fits");
+    assert_eq!(claimed.len(), 40);
+    let Some(NextDue(Some(after))) = next else {
+        panic!("the leases come due again: {next:?}");
+    };
+    assert!(after > Utc::now(), "nothing is due now");
+    let (claimed, _) = common::BackendOps::claim_all_due(&store, &[], 10, LEASE)
+        .await
+        .unwrap()
+        .expect("nothing due fits");
+    assert!(claimed.is_empty());
+    store.close().await;
+}
+
 /// The WAL's checkpoint sequence number (its header's fourth field), which goes up each
 /// time the WAL starts over from its beginning.
 fn wal_restarts(wal: &std::path::Path) -> u32 {
@@ -2551,6 +2603,7 @@ async fn sqlite_hot_queries_use_their_indexes() {
     for (name, from) in [
         ("claim by project", ClaimFrom::Projects(&project, 8)),
         ("claim oldest", ClaimFrom::Oldest(&project)),
+        ("claim all due", ClaimFrom::AllDue(&project)),
     ] {
         let mut q =
             sqlite::claim_query("EXPLAIN QUERY PLAN ", from, 16, (Uuid::new_v4(), now, now));
