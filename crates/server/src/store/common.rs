@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,6 +141,9 @@ pub(crate) struct Tables<DB: Database> {
     pub read: Pool<DB>,
     /// Long webhook listings, by project.
     pub lists: Arc<ListCache>,
+    /// The last claim was a busy one (see [`super::claim_fairly`]): the next goes
+    /// straight to the fair claim.
+    pub busy: Arc<AtomicBool>,
 }
 
 impl<DB: Database> Tables<DB> {
@@ -148,6 +152,7 @@ impl<DB: Database> Tables<DB> {
             write,
             read,
             lists: Arc::default(),
+            busy: Arc::default(),
         }
     }
 }
@@ -158,6 +163,7 @@ impl<DB: Database> Clone for Tables<DB> {
             write: self.write.clone(),
             read: self.read.clone(),
             lists: self.lists.clone(),
+            busy: self.busy.clone(),
         }
     }
 }
@@ -813,27 +819,14 @@ pub(crate) trait BackendOps: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<Published>> + Send;
     /// Leases up to `max` due deliveries from `from` (see [`super::claim_fairly`]),
     /// and, if it costs nothing more, tells when the next one comes due
-    /// ([`ClaimBatch::next_due`]).
+    /// ([`ClaimBatch::next_due`]). From [`ClaimFrom::AllDue`], a claim that took
+    /// nothing tells nothing unless nothing was due.
     fn claim_from(
         &self,
         from: ClaimFrom<'_>,
         max: usize,
         lease: Duration,
     ) -> impl Future<Output = StoreResult<(Vec<ClaimedDelivery>, Option<NextDue>)>> + Send;
-    /// Leases every due delivery outside `skip` in one round trip, if no more than
-    /// `max` are due: such a claim is as fair as any (each project gets all it has
-    /// due), so no scan of the projects has to come first. `None` when more were
-    /// due, when it cannot tell, or when the backend does not claim this way: the
-    /// fair claim follows.
-    fn claim_all_due(
-        &self,
-        _skip: &[Uuid],
-        _max: usize,
-        _lease: Duration,
-    ) -> impl Future<Output = StoreResult<Option<(Vec<ClaimedDelivery>, Option<NextDue>)>>> + Send
-    {
-        async { Ok(None) }
-    }
     /// Puts what one [`WebhookStore::claim_due_skipping`] claimed in the order it is
     /// handed out.
     fn order_claims(_claimed: &mut [ClaimedDelivery]) {}

@@ -9,6 +9,7 @@
 //! already resolved for the request.
 
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -795,7 +796,7 @@ pub enum ClaimFrom<'a> {
     /// Oldest due first across all projects but these.
     Oldest(&'a [Uuid]),
     /// Every due delivery outside these projects, or none if more are due than the
-    /// claim may take (see `BackendOps::claim_all_due`).
+    /// claim may take (see [`claim_all_due`]).
     AllDue(&'a [Uuid]),
 }
 
@@ -816,6 +817,25 @@ pub struct ClaimBatch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NextDue(pub Option<DateTime<Utc>>);
 
+/// Leases every due delivery outside `skip` in one round trip, if no more than `max`
+/// are due: such a claim is as fair as any (each project gets all it has due), so no
+/// scan of the projects has to come first. `None` when more were due, or when it
+/// cannot tell: the fair claim follows.
+pub(crate) async fn claim_all_due<B: common::BackendOps>(
+    store: &B,
+    skip: &[Uuid],
+    max: usize,
+    lease: Duration,
+) -> StoreResult<Option<(Vec<ClaimedDelivery>, Option<NextDue>)>> {
+    let (claimed, told) = store
+        .claim_from(ClaimFrom::AllDue(skip), max, lease)
+        .await?;
+    Ok((!claimed.is_empty() || told.is_some()).then_some((claimed, told)))
+}
+
+/// A claim of this many deliveries or more counts as busy (see [`claim_fairly`]).
+const BUSY_CLAIM: usize = 16;
+
 /// [`WebhookStore::claim_due_skipping`] on either backend: an equal part of `max` for
 /// each project with due work, then, when more projects have pending work than were
 /// looked at, the rest oldest due first across all of them. `scan` lists the first
@@ -835,13 +855,19 @@ where
         return Ok(ClaimBatch::default());
     }
     // At a moderate rate everything due fits in one claim: then the scan is a round
-    // trip for nothing.
-    if let Some((deliveries, next_due)) = store.claim_all_due(skip, max, lease).await? {
-        return Ok(ClaimBatch {
-            drained: deliveries.len() < max,
-            deliveries,
-            next_due,
-        });
+    // trip for nothing. After a busy claim (one that left more due, or took many) it
+    // is not tried: behind a backlog it would not fit, and under heavy traffic the
+    // scan's cost is spread over a large batch anyway.
+    let busy = &store.tables().busy;
+    if !busy.load(Ordering::Relaxed) {
+        if let Some((deliveries, next_due)) = claim_all_due(store, skip, max, lease).await? {
+            busy.store(deliveries.len() >= BUSY_CLAIM, Ordering::Relaxed);
+            return Ok(ClaimBatch {
+                drained: deliveries.len() < max,
+                deliveries,
+                next_due,
+            });
+        }
     }
     let scanned = scan().await?;
     let truncated = scanned.len() > FAIR_CLAIM_PROJECTS;
@@ -873,6 +899,7 @@ where
         share_filled = false;
     }
     let drained = claimed.len() < max && !share_filled;
+    busy.store(!drained || claimed.len() >= BUSY_CLAIM, Ordering::Relaxed);
     Ok(ClaimBatch {
         deliveries: claimed,
         drained,

@@ -180,14 +180,12 @@ impl BackendOps for PgStore {
         // nothing, so claimers never queue behind a webhook row either.
         // next_attempt_at moves to the lease expiry: the row drops out of the due
         // range while leased and comes back by itself if the lease runs out.
-        let (projects, share): (&[Uuid], Option<usize>) = match from {
-            ClaimFrom::Projects(projects, share) => (projects, Some(share)),
-            ClaimFrom::Oldest(skip) => (skip, None),
-            // Not claimed this way here (claim_all_due answers None): nothing taken,
-            // nothing told.
-            ClaimFrom::AllDue(_) => return Ok((Vec::new(), None)),
+        let (form, projects, share): (_, &[Uuid], _) = match from {
+            ClaimFrom::Projects(projects, share) => (ClaimForm::PerProject, projects, Some(share)),
+            ClaimFrom::Oldest(skip) => (ClaimForm::Oldest, skip, None),
+            ClaimFrom::AllDue(skip) => (ClaimForm::AllDue, skip, None),
         };
-        let sql = claim_sql(share.is_some());
+        let sql = claim_sql(form);
         let mut query = sqlx::query(&sql)
             .bind(now)
             .bind(i64::try_from(max).unwrap_or(i64::MAX))
@@ -201,16 +199,22 @@ impl BackendOps for PgStore {
         // Every row carries the next due time as the claim leaves the queue (the
         // statement's snapshot still has the claimed rows due, so it leaves them out
         // and counts their lease's expiry instead); with no row, nothing is told.
-        let told = match rows.first() {
+        let mut told = match rows.first() {
             Some(row) => Some(NextDue(
                 row.try_get::<Option<DateTime<Utc>>, _>("next_due")?,
             )),
             None => None,
         };
-        let claimed = rows
-            .iter()
-            .map(|row| Ok(ClaimedRow::from_row(row)?.into()))
-            .collect::<StoreResult<_>>()?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<Option<Uuid>, _>("id")?.is_some() {
+                claimed.push(ClaimedRow::from_row(row)?.into());
+            } else if row.try_get::<i64, _>("due_count")? > 0 {
+                // None claimed because more were due than fit: what it would tell
+                // leaves those out.
+                told = None;
+            }
+        }
         Ok((claimed, told))
     }
 
@@ -559,31 +563,66 @@ async fn publish_batch(pool: &PgPool, jobs: &[PublishJob]) -> StoreResult<Vec<Pu
 /// [`held`] as a PostgreSQL literal, for a statement whose parameters are all taken.
 pub(crate) const HELD: &str = "'9999-01-01 00:00:00+00'::timestamptz";
 
-/// The claim statement (see [`PgStore::claim_from`]): with `per_project`, a part for
-/// each project of `$5` (one index range per project, in due order, `$6` each);
-/// otherwise the oldest due across all but the projects of `$5`. `$1` now, `$2` the
-/// most rows, `$3` the lease token, `$4` its expiry.
-pub(crate) fn claim_sql(per_project: bool) -> String {
+/// The forms of the claim statement, as [`ClaimFrom`] names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaimForm {
+    PerProject,
+    Oldest,
+    AllDue,
+}
+
+impl ClaimForm {
+    #[cfg(test)]
+    pub const ALL: [ClaimForm; 3] = [ClaimForm::PerProject, ClaimForm::Oldest, ClaimForm::AllDue];
+}
+
+/// The claim statement (see [`PgStore::claim_from`]). `$1` now, `$2` the most rows,
+/// `$3` the lease token, `$4` its expiry, `$5` projects:
+/// - [`ClaimForm::PerProject`]: a part for each project of `$5` (one index range per
+///   project, in due order, `$6` each);
+/// - [`ClaimForm::Oldest`]: the oldest due across all but the projects of `$5`;
+/// - [`ClaimForm::AllDue`]: as `Oldest`, but nothing unless all that is due fits in
+///   `$2`; every row has `due_count`, how many were due (one more than fits at most),
+///   and a row with a NULL id stands for none claimed, with the next due time.
+pub(crate) fn claim_sql(form: ClaimForm) -> String {
     let claimable = claimable("$1");
     let due_now = format!(
         "d.status = 'pending' AND d.next_attempt_at <= $1 \
          AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $1) AND {claimable}"
     );
-    let due = if per_project {
-        format!(
-            "SELECT x.id FROM unnest($5::uuid[]) AS p(pid) CROSS JOIN LATERAL ( \
-                 SELECT d.id FROM deliveries d WHERE d.project_id = p.pid AND {due_now} \
-                 ORDER BY d.next_attempt_at, d.id LIMIT $6 \
-                 FOR NO KEY UPDATE OF d SKIP LOCKED) x \
-             LIMIT $2"
-        )
-    } else {
+    let oldest = |limit: &str| {
         format!(
             "SELECT d.id FROM deliveries d WHERE {due_now} \
                AND NOT (d.project_id = ANY($5)) \
-             ORDER BY d.next_attempt_at, d.id LIMIT $2 \
+             ORDER BY d.next_attempt_at, d.id LIMIT {limit} \
              FOR NO KEY UPDATE OF d SKIP LOCKED"
         )
+    };
+    let (due, fits, count, none_claimed) = match form {
+        ClaimForm::PerProject => (
+            format!(
+                "SELECT x.id FROM unnest($5::uuid[]) AS p(pid) CROSS JOIN LATERAL ( \
+                     SELECT d.id FROM deliveries d WHERE d.project_id = p.pid AND {due_now} \
+                     ORDER BY d.next_attempt_at, d.id LIMIT $6 \
+                     FOR NO KEY UPDATE OF d SKIP LOCKED) x \
+                 LIMIT $2"
+            ),
+            "",
+            "",
+            "",
+        ),
+        ClaimForm::Oldest => (oldest("$2"), "", "", ""),
+        // One past what fits is read (and locked until the statement ends) at most.
+        ClaimForm::AllDue => (
+            oldest("$2 + 1"),
+            "AND (SELECT count(*) FROM due) <= $2",
+            ", (SELECT count(*) FROM due) AS due_count",
+            " UNION ALL \
+             SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+                 NULL, NULL, NULL, NULL, NULL, (SELECT next_attempt_at FROM after), \
+                 (SELECT count(*) FROM due) \
+             FROM no_wait WHERE NOT EXISTS (SELECT 1 FROM claimed)",
+        ),
     };
     // The next due time as the claim leaves the queue: its snapshot still has the
     // claimed rows due, so they are left out.
@@ -598,7 +637,7 @@ pub(crate) fn claim_sql(per_project: bool) -> String {
          ), due AS MATERIALIZED ({due}), claimed AS ( \
              UPDATE deliveries d SET lease_token = $3, lease_expires_at = $4, \
                  next_attempt_at = $4, updated_at = $1 \
-             FROM due WHERE d.id = due.id \
+             FROM due WHERE d.id = due.id {fits} \
              RETURNING d.id, d.event_id, d.webhook_id, d.project_id, d.event_type, \
                  d.attempts_made, d.lease_token, d.origin \
          ), after AS MATERIALIZED ({after}) \
@@ -608,11 +647,11 @@ pub(crate) fn claim_sql(per_project: bool) -> String {
              w.webhook_url, w.auth_header, w.signing_secret, w.rate_limit, w.ordered, \
              CASE WHEN w.previous_secret_expires_at > $1 THEN w.previous_secret END \
                  AS previous_secret, \
-             LEAST((SELECT next_attempt_at FROM after), $4) AS next_due \
+             LEAST((SELECT next_attempt_at FROM after), $4) AS next_due{count} \
          FROM claimed c \
          JOIN events e ON e.id = c.event_id \
          JOIN webhooks w ON w.id = c.webhook_id \
-         CROSS JOIN no_wait \
-         ORDER BY c.id"
+         CROSS JOIN no_wait{none_claimed} \
+         ORDER BY 1"
     )
 }

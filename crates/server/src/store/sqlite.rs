@@ -240,31 +240,15 @@ impl BackendOps for SqliteStore {
         let token = Uuid::new_v4();
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         let q = claim_query("", from, max, (token, now, expires));
-        self.claim_and_tell(q, now).await
-    }
-
-    /// Claims with the oldest-first claim guarded to take nothing unless all that is
-    /// due outside `skip` fits in `max`. It fit when it took anything, or when
-    /// nothing is due any more; a claim that took nothing while something is still
-    /// due cannot tell whether that is the skipped projects' (`None`).
-    async fn claim_all_due(
-        &self,
-        skip: &[Uuid],
-        max: usize,
-        lease: Duration,
-    ) -> StoreResult<Option<(Vec<ClaimedDelivery>, Option<NextDue>)>> {
-        let now = Micros(now_micros());
-        let expires = Micros(add_duration(now.0, lease));
-        let max = i64::try_from(max).unwrap_or(i64::MAX);
-        let q = claim_query(
-            "",
-            ClaimFrom::AllDue(skip),
-            max,
-            (Uuid::new_v4(), now, expires),
-        );
-        let (claimed, next) = self.claim_and_tell(q, now).await?;
-        let due_left = matches!(next, Some(NextDue(Some(at))) if at <= DateTime::from(now));
-        Ok((!claimed.is_empty() || !due_left).then_some((claimed, next)))
+        let (claimed, told) = self.claim_and_tell(q, now).await?;
+        // All due (guarded to take nothing unless everything due outside the skipped
+        // projects fits): having taken nothing while something is still due, it
+        // cannot tell whether that is more than fit or only the skipped projects'.
+        let due_left = matches!(told, Some(NextDue(Some(at))) if at <= DateTime::from(now));
+        if matches!(from, ClaimFrom::AllDue(_)) && claimed.is_empty() && due_left {
+            return Ok((claimed, None));
+        }
+        Ok((claimed, told))
     }
 
     async fn upsert_webhook(&self, input: UpsertWebhook<'_>) -> StoreResult<UpsertOutcome> {

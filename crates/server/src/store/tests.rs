@@ -2056,42 +2056,32 @@ async fn sqlite_accepts_a_bare_path_and_keeps_data_across_restarts() {
     assert_eq!(mode, "wal");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_claim_of_all_due_takes_all_or_nothing() {
-    let fresh = FreshDb::sqlite();
-    let store = SqliteStore::connect(&fresh.url)
-        .await
-        .expect("connect sqlite");
-    let (noisy, quiet) = noisy_and_quiet(&store).await;
+/// [`claim_all_due`] on `store`: everything due, or nothing while more is due than
+/// fits.
+async fn a_claim_of_all_due_takes_all_or_nothing<B: common::BackendOps>(
+    store: &B,
+    s: &dyn WebhookStore,
+) {
+    let (noisy, quiet) = noisy_and_quiet(s).await;
     for _ in 0..3 {
-        publish(&store, quiet.id, "fresh").await;
+        publish(s, quiet.id, "fresh").await;
     }
-    // 43 due: a claim of 42 takes none of them, and leaves them all due.
-    let none = common::BackendOps::claim_all_due(&store, &[], 42, LEASE)
-        .await
-        .unwrap();
-    assert!(none.is_none(), "more were due than fit");
-    assert_eq!(pending(&store).await, 43);
-    let leased: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE lease_token IS NOT NULL")
-            .fetch_one(store.reader())
-            .await
-            .unwrap();
-    assert_eq!(leased, 0, "the claim that did not fit leased nothing");
+    // 43 due: a claim of 42 takes none of them.
+    let none = claim_all_due(store, &[], 42, LEASE).await.unwrap();
+    assert!(none.is_none(), "more were due than fit: {none:?}");
     // Skipping the backlog, the quiet project's three fit.
-    let (claimed, next) = common::BackendOps::claim_all_due(&store, &[noisy.id], 10, LEASE)
+    let (claimed, next) = claim_all_due(store, &[noisy.id], 10, LEASE)
         .await
         .unwrap()
         .expect("the quiet project's deliveries fit");
     assert_eq!(claimed.len(), 3);
     assert!(claimed.iter().all(|c| c.project_id == quiet.id));
     assert!(next.is_some(), "it tells the next due time");
-    // The backlog's 40 do not fit in 39; they fit in 40, and then nothing is due.
-    let none = common::BackendOps::claim_all_due(&store, &[], 39, LEASE)
-        .await
-        .unwrap();
+    // The backlog's 40 do not fit in 39; they fit in 40 (so the claims that did not
+    // fit leased nothing), and then nothing is due.
+    let none = claim_all_due(store, &[], 39, LEASE).await.unwrap();
     assert!(none.is_none(), "one more was due than fit");
-    let (claimed, next) = common::BackendOps::claim_all_due(&store, &[], 40, LEASE)
+    let (claimed, next) = claim_all_due(store, &[], 40, LEASE)
         .await
         .unwrap()
         .expect("all that is due fits");
@@ -2100,12 +2090,34 @@ async fn sqlite_a_claim_of_all_due_takes_all_or_nothing() {
         panic!("the leases come due again: {next:?}");
     };
     assert!(after > Utc::now(), "nothing is due now");
-    let (claimed, _) = common::BackendOps::claim_all_due(&store, &[], 10, LEASE)
+    let (claimed, next) = claim_all_due(store, &[], 10, LEASE)
         .await
         .unwrap()
         .expect("nothing due fits");
     assert!(claimed.is_empty());
+    assert!(
+        matches!(next, Some(NextDue(Some(at))) if at > Utc::now()),
+        "with nothing due it tells when the leases run out: {next:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_claim_of_all_due_takes_all_or_nothing() {
+    let fresh = FreshDb::sqlite();
+    let store = SqliteStore::connect(&fresh.url)
+        .await
+        .expect("connect sqlite");
+    a_claim_of_all_due_takes_all_or_nothing(&store, &store).await;
     store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_claim_of_all_due_takes_all_or_nothing() {
+    in_pg_schema(|options| async move {
+        let store = PgStore::connect_with(options, 2).await.unwrap();
+        a_claim_of_all_due_takes_all_or_nothing(&store, &store).await;
+    })
+    .await;
 }
 
 /// The WAL's checkpoint sequence number (its header's fourth field), which goes up each
@@ -2654,8 +2666,9 @@ async fn postgres_claim_plans(
     projects: &[Uuid],
 ) -> Vec<(String, Vec<String>)> {
     let mut plans = Vec::new();
-    for per_project in [true, false] {
-        let sql = format!("EXPLAIN {}", postgres::claim_sql(per_project));
+    for form in postgres::ClaimForm::ALL {
+        let per_project = form == postgres::ClaimForm::PerProject;
+        let sql = format!("EXPLAIN {}", postgres::claim_sql(form));
         let mut query = sqlx::query(&sql)
             .bind(now)
             .bind(64_i64)
@@ -2667,7 +2680,7 @@ async fn postgres_claim_plans(
         }
         let rows = query.fetch_all(&mut *conn).await.expect("explain claim");
         plans.push((
-            format!("claim (per project: {per_project})"),
+            format!("claim ({form:?})"),
             rows.iter()
                 .map(|r| sqlx::Row::get::<String, _>(r, 0))
                 .collect(),

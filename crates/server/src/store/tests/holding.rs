@@ -397,10 +397,11 @@ async fn postgres_an_ordered_backlog_is_not_read_by_another_tenants_claim() {
             .await
             .unwrap();
         plans.push(("next due".to_owned(), explain(rows)));
-        for per_project in [true, false] {
+        for form in postgres::ClaimForm::ALL {
+            let per_project = form == postgres::ClaimForm::PerProject;
             // EXPLAIN ANALYZE runs the claim: in a transaction rolled back after.
             let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
-            let sql = format!("EXPLAIN ANALYZE {}", postgres::claim_sql(per_project));
+            let sql = format!("EXPLAIN ANALYZE {}", postgres::claim_sql(form));
             let projects: Vec<Uuid> = if per_project { vec![other.id] } else { vec![] };
             let mut query = sqlx::query(&sql)
                 .bind(now)
@@ -413,7 +414,7 @@ async fn postgres_an_ordered_backlog_is_not_read_by_another_tenants_claim() {
             }
             let rows = query.fetch_all(&mut *tx).await.unwrap();
             tx.rollback().await.unwrap();
-            plans.push((format!("claim (per project: {per_project})"), explain(rows)));
+            plans.push((format!("claim ({form:?})"), explain(rows)));
         }
         for (name, plan) in &plans {
             let read = rows_read(plan);
