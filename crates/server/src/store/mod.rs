@@ -857,9 +857,11 @@ where
     // At a moderate rate everything due fits in one claim: then the scan is a round
     // trip for nothing. After a busy claim (one that left more due, or took many) it
     // is not tried: behind a backlog it would not fit, and under heavy traffic the
-    // scan's cost is spread over a large batch anyway.
+    // scan's cost is spread over a large batch anyway. Nor while a project is left
+    // out: its due rows lie across the oldest-first walk, which would read past them
+    // all, where the fair claim reads each other project's own range.
     let busy = &store.tables().busy;
-    if !busy.load(Ordering::Relaxed) {
+    if skip.is_empty() && !busy.load(Ordering::Relaxed) {
         if let Some((deliveries, next_due)) = claim_all_due(store, skip, max, lease).await? {
             busy.store(deliveries.len() >= BUSY_CLAIM, Ordering::Relaxed);
             return Ok(ClaimBatch {

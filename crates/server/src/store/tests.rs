@@ -2102,6 +2102,43 @@ async fn a_claim_of_all_due_takes_all_or_nothing<B: common::BackendOps>(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_tries_all_due_only_when_nothing_is_left_out_and_it_was_quiet() {
+    let fresh = FreshDb::sqlite();
+    let store = SqliteStore::connect(&fresh.url)
+        .await
+        .expect("connect sqlite");
+    let (noisy, quiet) = noisy_and_quiet(&store).await;
+    let scans = std::sync::atomic::AtomicUsize::new(0);
+    let claim = |skip: Vec<Uuid>| {
+        let (store, scans) = (&store, &scans);
+        async move {
+            let scan = || async {
+                scans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                common::BackendOps::tables(store)
+                    .pending_projects(Utc::now())
+                    .await
+            };
+            let batch = claim_fairly(store, scan, 100, LEASE, &skip).await.unwrap();
+            let scanned = scans.swap(0, std::sync::atomic::Ordering::Relaxed) > 0;
+            (batch.deliveries.len(), scanned)
+        }
+    };
+    // A project left out (at its share of the slots): its due backlog lies across the
+    // oldest-first walk, so the fair claim reads the quiet project's own range.
+    publish(&store, quiet.id, "fresh").await;
+    assert_eq!(claim(vec![noisy.id]).await, (1, true));
+    // Nothing left out, the last claim a quiet one: all 40 due fit, no scan.
+    assert_eq!(claim(Vec::new()).await, (40, false));
+    // That claim was a busy one (16 or more): the next goes through the fair scan.
+    publish(&store, quiet.id, "fresh").await;
+    assert_eq!(claim(Vec::new()).await, (1, true));
+    // Which was quiet again.
+    publish(&store, quiet.id, "fresh").await;
+    assert_eq!(claim(Vec::new()).await, (1, false));
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_claim_of_all_due_takes_all_or_nothing() {
     let fresh = FreshDb::sqlite();
     let store = SqliteStore::connect(&fresh.url)
