@@ -175,28 +175,6 @@ impl SqliteStore {
     fn writer(&self) -> &SqlitePool {
         &self.tables.write
     }
-
-    /// Runs the claim `q` and, in the same command, tells the next due time as the
-    /// claim leaves the queue: the worker would otherwise ask right after, in a round
-    /// trip of its own.
-    async fn claim_and_tell(
-        &self,
-        mut q: QueryBuilder<'_, Sqlite>,
-        now: Micros,
-    ) -> StoreResult<(Vec<ClaimedDelivery>, Option<NextDue>)> {
-        q.push("; ");
-        push_next_due(&mut q, now);
-        let mut claimed = Vec::new();
-        let mut next = None;
-        for row in q.build().fetch_all(self.writer()).await? {
-            if row.len() == 1 {
-                next = row.try_get::<Option<Micros>, _>(0)?;
-            } else {
-                claimed.push(ClaimedRow::from_row(&row)?.into());
-            }
-        }
-        Ok((claimed, Some(NextDue(next.map(DateTime::from)))))
-    }
 }
 
 // SQLite types its parameters from their values, and takes the write lock up front.
@@ -239,8 +217,21 @@ impl BackendOps for SqliteStore {
         let expires = Micros(add_duration(now.0, lease));
         let token = Uuid::new_v4();
         let max = i64::try_from(max).unwrap_or(i64::MAX);
-        let q = claim_query("", from, max, (token, now, expires));
-        let (claimed, told) = self.claim_and_tell(q, now).await?;
+        let mut q = claim_query("", from, max, (token, now, expires));
+        // The next due time as the claim leaves the queue, in the same command: the
+        // worker would otherwise ask right after, in a round trip of its own.
+        q.push("; ");
+        push_next_due(&mut q, now);
+        let mut claimed = Vec::new();
+        let mut next = None;
+        for row in q.build().fetch_all(self.writer()).await? {
+            if row.len() == 1 {
+                next = row.try_get::<Option<Micros>, _>(0)?;
+            } else {
+                claimed.push(ClaimedRow::from_row(&row)?.into());
+            }
+        }
+        let told = Some(NextDue(next.map(DateTime::from)));
         // All due (guarded to take nothing unless everything due outside the skipped
         // projects fits): having taken nothing while something is still due, it
         // cannot tell whether that is more than fit or only the skipped projects'.
@@ -735,8 +726,7 @@ pub(crate) fn claim_query<'a>(
                     .push(")");
             }
         }
-        ClaimFrom::Oldest(skip) => oldest(&mut q, skip, max),
-        ClaimFrom::AllDue(skip) => oldest(&mut q, skip, max),
+        ClaimFrom::Oldest(skip) | ClaimFrom::AllDue(skip) => oldest(&mut q, skip, max),
     }
     q.push(") LIMIT ").push_bind(max);
     if let ClaimFrom::AllDue(skip) = from {
