@@ -257,13 +257,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Installs the global tracing subscriber: logs go to stderr so that stdout carries
-/// only command output (which scripts parse).
+/// only command output (which scripts parse), in batches from the runtime's threads
+/// ([`crate::log_buffer`]).
 pub fn init_tracing(log: &LogArgs) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&log.log)
         .with_context(|| format!("invalid log filter {:?} (--log / SONZAI_LOG)", log.log))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(crate::log_buffer::Stderr);
     let installed = match log.log_format {
         LogFormat::Text => builder
             .with_ansi(std::io::stderr().is_terminal())

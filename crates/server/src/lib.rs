@@ -16,6 +16,7 @@ mod delivery;
 mod duration;
 mod engine;
 mod listener;
+pub mod log_buffer;
 mod metrics;
 mod portal;
 mod receive;

@@ -34,9 +34,10 @@ use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::held::{self, held, Incoming, Queue};
 use super::rows::{opt, ClaimedRow, Micros, StreakRow, ATTEMPT_COLUMNS};
 use super::{
-    add_duration, now_micros, status_after, truncate_micros, v7_at, AttemptTrigger, ClaimFrom,
-    ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, NextDue, PublishEvent,
-    Published, Recorded, StoreError, StoreResult, UpsertOutcome, UpsertWebhook, Webhook,
+    add_duration, now_micros, status_after, truncate_micros, v7_at, AttemptStatus, AttemptTrigger,
+    ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, NextDue,
+    PublishEvent, Published, Recorded, StoreError, StoreResult, UpsertOutcome, UpsertWebhook,
+    Webhook,
 };
 
 mod batched;
@@ -333,69 +334,31 @@ impl BackendOps for SqliteStore {
         claimed.sort_by_key(|c| (c.event_created_at, c.delivery_id));
     }
 
-    /// In two commands to the writer's thread: everything up to the streaks, then
-    /// whatever the streaks call for and the commit.
+    /// A batch of successes whose webhooks have no failure streak to end and deliver
+    /// in any order (the usual batch) is recorded in one command to the writer's
+    /// thread, commit and all; any other batch in two: everything up to the streaks,
+    /// then whatever the streaks call for and the commit.
     async fn record_outcomes(
         &self,
         outcomes: &[DeliveryOutcome],
         policy: DisablePolicy,
     ) -> StoreResult<Recorded> {
         let now = now_micros();
+        let webhooks: BTreeSet<Uuid> = outcomes.iter().map(|o| o.webhook_id).collect();
+        let successes = outcomes
+            .iter()
+            .all(|o| o.attempt.status == AttemptStatus::Success && !o.disable_webhook);
+        if successes && record_plain(self.writer(), outcomes, &webhooks, now).await? {
+            return Ok(Recorded::default());
+        }
         let mut tx = Batched::acquire(self.writer()).await?;
 
         // One command for the connection's thread: the transaction's start, then
         // multi-row statements a chunk at a time, then the streaks of the webhooks.
         let mut q = QueryBuilder::<Sqlite>::new(batched::BEGIN);
         for chunk in outcomes.chunks(RECORD_CHUNK) {
-            // Ignoring an attempt id already stored makes a retried batch (after a
-            // commit whose acknowledgement was lost) harmless: its leases are gone by
-            // then, so nothing is counted twice either.
-            q.push(format!(
-                "INSERT INTO attempts ({ATTEMPT_COLUMNS}, \"trigger\") "
-            ));
-            q.push_values(chunk, |mut row, outcome| {
-                let a = &outcome.attempt;
-                row.push_bind(a.id)
-                    .push_bind(a.delivery_id)
-                    .push_bind(a.event_id)
-                    .push_bind(a.project_id)
-                    .push_bind(a.event_type.as_str())
-                    .push_bind(a.webhook_url.as_str())
-                    .push_bind(a.response_code)
-                    .push_bind(a.duration_ms)
-                    .push_bind(a.attempt_number)
-                    .push_bind(a.status.as_str())
-                    .push_bind(a.request_body.as_slice())
-                    .push_bind(a.response_body.as_deref())
-                    .push_bind(a.error_message.as_deref())
-                    .push_bind(Micros(truncate_micros(a.created_at)))
-                    .push_bind(a.trigger.map(AttemptTrigger::as_str));
-            });
-            q.push(" ON CONFLICT (id) DO NOTHING; ");
-
-            // Finish or reschedule the deliveries whose lease still holds.
-            q.push(
-                "UPDATE deliveries SET status = u.status, \
-                     next_attempt_at = COALESCE(u.retry_at, deliveries.next_attempt_at), \
-                     attempts_made = attempts_made + 1, \
-                     lease_token = NULL, lease_expires_at = NULL, updated_at = ",
-            );
-            q.push_bind(Micros(now)).push(
-                " FROM (SELECT column1 AS id, column2 AS token, column3 AS status, \
-                     column4 AS retry_at FROM (",
-            );
-            q.push_values(chunk, |mut row, outcome| {
-                row.push_bind(outcome.delivery_id)
-                    .push_bind(outcome.lease_token)
-                    .push_bind(status_after(outcome))
-                    .push_bind(opt(outcome.retry_at.map(truncate_micros)));
-            });
-            q.push(
-                ")) AS u \
-                 WHERE deliveries.id = u.id AND deliveries.lease_token = u.token \
-                   AND deliveries.status = 'pending' \
-                 RETURNING deliveries.id, deliveries.webhook_id; ",
-            );
+            push_outcome_writes(&mut q, chunk, now, None);
+            q.push(" RETURNING deliveries.id, deliveries.webhook_id; ");
         }
         // Read after the updates, in the same transaction: the writer's transaction
         // serializes recorders, so no lock of their own is needed.
@@ -403,11 +366,7 @@ impl BackendOps for SqliteStore {
             "SELECT id, consecutive_failures, first_failure_at, is_active, ordered \
              FROM webhooks WHERE id IN (",
         );
-        let webhooks: BTreeSet<Uuid> = outcomes.iter().map(|o| o.webhook_id).collect();
-        let mut ids = q.separated(", ");
-        for id in &webhooks {
-            ids.push_bind(*id);
-        }
+        push_ids(&mut q, &webhooks);
         q.push(")");
 
         // The updates' rows (delivery, webhook) and the streaks' rows come back in turn.
@@ -450,6 +409,125 @@ impl BackendOps for SqliteStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Records a batch of successes (none answering 410) in one command, commit and all,
+/// provided none of `webhooks` has a failure streak (which a success ends, perhaps with
+/// a notice) or delivers in order (a finished head wakes the next): then the streaks
+/// replay to what they are, and nothing but the writes is left to do. Answers false,
+/// having written nothing, when one of them has either; the caller records the batch
+/// the long way. The condition is read inside the transaction and guards each write,
+/// so no other write can come between the check and the writes.
+async fn record_plain(
+    writer: &SqlitePool,
+    outcomes: &[DeliveryOutcome],
+    webhooks: &BTreeSet<Uuid>,
+    now: DateTime<Utc>,
+) -> StoreResult<bool> {
+    let mut tx = Batched::acquire(writer).await?;
+    let mut q = QueryBuilder::<Sqlite>::new(batched::BEGIN);
+    q.push("SELECT NOT EXISTS (");
+    push_streak_or_order(&mut q, webhooks);
+    q.push("); ");
+    for chunk in outcomes.chunks(RECORD_CHUNK) {
+        push_outcome_writes(&mut q, chunk, now, Some(webhooks));
+        q.push("; ");
+    }
+    q.push("COMMIT");
+    // All rows, not one: a command stopped at its first row would not run the rest.
+    let rows = q.build().fetch_all(tx.conn()).await?;
+    tx.finish();
+    match rows.first() {
+        Some(row) => Ok(row.try_get(0)?),
+        None => Err(StoreError::Internal(
+            "the plain record check answered no row".into(),
+        )),
+    }
+}
+
+/// A query for the rows of `webhooks` that have a failure streak or deliver in order.
+fn push_streak_or_order<'a>(q: &mut QueryBuilder<'a, Sqlite>, webhooks: &BTreeSet<Uuid>) {
+    q.push("SELECT 1 FROM webhooks WHERE id IN (");
+    push_ids(q, webhooks);
+    q.push(") AND (consecutive_failures <> 0 OR first_failure_at IS NOT NULL OR ordered)");
+}
+
+fn push_ids(q: &mut QueryBuilder<'_, Sqlite>, ids: &BTreeSet<Uuid>) {
+    let mut list = q.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+}
+
+/// Pushes the two statements that record `chunk`: its attempts, then its deliveries
+/// finished or rescheduled where the lease still holds (the caller may add a
+/// `RETURNING` clause). With `unless_in`, neither writes anything while one of those
+/// webhooks has a failure streak or delivers in order ([`record_plain`]).
+fn push_outcome_writes<'a>(
+    q: &mut QueryBuilder<'a, Sqlite>,
+    chunk: &'a [DeliveryOutcome],
+    now: DateTime<Utc>,
+    unless_in: Option<&BTreeSet<Uuid>>,
+) {
+    let guard = |q: &mut QueryBuilder<'a, Sqlite>| {
+        if let Some(webhooks) = unless_in {
+            q.push(" AND NOT EXISTS (");
+            push_streak_or_order(q, webhooks);
+            q.push(")");
+        }
+    };
+    // Ignoring an attempt id already stored makes a retried batch (after a commit
+    // whose acknowledgement was lost) harmless: its leases are gone by then, so
+    // nothing is counted twice either.
+    q.push(format!(
+        "INSERT INTO attempts ({ATTEMPT_COLUMNS}, \"trigger\") SELECT * FROM ("
+    ));
+    q.push_values(chunk, |mut row, outcome| {
+        let a = &outcome.attempt;
+        row.push_bind(a.id)
+            .push_bind(a.delivery_id)
+            .push_bind(a.event_id)
+            .push_bind(a.project_id)
+            .push_bind(a.event_type.as_str())
+            .push_bind(a.webhook_url.as_str())
+            .push_bind(a.response_code)
+            .push_bind(a.duration_ms)
+            .push_bind(a.attempt_number)
+            .push_bind(a.status.as_str())
+            .push_bind(a.request_body.as_slice())
+            .push_bind(a.response_body.as_deref())
+            .push_bind(a.error_message.as_deref())
+            .push_bind(Micros(truncate_micros(a.created_at)))
+            .push_bind(a.trigger.map(AttemptTrigger::as_str));
+    });
+    // (The WHERE also tells SQLite's parser the SELECT ends before the upsert clause.)
+    q.push(") WHERE true");
+    guard(q);
+    q.push(" ON CONFLICT (id) DO NOTHING; ");
+
+    // Finish or reschedule the deliveries whose lease still holds.
+    q.push(
+        "UPDATE deliveries SET status = u.status, \
+             next_attempt_at = COALESCE(u.retry_at, deliveries.next_attempt_at), \
+             attempts_made = attempts_made + 1, \
+             lease_token = NULL, lease_expires_at = NULL, updated_at = ",
+    );
+    q.push_bind(Micros(now)).push(
+        " FROM (SELECT column1 AS id, column2 AS token, column3 AS status, \
+             column4 AS retry_at FROM (",
+    );
+    q.push_values(chunk, |mut row, outcome| {
+        row.push_bind(outcome.delivery_id)
+            .push_bind(outcome.lease_token)
+            .push_bind(status_after(outcome))
+            .push_bind(opt(outcome.retry_at.map(truncate_micros)));
+    });
+    q.push(
+        ")) AS u \
+         WHERE deliveries.id = u.id AND deliveries.lease_token = u.token \
+           AND deliveries.status = 'pending'",
+    );
+    guard(q);
 }
 
 /// One publish inside the batch transaction `tx`: the idempotency check, the event,
