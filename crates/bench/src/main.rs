@@ -8,6 +8,7 @@
 mod load;
 mod procfs;
 mod receiver;
+mod relay;
 mod report;
 mod scenarios;
 mod server;
@@ -57,6 +58,16 @@ Scenarios:
       Reports both runs, the change in deliveries/s and e2e p99 (goal: within 20 %)
       and the purge rate (rows/s, from the first row purged to the last).
 
+  F1  the floor under B1 (not part of `all`): B1's traffic through a relay, this
+      executable as `serve`, that does the server's network work per event (reads
+      the publish, answers 202, sends the event signed as the server does, on as
+      many runtime threads as the server's default) and stores and logs nothing.
+      Its rate is what the machine allows with publishers, relay and receiver
+      sharing it, before any storage.
+  F2  the floor under B2 (not part of `all`): B2's traffic through that relay. Its
+      CPU per delivery and latency are what a server built this way spends and
+      takes before storage.
+
 Examples:
   cargo xtask bench --quick
   cargo xtask bench --scenario B1
@@ -84,8 +95,8 @@ const SERVER_DEFAULT_WORKERS: usize = 256;
 )]
 struct Args {
     /// Which scenario to run (`all`: B1 to B4; `B5`: B5a, B5b and B5c; R1: recovery; P1:
-    /// retention; B6: growth).
-    #[arg(long, value_name = "B1|B2|B3|B4|B5|B5a|B5b|B5c|R1|P1|B6|all", default_value = "all",
+    /// retention; B6: growth; F1, F2: the floors under B1 and B2).
+    #[arg(long, value_name = "B1|B2|B3|B4|B5|B5a|B5b|B5c|R1|P1|B6|F1|F2|all", default_value = "all",
           value_parser = parse_scenarios)]
     scenario: ScenarioChoice,
 
@@ -160,17 +171,16 @@ fn parse_scenarios(input: &str) -> Result<ScenarioChoice, String> {
         .map(|one| ScenarioChoice(vec![one]))
         .map_err(|_| {
             format!(
-                "unknown scenario {input:?}; expected B1, B2, B3, B4, B5, B5a, B5b, B5c, R1, P1, B6 or all"
+                "unknown scenario {input:?}; expected B1, B2, B3, B4, B5, B5a, B5b, B5c, R1, P1, B6, F1, F2 or all"
             )
         })
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    if args.processes > 1 && args.postgres.is_none() {
-        eprintln!("error: --processes above 1 needs --postgres (SQLite serves one process)");
-        return ExitCode::from(2);
-    }
+    // This executable is also F2's relay, started by the bench as its server.
+    let argv: Vec<String> = std::env::args().collect();
+    let relay = argv.get(1).is_some_and(|a| a == "serve");
+    let args = (!relay).then(Args::parse);
     // reqwest is built without a default TLS provider; the bench speaks plain HTTP,
     // but the client will not build without one installed.
     if rustls::crypto::ring::default_provider()
@@ -179,6 +189,19 @@ fn main() -> ExitCode {
     {
         eprintln!("error: cannot install the TLS crypto provider");
         return ExitCode::FAILURE;
+    }
+    let Some(args) = args else {
+        return match relay::main(&argv[2..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    };
+    if args.processes > 1 && args.postgres.is_none() {
+        eprintln!("error: --processes above 1 needs --postgres (SQLite serves one process)");
+        return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -359,7 +382,11 @@ mod tests {
         assert_eq!(parsed("r1"), Ok(vec![Scenario::R1]));
         assert_eq!(parsed("P1"), Ok(vec![Scenario::P1]));
         assert_eq!(parsed("b6"), Ok(vec![Scenario::B6]));
+        assert_eq!(parsed("F2"), Ok(vec![Scenario::F2]));
+        assert_eq!(parsed("f1"), Ok(vec![Scenario::F1]));
         assert!(parsed("B7").is_err());
+        assert!(!Scenario::ALL.contains(&Scenario::F1));
+        assert!(!Scenario::ALL.contains(&Scenario::F2));
         assert!(!Scenario::ALL.contains(&Scenario::R1));
         assert!(!Scenario::ALL.contains(&Scenario::B6));
         assert!(!Scenario::ALL.contains(&Scenario::B5a));

@@ -54,6 +54,13 @@ pub enum Scenario {
     /// events and 6,000,000 attempts, against an empty one.
     #[value(name = "B6")]
     B6,
+    /// Floor: B1's traffic through a relay that does the server's network work per
+    /// event and stores nothing.
+    #[value(name = "F1")]
+    F1,
+    /// Floor: B2's traffic through that relay.
+    #[value(name = "F2")]
+    F2,
 }
 
 impl Scenario {
@@ -136,11 +143,7 @@ pub async fn run(scenario: Scenario, settings: &Settings) -> anyhow::Result<Bloc
         Scenario::B2 => {
             let seconds = settings.scaled(30);
             let title = format!("B2 · 200 events/s for {seconds} s (paced) → 1 webhook");
-            let shape = Shape::Paced {
-                per_second: 200,
-                seconds,
-            };
-            deliveries(settings, title, 1, shape).await
+            deliveries(settings, title, 1, b2_shape(seconds)).await
         }
         Scenario::B3 => {
             let events = settings.scaled(20_000);
@@ -160,6 +163,37 @@ pub async fn run(scenario: Scenario, settings: &Settings) -> anyhow::Result<Bloc
         Scenario::R1 => recovery::recover_missed(settings).await,
         Scenario::P1 => purge::b1_while_purging(settings).await,
         Scenario::B6 => growth::growth(settings).await,
+        Scenario::F1 => {
+            let events = settings.scaled(20_000);
+            let title = format!(
+                "F1 · B1's traffic ({events} events, {} publishers) through a relay that stores nothing",
+                settings.publishers
+            );
+            through_relay(settings, title, Shape::Closed { events }).await
+        }
+        Scenario::F2 => {
+            let seconds = settings.scaled(30);
+            let title = format!(
+                "F2 · B2's traffic (200 events/s for {seconds} s) through a relay that stores nothing"
+            );
+            through_relay(settings, title, b2_shape(seconds)).await
+        }
+    }
+}
+
+/// `shape` through the relay (see `relay.rs`) instead of a server.
+async fn through_relay(settings: &Settings, title: String, shape: Shape) -> anyhow::Result<Block> {
+    let receiver = Receiver::start(settings.receiver_delay).await?;
+    let fleet = Fleet::relay().await?;
+    let (block, _) = deliveries_on(settings, receiver, fleet, title, shape, None).await?;
+    Ok(block)
+}
+
+/// B2's load: 200 events a second for `seconds`.
+fn b2_shape(seconds: u64) -> Shape {
+    Shape::Paced {
+        per_second: 200,
+        seconds,
     }
 }
 
@@ -180,6 +214,8 @@ struct Fleet {
     /// The largest server's resident set once started, before any load: what an idle
     /// server holds.
     idle_rss_kib: u64,
+    /// The one "server" is the relay of F2, which stores nothing.
+    relay: bool,
 }
 
 impl Fleet {
@@ -238,7 +274,40 @@ impl Fleet {
             db,
             setup: started.elapsed(),
             idle_rss_kib,
+            relay: false,
         })
+    }
+
+    /// The relay of F2 in place of a server, with one project whose key it ignores;
+    /// the database is only a working directory for its log.
+    async fn relay() -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let db = Database::create(&Backend::Sqlite)?;
+        let relay = ServerProcess::start_relay(&db).await?;
+        let idle_rss_kib = relay.usage()?.rss_kib;
+        Ok(Self {
+            servers: vec![relay],
+            projects: vec![Credentials {
+                project_id: "relay".to_owned(),
+                key: "relay".to_owned(),
+            }],
+            db,
+            setup: started.elapsed(),
+            idle_rss_kib,
+            relay: true,
+        })
+    }
+
+    /// Where and how the fleet runs, for block titles.
+    fn context(&self, settings: &Settings) -> String {
+        if self.relay {
+            format!(
+                "relay, nothing stored · receiver delay {} ms",
+                settings.receiver_delay.as_millis()
+            )
+        } else {
+            settings.context()
+        }
     }
 
     /// The "setup" line of a block: how long the fleet took to start and what an idle
@@ -384,6 +453,18 @@ async fn deliveries_with(
 ) -> anyhow::Result<(Block, Figures)> {
     let receiver = Receiver::start(settings.receiver_delay).await?;
     let fleet = Fleet::launch_with(settings, options, projects, Tenancy::Shared).await?;
+    deliveries_on(settings, receiver, fleet, title, shape, backlog).await
+}
+
+/// [`deliveries_with`] on a fleet already started, with its receiver.
+async fn deliveries_on(
+    settings: &Settings,
+    receiver: Receiver,
+    fleet: Fleet,
+    title: String,
+    shape: Shape,
+    backlog: Option<&purge::Backlog>,
+) -> anyhow::Result<(Block, Figures)> {
     let client = load::client()?;
     for (index, project) in fleet.projects.iter().enumerate() {
         let target = Target::new(&fleet.servers[0].base, &project.key);
@@ -473,7 +554,7 @@ async fn measure(
     let setup = fleet.setup_line();
 
     let matched = match_arrivals(&run.accepted, &arrivals);
-    let mut block = Block::new(format!("{title} · {}", settings.context()));
+    let mut block = Block::new(format!("{title} · {}", fleet.context(settings)));
     block.line("setup", setup);
     let accepted = run.accepted.len() as u64;
     block.line(
@@ -555,7 +636,7 @@ async fn measure(
     let per_delivery = |cpu: f64| cpu * 1000.0 / matched.delivered.max(1) as f64;
     let mut cpu_line = format!("server {:.3} ms", per_delivery(server_cpu));
     figures.cpu_ms = per_delivery(server_cpu);
-    if matches!(settings.backend, Backend::Postgres(_)) {
+    if matches!(settings.backend, Backend::Postgres(_)) && !fleet.relay {
         let database =
             procfs::cpu_ticks_since(&database_before, &database_after, settings.ticks_per_second)
                 .as_secs_f64();

@@ -279,6 +279,20 @@ impl ServerProcess {
         Ok((Self { process, base }, credentials))
     }
 
+    /// Starts this executable's relay (see `relay.rs`) on a free loopback port, its
+    /// log in `db`'s working directory, and waits until it is ready.
+    pub async fn start_relay(db: &Database) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating the bench executable")?;
+        let process = Spawn::new(exe)
+            .log_to(db.workdir().join("relay.log"))
+            .ready_within(START_TIMEOUT)
+            .start()
+            .await
+            .map_err(|e| anyhow!("starting the relay: {e}"))?;
+        let base = process.base_url();
+        Ok(Self { process, base })
+    }
+
     /// Resource use so far.
     pub fn usage(&self) -> anyhow::Result<Usage> {
         Usage::of(&self.process.pid().to_string())

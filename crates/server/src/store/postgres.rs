@@ -64,6 +64,9 @@ pub struct PgStore {
     publisher: GroupCommit,
 }
 
+/// A pooled connection idle this long is checked before it is used again.
+pub(crate) const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 impl PgStore {
     /// Connects to `url` (`postgres://...`) with [`DEFAULT_MAX_CONNECTIONS`] and runs
     /// the embedded migrations.
@@ -95,6 +98,21 @@ impl PgStore {
         let options = options.options([("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
+            // sqlx checks every connection it hands out with a round trip to its
+            // backend: one more per publish batch, claim and outcome. A connection in
+            // use a moment ago is alive as far as any check can tell; one that sat
+            // idle (through a database restart, say) is still checked, and replaced
+            // if it is gone.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    use sqlx::Connection as _;
+                    if meta.idle_for >= CHECK_IDLE_AFTER {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await?;
         let publisher = GroupCommit::spawn(PgCommitter(pool.clone()));

@@ -15,7 +15,7 @@ use sonzai_webhooks_testkit::{test_database_url, TestDb as FreshDb};
 use sqlx::postgres::PgConnectOptions;
 use uuid::Uuid;
 
-use super::postgres::PgStore;
+use super::postgres::{self, PgStore};
 use super::rows::Micros;
 use super::sqlite::SqliteStore;
 use super::*;
@@ -2283,6 +2283,41 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_lost_while_idle_are_replaced_before_use() {
+    in_pg_schema(|options| async move {
+        let name = format!("sonzai-idle-{}", Uuid::new_v4().simple());
+        let store = PgStore::connect_with(options.clone().application_name(&name), 2)
+            .await
+            .unwrap();
+        let project = new_project(&store).await;
+        // Every backend of the store's pool goes, as in a restart of the database.
+        use sqlx::Connection as _;
+        let mut admin = sqlx::PgConnection::connect_with(&options).await.unwrap();
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1) AS k",
+        )
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        assert!(killed >= 1, "the store has a connection to lose");
+        tokio::time::sleep(postgres::CHECK_IDLE_AFTER + Duration::from_millis(200)).await;
+        // Idle past the check: a lost connection is found and replaced, not used.
+        for _ in 0..3 {
+            let found = store
+                .get_project(project.id)
+                .await
+                .expect("read after the loss");
+            assert_eq!(found.map(|p| p.id), Some(project.id));
+        }
+        admin.close().await.unwrap();
+        store.close().await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
