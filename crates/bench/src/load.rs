@@ -68,6 +68,8 @@ pub struct Published {
     pub event_id: Uuid,
     /// When the publish was sent (open loop: when it was scheduled to be sent).
     pub started: Instant,
+    /// When it was sent (open loop: a timer tick or so after `started`).
+    pub sent: Instant,
     /// When its `202` was read.
     pub accepted: Instant,
     /// `deliveries_started` of the answer.
@@ -110,6 +112,7 @@ impl PublishRun {
                 self.accepted.push(Published {
                     event_id,
                     started,
+                    sent,
                     accepted: now,
                     deliveries,
                 });
@@ -256,13 +259,25 @@ pub async fn paced(
     let mut finished = PublishRun::default();
     // A short lead so the first send is not already late.
     let start = Instant::now() + Duration::from_millis(20);
-    for seq in 0..total {
-        let scheduled = start + interval.saturating_mul(u32::try_from(seq).unwrap_or(u32::MAX));
-        if scheduled >= deadline {
-            own.timed_out = true;
-            break;
+    // The schedule is kept by a thread of its own: the runtime's timer fires on
+    // millisecond ticks, which would add most of a millisecond to every event's
+    // latency as measured from its scheduled instant.
+    let (ticks_tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for seq in 0..total {
+            let scheduled = start + interval.saturating_mul(u32::try_from(seq).unwrap_or(u32::MAX));
+            if scheduled >= deadline {
+                break;
+            }
+            std::thread::sleep(scheduled.saturating_duration_since(Instant::now()));
+            if ticks_tx.send((seq, scheduled)).is_err() {
+                break;
+            }
         }
-        tokio::time::sleep_until(scheduled.into()).await;
+    });
+    let mut ticked = 0;
+    while let Some((seq, scheduled)) = ticks.recv().await {
+        ticked += 1;
         let permit = slots
             .clone()
             .acquire_owned()
@@ -286,6 +301,7 @@ pub async fn paced(
             finished.merge(done.context("publisher task failed")?);
         }
     }
+    own.timed_out = ticked < total;
     let mut rest = join_runs(tasks, deadline).await?;
     rest.merge(finished);
     rest.merge(own);

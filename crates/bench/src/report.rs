@@ -59,6 +59,9 @@ fn nearest_rank(sorted: &[Duration], percent: usize) -> Duration {
 pub struct Matched {
     /// Publish start to first arrival, one per delivered event.
     pub latencies: Vec<Duration>,
+    /// The publish's actual send to first arrival, one per delivered event: without
+    /// the lag of the open loop's timer.
+    pub since_sent: Vec<Duration>,
     /// The publish's `202` to first arrival, one per delivered event; zero when the
     /// delivery beat the answer to the publisher.
     pub since_accepted: Vec<Duration>,
@@ -94,6 +97,9 @@ pub fn match_arrivals(published: &[Published], arrivals: &HashMap<Uuid, Arrival>
             matched
                 .latencies
                 .push(arrival.first.saturating_duration_since(event.started));
+            matched
+                .since_sent
+                .push(arrival.first.saturating_duration_since(event.sent));
             matched
                 .since_accepted
                 .push(arrival.first.saturating_duration_since(event.accepted));
@@ -254,12 +260,14 @@ mod tests {
             Published {
                 event_id: id(1),
                 started: t0,
+                sent: t0 + Duration::from_millis(1),
                 accepted: t0 + Duration::from_millis(2),
                 deliveries: 1,
             },
             Published {
                 event_id: id(2),
                 started: t0 + Duration::from_millis(10),
+                sent: t0 + Duration::from_millis(10) + Duration::from_millis(1),
                 accepted: t0 + Duration::from_millis(12),
                 deliveries: 1,
             },
@@ -267,6 +275,7 @@ mod tests {
             Published {
                 event_id: id(3),
                 started: t0,
+                sent: t0 + Duration::from_millis(1),
                 accepted: t0 + Duration::from_millis(2),
                 deliveries: 1,
             },
@@ -274,6 +283,7 @@ mod tests {
             Published {
                 event_id: id(4),
                 started: t0,
+                sent: t0 + Duration::from_millis(1),
                 accepted: t0 + Duration::from_millis(2),
                 deliveries: 2,
             },
@@ -281,6 +291,7 @@ mod tests {
             Published {
                 event_id: id(5),
                 started: t0,
+                sent: t0 + Duration::from_millis(1),
                 accepted: t0 + Duration::from_millis(2),
                 deliveries: 0,
             },
@@ -308,6 +319,8 @@ mod tests {
         assert_eq!(m.latencies, millis(&[20, 30, 40]));
         m.since_accepted.sort();
         assert_eq!(m.since_accepted, millis(&[18, 28, 38]));
+        m.since_sent.sort();
+        assert_eq!(m.since_sent, millis(&[19, 29, 39]));
     }
 
     #[test]

@@ -607,6 +607,12 @@ async fn measure(
     let mut latencies = matched.latencies.clone();
     let e2e = Percentiles::of(&mut latencies);
     block.latency("end-to-end latency", e2e);
+    if run.max_lag.is_some() {
+        // Open loop: the above counts from each event's scheduled instant, so it
+        // includes how late the bench's own timer sent it.
+        let mut since_sent = matched.since_sent.clone();
+        block.latency("end-to-end from send", Percentiles::of(&mut since_sent));
+    }
     let mut figures = Figures {
         rate: matched.delivered as f64 / delivery_wall.as_secs_f64().max(f64::EPSILON),
         p99: e2e.map(|p| p.p99),
