@@ -663,6 +663,7 @@ pub async fn deliver(
         },
         retry_at,
         disable_webhook,
+        ordered: d.ordered,
     };
     (outcome, timed_out)
 }

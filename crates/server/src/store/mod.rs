@@ -508,6 +508,9 @@ pub struct DeliveryOutcome {
     /// The receiver answered `410 Gone`: recording this outcome also switches the
     /// webhook off and cancels its pending deliveries, in the same transaction.
     pub disable_webhook: bool,
+    /// The webhook delivered in order when the delivery was claimed
+    /// ([`ClaimedDelivery::ordered`]): its finish wakes the next head.
+    pub ordered: bool,
 }
 
 /// When a webhook is switched off for failing.

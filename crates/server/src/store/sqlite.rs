@@ -337,7 +337,8 @@ impl BackendOps for SqliteStore {
     /// A batch of successes whose webhooks have no failure streak to end and deliver
     /// in any order (the usual batch) is recorded in one command to the writer's
     /// thread, commit and all; any other batch in two: everything up to the streaks,
-    /// then whatever the streaks call for and the commit.
+    /// then whatever the streaks call for and the commit. A batch with a delivery
+    /// claimed in order goes the long way at once: it always would.
     async fn record_outcomes(
         &self,
         outcomes: &[DeliveryOutcome],
@@ -345,10 +346,10 @@ impl BackendOps for SqliteStore {
     ) -> StoreResult<Recorded> {
         let now = now_micros();
         let webhooks: BTreeSet<Uuid> = outcomes.iter().map(|o| o.webhook_id).collect();
-        let successes = outcomes
-            .iter()
-            .all(|o| o.attempt.status == AttemptStatus::Success && !o.disable_webhook);
-        if successes && record_plain(self.writer(), outcomes, &webhooks, now).await? {
+        let plain = outcomes.iter().all(|o| {
+            o.attempt.status == AttemptStatus::Success && !o.disable_webhook && !o.ordered
+        });
+        if plain && record_plain(self.writer(), outcomes, &webhooks, now).await? {
             return Ok(Recorded::default());
         }
         let mut tx = Batched::acquire(self.writer()).await?;

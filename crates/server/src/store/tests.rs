@@ -342,6 +342,7 @@ fn outcome(
         attempt: attempt_for(claim, status, at),
         retry_at,
         disable_webhook: false,
+        ordered: claim.ordered,
     }
 }
 

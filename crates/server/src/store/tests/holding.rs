@@ -253,7 +253,39 @@ async fn racing_publishes_and_outcomes_leave_no_head_held(db: Arc<TestDb>) {
     assert_eq!(pending(store.as_ref()).await, 0);
 }
 
+/// A webhook made ordered while one of its deliveries is out: what is published
+/// meanwhile is held behind that delivery, and its success (claimed as unordered)
+/// wakes the next head all the same.
+async fn a_head_claimed_before_ordering_was_switched_on_wakes_the_next(db: Arc<TestDb>) {
+    let s = db.store.as_ref();
+    let raw = Raw::open(&db).await;
+    let project = new_project(s).await;
+    let webhook = upsert_ordered(s, project.id, false).await;
+    let first = publish(s, project.id, "ordered.thing").await.event_id;
+    let out = claim_one(s).await;
+    assert_eq!((out.event_id, out.ordered), (first, false));
+
+    upsert_ordered(s, project.id, true).await;
+    let second = publish(s, project.id, "ordered.thing").await.event_id;
+    assert_eq!(
+        raw.due_and_held(webhook.id).await,
+        (0, 1),
+        "held behind the one out"
+    );
+
+    record(
+        s,
+        &[outcome(&out, AttemptStatus::Success, now_micros(), None)],
+        NEVER_DISABLE,
+    )
+    .await;
+    assert_eq!(raw.due_and_held(webhook.id).await, (1, 0));
+    let next = claim_one(s).await;
+    assert_eq!((next.event_id, next.ordered), (second, true));
+}
+
 store_cases!(
+    a_head_claimed_before_ordering_was_switched_on_wakes_the_next,
     an_ordered_queue_is_held_behind_its_head_and_woken_in_turn,
     racing_publishes_and_outcomes_leave_no_head_held,
     a_claim_tells_the_next_due_time_next_due_would,
