@@ -106,11 +106,10 @@ async fn upsert(
     Path(event_type): Path<String>,
     Json(input): Json<WebhookInput>,
 ) -> Json<serde_json::Value> {
-    let key: [u8; 32] = *Uuid::new_v4()
-        .as_bytes()
-        .repeat(2)
-        .first_chunk()
-        .unwrap_or(&[0; 32]);
+    // 32 random bytes, as the server's secrets have.
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(Uuid::new_v4().as_bytes());
+    key[16..].copy_from_slice(Uuid::new_v4().as_bytes());
     let secret = format!(
         "whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(key)
