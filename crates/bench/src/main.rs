@@ -177,7 +177,8 @@ fn parse_scenarios(input: &str) -> Result<ScenarioChoice, String> {
 }
 
 fn main() -> ExitCode {
-    // This executable is also F2's relay, started by the bench as its server.
+    // This executable is also the relay of F1 and F2, started by the bench as its
+    // server.
     let argv: Vec<String> = std::env::args().collect();
     let relay = argv.get(1).is_some_and(|a| a == "serve");
     let args = (!relay).then(Args::parse);

@@ -1,15 +1,15 @@
 //! The floor under the server's cost per event: a relay that does the server's network
-//! work for each event and nothing else (scenario F2).
+//! work for each event and nothing else (scenarios F1 and F2).
 //!
 //! `sonzai-webhooks-bench serve --listen ADDR` answers what the bench asks of a server:
 //! `PUT /api/v1/webhooks/{event_type}` records where events go; `POST /api/v1/events`
 //! reads the event as JSON, answers `202` with its id, and sends it on the way the
 //! server delivers: the same body layout, signed with both signatures by the verify
-//! crate, from a reqwest client set up as the server's is, the answer read. It runs on
-//! as many runtime threads as the server's default (half the CPUs). It stores
-//! nothing, checks no key and logs nothing, so what it costs per event is what the
-//! server's own network path costs before any storage, on the same machine, under the
-//! same load.
+//! crate, from a reqwest client with the server's redirect, proxy and `TCP_NODELAY`
+//! settings, the answer read. It runs on as many runtime threads as the server's
+//! default (half the CPUs). It stores nothing, checks no key and logs nothing, so
+//! what it costs per event is what the server's own network path costs before any
+//! storage, on the same machine, under the same load.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

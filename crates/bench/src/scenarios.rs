@@ -214,7 +214,7 @@ struct Fleet {
     /// The largest server's resident set once started, before any load: what an idle
     /// server holds.
     idle_rss_kib: u64,
-    /// The one "server" is the relay of F2, which stores nothing.
+    /// The one "server" is the relay of F1 and F2, which stores nothing.
     relay: bool,
 }
 
@@ -278,7 +278,7 @@ impl Fleet {
         })
     }
 
-    /// The relay of F2 in place of a server, with one project whose key it ignores;
+    /// The relay of F1 and F2 in place of a server, with one project whose key it ignores;
     /// the database is only a working directory for its log.
     async fn relay() -> anyhow::Result<Self> {
         let started = Instant::now();

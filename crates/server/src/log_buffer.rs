@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use tracing_subscriber::fmt::MakeWriter;
 
 /// Kept bytes that are written out without waiting for the thread to park.
-pub const LIMIT: usize = 32 * 1024;
+const LIMIT: usize = 32 * 1024;
 
 /// The longest a kept line waits while its thread stays busy.
-pub const MAX_WAIT: Duration = Duration::from_millis(100);
+const MAX_WAIT: Duration = Duration::from_millis(100);
 
 thread_local! {
     static WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -34,7 +34,7 @@ pub fn mark_worker() {
 }
 
 /// Lines kept for `W`, with when the oldest of them came.
-pub struct LineBuffer<W> {
+struct LineBuffer<W> {
     state: Mutex<State<W>>,
 }
 
@@ -57,7 +57,7 @@ impl<W: Write> State<W> {
 }
 
 impl<W: Write> LineBuffer<W> {
-    pub const fn new(sink: W) -> Self {
+    const fn new(sink: W) -> Self {
         Self {
             state: Mutex::new(State {
                 sink,
@@ -73,7 +73,7 @@ impl<W: Write> LineBuffer<W> {
 
     /// Takes one formatted line (or part of one): kept when `keep`, else written
     /// right after what was kept.
-    pub fn line(&self, bytes: &[u8], keep: bool) {
+    fn line(&self, bytes: &[u8], keep: bool) {
         let mut state = self.state();
         let now = Instant::now();
         state.kept.extend_from_slice(bytes);
@@ -84,7 +84,7 @@ impl<W: Write> LineBuffer<W> {
     }
 
     /// Writes what was kept.
-    pub fn flush(&self) {
+    fn flush(&self) {
         self.state().write_kept();
     }
 
@@ -116,10 +116,10 @@ pub fn flush() {
 
 /// The log subscriber's writer: stderr through [`STDERR`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Stderr;
+pub(crate) struct Stderr;
 
 /// One line being formatted; the subscriber writes each line in one call.
-pub struct StderrLine;
+pub(crate) struct StderrLine;
 
 impl Write for StderrLine {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

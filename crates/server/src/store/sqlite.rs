@@ -453,7 +453,8 @@ fn push_streak_or_order<'a>(q: &mut QueryBuilder<'a, Sqlite>, webhooks: &BTreeSe
     q.push(") AND (consecutive_failures <> 0 OR first_failure_at IS NOT NULL OR ordered)");
 }
 
-fn push_ids(q: &mut QueryBuilder<'_, Sqlite>, ids: &BTreeSet<Uuid>) {
+/// `ids` as a list of bound values, for an `IN (...)`.
+fn push_ids<'i>(q: &mut QueryBuilder<'_, Sqlite>, ids: impl IntoIterator<Item = &'i Uuid>) {
     let mut list = q.separated(", ");
     for id in ids {
         list.push_bind(*id);
@@ -780,10 +781,7 @@ pub(crate) fn claim_query<'a>(
         due(q);
         if !skip.is_empty() {
             q.push(" AND d.project_id NOT IN (");
-            let mut list = q.separated(", ");
-            for project in skip {
-                list.push_bind(*project);
-            }
+            push_ids(q, skip);
             q.push(")");
         }
         q.push(" ORDER BY d.next_attempt_at, d.id LIMIT ")

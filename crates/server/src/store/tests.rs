@@ -2102,12 +2102,19 @@ async fn a_claim_of_all_due_takes_all_or_nothing<B: common::BackendOps>(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_tries_all_due_only_when_nothing_is_left_out_and_it_was_quiet() {
+/// A store on a SQLite file of its own, with the file's keeper (which deletes it
+/// when dropped).
+async fn fresh_sqlite() -> (FreshDb, SqliteStore) {
     let fresh = FreshDb::sqlite();
     let store = SqliteStore::connect(&fresh.url)
         .await
         .expect("connect sqlite");
+    (fresh, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_tries_all_due_only_when_nothing_is_left_out_and_it_was_quiet() {
+    let (_fresh, store) = fresh_sqlite().await;
     let (noisy, quiet) = noisy_and_quiet(&store).await;
     let scans = std::sync::atomic::AtomicUsize::new(0);
     let claim = |skip: Vec<Uuid>| {
@@ -2141,10 +2148,7 @@ async fn a_claim_tries_all_due_only_when_nothing_is_left_out_and_it_was_quiet() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_claim_of_all_due_takes_all_or_nothing() {
-    let fresh = FreshDb::sqlite();
-    let store = SqliteStore::connect(&fresh.url)
-        .await
-        .expect("connect sqlite");
+    let (_fresh, store) = fresh_sqlite().await;
     a_claim_of_all_due_takes_all_or_nothing(&store, &store).await;
     store.close().await;
 }
@@ -2665,10 +2669,7 @@ fn sqlite_full_scans(details: &[String]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_hot_queries_use_their_indexes() {
-    let fresh = FreshDb::sqlite();
-    let store = SqliteStore::connect(&fresh.url)
-        .await
-        .expect("connect sqlite");
+    let (_fresh, store) = fresh_sqlite().await;
     let pool = store.reader();
     let now = Micros(now_micros());
     let mut plans: Vec<(String, Vec<String>)> = Vec::new();
