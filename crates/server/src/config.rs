@@ -498,11 +498,11 @@ pub struct Config {
     )]
     pub max_connections: usize,
 
-    /// Threads running the HTTP server and the delivery engine; default half the
-    /// CPUs, at least one. The database works on threads of its own (SQLite's
-    /// connections) or in its own processes (PostgreSQL), so the rest is theirs; more
-    /// runtime threads than that only hand work back and forth between cores, which
-    /// costs more CPU per event than the work itself at a moderate rate.
+    /// Threads running the HTTP server, the delivery engine and SQLite's writes;
+    /// default half the CPUs, at least one. The rest is the database's (SQLite's reads
+    /// run on threads of their own, PostgreSQL in its own processes); more runtime
+    /// threads than that only hand work back and forth between cores, which costs more
+    /// CPU per event than the work itself at a moderate rate.
     #[arg(
         long,
         env = "SONZAI_RUNTIME_THREADS",

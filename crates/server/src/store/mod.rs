@@ -755,6 +755,15 @@ pub(crate) fn v7_at(at: DateTime<Utc>) -> Uuid {
     Uuid::from_bytes(bytes)
 }
 
+/// Event ids for `count` publishes committed together at `at`, rising in the order of
+/// the publishes: ids drawn in one instant differ only in their random bits, and an
+/// ordered webhook sends its smallest first.
+pub(crate) fn batch_event_ids(count: usize, at: DateTime<Utc>) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = (0..count).map(|_| v7_at(at)).collect();
+    ids.sort_unstable();
+    ids
+}
+
 /// The current instant at the precision both backends store (microseconds), so that a
 /// value handed back to a caller equals the one read back later.
 pub(crate) fn now_micros() -> DateTime<Utc> {

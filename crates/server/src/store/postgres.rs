@@ -31,10 +31,10 @@ use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::held::{self, held, Incoming, Queue, Wake};
 use super::rows::{ClaimedRow, StreakRow, WebhookRow, ATTEMPT_COLUMNS, WEBHOOK_COLUMNS};
 use super::{
-    add_duration, now_micros, status_after, truncate_micros, v7_at, Attempt, AttemptTrigger,
-    ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, NextDue,
-    PublishEvent, Published, Recorded, RetentionLock, StoreError, StoreResult, UpsertOutcome,
-    UpsertWebhook, Webhook,
+    add_duration, batch_event_ids, now_micros, status_after, truncate_micros, v7_at, Attempt,
+    AttemptTrigger, ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak,
+    NextDue, PublishEvent, Published, Recorded, RetentionLock, StoreError, StoreResult,
+    UpsertOutcome, UpsertWebhook, Webhook,
 };
 
 /// The advisory lock of retention, so one process at a time purges: this key ("sonz")
@@ -522,7 +522,7 @@ impl Committer for PgCommitter {
 
 async fn publish_batch(pool: &PgPool, jobs: &[PublishJob]) -> StoreResult<Vec<Published>> {
     let now = now_micros();
-    let event_ids: Vec<Uuid> = jobs.iter().map(|_| v7_at(now)).collect();
+    let event_ids = batch_event_ids(jobs.len(), now);
     let delivery_ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::now_v7()).collect();
     let projects: Vec<Uuid> = jobs.iter().map(|j| j.project_id).collect();
     let types: Vec<&str> = jobs.iter().map(|j| j.event_type.as_str()).collect();

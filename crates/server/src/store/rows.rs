@@ -270,6 +270,35 @@ pub(crate) struct ClaimedRow {
     ordered: bool,
 }
 
+impl ClaimedRow {
+    /// The row as a direct SQLite write returns it (`store::sqlite::direct`), by the
+    /// same column names.
+    pub fn from_direct(row: &rusqlite::Row<'_>) -> rusqlite::Result<ClaimedRow> {
+        let id = |name: &str| row.get::<_, [u8; 16]>(name).map(Uuid::from_bytes);
+        let created: i64 = row.get("event_created_at")?;
+        Ok(ClaimedRow {
+            id: id("id")?,
+            event_id: id("event_id")?,
+            webhook_id: id("webhook_id")?,
+            project_id: id("project_id")?,
+            event_type: row.get("event_type")?,
+            event_created_at: DateTime::from_timestamp_micros(created)
+                .map(Micros)
+                .ok_or(rusqlite::Error::IntegralValueOutOfRange(0, created))?,
+            data: row.get("data")?,
+            webhook_url: row.get("webhook_url")?,
+            auth_header: row.get("auth_header")?,
+            signing_secret: row.get("signing_secret")?,
+            previous_secret: row.get("previous_secret")?,
+            attempts_made: row.get("attempts_made")?,
+            lease_token: id("lease_token")?,
+            origin: row.get("origin")?,
+            rate_limit: row.get("rate_limit")?,
+            ordered: row.get("ordered")?,
+        })
+    }
+}
+
 impl From<ClaimedRow> for ClaimedDelivery {
     fn from(r: ClaimedRow) -> Self {
         ClaimedDelivery {

@@ -13,18 +13,19 @@
 //! decoding. The statements both backends share are in [`super::common`]; this file
 //! holds the ones that differ.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use rusqlite::OptionalExtension;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
     SqliteSynchronous,
 };
-use sqlx::{Connection, FromRow, Pool, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
+use sqlx::{Connection, FromRow, Pool, QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::common::{
@@ -34,16 +35,18 @@ use super::group_commit::{Committer, GroupCommit, PublishJob};
 use super::held::{self, held, Incoming, Queue};
 use super::rows::{opt, ClaimedRow, Micros, StreakRow, ATTEMPT_COLUMNS};
 use super::{
-    add_duration, now_micros, status_after, truncate_micros, v7_at, AttemptStatus, AttemptTrigger,
-    ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak, NextDue,
-    PublishEvent, Published, Recorded, StoreError, StoreResult, UpsertOutcome, UpsertWebhook,
-    Webhook,
+    add_duration, batch_event_ids, now_micros, status_after, truncate_micros, v7_at, AttemptStatus,
+    AttemptTrigger, ClaimFrom, ClaimedDelivery, DeliveryOutcome, DisablePolicy, FailureStreak,
+    NextDue, PublishEvent, Published, Recorded, StoreError, StoreResult, UpsertOutcome,
+    UpsertWebhook, Webhook,
 };
 
 mod batched;
+mod direct;
 mod file;
 
 use batched::Batched;
+use direct::{Direct, Sql};
 pub(crate) use file::create_private_dir;
 use file::{checkpoint_loop, prepare_private_file};
 
@@ -77,10 +80,9 @@ pub struct SqliteStore {
     tables: Tables<Sqlite>,
     /// Publishes go through the group commit ([`super::group_commit`]).
     publisher: GroupCommit,
+    /// The connection of the writes every event takes ([`direct`]).
+    direct: Direct,
 }
-
-/// Rows per multi-row INSERT (5 or 4 bound values each; well under SQLite's limit).
-const ROWS_PER_INSERT: usize = 128;
 
 impl SqliteStore {
     /// Opens (creating it and its directory if missing) the database at `url`, which is
@@ -118,7 +120,7 @@ impl SqliteStore {
             // Checkpoints run on their own connection (checkpoint_loop), not inside
             // whichever commit happens to cross the WAL size threshold, where they
             // would stall the one writer for milliseconds.
-            .pragma("wal_autocheckpoint", if in_memory { "1000" } else { "0" })
+            .pragma("wal_autocheckpoint", autocheckpoint(in_memory))
             // A WAL that a burst grew past this is cut back to it when it starts over,
             // so the file stays near what one checkpoint interval writes.
             .pragma("journal_size_limit", WAL_SIZE_LIMIT)
@@ -152,10 +154,15 @@ impl SqliteStore {
             let checkpointer = sqlx::SqliteConnection::connect_with(&base).await?;
             tokio::spawn(checkpoint_loop(checkpointer, writer.clone()));
         }
-        let publisher = GroupCommit::spawn(SqliteCommitter(writer.clone()));
+        let direct = Direct::open(&base, in_memory, BUSY_TIMEOUT, &direct_pragmas(in_memory))?;
+        let publisher = GroupCommit::spawn(SqliteCommitter {
+            writer: writer.clone(),
+            direct: direct.clone(),
+        });
         Ok(Self {
             tables: Tables::new(writer, readers),
             publisher,
+            direct,
         })
     }
 
@@ -176,6 +183,25 @@ impl SqliteStore {
     fn writer(&self) -> &SqlitePool {
         &self.tables.write
     }
+}
+
+/// The writer's `wal_autocheckpoint`: none on a file, whose checkpoints have a
+/// connection of their own.
+fn autocheckpoint(in_memory: bool) -> &'static str {
+    if in_memory {
+        "1000"
+    } else {
+        "0"
+    }
+}
+
+/// The writer's per-connection settings, for the direct connection, which writes too.
+fn direct_pragmas(in_memory: bool) -> [(&'static str, &'static str); 3] {
+    [
+        ("synchronous", "NORMAL"),
+        ("wal_autocheckpoint", autocheckpoint(in_memory)),
+        ("journal_size_limit", WAL_SIZE_LIMIT),
+    ]
 }
 
 // SQLite types its parameters from their values, and takes the write lock up front.
@@ -203,8 +229,8 @@ impl BackendOps for SqliteStore {
         &self.tables
     }
 
-    /// Leases up to `max` due deliveries, from `from`, in one statement (one implicit
-    /// transaction, one round trip to the writer), returning everything needed to send
+    /// Leases up to `max` due deliveries, from `from`, in one statement of a direct
+    /// write ([`direct`]), returning everything needed to send
     /// them through correlated subqueries in RETURNING. next_attempt_at moves to the
     /// lease expiry: the row drops out of the due range while leased and comes back by
     /// itself if the lease runs out.
@@ -218,20 +244,34 @@ impl BackendOps for SqliteStore {
         let expires = Micros(add_duration(now.0, lease));
         let token = Uuid::new_v4();
         let max = i64::try_from(max).unwrap_or(i64::MAX);
-        let mut q = claim_query("", from, max, (token, now, expires));
-        // The next due time as the claim leaves the queue, in the same command: the
-        // worker would otherwise ask right after, in a round trip of its own.
-        q.push("; ");
-        push_next_due(&mut q, now);
-        let mut claimed = Vec::new();
-        let mut next = None;
-        for row in q.build().fetch_all(self.writer()).await? {
-            if row.len() == 1 {
-                next = row.try_get::<Option<Micros>, _>(0)?;
-            } else {
-                claimed.push(ClaimedRow::from_row(&row)?.into());
-            }
-        }
+        let claim = claim_query("", from, max, (token, now, expires));
+        // The next due time as the claim leaves the queue, in the same transaction: the
+        // worker would otherwise ask right after.
+        let next_due = next_due_query("?1", &held().timestamp_micros().to_string(), "");
+        let (claimed, next) = self
+            .direct
+            .write(self.writer(), |tx| {
+                let claimed = tx
+                    .prepare_cached(&claim.text)?
+                    .query_map(rusqlite::params_from_iter(&claim.params), |row| {
+                        ClaimedRow::from_direct(row).map(ClaimedDelivery::from)
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let next: Option<i64> = tx
+                    .prepare_cached(&next_due)?
+                    .query_row([now.0.timestamp_micros()], |row| row.get(0))
+                    .optional()?;
+                Ok(Some((claimed, next)))
+            })
+            .await?
+            .ok_or_else(|| StoreError::Internal("a claim was not written".into()))?;
+        let next = next
+            .map(|at| {
+                DateTime::from_timestamp_micros(at)
+                    .map(Micros)
+                    .ok_or_else(|| StoreError::Internal(format!("due time {at} out of range")))
+            })
+            .transpose()?;
         let told = Some(NextDue(next.map(DateTime::from)));
         // All due (guarded to take nothing unless everything due outside the skipped
         // projects fits): having taken nothing while something is still due, it
@@ -335,9 +375,9 @@ impl BackendOps for SqliteStore {
     }
 
     /// A batch of successes whose webhooks have no failure streak to end and deliver
-    /// in any order (the usual batch) is recorded in one command to the writer's
-    /// thread, commit and all; any other batch in two: everything up to the streaks,
-    /// then whatever the streaks call for and the commit. A batch with a delivery
+    /// in any order (the usual batch) is recorded in a direct write ([`direct`]); any
+    /// other batch in two commands to the writer's thread: everything up to the
+    /// streaks, then whatever the streaks call for and the commit. A batch with a delivery
     /// claimed in order goes the long way at once: it always would.
     async fn record_outcomes(
         &self,
@@ -349,7 +389,7 @@ impl BackendOps for SqliteStore {
         let plain = outcomes.iter().all(|o| {
             o.attempt.status == AttemptStatus::Success && !o.disable_webhook && !o.ordered
         });
-        if plain && record_plain(self.writer(), outcomes, &webhooks, now).await? {
+        if plain && record_plain(self, outcomes, &webhooks, now).await? {
             return Ok(Recorded::default());
         }
         let mut tx = Batched::acquire(self.writer()).await?;
@@ -358,7 +398,7 @@ impl BackendOps for SqliteStore {
         // multi-row statements a chunk at a time, then the streaks of the webhooks.
         let mut q = QueryBuilder::<Sqlite>::new(batched::BEGIN);
         for chunk in outcomes.chunks(RECORD_CHUNK) {
-            push_outcome_writes(&mut q, chunk, now, None);
+            push_outcome_writes(&mut q, chunk, now);
             q.push(" RETURNING deliveries.id, deliveries.webhook_id; ");
         }
         // Read after the updates, in the same transaction: the writer's transaction
@@ -412,45 +452,76 @@ impl BackendOps for SqliteStore {
     }
 }
 
-/// Records a batch of successes (none answering 410) in one command, commit and all,
-/// provided none of `webhooks` has a failure streak (which a success ends, perhaps with
-/// a notice) or delivers in order (a finished head wakes the next): then the streaks
+/// Records a batch of successes (none answering 410) in one direct write, provided
+/// none of `webhooks` has a failure streak (which a success ends, perhaps with a
+/// notice) or delivers in order (a finished head wakes the next): then the streaks
 /// replay to what they are, and nothing but the writes is left to do. Answers false,
 /// having written nothing, when one of them has either; the caller records the batch
-/// the long way. The condition is read inside the transaction and guards each write,
-/// so no other write can come between the check and the writes.
+/// the long way. The check is read inside the write transaction, so no other write can
+/// come between it and the writes.
 async fn record_plain(
-    writer: &SqlitePool,
+    store: &SqliteStore,
     outcomes: &[DeliveryOutcome],
     webhooks: &BTreeSet<Uuid>,
     now: DateTime<Utc>,
 ) -> StoreResult<bool> {
-    let mut tx = Batched::acquire(writer).await?;
-    let mut q = QueryBuilder::<Sqlite>::new(batched::BEGIN);
-    q.push("SELECT NOT EXISTS (");
-    push_streak_or_order(&mut q, webhooks);
-    q.push("); ");
-    for chunk in outcomes.chunks(RECORD_CHUNK) {
-        push_outcome_writes(&mut q, chunk, now, Some(webhooks));
-        q.push("; ");
-    }
-    q.push("COMMIT");
-    // All rows, not one: a command stopped at its first row would not run the rest.
-    let rows = q.build().fetch_all(tx.conn()).await?;
-    tx.finish();
-    match rows.first() {
-        Some(row) => Ok(row.try_get(0)?),
-        None => Err(StoreError::Internal(
-            "the plain record check answered no row".into(),
-        )),
-    }
-}
-
-/// A query for the rows of `webhooks` that have a failure streak or deliver in order.
-fn push_streak_or_order<'a>(q: &mut QueryBuilder<'a, Sqlite>, webhooks: &BTreeSet<Uuid>) {
-    q.push("SELECT 1 FROM webhooks WHERE id IN (");
-    push_ids(q, webhooks);
-    q.push(") AND (consecutive_failures <> 0 OR first_failure_at IS NOT NULL OR ordered)");
+    let now = now.timestamp_micros();
+    let written = store
+        .direct
+        .write(store.writer(), |tx| {
+            let mut streak_or_order = tx.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM webhooks WHERE id = ?1 \
+                   AND (consecutive_failures <> 0 OR first_failure_at IS NOT NULL OR ordered))",
+            )?;
+            for webhook in webhooks {
+                if streak_or_order.query_row([webhook.as_bytes()], |row| row.get::<_, bool>(0))? {
+                    return Ok(None);
+                }
+            }
+            // Ignoring an attempt id already stored makes a retried batch (after a
+            // commit whose acknowledgement was lost) harmless: its leases are gone by
+            // then, so nothing is counted twice either.
+            let mut attempt = tx.prepare_cached(&format!(
+                "INSERT INTO attempts ({ATTEMPT_COLUMNS}, \"trigger\") \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+                 ON CONFLICT (id) DO NOTHING"
+            ))?;
+            // Finished where the lease still holds (a plain outcome never retries).
+            let mut finish = tx.prepare_cached(
+                "UPDATE deliveries SET status = ?1, attempts_made = attempts_made + 1, \
+                     lease_token = NULL, lease_expires_at = NULL, updated_at = ?2 \
+                 WHERE id = ?3 AND lease_token = ?4 AND status = 'pending'",
+            )?;
+            for outcome in outcomes {
+                let a = &outcome.attempt;
+                attempt.execute(rusqlite::params![
+                    a.id.as_bytes(),
+                    a.delivery_id.as_bytes(),
+                    a.event_id.as_bytes(),
+                    a.project_id.as_bytes(),
+                    a.event_type,
+                    a.webhook_url,
+                    a.response_code,
+                    a.duration_ms,
+                    a.attempt_number,
+                    a.status.as_str(),
+                    a.request_body,
+                    a.response_body,
+                    a.error_message,
+                    truncate_micros(a.created_at).timestamp_micros(),
+                    a.trigger.map(AttemptTrigger::as_str),
+                ])?;
+                finish.execute(rusqlite::params![
+                    status_after(outcome),
+                    now,
+                    outcome.delivery_id.as_bytes(),
+                    outcome.lease_token.as_bytes(),
+                ])?;
+            }
+            Ok(Some(()))
+        })
+        .await?;
+    Ok(written.is_some())
 }
 
 /// `ids` as a list of bound values, for an `IN (...)`.
@@ -463,21 +534,12 @@ fn push_ids<'i>(q: &mut QueryBuilder<'_, Sqlite>, ids: impl IntoIterator<Item = 
 
 /// Pushes the two statements that record `chunk`: its attempts, then its deliveries
 /// finished or rescheduled where the lease still holds (the caller may add a
-/// `RETURNING` clause). With `unless_in`, neither writes anything while one of those
-/// webhooks has a failure streak or delivers in order ([`record_plain`]).
+/// `RETURNING` clause).
 fn push_outcome_writes<'a>(
     q: &mut QueryBuilder<'a, Sqlite>,
     chunk: &'a [DeliveryOutcome],
     now: DateTime<Utc>,
-    unless_in: Option<&BTreeSet<Uuid>>,
 ) {
-    let guard = |q: &mut QueryBuilder<'a, Sqlite>| {
-        if let Some(webhooks) = unless_in {
-            q.push(" AND NOT EXISTS (");
-            push_streak_or_order(q, webhooks);
-            q.push(")");
-        }
-    };
     // Ignoring an attempt id already stored makes a retried batch (after a commit
     // whose acknowledgement was lost) harmless: its leases are gone by then, so
     // nothing is counted twice either.
@@ -503,9 +565,7 @@ fn push_outcome_writes<'a>(
             .push_bind(a.trigger.map(AttemptTrigger::as_str));
     });
     // (The WHERE also tells SQLite's parser the SELECT ends before the upsert clause.)
-    q.push(") WHERE true");
-    guard(q);
-    q.push(" ON CONFLICT (id) DO NOTHING; ");
+    q.push(") WHERE true ON CONFLICT (id) DO NOTHING; ");
 
     // Finish or reschedule the deliveries whose lease still holds.
     q.push(
@@ -529,82 +589,83 @@ fn push_outcome_writes<'a>(
          WHERE deliveries.id = u.id AND deliveries.lease_token = u.token \
            AND deliveries.status = 'pending'",
     );
-    guard(q);
 }
 
-/// One publish inside the batch transaction `tx`: the idempotency check, the event,
-/// and its delivery.
-async fn publish_one(
-    tx: &mut SqliteConnection,
+/// One publish inside the write transaction `tx`, its event id `event_id`: the
+/// idempotency check, the event, and its delivery.
+fn publish_one(
+    tx: &rusqlite::Transaction<'_>,
     event: PublishEvent<'_>,
+    event_id: Uuid,
     now: DateTime<Utc>,
-) -> StoreResult<Published> {
+) -> rusqlite::Result<Published> {
+    let project = event.project_id.as_bytes();
     if let Some(key) = event.idempotency_key {
-        let seen = sqlx::query(
-            "SELECT id, created_at FROM events WHERE project_id = ?1 AND idempotency_key = ?2",
-        )
-        .bind(event.project_id)
-        .bind(key)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = seen {
-            let first_id: Uuid = row.try_get("id")?;
-            let first_at: DateTime<Utc> = row.try_get::<Micros, _>("created_at")?.into();
-            if first_at >= truncate_micros(event.idempotency_since) {
-                let deliveries: i64 =
-                    sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE event_id = ?1")
-                        .bind(first_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
+        let seen = tx
+            .prepare_cached(
+                "SELECT id, created_at FROM events \
+                 WHERE project_id = ?1 AND idempotency_key = ?2",
+            )?
+            .query_row(rusqlite::params![project, key], |row| {
+                Ok((row.get::<_, [u8; 16]>(0)?, row.get::<_, i64>(1)?))
+            })
+            .optional()?;
+        if let Some((first_id, first_at)) = seen {
+            let first_id = Uuid::from_bytes(first_id);
+            if first_at >= truncate_micros(event.idempotency_since).timestamp_micros() {
+                let deliveries: i64 = tx
+                    .prepare_cached("SELECT COUNT(*) FROM deliveries WHERE event_id = ?1")?
+                    .query_row([first_id.as_bytes()], |row| row.get(0))?;
+                let created_at = DateTime::from_timestamp_micros(first_at)
+                    .ok_or(rusqlite::Error::IntegralValueOutOfRange(1, first_at))?;
                 return Ok(Published {
                     event_id: first_id,
                     deliveries,
-                    created_at: first_at,
+                    created_at,
                     duplicate: true,
                 });
             }
             // The earlier use of the key is past its retention window: it no
             // longer deduplicates, and must not block the unique index.
-            sqlx::query("UPDATE events SET idempotency_key = NULL WHERE id = ?1")
-                .bind(first_id)
-                .execute(&mut *tx)
-                .await?;
+            tx.prepare_cached("UPDATE events SET idempotency_key = NULL WHERE id = ?1")?
+                .execute([first_id.as_bytes()])?;
         }
     }
 
-    let event_id = v7_at(now);
-    sqlx::query(
+    let at = now.timestamp_micros();
+    tx.prepare_cached(
         "INSERT INTO events (id, project_id, event_type, data, idempotency_key, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )
-    .bind(event_id)
-    .bind(event.project_id)
-    .bind(event.event_type)
-    .bind(event.data)
-    .bind(event.idempotency_key)
-    .bind(Micros(now))
-    .execute(&mut *tx)
-    .await?;
+    )?
+    .execute(rusqlite::params![
+        event_id.as_bytes(),
+        project,
+        event.event_type,
+        event.data,
+        event.idempotency_key,
+        at,
+    ])?;
 
     // (project, event type) names at most one webhook, so one pre-generated id
-    // covers the at most one row this inserts.
+    // covers the at most one row this inserts. Publishes earlier in the transaction
+    // are in the table already, so an ordered webhook's first_due sees them.
     let due = Incoming::from_webhook("?2", "?1", "?3", "?6").first_due();
-    let deliveries = sqlx::query(&format!(
-        "INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, status, \
-             attempts_made, next_attempt_at, created_at, updated_at) \
-         SELECT ?1, ?2, w.id, w.project_id, w.event_type, 'pending', 0, {due}, ?3, ?3 \
-         FROM webhooks w \
-         WHERE w.project_id = ?4 AND w.event_type = ?5 AND w.is_active = 1"
-    ))
-    .bind(Uuid::now_v7())
-    .bind(event_id)
-    .bind(Micros(now))
-    .bind(event.project_id)
-    .bind(event.event_type)
-    .bind(Micros(held()))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    let deliveries = tx
+        .prepare_cached(&format!(
+            "INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, \
+                 status, attempts_made, next_attempt_at, created_at, updated_at) \
+             SELECT ?1, ?2, w.id, w.project_id, w.event_type, 'pending', 0, {due}, ?3, ?3 \
+             FROM webhooks w \
+             WHERE w.project_id = ?4 AND w.event_type = ?5 AND w.is_active = 1"
+        ))?
+        .execute(rusqlite::params![
+            Uuid::now_v7().as_bytes(),
+            event_id.as_bytes(),
+            at,
+            project,
+            event.event_type,
+            held().timestamp_micros(),
+        ])?;
 
     Ok(Published {
         event_id,
@@ -614,178 +675,85 @@ async fn publish_one(
     })
 }
 
-/// The SQLite side of the group commit, on the one writer connection.
-struct SqliteCommitter(SqlitePool);
+/// The SQLite side of the group commit: direct writes (see [`direct`]).
+struct SqliteCommitter {
+    writer: SqlitePool,
+    direct: Direct,
+}
 
 #[async_trait]
 impl Committer for SqliteCommitter {
     async fn commit_batch(&self, jobs: &[PublishJob]) -> StoreResult<Vec<Published>> {
-        publish_batch(&self.0, jobs).await
+        let now = now_micros();
+        // Inserted one by one, so an ordered webhook's held deliveries must come in
+        // id order: a later one with a smaller id would see no head before it.
+        let ids = batch_event_ids(jobs.len(), now);
+        let published = self
+            .direct
+            .write(&self.writer, |tx| {
+                jobs.iter()
+                    .zip(&ids)
+                    .map(|(job, id)| publish_one(tx, job.event(), *id, now))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map(Some)
+            })
+            .await?;
+        published.ok_or_else(|| StoreError::Internal("a publish batch was not written".into()))
     }
 
     async fn commit_one(&self, job: &PublishJob) -> StoreResult<Published> {
-        let mut tx = self.0.begin_with("BEGIN IMMEDIATE").await?;
-        let published = publish_one(&mut tx, job.event(), now_micros()).await?;
-        tx.commit().await?;
-        Ok(published)
+        let now = now_micros();
+        let published = self
+            .direct
+            .write(&self.writer, |tx| {
+                publish_one(tx, job.event(), v7_at(now), now).map(Some)
+            })
+            .await?;
+        published.ok_or_else(|| StoreError::Internal("a publish was not written".into()))
     }
-}
-
-async fn publish_batch(writer: &SqlitePool, jobs: &[PublishJob]) -> StoreResult<Vec<Published>> {
-    let now = now_micros();
-    let mut results: Vec<Option<Published>> = vec![None; jobs.len()];
-    // The publishes without a key, each with its event id and delivery id.
-    let plain: Vec<(usize, Uuid, Uuid)> = jobs
-        .iter()
-        .enumerate()
-        .filter(|(_, job)| job.idempotency_key.is_none())
-        .map(|(i, _)| (i, v7_at(now), Uuid::now_v7()))
-        .collect();
-    let mut delivered = HashSet::new();
-    let mut tx = Batched::acquire(writer).await?;
-    if plain.len() == jobs.len() && plain.len() <= ROWS_PER_INSERT {
-        // The usual batch, all without a key: the whole transaction in one command.
-        let mut q = QueryBuilder::<Sqlite>::new(batched::BEGIN);
-        push_plain(&mut q, jobs, &plain, now);
-        q.push("; COMMIT");
-        for row in q.build().fetch_all(tx.conn()).await? {
-            delivered.insert(row.try_get::<Uuid, _>("event_id")?);
-        }
-        tx.finish();
-    } else {
-        sqlx::query(batched::BEGIN).execute(tx.conn()).await?;
-        // Publishes with an idempotency key need their check; they go one at a time
-        // (in order, so two with the same key in one batch still dedupe).
-        for (i, job) in jobs.iter().enumerate() {
-            if job.idempotency_key.is_some() {
-                results[i] = Some(publish_one(tx.conn(), job.event(), now).await?);
-            }
-        }
-        // The rest in multi-row statements.
-        for chunk in plain.chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::<Sqlite>::new("");
-            push_plain(&mut q, jobs, chunk, now);
-            for row in q.build().fetch_all(tx.conn()).await? {
-                delivered.insert(row.try_get::<Uuid, _>("event_id")?);
-            }
-        }
-        tx.commit().await?;
-    }
-
-    for (i, event_id, _) in plain {
-        results[i] = Some(Published {
-            event_id,
-            deliveries: i64::from(delivered.contains(&event_id)),
-            created_at: now,
-            duplicate: false,
-        });
-    }
-    results
-        .into_iter()
-        .map(|r| r.ok_or_else(|| StoreError::Internal("publish left unanswered".into())))
-        .collect()
-}
-
-/// Pushes the two statements that publish `chunk` (of `jobs`, each with its event id
-/// and delivery id), one command for the connection's thread: the events, then one
-/// delivery per event whose (project, event type) has an active webhook, returning
-/// the event ids that got one.
-fn push_plain<'a>(
-    q: &mut QueryBuilder<'a, Sqlite>,
-    jobs: &'a [PublishJob],
-    chunk: &[(usize, Uuid, Uuid)],
-    now: DateTime<Utc>,
-) {
-    q.push("INSERT INTO events (id, project_id, event_type, data, idempotency_key, created_at) ");
-    q.push_values(chunk, |mut row, (i, event_id, _)| {
-        let job = &jobs[*i];
-        row.push_bind(*event_id)
-            .push_bind(job.project_id)
-            .push_bind(job.event_type.as_str())
-            .push_bind(job.data.as_str())
-            .push_bind(None::<String>)
-            .push_bind(Micros(now));
-    });
-    q.push("; WITH c(now, held) AS (SELECT ")
-        .push_bind(Micros(now))
-        .push(", ")
-        .push_bind(Micros(held()))
-        .push("), v(did, eid, pid, et) AS (");
-    q.push_values(chunk, |mut row, (i, event_id, delivery_id)| {
-        let job = &jobs[*i];
-        row.push_bind(*delivery_id)
-            .push_bind(*event_id)
-            .push_bind(job.project_id)
-            .push_bind(job.event_type.as_str());
-    });
-    q.push(
-        ") INSERT INTO deliveries (id, event_id, webhook_id, project_id, event_type, \
-             status, attempts_made, next_attempt_at, created_at, updated_at) \
-         SELECT v.did, v.eid, w.id, w.project_id, w.event_type, 'pending', 0, ",
-    )
-    .push(Incoming::batch("c.now", "c.held").first_due())
-    .push(", c.now, c.now")
-    .push(
-        " FROM v CROSS JOIN c JOIN webhooks w \
-           ON w.project_id = v.pid AND w.event_type = v.et AND w.is_active = 1 \
-         RETURNING event_id",
-    );
-}
-
-/// [`next_due_query`] to follow another statement in one command: `now` bound in
-/// turn after the other statement's parameters, the held instant written in as the
-/// integer SQLite stores.
-fn push_next_due(q: &mut QueryBuilder<'_, Sqlite>, now: Micros) {
-    const NOW: &str = "\u{1}now\u{1}";
-    let sql = next_due_query(NOW, &held().timestamp_micros().to_string(), "");
-    let (before, after) = sql
-        .split_once(NOW)
-        .expect("the next-due query names now once");
-    q.push(before).push_bind(now).push(after);
 }
 
 /// The claim statement of [`SqliteStore::claim_from`], after `prefix` (empty, or
 /// `EXPLAIN QUERY PLAN ` for the plan tests): at most `max` due deliveries from
 /// `from` leased with `token` until `expires`, as of `now`.
-pub(crate) fn claim_query<'a>(
+pub(crate) fn claim_query(
     prefix: &str,
-    from: ClaimFrom<'a>,
+    from: ClaimFrom<'_>,
     max: i64,
     (token, now, expires): (Uuid, Micros, Micros),
-) -> QueryBuilder<'a, Sqlite> {
-    let mut q =
-        QueryBuilder::<Sqlite>::new(format!("{prefix}UPDATE deliveries SET lease_token = "));
-    q.push_bind(token)
+) -> Sql {
+    let mut q = Sql::new(format!("{prefix}UPDATE deliveries SET lease_token = "));
+    q.bind_id(token)
         .push(", lease_expires_at = ")
-        .push_bind(expires)
+        .bind_at(expires)
         .push(", next_attempt_at = ")
-        .push_bind(expires)
+        .bind_at(expires)
         .push(", updated_at = ")
-        .push_bind(now)
+        .bind_at(now)
         .push(" WHERE id IN (SELECT id FROM (");
-    let due = |q: &mut QueryBuilder<'a, Sqlite>| {
+    let due = |q: &mut Sql| {
         q.push(
             "SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
              WHERE d.status = 'pending' AND w.is_active = 1 AND d.next_attempt_at <= ",
         )
-        .push_bind(now)
+        .bind_at(now)
         .push(" AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= ")
-        .push_bind(now)
+        .bind_at(now)
         .push(") AND ")
         .push(ORDER_ALLOWS_HEAD)
-        .push_bind(now)
+        .bind_at(now)
         .push(ORDER_ALLOWS_TAIL);
     };
     // The oldest `limit` due, oldest first, outside `skip`.
-    let oldest = |q: &mut QueryBuilder<'a, Sqlite>, skip: &[Uuid], limit: i64| {
+    let oldest = |q: &mut Sql, skip: &[Uuid], limit: i64| {
         due(q);
         if !skip.is_empty() {
-            q.push(" AND d.project_id NOT IN (");
-            push_ids(q, skip);
-            q.push(")");
+            q.push(" AND d.project_id NOT IN (")
+                .bind_ids(skip)
+                .push(")");
         }
         q.push(" ORDER BY d.next_attempt_at, d.id LIMIT ")
-            .push_bind(limit);
+            .bind(limit);
     };
     match from {
         // A part for each project: one index range per project, in due order.
@@ -797,21 +765,21 @@ pub(crate) fn claim_query<'a>(
                 q.push("SELECT id FROM (");
                 due(&mut q);
                 q.push(" AND d.project_id = ")
-                    .push_bind(*project)
+                    .bind_id(*project)
                     .push(" ORDER BY d.next_attempt_at, d.id LIMIT ")
-                    .push_bind(i64::try_from(share).unwrap_or(i64::MAX))
+                    .bind(i64::try_from(share).unwrap_or(i64::MAX))
                     .push(")");
             }
         }
         ClaimFrom::Oldest(skip) | ClaimFrom::AllDue(skip) => oldest(&mut q, skip, max),
     }
-    q.push(") LIMIT ").push_bind(max);
+    q.push(") LIMIT ").bind(max);
     if let ClaimFrom::AllDue(skip) = from {
         // Nothing unless all that is due fits: one more than fits is counted at most.
         // (The parenthesis opened here is closed with the IN list's, below.)
         q.push(") AND ((SELECT count(*) FROM (");
         oldest(&mut q, skip, max + 1);
-        q.push(")) <= ").push_bind(max);
+        q.push(")) <= ").bind(max);
     }
     q.push(
         ") RETURNING id, event_id, webhook_id, project_id, event_type, attempts_made, \
@@ -826,7 +794,7 @@ pub(crate) fn claim_query<'a>(
              (SELECT w.ordered FROM webhooks w WHERE w.id = webhook_id) AS ordered, \
              (SELECT CASE WHEN w.previous_secret_expires_at > ",
     )
-    .push_bind(now)
+    .bind_at(now)
     .push(
         " THEN w.previous_secret END FROM webhooks w WHERE w.id = webhook_id) AS previous_secret",
     );

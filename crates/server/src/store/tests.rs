@@ -2691,9 +2691,17 @@ async fn sqlite_hot_queries_use_their_indexes() {
         ("claim oldest", ClaimFrom::Oldest(&project)),
         ("claim all due", ClaimFrom::AllDue(&project)),
     ] {
-        let mut q =
+        let claim =
             sqlite::claim_query("EXPLAIN QUERY PLAN ", from, 16, (Uuid::new_v4(), now, now));
-        let rows = q.build().fetch_all(pool).await.expect(name);
+        let mut q = sqlx::query(&claim.text);
+        for param in &claim.params {
+            q = match param {
+                rusqlite::types::Value::Integer(n) => q.bind(*n),
+                rusqlite::types::Value::Blob(bytes) => q.bind(bytes.clone()),
+                other => panic!("{name}: the claim binds {other:?}"),
+            };
+        }
+        let rows = q.fetch_all(pool).await.expect(name);
         let details = rows
             .iter()
             .map(|row| sqlx::Row::get::<String, _>(row, 3))

@@ -81,28 +81,34 @@ impl Drop for Batched {
 }
 
 #[cfg(test)]
-mod tests {
-    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+pub(super) mod tests {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
     use super::*;
 
-    async fn writer(dir: &tempfile::TempDir) -> SqlitePool {
+    /// A one-connection writer pool on a new WAL file in `dir` holding a table `t`,
+    /// and the options it was opened with.
+    pub(in crate::store::sqlite) async fn writer(
+        dir: &tempfile::TempDir,
+    ) -> (SqlitePool, SqliteConnectOptions) {
         let options = SqliteConnectOptions::new()
-            .filename(dir.path().join("batched.db"))
-            .create_if_missing(true);
+            .filename(dir.path().join("t.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .unwrap();
         sqlx::query("CREATE TABLE t (n INTEGER PRIMARY KEY)")
             .execute(&pool)
             .await
             .unwrap();
-        pool
+        (pool, options)
     }
 
-    async fn rows(pool: &SqlitePool) -> Vec<i64> {
+    /// What `t` holds, in order.
+    pub(in crate::store::sqlite) async fn rows(pool: &SqlitePool) -> Vec<i64> {
         sqlx::query_scalar("SELECT n FROM t ORDER BY n")
             .fetch_all(pool)
             .await
@@ -112,7 +118,7 @@ mod tests {
     #[tokio::test]
     async fn a_command_failing_halfway_leaves_nothing_and_the_writer_usable() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = writer(&dir).await;
+        let (pool, _) = writer(&dir).await;
         {
             let mut tx = Batched::acquire(&pool).await.unwrap();
             let failed = sqlx::query(&format!(
@@ -136,7 +142,7 @@ mod tests {
     #[tokio::test]
     async fn one_command_begins_binds_and_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = writer(&dir).await;
+        let (pool, _) = writer(&dir).await;
         let tx = Batched::acquire(&pool).await;
         let mut tx = tx.unwrap();
         let back: Vec<i64> = sqlx::query_scalar(&format!(

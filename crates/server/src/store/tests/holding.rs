@@ -253,6 +253,27 @@ async fn racing_publishes_and_outcomes_leave_no_head_held(db: Arc<TestDb>) {
     assert_eq!(pending(store.as_ref()).await, 0);
 }
 
+/// Publishes committed together (the group commit's batch) to an ordered webhook:
+/// one head, the rest held, and they go in the order they were published.
+async fn a_batch_of_publishes_goes_in_publish_order(db: Arc<TestDb>) {
+    const EVENTS: usize = 12;
+    let s = db.store.as_ref();
+    let raw = Raw::open(&db).await;
+    let project = new_project(s).await;
+    let webhook = upsert_ordered(s, project.id, true).await;
+    // Queued in this order at their first poll, before the group commit takes them.
+    let published: Vec<Uuid> = futures::future::join_all(
+        (0..EVENTS).map(|_| async { publish(s, project.id, "ordered.thing").await.event_id }),
+    )
+    .await;
+    assert_eq!(raw.due_and_held(webhook.id).await, (1, EVENTS as i64 - 1));
+    let mut sent = Vec::new();
+    for _ in 0..EVENTS {
+        sent.push(deliver_next(s, AttemptStatus::Success).await.event_id);
+    }
+    assert_eq!(sent, published);
+}
+
 /// A webhook made ordered while one of its deliveries is out: what is published
 /// meanwhile is held behind that delivery, and its success (claimed as unordered)
 /// wakes the next head all the same.
@@ -285,6 +306,7 @@ async fn a_head_claimed_before_ordering_was_switched_on_wakes_the_next(db: Arc<T
 }
 
 store_cases!(
+    a_batch_of_publishes_goes_in_publish_order,
     a_head_claimed_before_ordering_was_switched_on_wakes_the_next,
     an_ordered_queue_is_held_behind_its_head_and_woken_in_turn,
     racing_publishes_and_outcomes_leave_no_head_held,
