@@ -3,7 +3,9 @@
 //! SQLite admits one writer at a time. Rather than letting several pooled connections
 //! race for the write lock (and spin in the busy handler), every write goes through a
 //! pool holding exactly one connection, and each write transaction starts with
-//! `BEGIN IMMEDIATE`, which takes the write lock up front. Reads use a separate small
+//! `BEGIN IMMEDIATE`, which takes the write lock up front. The writes every event takes
+//! run on a connection of the store's own while holding that pool's one connection
+//! ([`direct`]), so they too go one at a time. Reads use a separate small
 //! pool; in WAL mode they never block the writer nor wait for it. `busy_timeout` covers
 //! the remaining case of another process (the CLI creating a key while the server runs)
 //! holding the lock for a moment.

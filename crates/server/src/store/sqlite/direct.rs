@@ -12,7 +12,10 @@
 //! holds it (taken like any other write, without a command to its thread) while it
 //! runs, so writes through sqlx and direct ones never overlap and `BEGIN IMMEDIATE`
 //! finds the lock free. A direct write runs start to end without an await, so a
-//! caller that stops waiting cannot leave a transaction open behind it.
+//! caller that stops waiting cannot leave a transaction open behind it. It holds the
+//! runtime thread meanwhile: a WAL commit writes to the page cache and syncs nothing
+//! (the checkpoint syncs, on its own connection), so it is over as soon as SQLite's
+//! own work is, which the writer's thread spent anyway.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
