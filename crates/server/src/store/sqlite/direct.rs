@@ -18,7 +18,7 @@
 //! own work is, which the writer's thread spent anyway.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::types::Value;
@@ -89,10 +89,9 @@ impl Direct {
     ) -> StoreResult<Option<R>> {
         let _lock = writer.acquire().await?;
         // Only the holder of the writer connection gets here: the mutex never waits.
-        let mut conn = self
-            .conn
-            .lock()
-            .map_err(|_| StoreError::Internal("a direct write panicked".into()))?;
+        // A write that panicked left nothing behind (its transaction rolled back as it
+        // unwound), so the connection is as good as before.
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(to_store)?;
@@ -304,6 +303,34 @@ mod tests {
                 .unwrap(),
             Some(1)
         );
+    }
+
+    #[tokio::test]
+    async fn a_write_that_panicked_leaves_nothing_and_the_next_one_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, direct, _) = open(&dir).await;
+        let panicked = {
+            let (pool, direct) = (pool.clone(), direct.clone());
+            tokio::spawn(async move {
+                direct
+                    .write(&pool, |tx| {
+                        let inserted = insert(tx, 1)?;
+                        assert_eq!(inserted, 0, "a bug in a direct write");
+                        Ok(Some(()))
+                    })
+                    .await
+            })
+            .await
+        };
+        assert!(panicked.is_err(), "the write should have panicked");
+        assert_eq!(
+            direct
+                .write(&pool, |tx| insert(tx, 2).map(Some))
+                .await
+                .unwrap(),
+            Some(1)
+        );
+        assert_eq!(rows(&pool).await, vec![2]);
     }
 
     #[test]
