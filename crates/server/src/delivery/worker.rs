@@ -790,6 +790,15 @@ async fn record_loop(
 ) {
     let mut received = Vec::with_capacity(MAX_RECORD_BATCH);
     while rx.recv_many(&mut received, MAX_RECORD_BATCH).await > 0 {
+        // As the group commit does: the outcomes of the deliveries that are ready to
+        // finish go in the same write.
+        tokio::task::yield_now().await;
+        while received.len() < MAX_RECORD_BATCH {
+            match rx.try_recv() {
+                Ok(finished) => received.push(finished),
+                Err(_) => break,
+            }
+        }
         let (batch, permits): (Vec<_>, Vec<_>) = received.drain(..).unzip();
         let retries = batch.iter().any(|outcome| outcome.retry_at.is_some());
         // An ordered webhook's next delivery becomes claimable once this is recorded.

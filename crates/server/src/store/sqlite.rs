@@ -4,8 +4,9 @@
 //! race for the write lock (and spin in the busy handler), every write goes through a
 //! pool holding exactly one connection, and each write transaction starts with
 //! `BEGIN IMMEDIATE`, which takes the write lock up front. The writes every event takes
-//! run on a connection of the store's own while holding that pool's one connection
-//! ([`direct`]), so they too go one at a time. Reads use a separate small
+//! run on a connection of the store's own ([`direct`]), which never waits in the busy
+//! handler for a write through that pool but for the pool's connection. Reads use a
+//! separate small
 //! pool; in WAL mode they never block the writer nor wait for it. `busy_timeout` covers
 //! the remaining case of another process (the CLI creating a key while the server runs)
 //! holding the lock for a moment.
@@ -152,15 +153,22 @@ impl SqliteStore {
                 .connect_with(base.clone())
                 .await?
         };
+        let direct = Direct::open(
+            &base,
+            in_memory,
+            writer.clone(),
+            BUSY_TIMEOUT,
+            &direct_pragmas(in_memory),
+        )?;
         if !in_memory {
             let checkpointer = sqlx::SqliteConnection::connect_with(&base).await?;
-            tokio::spawn(checkpoint_loop(checkpointer, writer.clone()));
+            tokio::spawn(checkpoint_loop(
+                checkpointer,
+                writer.clone(),
+                direct.clone(),
+            ));
         }
-        let direct = Direct::open(&base, in_memory, BUSY_TIMEOUT, &direct_pragmas(in_memory))?;
-        let publisher = GroupCommit::spawn(SqliteCommitter {
-            writer: writer.clone(),
-            direct: direct.clone(),
-        });
+        let publisher = GroupCommit::spawn(SqliteCommitter(direct.clone()));
         Ok(Self {
             tables: Tables::new(writer, readers),
             publisher,
@@ -252,7 +260,7 @@ impl BackendOps for SqliteStore {
         let next_due = next_due_query("?1", &held().timestamp_micros().to_string(), "");
         let (claimed, next) = self
             .direct
-            .write(self.writer(), |tx| {
+            .write(|tx| {
                 let claimed = tx
                     .prepare_cached(&claim.text)?
                     .query_map(rusqlite::params_from_iter(&claim.params), |row| {
@@ -470,7 +478,7 @@ async fn record_plain(
     let now = now.timestamp_micros();
     let written = store
         .direct
-        .write(store.writer(), |tx| {
+        .write(|tx| {
             let mut streak_or_order = tx.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM webhooks WHERE id = ?1 \
                    AND (consecutive_failures <> 0 OR first_failure_at IS NOT NULL OR ordered))",
@@ -678,10 +686,7 @@ fn publish_one(
 }
 
 /// The SQLite side of the group commit: direct writes (see [`direct`]).
-struct SqliteCommitter {
-    writer: SqlitePool,
-    direct: Direct,
-}
+struct SqliteCommitter(Direct);
 
 #[async_trait]
 impl Committer for SqliteCommitter {
@@ -691,8 +696,8 @@ impl Committer for SqliteCommitter {
         // id order: a later one with a smaller id would see no head before it.
         let ids = batch_event_ids(jobs.len(), now);
         let published = self
-            .direct
-            .write(&self.writer, |tx| {
+            .0
+            .write(|tx| {
                 jobs.iter()
                     .zip(&ids)
                     .map(|(job, id)| publish_one(tx, job.event(), *id, now))
@@ -706,10 +711,8 @@ impl Committer for SqliteCommitter {
     async fn commit_one(&self, job: &PublishJob) -> StoreResult<Published> {
         let now = now_micros();
         let published = self
-            .direct
-            .write(&self.writer, |tx| {
-                publish_one(tx, job.event(), v7_at(now), now).map(Some)
-            })
+            .0
+            .write(|tx| publish_one(tx, job.event(), v7_at(now), now).map(Some))
             .await?;
         published.ok_or_else(|| StoreError::Internal("a publish was not written".into()))
     }

@@ -8,17 +8,23 @@
 //! statements themselves. Here the statements run where the caller is, through
 //! prepared statements kept for the life of the store, and nothing is handed over.
 //!
-//! The writer pool's one connection stays the lock every write takes: a direct write
-//! holds it (taken like any other write, without a command to its thread) while it
-//! runs, so writes through sqlx and direct ones never overlap and `BEGIN IMMEDIATE`
-//! finds the lock free. A direct write runs start to end without an await, so a
-//! caller that stops waiting cannot leave a transaction open behind it. It holds the
-//! runtime thread meanwhile: a WAL commit writes to the page cache and syncs nothing
-//! (the checkpoint syncs, on its own connection), so it is over as soon as SQLite's
-//! own work is, which the writer's thread spent anyway.
+//! SQLite's write lock keeps direct writes and the writes through sqlx's writer pool
+//! apart. A direct write takes the lock without waiting (a busy timeout of zero), so
+//! the runtime thread never sleeps in SQLite's busy handler; if a write through the
+//! pool holds it, the direct write waits for the pool's one connection instead (held
+//! until that write ends) and then tries again. A write through the pool that finds a
+//! direct one holding the lock waits in the busy handler on its own thread. The pool's
+//! connection is not the direct writes' lock: sqlx pings a connection each time it goes
+//! back to the pool, a round trip to its thread per write.
+//!
+//! A direct write runs start to end without an await, so a caller that stops waiting
+//! cannot leave a transaction open behind it. It holds the runtime thread meanwhile: a
+//! WAL commit writes to the page cache and syncs nothing (the checkpoint syncs, on its
+//! own connection), so it is over as soon as SQLite's own work is, which the writer's
+//! thread spent anyway.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::types::Value;
@@ -26,6 +32,7 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use sqlx::error::{DatabaseError, ErrorKind};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::SqlitePool;
+use tokio::sync::{Mutex, MutexGuard};
 
 use uuid::Uuid;
 
@@ -36,6 +43,14 @@ use super::super::{StoreError, StoreResult};
 #[derive(Clone)]
 pub(crate) struct Direct {
     conn: Arc<Mutex<Connection>>,
+    /// The writer pool, whose one connection a write through it holds to its end.
+    writer: SqlitePool,
+    /// How long a write waits for another process's lock.
+    busy_timeout: Duration,
+    /// In memory: the pool's one connection also serves the reads, and a shared cache
+    /// answers a write meeting a read with an error rather than a wait, so a direct
+    /// write holds that connection throughout.
+    in_memory: bool,
 }
 
 impl fmt::Debug for Direct {
@@ -48,12 +63,13 @@ impl fmt::Debug for Direct {
 const PREPARED: usize = 32;
 
 impl Direct {
-    /// Opens the database `options` name, already created and migrated by the writer
-    /// pool, with the writer's settings: `pragmas` are the writer's per-connection
-    /// ones (name, value).
+    /// Opens the database `options` name, already created and migrated through
+    /// `writer`, with the writer's settings: `pragmas` are the writer's
+    /// per-connection ones (name, value).
     pub fn open(
         options: &SqliteConnectOptions,
         in_memory: bool,
+        writer: SqlitePool,
         busy_timeout: Duration,
         pragmas: &[(&str, &str)],
     ) -> StoreResult<Direct> {
@@ -67,7 +83,8 @@ impl Direct {
             flags |= OpenFlags::SQLITE_OPEN_MEMORY | OpenFlags::SQLITE_OPEN_SHARED_CACHE;
         }
         let conn = Connection::open_with_flags(name, flags).map_err(to_store)?;
-        conn.busy_timeout(busy_timeout).map_err(to_store)?;
+        // Taking the lock never waits (see `write`).
+        conn.busy_timeout(Duration::ZERO).map_err(to_store)?;
         conn.set_prepared_statement_cache_capacity(PREPARED);
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(to_store)?;
@@ -76,34 +93,66 @@ impl Direct {
         }
         Ok(Direct {
             conn: Arc::new(Mutex::new(conn)),
+            writer,
+            busy_timeout,
+            in_memory,
         })
     }
 
-    /// Runs `work` in a write transaction, holding `writer`'s connection meanwhile.
-    /// `work` answering `Some` commits, `None` rolls back (it found the write is not
-    /// its to make), as does an error.
+    /// Runs `work` in a write transaction. `work` answering `Some` commits, `None`
+    /// rolls back (it found the write is not its to make), as does an error.
     pub async fn write<R>(
         &self,
-        writer: &SqlitePool,
         work: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<Option<R>>,
     ) -> StoreResult<Option<R>> {
-        let _lock = writer.acquire().await?;
-        // Only the holder of the writer connection gets here: the mutex never waits.
-        // A write that panicked left nothing behind (its transaction rolled back as it
-        // unwound), so the connection is as good as before.
-        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(to_store)?;
-        match work(&tx).map_err(to_store)? {
-            Some(done) => {
-                tx.commit().map_err(to_store)?;
-                Ok(Some(done))
-            }
-            // Dropping the transaction rolls it back.
-            None => Ok(None),
+        // A write that panicked left nothing behind: its transaction rolled back as it
+        // unwound.
+        let mut conn = self.conn.lock().await;
+        let _reads = match self.in_memory {
+            true => Some(self.writer.acquire().await?),
+            false => None,
+        };
+        match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => return finish(tx, work),
+            Err(e) if is_busy(&e) && !self.in_memory => {}
+            Err(e) => return Err(to_store(e)),
         }
+        // A write through the pool holds the lock, or another process does: the
+        // pool's connection comes back when the first ends, and the second is waited
+        // for as any write waits for it.
+        let _writer = self.writer.acquire().await?;
+        conn.busy_timeout(self.busy_timeout).map_err(to_store)?;
+        let done = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => finish(tx, work),
+            Err(e) => Err(to_store(e)),
+        };
+        conn.busy_timeout(Duration::ZERO).map_err(to_store)?;
+        done
     }
+
+    /// Keeps direct writes out until the guard drops (the checkpoint's held pass).
+    pub async fn hold(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().await
+    }
+}
+
+/// Ends `tx` as `work` says.
+fn finish<R>(
+    tx: Transaction<'_>,
+    work: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<Option<R>>,
+) -> StoreResult<Option<R>> {
+    match work(&tx).map_err(to_store)? {
+        Some(done) => {
+            tx.commit().map_err(to_store)?;
+            Ok(Some(done))
+        }
+        // Dropping the transaction rolls it back.
+        None => Ok(None),
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy)
 }
 
 /// A rusqlite error as the store reports database errors: SQLite's own failures keep
@@ -225,7 +274,8 @@ mod tests {
     /// [`writer`]'s pool and a direct connection to the same file.
     async fn open(dir: &tempfile::TempDir) -> (SqlitePool, Direct, SqliteConnectOptions) {
         let (pool, options) = writer(dir).await;
-        let direct = Direct::open(&options, false, Duration::from_secs(5), &[]).unwrap();
+        let direct =
+            Direct::open(&options, false, pool.clone(), Duration::from_secs(5), &[]).unwrap();
         (pool, direct, options)
     }
 
@@ -237,19 +287,16 @@ mod tests {
     async fn a_write_commits_what_it_answers_and_nothing_it_declines_or_fails() {
         let dir = tempfile::tempdir().unwrap();
         let (pool, direct, _) = open(&dir).await;
-        let done = direct
-            .write(&pool, |tx| insert(tx, 1).map(Some))
-            .await
-            .unwrap();
+        let done = direct.write(|tx| insert(tx, 1).map(Some)).await.unwrap();
         assert_eq!(done, Some(1));
         let declined = direct
-            .write(&pool, |tx| insert(tx, 2).map(|_| None::<()>))
+            .write(|tx| insert(tx, 2).map(|_| None::<()>))
             .await
             .unwrap();
         assert_eq!(declined, None);
         // The second insert breaks the key: the first goes with it.
         let failed = direct
-            .write(&pool, |tx| {
+            .write(|tx| {
                 insert(tx, 3)?;
                 insert(tx, 1).map(Some)
             })
@@ -266,20 +313,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_write_waits_for_the_writer_connection() {
+    async fn a_write_through_the_pool_is_waited_for_and_an_idle_pool_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let (pool, direct, _) = open(&dir).await;
-        let held = pool.acquire().await.unwrap();
-        let write = direct.write(&pool, |tx| insert(tx, 7).map(Some));
+        // The pool's connection taken but writing nothing: no reason to wait.
+        let idle = pool.acquire().await.unwrap();
+        let write = direct.write(|tx| insert(tx, 1).map(Some));
+        let done = tokio::time::timeout(Duration::from_secs(5), write).await;
+        assert_eq!(done.expect("waited for an idle pool").unwrap(), Some(1));
+        drop(idle);
+
+        // A transaction through the pool holds SQLite's lock: the direct write waits
+        // for it to end, then goes in.
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (2)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let write = direct.write(|tx| insert(tx, 3).map(Some));
         tokio::pin!(write);
         let early = tokio::time::timeout(Duration::from_millis(50), &mut write).await;
         assert!(
             early.is_err(),
-            "wrote while the writer connection was taken"
+            "wrote while a write through the pool was open"
         );
-        drop(held);
+        tx.commit().await.unwrap();
         assert_eq!(write.await.unwrap(), Some(1));
-        assert_eq!(rows(&pool).await, vec![7]);
+        assert_eq!(rows(&pool).await, vec![1, 2, 3]);
     }
 
     #[tokio::test]
@@ -289,18 +349,15 @@ mod tests {
         // As a CLI in another process would: a write lock held outside this store.
         let other = Connection::open(dir.path().join("t.db")).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let impatient = Direct::open(&options, false, Duration::ZERO, &[]).unwrap();
+        let impatient = Direct::open(&options, false, pool.clone(), Duration::ZERO, &[]).unwrap();
         let busy = impatient
-            .write(&pool, |tx| insert(tx, 1).map(Some))
+            .write(|tx| insert(tx, 1).map(Some))
             .await
             .unwrap_err();
         assert!(busy.is_transient(), "{busy:?}");
         other.execute_batch("ROLLBACK").unwrap();
         assert_eq!(
-            impatient
-                .write(&pool, |tx| insert(tx, 1).map(Some))
-                .await
-                .unwrap(),
+            impatient.write(|tx| insert(tx, 1).map(Some)).await.unwrap(),
             Some(1)
         );
     }
@@ -310,10 +367,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (pool, direct, _) = open(&dir).await;
         let panicked = {
-            let (pool, direct) = (pool.clone(), direct.clone());
+            let direct = direct.clone();
             tokio::spawn(async move {
                 direct
-                    .write(&pool, |tx| {
+                    .write(|tx| {
                         let inserted = insert(tx, 1)?;
                         assert_eq!(inserted, 0, "a bug in a direct write");
                         Ok(Some(()))
@@ -324,10 +381,7 @@ mod tests {
         };
         assert!(panicked.is_err(), "the write should have panicked");
         assert_eq!(
-            direct
-                .write(&pool, |tx| insert(tx, 2).map(Some))
-                .await
-                .unwrap(),
+            direct.write(|tx| insert(tx, 2).map(Some)).await.unwrap(),
             Some(1)
         );
         assert_eq!(rows(&pool).await, vec![2]);

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use sqlx::SqlitePool;
 
+use super::direct::Direct;
+
 /// How often the WAL is checkpointed (see [`checkpoint_loop`]).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
@@ -79,7 +81,11 @@ pub(super) fn prepare_private_file(file: &Path) -> io::Result<()> {
 /// the last round, what came in during the copy is copied again with the writer
 /// held: a few frames and two syncs (an fsync took 0.25 ms on the usual machine) that
 /// writes wait for, after which the next write starts the WAL over.
-pub(super) async fn checkpoint_loop(mut conn: sqlx::SqliteConnection, writer: SqlitePool) {
+pub(super) async fn checkpoint_loop(
+    mut conn: sqlx::SqliteConnection,
+    writer: SqlitePool,
+    direct: Direct,
+) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = None;
@@ -96,7 +102,9 @@ pub(super) async fn checkpoint_loop(mut conn: sqlx::SqliteConnection, writer: Sq
             // Nothing written since the last round, and all of it copied.
             continue;
         }
-        // The writer pool's one connection: no write is in progress meanwhile.
+        // The direct writes, then the writer pool's one connection (in the order a
+        // direct write takes them): no write is in progress meanwhile.
+        let _direct = direct.hold().await;
         let Ok(_held) = writer.acquire().await else {
             continue;
         };
