@@ -26,7 +26,6 @@ use chrono::{DateTime, Utc};
 use rusqlite::OptionalExtension;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
-    SqliteSynchronous,
 };
 use sqlx::{Connection, FromRow, Pool, QueryBuilder, Row, Sqlite, Transaction};
 use uuid::Uuid;
@@ -116,18 +115,12 @@ impl SqliteStore {
         // WAL is a property of the file: set it on the writer, which opens first.
         // Changing journal mode needs an exclusive lock that busy_timeout does not
         // wait for, so the readers must not try.
-        let writer_options = base
-            .clone()
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            // Checkpoints run on their own connection (checkpoint_loop), not inside
-            // whichever commit happens to cross the WAL size threshold, where they
-            // would stall the one writer for milliseconds.
-            .pragma("wal_autocheckpoint", autocheckpoint(in_memory))
-            // A WAL that a burst grew past this is cut back to it when it starts over,
-            // so the file stays near what one checkpoint interval writes.
-            .pragma("journal_size_limit", WAL_SIZE_LIMIT)
-            .optimize_on_close(true, None);
+        let writer_options = writer_pragmas(in_memory).into_iter().fold(
+            base.clone()
+                .journal_mode(SqliteJournalMode::Wal)
+                .optimize_on_close(true, None),
+            |options, (name, value)| options.pragma(name, value),
+        );
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -158,7 +151,7 @@ impl SqliteStore {
             in_memory,
             writer.clone(),
             BUSY_TIMEOUT,
-            &direct_pragmas(in_memory),
+            &writer_pragmas(in_memory),
         )?;
         if !in_memory {
             let checkpointer = sqlx::SqliteConnection::connect_with(&base).await?;
@@ -195,21 +188,17 @@ impl SqliteStore {
     }
 }
 
-/// The writer's `wal_autocheckpoint`: none on a file, whose checkpoints have a
-/// connection of their own.
-fn autocheckpoint(in_memory: bool) -> &'static str {
-    if in_memory {
-        "1000"
-    } else {
-        "0"
-    }
-}
-
-/// The writer's per-connection settings, for the direct connection, which writes too.
-fn direct_pragmas(in_memory: bool) -> [(&'static str, &'static str); 3] {
+/// The per-connection settings of the connections that write: the writer pool's and
+/// the direct one.
+fn writer_pragmas(in_memory: bool) -> [(&'static str, &'static str); 3] {
     [
         ("synchronous", "NORMAL"),
-        ("wal_autocheckpoint", autocheckpoint(in_memory)),
+        // Checkpoints run on their own connection (checkpoint_loop), not inside
+        // whichever commit happens to cross the WAL size threshold, where they would
+        // stall the writer for milliseconds.
+        ("wal_autocheckpoint", if in_memory { "1000" } else { "0" }),
+        // A WAL that a burst grew past this is cut back to it when it starts over, so
+        // the file stays near what one checkpoint interval writes.
         ("journal_size_limit", WAL_SIZE_LIMIT),
     ]
 }
@@ -278,11 +267,10 @@ impl BackendOps for SqliteStore {
         let next = next
             .map(|at| {
                 DateTime::from_timestamp_micros(at)
-                    .map(Micros)
                     .ok_or_else(|| StoreError::Internal(format!("due time {at} out of range")))
             })
             .transpose()?;
-        let told = Some(NextDue(next.map(DateTime::from)));
+        let told = Some(NextDue(next));
         // All due (guarded to take nothing unless everything due outside the skipped
         // projects fits): having taken nothing while something is still due, it
         // cannot tell whether that is more than fit or only the skipped projects'.
@@ -399,7 +387,7 @@ impl BackendOps for SqliteStore {
         let plain = outcomes.iter().all(|o| {
             o.attempt.status == AttemptStatus::Success && !o.disable_webhook && !o.ordered
         });
-        if plain && record_plain(self, outcomes, &webhooks, now).await? {
+        if plain && record_plain(&self.direct, outcomes, &webhooks, now).await? {
             return Ok(Recorded::default());
         }
         let mut tx = Batched::acquire(self.writer()).await?;
@@ -408,8 +396,55 @@ impl BackendOps for SqliteStore {
         // multi-row statements a chunk at a time, then the streaks of the webhooks.
         let mut q = QueryBuilder::<Sqlite>::new(batched::BEGIN);
         for chunk in outcomes.chunks(RECORD_CHUNK) {
-            push_outcome_writes(&mut q, chunk, now);
-            q.push(" RETURNING deliveries.id, deliveries.webhook_id; ");
+            // Ignoring an attempt id already stored makes a retried batch (after a
+            // commit whose acknowledgement was lost) harmless: its leases are gone by
+            // then, so nothing is counted twice either.
+            q.push(format!(
+                "INSERT INTO attempts ({ATTEMPT_COLUMNS}, \"trigger\") "
+            ));
+            q.push_values(chunk, |mut row, outcome| {
+                let a = &outcome.attempt;
+                row.push_bind(a.id)
+                    .push_bind(a.delivery_id)
+                    .push_bind(a.event_id)
+                    .push_bind(a.project_id)
+                    .push_bind(a.event_type.as_str())
+                    .push_bind(a.webhook_url.as_str())
+                    .push_bind(a.response_code)
+                    .push_bind(a.duration_ms)
+                    .push_bind(a.attempt_number)
+                    .push_bind(a.status.as_str())
+                    .push_bind(a.request_body.as_slice())
+                    .push_bind(a.response_body.as_deref())
+                    .push_bind(a.error_message.as_deref())
+                    .push_bind(Micros(truncate_micros(a.created_at)))
+                    .push_bind(a.trigger.map(AttemptTrigger::as_str));
+            });
+            q.push(" ON CONFLICT (id) DO NOTHING; ");
+
+            // Finish or reschedule the deliveries whose lease still holds.
+            q.push(
+                "UPDATE deliveries SET status = u.status, \
+                     next_attempt_at = COALESCE(u.retry_at, deliveries.next_attempt_at), \
+                     attempts_made = attempts_made + 1, \
+                     lease_token = NULL, lease_expires_at = NULL, updated_at = ",
+            );
+            q.push_bind(Micros(now)).push(
+                " FROM (SELECT column1 AS id, column2 AS token, column3 AS status, \
+                     column4 AS retry_at FROM (",
+            );
+            q.push_values(chunk, |mut row, outcome| {
+                row.push_bind(outcome.delivery_id)
+                    .push_bind(outcome.lease_token)
+                    .push_bind(status_after(outcome))
+                    .push_bind(opt(outcome.retry_at.map(truncate_micros)));
+            });
+            q.push(
+                ")) AS u \
+                 WHERE deliveries.id = u.id AND deliveries.lease_token = u.token \
+                   AND deliveries.status = 'pending' \
+                 RETURNING deliveries.id, deliveries.webhook_id; ",
+            );
         }
         // Read after the updates, in the same transaction: the writer's transaction
         // serializes recorders, so no lock of their own is needed.
@@ -417,7 +452,10 @@ impl BackendOps for SqliteStore {
             "SELECT id, consecutive_failures, first_failure_at, is_active, ordered \
              FROM webhooks WHERE id IN (",
         );
-        push_ids(&mut q, &webhooks);
+        let mut ids = q.separated(", ");
+        for id in &webhooks {
+            ids.push_bind(*id);
+        }
         q.push(")");
 
         // The updates' rows (delivery, webhook) and the streaks' rows come back in turn.
@@ -470,14 +508,13 @@ impl BackendOps for SqliteStore {
 /// the long way. The check is read inside the write transaction, so no other write can
 /// come between it and the writes.
 async fn record_plain(
-    store: &SqliteStore,
+    direct: &Direct,
     outcomes: &[DeliveryOutcome],
     webhooks: &BTreeSet<Uuid>,
     now: DateTime<Utc>,
 ) -> StoreResult<bool> {
     let now = now.timestamp_micros();
-    let written = store
-        .direct
+    let written = direct
         .write(|tx| {
             let mut streak_or_order = tx.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM webhooks WHERE id = ?1 \
@@ -532,73 +569,6 @@ async fn record_plain(
         })
         .await?;
     Ok(written.is_some())
-}
-
-/// `ids` as a list of bound values, for an `IN (...)`.
-fn push_ids<'i>(q: &mut QueryBuilder<'_, Sqlite>, ids: impl IntoIterator<Item = &'i Uuid>) {
-    let mut list = q.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-}
-
-/// Pushes the two statements that record `chunk`: its attempts, then its deliveries
-/// finished or rescheduled where the lease still holds (the caller may add a
-/// `RETURNING` clause).
-fn push_outcome_writes<'a>(
-    q: &mut QueryBuilder<'a, Sqlite>,
-    chunk: &'a [DeliveryOutcome],
-    now: DateTime<Utc>,
-) {
-    // Ignoring an attempt id already stored makes a retried batch (after a commit
-    // whose acknowledgement was lost) harmless: its leases are gone by then, so
-    // nothing is counted twice either.
-    q.push(format!(
-        "INSERT INTO attempts ({ATTEMPT_COLUMNS}, \"trigger\") SELECT * FROM ("
-    ));
-    q.push_values(chunk, |mut row, outcome| {
-        let a = &outcome.attempt;
-        row.push_bind(a.id)
-            .push_bind(a.delivery_id)
-            .push_bind(a.event_id)
-            .push_bind(a.project_id)
-            .push_bind(a.event_type.as_str())
-            .push_bind(a.webhook_url.as_str())
-            .push_bind(a.response_code)
-            .push_bind(a.duration_ms)
-            .push_bind(a.attempt_number)
-            .push_bind(a.status.as_str())
-            .push_bind(a.request_body.as_slice())
-            .push_bind(a.response_body.as_deref())
-            .push_bind(a.error_message.as_deref())
-            .push_bind(Micros(truncate_micros(a.created_at)))
-            .push_bind(a.trigger.map(AttemptTrigger::as_str));
-    });
-    // (The WHERE also tells SQLite's parser the SELECT ends before the upsert clause.)
-    q.push(") WHERE true ON CONFLICT (id) DO NOTHING; ");
-
-    // Finish or reschedule the deliveries whose lease still holds.
-    q.push(
-        "UPDATE deliveries SET status = u.status, \
-             next_attempt_at = COALESCE(u.retry_at, deliveries.next_attempt_at), \
-             attempts_made = attempts_made + 1, \
-             lease_token = NULL, lease_expires_at = NULL, updated_at = ",
-    );
-    q.push_bind(Micros(now)).push(
-        " FROM (SELECT column1 AS id, column2 AS token, column3 AS status, \
-             column4 AS retry_at FROM (",
-    );
-    q.push_values(chunk, |mut row, outcome| {
-        row.push_bind(outcome.delivery_id)
-            .push_bind(outcome.lease_token)
-            .push_bind(status_after(outcome))
-            .push_bind(opt(outcome.retry_at.map(truncate_micros)));
-    });
-    q.push(
-        ")) AS u \
-         WHERE deliveries.id = u.id AND deliveries.lease_token = u.token \
-           AND deliveries.status = 'pending'",
-    );
 }
 
 /// One publish inside the write transaction `tx`, its event id `event_id`: the

@@ -2,16 +2,15 @@
 //!
 //! Every command to a SQLite connection is a round trip to the thread that owns it:
 //! two thread switches, which on the usual 2-core machine cost more than the
-//! statements of a publish or an outcome themselves (a B2 profile spent over half of
-//! the server's CPU switching threads, under 5 % in SQLite). A transaction begun
-//! through sqlx's own `begin` is a command of its own, and so is its commit. Here
-//! `BEGIN IMMEDIATE` goes in front of the first statements and `COMMIT` can go after
-//! the last, in one command each: the connection's thread runs a string of several
-//! statements in turn, each binding its own parameters.
+//! statements of an outcome batch themselves. A transaction begun through sqlx's own
+//! `begin` is a command of its own. Here `BEGIN IMMEDIATE` goes in front of the first
+//! statements, in one command: the connection's thread runs a string of several
+//! statements in turn, each binding its own parameters. (The writes every event takes
+//! avoid the thread altogether: see `direct`.)
 //!
 //! sqlx does not know about a transaction begun this way, so [`Batched`] ends it: a
 //! command that fails, or a caller that stops waiting, leaves it open, and dropping
-//! the guard without [`Batched::finish`] rolls it back before the connection goes
+//! the guard without [`Batched::commit`] rolls it back before the connection goes
 //! back to the pool.
 
 use sqlx::pool::PoolConnection;
@@ -42,17 +41,11 @@ impl Batched {
             .expect("a batched transaction's connection is there until it ends")
     }
 
-    /// Commits, in a command of its own.
+    /// Commits, in a command of its own; nothing is left to roll back.
     pub async fn commit(mut self) -> StoreResult<()> {
         sqlx::query("COMMIT").execute(self.conn()).await?;
-        self.finish();
-        Ok(())
-    }
-
-    /// The transaction ended in the caller's last command (which ended in `COMMIT`):
-    /// nothing is left to roll back.
-    pub fn finish(mut self) {
         self.conn.take();
+        Ok(())
     }
 }
 
@@ -140,23 +133,23 @@ pub(super) mod tests {
     }
 
     #[tokio::test]
-    async fn one_command_begins_binds_and_commits() {
+    async fn one_command_begins_and_binds_then_the_commit_keeps_it() {
         let dir = tempfile::tempdir().unwrap();
         let (pool, _) = writer(&dir).await;
         let tx = Batched::acquire(&pool).await;
         let mut tx = tx.unwrap();
         let back: Vec<i64> = sqlx::query_scalar(&format!(
-            "{BEGIN}INSERT INTO t VALUES (?1); INSERT INTO t VALUES (?2) RETURNING n; COMMIT"
+            "{BEGIN}INSERT INTO t VALUES (?1); INSERT INTO t VALUES (?2) RETURNING n"
         ))
         .bind(3_i64)
         .bind(4_i64)
         .fetch_all(tx.conn())
         .await
         .unwrap();
-        tx.finish();
+        tx.commit().await.unwrap();
         assert_eq!(back, vec![4]);
         assert_eq!(rows(&pool).await, vec![3, 4]);
-        // Finished, nothing was rolled back behind it.
+        // Committed, nothing was rolled back behind it.
         tokio::task::yield_now().await;
         assert_eq!(rows(&pool).await, vec![3, 4]);
     }

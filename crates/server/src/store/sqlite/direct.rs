@@ -10,9 +10,10 @@
 //!
 //! SQLite's write lock keeps direct writes and the writes through sqlx's writer pool
 //! apart. A direct write takes the lock without waiting (a busy timeout of zero), so
-//! the runtime thread never sleeps in SQLite's busy handler; if a write through the
-//! pool holds it, the direct write waits for the pool's one connection instead (held
-//! until that write ends) and then tries again. A write through the pool that finds a
+//! the runtime thread does not sleep in SQLite's busy handler for it; if a write
+//! through the pool holds it, the direct write waits for the pool's one connection
+//! instead (held until that write ends) and then tries again, waiting in the busy
+//! handler only if another process holds the lock. A write through the pool that finds a
 //! direct one holding the lock waits in the busy handler on its own thread. The pool's
 //! connection is not the direct writes' lock: sqlx pings a connection each time it goes
 //! back to the pool, a round trip to its thread per write.
@@ -108,9 +109,10 @@ impl Direct {
         // A write that panicked left nothing behind: its transaction rolled back as it
         // unwound.
         let mut conn = self.conn.lock().await;
-        let _reads = match self.in_memory {
-            true => Some(self.writer.acquire().await?),
-            false => None,
+        let _reads = if self.in_memory {
+            Some(self.writer.acquire().await?)
+        } else {
+            None
         };
         match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => return finish(tx, work),
